@@ -1,0 +1,116 @@
+//! The harness starts real components: these tests prove each one works as the integration
+//! tests expect (and that stop/start_again really take it down and bring it back).
+
+use std::net::TcpStream;
+use testkit::*;
+
+#[test]
+fn postgres_starts_answers_sql_and_restarts_with_its_data() {
+    let mut pg = Postgres::start();
+    assert!(pg.url().starts_with(&format!("postgres://postgres@127.0.0.1:{}/afreg", pg.port)));
+    assert_eq!(pg.psql("SELECT 1"), "1");
+    assert_eq!(pg.psql("SELECT current_database()"), "afreg");
+    pg.psql("CREATE TABLE t (x int); INSERT INTO t VALUES (42)");
+
+    pg.stop();
+    assert!(!pg.is_running());
+    assert!(TcpStream::connect(("127.0.0.1", pg.port)).is_err(), "port still open after stop");
+
+    pg.start_again();
+    assert_eq!(pg.psql("SELECT x FROM t"), "42");
+}
+
+#[test]
+fn kubo_adds_cats_pins_and_survives_restart() {
+    let mut kubo = Kubo::start();
+    assert!(kubo.peer_id().starts_with("12D3") || kubo.peer_id().starts_with("Qm"), "{}", kubo.peer_id());
+    let id = kubo.rpc_json("id", &[]);
+    assert_eq!(id["ID"].as_str(), Some(kubo.peer_id()));
+
+    // "hello world" as a single raw block: the CID documented in REFERENCE.md.
+    let cid = kubo.add_bytes(b"hello world");
+    assert_eq!(cid, "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e");
+    assert_eq!(kubo.cat(&cid), b"hello world");
+    assert!(kubo.pin_ls_recursive().contains(&cid));
+    assert!(kubo.is_pinned(&cid));
+
+    let big = random_bytes(3 * 1024 * 1024 + 17);
+    let big_cid = kubo.add_bytes(&big);
+    assert_eq!(kubo.cat(&big_cid), big);
+
+    kubo.rpc("pin/rm", &[("arg", &cid)]).unwrap();
+    assert!(!kubo.is_pinned(&cid));
+    assert!(!kubo.pin_ls_recursive().contains(&cid));
+
+    kubo.stop();
+    assert!(kubo.rpc("id", &[]).is_err(), "API still answers after stop");
+    kubo.start_again();
+    assert_eq!(kubo.cat(&big_cid), big);
+    assert!(kubo.pin_ls_recursive().contains(&big_cid));
+}
+
+#[test]
+fn kubo_config_is_offline_and_loopback_only() {
+    let kubo = Kubo::start();
+    let cfg = kubo.rpc_json("config/show", &[]);
+    assert_eq!(cfg["Routing"]["Type"], "none");
+    assert_eq!(cfg["Discovery"]["MDNS"]["Enabled"], false);
+    assert_eq!(cfg["Provide"]["Enabled"], false);
+    assert_eq!(cfg["AutoConf"]["Enabled"], false);
+    assert_eq!(cfg["AutoTLS"]["Enabled"], false);
+    assert_eq!(cfg["Bootstrap"], serde_json::json!([]));
+    assert_eq!(cfg["Addresses"]["API"], format!("/ip4/127.0.0.1/tcp/{}", kubo.api_port));
+    assert!(kubo.swarm_peers().is_empty());
+}
+
+#[test]
+fn two_kubos_peer_over_loopback_and_fetch_by_bitswap() {
+    let a = Kubo::start();
+    let b = Kubo::start();
+    let data = random_bytes(100_000);
+    let cid = a.add_bytes(&data);
+    b.connect(&a);
+    assert!(b.swarm_peers().iter().any(|p| p == a.peer_id()));
+    let got = b.rpc("pin/add", &[("arg", &cid), ("timeout", "60s")]).unwrap();
+    assert!(String::from_utf8_lossy(&got).contains(&cid));
+    assert_eq!(b.cat(&cid), data);
+}
+
+#[test]
+fn helpers() {
+    let p1 = free_port();
+    let p2 = free_port();
+    assert_ne!(p1, p2);
+    assert!(peak_rss_kib(std::process::id()) > 0);
+    assert!(peak_rss_kib(std::process::id()) >= rss_kib(std::process::id()));
+    assert_eq!(random_hex(9).len(), 9);
+    assert_eq!(
+        sha256_digest(b"hello world"),
+        "sha256:b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+    );
+    assert!(tools_dir().ends_with("bin") || std::env::var_os("AFREG_TOOLS").is_some());
+}
+
+#[test]
+fn node_config_renders_every_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = NodeConfig::new("postgres://x/afreg", "http://127.0.0.1:1")
+        .set("kubo.chunker", "size-262144")
+        .set("auth.token_ttl_secs", 120);
+    cfg.anonymous = vec![];
+    cfg.upload_ttl_secs = Some(5);
+    let doc = cfg.to_toml(4242, dir.path());
+    let text = toml::to_string(&doc).unwrap();
+    let back: toml::Table = text.parse().unwrap();
+    assert_eq!(back["server"]["listen"].as_str(), Some("127.0.0.1:4242"));
+    assert_eq!(back["server"]["public_url"].as_str(), Some("http://127.0.0.1:4242"));
+    assert_eq!(back["database"]["url"].as_str(), Some("postgres://x/afreg"));
+    assert_eq!(back["kubo"]["api_url"].as_str(), Some("http://127.0.0.1:1"));
+    assert_eq!(back["kubo"]["chunker"].as_str(), Some("size-262144"));
+    assert_eq!(back["auth"]["anonymous"].as_array().unwrap().len(), 0);
+    assert_eq!(back["auth"]["token_ttl_secs"].as_integer(), Some(120));
+    assert_eq!(back["auth"]["enabled"].as_bool(), Some(true));
+    assert_eq!(back["storage"]["upload_ttl_secs"].as_integer(), Some(5));
+    assert_eq!(back["log"]["format"].as_str(), Some("json"));
+    assert!(back["auth"]["signing_key"].as_str().unwrap().ends_with("key.pem"));
+}
