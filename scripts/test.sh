@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The project's test command: every unit and integration test, in release mode.
+#
+# The integration tests start real PostgreSQL, Kubo and afreg processes (and run crane, oras,
+# skopeo, regctl and the OCI conformance suite against them), so this first runs setup.sh,
+# which installs those tools (fast when they are already installed).
+#   - release: the memory-ceiling and 1 GiB blob tests need an optimised node;
+#   - --test-threads=1: each test starts its own Postgres/Kubo/node processes, and the machine
+#     has 2 cores, so tests running side by side would starve each other into timeouts.
+# Extra arguments go to `cargo test` before `--`, e.g. `scripts/test.sh --test conformance`.
+# Exits non-zero when anything fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLS=$(scripts/setup.sh | tail -n 1)
+[ -d "$TOOLS" ] || { echo "test.sh: setup.sh did not print the tools directory (got '$TOOLS')" >&2; exit 1; }
+export AFREG_TOOLS="$TOOLS"
+export PATH="$TOOLS:$PATH"
+
+cargo test --workspace --release "$@" -- --test-threads=1
