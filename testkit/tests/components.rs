@@ -114,3 +114,28 @@ fn node_config_renders_every_section() {
     assert_eq!(back["log"]["format"].as_str(), Some("json"));
     assert!(back["auth"]["signing_key"].as_str().unwrap().ends_with("key.pem"));
 }
+
+#[test]
+fn junit_parses_ginkgo_reports() {
+    let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<testsuites tests="4" disabled="0" errors="0" failures="1" time="1.5">
+  <testsuite name="conformance tests" package="/x" tests="4" disabled="0" skipped="1" errors="0" failures="1" time="1.5" timestamp="2024-01-01T00:00:00">
+    <testcase name="[It] A passes" classname="conformance tests" status="passed" time="0.1"></testcase>
+    <testcase name="[It] B fails" classname="conformance tests" status="failed" time="0.1">
+      <failure message="Expected 200 got 404" type="failed">at push_test.go:12</failure>
+    </testcase>
+    <testcase name="[It] C skipped" classname="conformance tests" status="skipped" time="0"><skipped message="skipped - you have skipped this test."></skipped></testcase>
+    <testcase name="[It] D passes" classname="conformance tests" status="passed" time="0.1"></testcase>
+  </testsuite>
+</testsuites>"#;
+    let j = Junit::parse(xml).unwrap();
+    assert_eq!((j.tests, j.failures, j.errors), (4, 1, 0));
+    assert_eq!(j.cases.len(), 4);
+    assert_eq!(j.passed().len(), 2);
+    assert_eq!(j.skipped().len(), 1);
+    assert_eq!(j.bad().len(), 1);
+    let d = j.describe_bad();
+    assert!(d.contains("B fails") && d.contains("Expected 200 got 404") && d.contains("push_test.go:12"), "{d}");
+    assert!(Junit::parse("<html/>").is_err());
+    assert!(Junit::parse("<testsuites/>").is_err());
+}
