@@ -1,0 +1,272 @@
+//! Who may do what. The token endpoint turns credentials and requested scopes into a signed
+//! token; every API request is then checked against its token for the repository and action
+//! it touches. Passwords are argon2 hashes in Postgres and never appear in logs.
+
+pub mod tokens;
+
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::http::{HeaderMap, StatusCode};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+use crate::config::AuthConfig;
+use crate::oci::{Action, ErrorCode, RegistryError, RepoName};
+use crate::store::Store;
+pub use tokens::{Access, Claims, Keys};
+
+/// What a request needs: an action on a repository, the catalog, or only to be signed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// `GET /v2/`: any valid token (or anonymous access) will do.
+    Login,
+    Catalog,
+    Repo(RepoName, Action),
+}
+
+/// A user's grants: actions on repositories matching a pattern (`*`, `prefix/*` or a name).
+#[derive(Debug, Clone, Default)]
+pub struct Grants(pub Vec<(String, Vec<Action>)>);
+
+impl Grants {
+    pub fn allowed(&self, repo: &str) -> Vec<Action> {
+        let mut out = vec![];
+        for (pattern, actions) in &self.0 {
+            let hit = pattern == "*"
+                || pattern == repo
+                || pattern.strip_suffix('*').is_some_and(|p| p.ends_with('/') && repo.starts_with(p));
+            if hit {
+                out.extend(actions.iter().copied());
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+    /// The catalog lists every repository, so it needs pull on all of them.
+    pub fn catalog(&self) -> bool {
+        self.0.iter().any(|(p, a)| p == "*" && a.contains(&Action::Pull))
+    }
+    pub fn parse(spec: &str) -> Result<(String, Vec<Action>), String> {
+        let (pattern, actions) = spec.rsplit_once(':').ok_or_else(|| format!("grant {spec:?}: expected PATTERN:ACTIONS"))?;
+        let actions = actions
+            .split(',')
+            .map(|a| Action::parse(a.trim()).ok_or_else(|| format!("grant {spec:?}: unknown action {a:?}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((pattern.to_owned(), actions))
+    }
+}
+
+pub fn hash_password(password: &str) -> String {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Argon2::default().hash_password(password.as_bytes(), &salt).expect("argon2 hashing").to_string()
+}
+
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// A scope as clients request it: `repository:NAME:pull,push` or `registry:catalog:*`.
+fn parse_scope(s: &str) -> Option<(String, String, Vec<String>)> {
+    let (kind, rest) = s.split_once(':')?;
+    let (name, actions) = rest.rsplit_once(':')?;
+    Some((kind.to_owned(), name.to_owned(), actions.split(',').map(str::to_owned).collect()))
+}
+
+pub struct Auth {
+    pub cfg: AuthConfig,
+    pub keys: Arc<Keys>,
+    store: Store,
+    realm: String,
+}
+
+pub struct IssuedToken {
+    pub token: String,
+    pub claims: Claims,
+}
+
+impl Auth {
+    pub fn new(cfg: AuthConfig, keys: Arc<Keys>, store: Store, public_url: &str) -> Self {
+        Auth { realm: format!("{}/token", public_url.trim_end_matches('/')), cfg, keys, store }
+    }
+
+    fn anonymous(&self) -> Grants {
+        Grants(vec![("*".into(), self.cfg.anonymous.clone())])
+    }
+
+    fn challenge(&self, need: &Need, why: &str, code: ErrorCode) -> RegistryError {
+        let scope = match need {
+            Need::Login => String::new(),
+            Need::Catalog => ",scope=\"registry:catalog:*\"".into(),
+            Need::Repo(r, a) => {
+                // Ask for what a client doing this will want next, as distribution does.
+                let actions = if *a == Action::Pull { "pull".into() } else { format!("pull,{}", a.as_str()) };
+                format!(",scope=\"repository:{r}:{actions}\"")
+            }
+        };
+        let mut e = RegistryError::new(code, why.to_owned());
+        e.challenge = Some(format!("Bearer realm=\"{}\",service=\"{}\"{scope}", self.realm, self.cfg.service));
+        e
+    }
+
+    /// Checks the request's bearer token (or anonymous access) against what it needs.
+    pub fn authorize(&self, headers: &HeaderMap, need: &Need) -> Result<(), RegistryError> {
+        if !self.cfg.enabled {
+            return Ok(());
+        }
+        let anon = self.anonymous();
+        let anon_ok = match need {
+            Need::Login => !self.cfg.anonymous.is_empty(),
+            Need::Catalog => anon.catalog(),
+            Need::Repo(r, a) => anon.allowed(r.as_str()).contains(a),
+        };
+        let bearer = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        let Some(token) = bearer else {
+            if anon_ok {
+                return Ok(());
+            }
+            return Err(self.challenge(need, "authentication required", ErrorCode::Unauthorized));
+        };
+        let claims = match self.keys.verify(token.trim()) {
+            Ok(c) => c,
+            Err(why) => return Err(self.challenge(need, &why, ErrorCode::Unauthorized)),
+        };
+        let (kind, name, action) = match need {
+            Need::Login => return Ok(()),
+            Need::Catalog => ("registry", "catalog", "*"),
+            Need::Repo(r, a) => ("repository", r.as_str(), a.as_str()),
+        };
+        let entry = claims.access.iter().find(|e| e.kind == kind && e.name == name);
+        match entry {
+            Some(e) if e.actions.iter().any(|x| x == action || x == "*") => Ok(()),
+            _ if anon_ok => Ok(()),
+            // Asked for and refused, by a signed-in user: more tokens will not help.
+            Some(_) if !claims.sub.is_empty() => Err(RegistryError::new(
+                ErrorCode::Denied,
+                format!("{} may not {action} {kind} {name}", claims.sub),
+            )),
+            _ => Err(self.challenge(need, &format!("token does not grant {action} on {kind} {name}"), ErrorCode::Unauthorized)),
+        }
+    }
+
+    /// The token endpoint: authenticates (Basic header or form credentials) and grants the
+    /// intersection of the requested scopes and the caller's grants.
+    pub async fn issue(
+        &self,
+        credentials: Option<(String, String)>,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<IssuedToken, RegistryError> {
+        if let Some(s) = service {
+            if s != self.cfg.service {
+                return Err(RegistryError::new(ErrorCode::Denied, format!("unknown service {s:?}")));
+            }
+        }
+        let (sub, grants) = match credentials {
+            None => (String::new(), self.anonymous()),
+            Some((user, password)) => {
+                let found = self.store.user(&user).await?;
+                let ok = match &found {
+                    Some((hash, _)) => {
+                        let (h, p) = (hash.clone(), password);
+                        tokio::task::spawn_blocking(move || verify_password(&h, &p)).await.unwrap_or(false)
+                    }
+                    None => false,
+                };
+                if !ok {
+                    tracing::info!(event = "login_failed", user = %user, "invalid username or password");
+                    return Err(RegistryError::new(ErrorCode::Unauthorized, "invalid username or password"));
+                }
+                let grants = found
+                    .map(|(_, g)| g)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(p, a)| (p, a.iter().filter_map(|x| Action::parse(x)).collect()))
+                    .collect();
+                (user, Grants(grants))
+            }
+        };
+        let mut access = vec![];
+        for scope in scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
+            let Some((kind, name, wanted)) = parse_scope(scope) else { continue };
+            let granted: Vec<String> = match kind.as_str() {
+                "repository" => {
+                    let allowed = grants.allowed(&name);
+                    wanted
+                        .iter()
+                        .filter(|w| w.as_str() == "*" || Action::parse(w).is_some_and(|a| allowed.contains(&a)))
+                        .flat_map(|w| if w == "*" { allowed.iter().map(|a| a.as_str().to_owned()).collect() } else { vec![w.clone()] })
+                        .collect()
+                }
+                "registry" if name == "catalog" && grants.catalog() => vec!["*".into()],
+                _ => vec![],
+            };
+            access.push(Access { kind, name, actions: granted });
+        }
+        let (token, claims) = self.keys.issue(&sub, access);
+        Ok(IssuedToken { token, claims })
+    }
+}
+
+/// Decodes an `Authorization: Basic` header.
+pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, RegistryError> {
+    let Some(v) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some(b64) = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")) else {
+        return Ok(None);
+    };
+    let bad = || RegistryError::new(ErrorCode::Unauthorized, "malformed Basic credentials").with_status(StatusCode::UNAUTHORIZED);
+    let raw = STANDARD.decode(b64.trim()).map_err(|_| bad())?;
+    let s = String::from_utf8(raw).map_err(|_| bad())?;
+    let (u, p) = s.split_once(':').ok_or_else(bad)?;
+    Ok(Some((u.to_owned(), p.to_owned())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_match_patterns() {
+        let g = Grants(vec![
+            ("team/*".into(), vec![Action::Pull, Action::Push]),
+            ("public".into(), vec![Action::Pull]),
+        ]);
+        assert_eq!(g.allowed("team/app"), vec![Action::Pull, Action::Push]);
+        assert_eq!(g.allowed("public"), vec![Action::Pull]);
+        assert!(g.allowed("teamx/app").is_empty());
+        assert!(g.allowed("other").is_empty());
+        assert!(!g.catalog());
+        assert!(Grants(vec![("*".into(), vec![Action::Pull])]).catalog());
+    }
+
+    #[test]
+    fn grant_specs() {
+        assert_eq!(Grants::parse("*:pull,push").unwrap(), ("*".into(), vec![Action::Pull, Action::Push]));
+        assert!(Grants::parse("a:fly").is_err());
+    }
+
+    #[test]
+    fn scopes() {
+        assert_eq!(
+            parse_scope("repository:a/b:pull,push").unwrap(),
+            ("repository".into(), "a/b".into(), vec!["pull".into(), "push".into()])
+        );
+        assert_eq!(parse_scope("registry:catalog:*").unwrap().1, "catalog");
+        assert!(parse_scope("nonsense").is_none());
+    }
+
+    #[test]
+    fn password_roundtrip() {
+        let h = hash_password("s3cret");
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password(&h, "s3cret"));
+        assert!(!verify_password(&h, "S3cret"));
+    }
+}

@@ -1,0 +1,199 @@
+//! RS256 tokens per the Docker token spec: the signing key (a PEM file, created if missing),
+//! token issue and verification, and the JWKS document that publishes the public key.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rsa::pkcs1::DecodeRsaPrivateKey;
+use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+use rsa::traits::PublicKeyParts;
+use rsa::RsaPrivateKey;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use crate::config::AuthConfig;
+
+/// One `access` entry: what the token grants on one resource.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Access {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    pub jti: String,
+    #[serde(default)]
+    pub access: Vec<Access>,
+}
+
+pub struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    kid: String,
+    n: String,
+    e: String,
+    validation: Validation,
+    issuer: String,
+    service: String,
+    ttl: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("signing key {path}: {why}")]
+    Load { path: String, why: String },
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Keys {
+    /// Loads the signing key named in the config, generating a 2048-bit one if the file
+    /// does not exist yet.
+    pub fn load_or_create(cfg: &AuthConfig) -> Result<Keys, KeyError> {
+        let path = &cfg.signing_key;
+        let err = |why: String| KeyError::Load { path: path.display().to_string(), why };
+        if !path.exists() {
+            generate(path).map_err(|e| err(format!("could not create: {e}")))?;
+            tracing::info!(event = "signing_key_created", path = %path.display(), "created a new token signing key");
+        }
+        let pem = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let key = RsaPrivateKey::from_pkcs8_pem(&pem)
+            .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
+            .map_err(|e| err(format!("not an RSA private key in PEM: {e}")))?;
+        let pkcs8 = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| err(e.to_string()))?;
+        let encoding = EncodingKey::from_rsa_pem(pkcs8.as_bytes()).map_err(|e| err(e.to_string()))?;
+        let n = URL_SAFE_NO_PAD.encode(key.n().to_bytes_be());
+        let e = URL_SAFE_NO_PAD.encode(key.e().to_bytes_be());
+        let decoding = DecodingKey::from_rsa_components(&n, &e).map_err(|e| err(e.to_string()))?;
+        // RFC 7638 thumbprint as the key id.
+        let thumb = sha2::Sha256::digest(format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#).as_bytes());
+        let kid = URL_SAFE_NO_PAD.encode(thumb);
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_audience(&[&cfg.service]);
+        validation.set_issuer(&[&cfg.issuer]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 5;
+        Ok(Keys {
+            encoding,
+            decoding,
+            kid,
+            n,
+            e,
+            validation,
+            issuer: cfg.issuer.clone(),
+            service: cfg.service.clone(),
+            ttl: cfg.token_ttl_secs,
+        })
+    }
+
+    pub fn ttl(&self) -> u64 {
+        self.ttl
+    }
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Signs a token for `sub` with the given grants.
+    pub fn issue(&self, sub: &str, access: Vec<Access>) -> (String, Claims) {
+        let iat = now();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: sub.to_owned(),
+            aud: self.service.clone(),
+            exp: iat + self.ttl,
+            nbf: iat.saturating_sub(1),
+            iat,
+            jti: uuid::Uuid::new_v4().to_string(),
+            access,
+        };
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("JWT".into());
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding).expect("RS256 signing cannot fail");
+        (token, claims)
+    }
+
+    /// Checks signature, expiry, not-before, audience and issuer.
+    pub fn verify(&self, token: &str) -> Result<Claims, String> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_owned(),
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => "token is for another service".to_owned(),
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer => "token has an unknown issuer".to_owned(),
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => "token signature is invalid".to_owned(),
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => "token is not valid yet".to_owned(),
+                k => format!("invalid token: {k:?}"),
+            })
+    }
+
+    /// The public key as a JWKS document.
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": self.kid, "n": self.n, "e": self.e}]})
+    }
+}
+
+fn generate(path: &Path) -> anyhow::Result<()> {
+    let key = RsaPrivateKey::new(&mut rand::thread_rng(), 2048)?;
+    let pem = key.to_pkcs8_pem(LineEnding::LF)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(pem.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path, service: &str) -> AuthConfig {
+        AuthConfig { signing_key: dir.join("k.pem"), service: service.into(), ..AuthConfig::default() }
+    }
+
+    #[test]
+    fn issue_verify_and_reject() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::load_or_create(&cfg(dir.path(), "afreg")).unwrap();
+        let access = vec![Access { kind: "repository".into(), name: "a/b".into(), actions: vec!["pull".into()] }];
+        let (tok, _) = keys.issue("alice", access.clone());
+        let c = keys.verify(&tok).unwrap();
+        assert_eq!(c.sub, "alice");
+        assert_eq!(c.access, access);
+        // The same key file loads again with the same kid.
+        let again = Keys::load_or_create(&cfg(dir.path(), "afreg")).unwrap();
+        assert_eq!(again.kid, keys.kid);
+        // Wrong audience.
+        let other = Keys::load_or_create(&cfg(dir.path(), "other")).unwrap();
+        assert!(other.verify(&tok).unwrap_err().contains("another service"));
+        // Forged: a different key.
+        let dir2 = tempfile::tempdir().unwrap();
+        let forger = Keys::load_or_create(&cfg(dir2.path(), "afreg")).unwrap();
+        let (forged, _) = forger.issue("alice", vec![]);
+        assert!(keys.verify(&forged).unwrap_err().contains("signature"));
+        // Tampered payload.
+        let mut parts: Vec<&str> = tok.split('.').collect();
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"mallory"}"#);
+        parts[1] = &payload;
+        assert!(keys.verify(&parts.join(".")).is_err());
+    }
+}

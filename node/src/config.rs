@@ -1,0 +1,228 @@
+//! The node's configuration: one documented struct per section, read from a TOML file and
+//! overridden by `AFREG_SECTION__FIELD` environment variables, validated once at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::oci::Action;
+
+/// Everything `afreg serve` needs. Every field has a default, so an empty file is a valid
+/// single-node configuration against a local Postgres and Kubo.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub kubo: KuboConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the public OCI API listens on.
+    pub listen: SocketAddr,
+    /// The URL clients use to reach this node; the token realm is `{public_url}/token`.
+    pub public_url: String,
+    /// Seconds a request may take before its headers arrive; bodies stream without a limit.
+    pub request_header_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:5000".parse().unwrap(),
+            public_url: "http://127.0.0.1:5000".into(),
+            request_header_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// PostgreSQL connection URL. Migrations are applied at start-up.
+    pub url: String,
+    /// Size of the connection pool.
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before answering 503.
+    pub acquire_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/afreg".into(),
+            max_connections: 16,
+            acquire_timeout_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KuboConfig {
+    /// Kubo's RPC API. It must never be reachable from outside the region.
+    pub api_url: String,
+    /// Timeout for short RPC calls (`id`, `pin/rm`, `block/stat`) and for a stalled stream.
+    pub timeout_secs: u64,
+    /// Timeout passed to Kubo's `pin/add`, which otherwise hangs when no peer has the content.
+    pub pin_timeout_secs: u64,
+    /// Chunker passed to `add`; a blob no larger than one chunk gets a CID equal to its sha256.
+    pub chunker: String,
+}
+
+impl Default for KuboConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "http://127.0.0.1:5001".into(),
+            timeout_secs: 30,
+            pin_timeout_secs: 120,
+            chunker: "size-1048576".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Largest manifest accepted, in bytes (inclusive); larger ones get 413.
+    pub max_manifest_bytes: usize,
+    /// Upload sessions untouched for this long are removed, with whatever they staged.
+    pub upload_ttl_secs: u64,
+    /// How often the stale-upload sweeper runs.
+    pub upload_sweep_interval_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            max_manifest_bytes: 4 * 1024 * 1024,
+            upload_ttl_secs: 24 * 3600,
+            upload_sweep_interval_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// When false, every request is allowed and no token is needed (for a private network).
+    pub enabled: bool,
+    /// The token `service` and JWT audience.
+    pub service: String,
+    /// The JWT issuer.
+    pub issuer: String,
+    /// RSA private key (PKCS#8 or PKCS#1 PEM) that signs tokens; created if missing.
+    pub signing_key: PathBuf,
+    /// Lifetime of issued tokens.
+    pub token_ttl_secs: u64,
+    /// Actions granted on every repository to clients without credentials:
+    /// `[]` for a private registry, `["pull"]` for anonymous pull.
+    pub anonymous: Vec<Action>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            service: "afreg".into(),
+            issuer: "afreg".into(),
+            signing_key: PathBuf::from("afreg-signing-key.pem"),
+            token_ttl_secs: 300,
+            anonymous: vec![],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `afreg=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Json, level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if given), then `AFREG_SECTION__FIELD` variables.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, String> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(format!("config file {} does not exist", p.display()));
+            }
+            fig = fig.merge(Toml::file(p));
+        }
+        fig = fig.merge(Env::prefixed("AFREG_").split("__").lowercase(true));
+        let cfg: Config = fig.extract().map_err(|e| format!("invalid configuration: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.kubo.chunker.starts_with("size-") {
+            return Err("kubo.chunker must be of the form size-N".into());
+        }
+        if self.storage.max_manifest_bytes == 0 {
+            return Err("storage.max_manifest_bytes must be positive".into());
+        }
+        if self.auth.token_ttl_secs < 60 {
+            return Err("auth.token_ttl_secs must be at least 60".into());
+        }
+        url_ok("server.public_url", &self.server.public_url)?;
+        url_ok("kubo.api_url", &self.kubo.api_url)?;
+        Ok(())
+    }
+
+    pub fn kubo_timeout(&self) -> Duration {
+        Duration::from_secs(self.kubo.timeout_secs)
+    }
+}
+
+fn url_ok(field: &str, v: &str) -> Result<(), String> {
+    reqwest::Url::parse(v).map(|_| ()).map_err(|e| format!("{field}: invalid URL {v:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_valid_and_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[auth]\nanonymous = [\"pull\"]\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.auth.anonymous, vec![Action::Pull]);
+        assert_eq!(c.storage.max_manifest_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[server]\nlistn = \"x\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e.contains("listn"), "{e}");
+    }
+}

@@ -1,0 +1,269 @@
+//! Thin handlers: each pulls what it needs out of the request, calls one registry service and
+//! shapes the spec's response (status, `Location`, `Range`, `Docker-Content-Digest`, …).
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::{StreamExt, TryStreamExt};
+
+use super::AppState;
+use crate::auth::Need;
+use crate::oci::{self, Action, Digest, Endpoint, ErrorCode, RegistryError, RepoName};
+use crate::registry::blobs::{parse_range, range_not_satisfiable};
+use crate::registry::uploads::{parse_content_range, UploadStatus};
+
+/// The query string, decoded once.
+#[derive(Default)]
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub fn parse(q: Option<&str>) -> Self {
+        Query(url::form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect())
+    }
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+    }
+    /// Every value of a repeated key, in order.
+    pub fn all(&self, k: &str) -> Vec<String> {
+        self.0.iter().filter(|(key, _)| key == k).map(|(_, v)| v.clone()).collect()
+    }
+    fn n(&self) -> Result<Option<u32>> {
+        self.get("n")
+            .map(|n| n.parse().map_err(|_| RegistryError::new(ErrorCode::Unsupported, format!("invalid n={n:?}"))))
+            .transpose()
+    }
+    fn digest(&self) -> Result<Option<Digest>> {
+        self.get("digest").map(str::parse).transpose()
+    }
+}
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn header_u64(h: &HeaderMap, name: header::HeaderName) -> Option<u64> {
+    h.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+fn body_stream(body: Body) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    body.into_data_stream().map_err(|e| std::io::Error::other(format!("upload body: {e}")))
+}
+
+pub async fn handle(st: &AppState, ep: Endpoint, method: &Method, q: &Query, h: &HeaderMap, body: Body) -> Result<Response> {
+    let reg = &st.registry;
+    match (ep, method.clone()) {
+        (Endpoint::Base, _) => Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
+
+        (Endpoint::Catalog, _) => {
+            let page = reg.catalog(q.n()?, q.get("last")).await?;
+            let link = page.more.then(|| next_link("/v2/_catalog", q.n().ok().flatten(), page.items.last()));
+            Ok(json_page(serde_json::json!({"repositories": page.items}), link))
+        }
+
+        (Endpoint::Tags(repo), _) => {
+            let page = reg.tags(&repo, q.n()?, q.get("last")).await?;
+            let link = page.more.then(|| next_link(&format!("/v2/{repo}/tags/list"), q.n().ok().flatten(), page.items.last()));
+            Ok(json_page(serde_json::json!({"name": repo.as_str(), "tags": page.items}), link))
+        }
+
+        (Endpoint::Manifest(repo, r), Method::GET | Method::HEAD) => {
+            let m = reg.get_manifest(&repo, &r, method == Method::GET).await?;
+            let mut resp = if method == Method::GET { Body::from(m.body).into_response() } else { Body::empty().into_response() };
+            let hs = resp.headers_mut();
+            hs.insert(header::CONTENT_TYPE, hv(&m.media_type));
+            hs.insert(header::CONTENT_LENGTH, HeaderValue::from(m.size as u64));
+            hs.insert(oci::DOCKER_CONTENT_DIGEST, hv(&m.digest));
+            hs.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
+            metrics::counter!("afreg_bytes_out_total").increment(if method == Method::GET { m.size as u64 } else { 0 });
+            Ok(resp)
+        }
+        (Endpoint::Manifest(repo, r), Method::PUT) => {
+            let max = reg.cfg.storage.max_manifest_bytes;
+            let too_big = || {
+                RegistryError::new(ErrorCode::SizeInvalid, format!("manifest is larger than the limit of {max} bytes"))
+                    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+            };
+            if header_u64(h, header::CONTENT_LENGTH).is_some_and(|n| n as usize > max) {
+                return Err(too_big());
+            }
+            let bytes = axum::body::to_bytes(body, max).await.map_err(|_| too_big())?;
+            let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let put = reg.put_manifest(&repo, &r, ct, &bytes).await?;
+            let mut resp = StatusCode::CREATED.into_response();
+            let hs = resp.headers_mut();
+            hs.insert(header::LOCATION, hv(&format!("/v2/{repo}/manifests/{}", put.digest)));
+            hs.insert(oci::DOCKER_CONTENT_DIGEST, hv(put.digest.as_str()));
+            if let Some(s) = put.subject {
+                hs.insert(oci::OCI_SUBJECT, hv(s.as_str()));
+            }
+            Ok(resp)
+        }
+        (Endpoint::Manifest(repo, r), Method::DELETE) => {
+            reg.delete_manifest(&repo, &r).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+
+        (Endpoint::Blob(repo, d), Method::GET | Method::HEAD) => get_blob(st, &repo, &d, method == Method::GET, h).await,
+        (Endpoint::Blob(repo, d), Method::DELETE) => {
+            reg.delete_blob(&repo, &d).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+
+        (Endpoint::UploadStart(repo), _) => start_upload(st, &repo, q, h, body).await,
+        (Endpoint::Upload(repo, id), Method::GET) => Ok(upload_accepted(&repo, &reg.upload_status(&repo, &id).await?, StatusCode::NO_CONTENT)),
+        (Endpoint::Upload(repo, id), Method::PATCH) => {
+            let cr = content_range(h)?;
+            let status = reg.upload_chunk(&repo, &id, cr, header_u64(h, header::CONTENT_LENGTH), body_stream(body)).await?;
+            Ok(upload_accepted(&repo, &status, StatusCode::ACCEPTED))
+        }
+        (Endpoint::Upload(repo, id), Method::PUT) => {
+            let digest = q.digest()?.ok_or_else(|| RegistryError::new(ErrorCode::DigestInvalid, "the digest query parameter is required"))?;
+            let cr = content_range(h)?;
+            reg.finish_upload(&repo, &id, &digest, cr, header_u64(h, header::CONTENT_LENGTH), body_stream(body)).await?;
+            Ok(blob_created(&repo, &digest))
+        }
+        (Endpoint::Upload(repo, id), Method::DELETE) => {
+            reg.cancel_upload(&repo, &id).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+
+        (Endpoint::Referrers(repo, d), _) => {
+            let filter = q.get("artifactType").filter(|t| !t.is_empty());
+            let body = reg.referrers(&repo, &d, filter).await?;
+            let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, oci::manifest::OCI_INDEX)], body).into_response();
+            if filter.is_some() {
+                resp.headers_mut().insert(oci::OCI_FILTERS_APPLIED, HeaderValue::from_static("artifactType"));
+            }
+            Ok(resp)
+        }
+
+        (ep, m) => Err(RegistryError::new(ErrorCode::Unsupported, format!("{m} is not supported on {}", ep.route()))
+            .with_status(StatusCode::METHOD_NOT_ALLOWED)),
+    }
+}
+
+fn content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>> {
+    match h.get(header::CONTENT_RANGE).map(|v| v.to_str().unwrap_or("")) {
+        None => Ok(None),
+        Some(v) => parse_content_range(v).map(Some).ok_or_else(|| {
+            RegistryError::new(ErrorCode::BlobUploadInvalid, format!("malformed Content-Range {v:?}"))
+                .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+        }),
+    }
+}
+
+async fn get_blob(st: &AppState, repo: &RepoName, d: &Digest, with_body: bool, h: &HeaderMap) -> Result<Response> {
+    let blob = st.registry.blob_meta(repo, d).await?;
+    let size = blob.size as u64;
+    let range = match h.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(r) => match parse_range(r, size) {
+            Ok(r) => r,
+            Err(()) => {
+                let mut resp = range_not_satisfiable().into_response();
+                resp.headers_mut().insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
+                return Ok(resp);
+            }
+        },
+        None => None,
+    };
+    let len = range.map(|r| r.end - r.start + 1).unwrap_or(size);
+    let mut resp = if with_body {
+        let stream = st.registry.blob_stream(&blob, range).await?.inspect(|b| {
+            if let Ok(b) = b {
+                metrics::counter!("afreg_bytes_out_total").increment(b.len() as u64);
+            }
+        });
+        Body::from_stream(stream).into_response()
+    } else {
+        Body::empty().into_response()
+    };
+    let hs = resp.headers_mut();
+    hs.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    hs.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    hs.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    hs.insert(oci::DOCKER_CONTENT_DIGEST, hv(d.as_str()));
+    hs.insert(header::ETAG, hv(&format!("\"{d}\"")));
+    if let Some(r) = range {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        resp.headers_mut().insert(header::CONTENT_RANGE, hv(&format!("bytes {}-{}/{size}", r.start, r.end)));
+    }
+    Ok(resp)
+}
+
+async fn start_upload(st: &AppState, repo: &RepoName, q: &Query, h: &HeaderMap, body: Body) -> Result<Response> {
+    let reg = &st.registry;
+    if let Some(mount) = q.get("mount") {
+        let digest: Digest = mount.parse()?;
+        if let Some(from) = q.get("from") {
+            let from: RepoName = from.parse()?;
+            // Mount only what the caller may read; otherwise fall back to a plain upload.
+            if st.auth.authorize(h, &Need::Repo(from.clone(), Action::Pull)).is_ok() && reg.mount(repo, &from, &digest).await? {
+                return Ok(blob_created(repo, &digest));
+            }
+        }
+    } else if let Some(digest) = q.digest()? {
+        reg.upload_monolithic(repo, &digest, body_stream(body)).await?;
+        return Ok(blob_created(repo, &digest));
+    }
+    let status = reg.start_upload(repo).await?;
+    Ok(upload_accepted(repo, &status, StatusCode::ACCEPTED))
+}
+
+fn blob_created(repo: &RepoName, d: &Digest) -> Response {
+    let mut resp = StatusCode::CREATED.into_response();
+    let hs = resp.headers_mut();
+    hs.insert(header::LOCATION, hv(&format!("/v2/{repo}/blobs/{d}")));
+    hs.insert(oci::DOCKER_CONTENT_DIGEST, hv(d.as_str()));
+    resp
+}
+
+fn upload_accepted(repo: &RepoName, s: &UploadStatus, status: StatusCode) -> Response {
+    let mut resp = status.into_response();
+    let hs = resp.headers_mut();
+    hs.insert(header::LOCATION, hv(&format!("/v2/{repo}/blobs/uploads/{}", s.id)));
+    hs.insert(header::RANGE, hv(&format!("0-{}", s.size.saturating_sub(1))));
+    hs.insert(oci::DOCKER_UPLOAD_UUID, hv(&s.id.to_string()));
+    hs.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+    resp
+}
+
+fn next_link(path: &str, n: Option<u32>, last: Option<&String>) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(n) = n {
+        q.append_pair("n", &n.to_string());
+    }
+    if let Some(l) = last {
+        q.append_pair("last", l);
+    }
+    format!("<{path}?{}>; rel=\"next\"", q.finish())
+}
+
+fn json_page(v: serde_json::Value, link: Option<String>) -> Response {
+    let mut resp = axum::Json(v).into_response();
+    if let Some(l) = link {
+        resp.headers_mut().insert(header::LINK, hv(&l));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_links() {
+        assert_eq!(next_link("/v2/a/tags/list", Some(2), Some(&"b".to_string())), "</v2/a/tags/list?n=2&last=b>; rel=\"next\"");
+    }
+
+    #[test]
+    fn needs() {
+        let r: RepoName = "a".parse().unwrap();
+        let d: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
+        assert_eq!(super::super::need(&Endpoint::Blob(r.clone(), d.clone()), &Method::GET), Need::Repo(r.clone(), Action::Pull));
+        assert_eq!(super::super::need(&Endpoint::Blob(r.clone(), d), &Method::DELETE), Need::Repo(r.clone(), Action::Delete));
+        assert_eq!(super::super::need(&Endpoint::Upload(r.clone(), "x".into()), &Method::GET), Need::Repo(r.clone(), Action::Push));
+        assert_eq!(super::super::need(&Endpoint::UploadStart(r.clone()), &Method::POST), Need::Repo(r, Action::Push));
+    }
+}

@@ -1,0 +1,109 @@
+//! The public HTTP server: `/v2/…` (parsed into an `Endpoint`, authorized, then dispatched
+//! with one flat `match`), the token service, JWKS, health, readiness and Prometheus metrics.
+//! Every `/v2/` request is counted, timed and logged here, in one place.
+
+mod handlers;
+mod token;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::{Auth, Need};
+use crate::oci::{self, Action, Endpoint, ErrorCode, RegistryError};
+use crate::registry::Registry;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub auth: Arc<Auth>,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2", any(v2))
+        .route("/v2/", any(v2))
+        .route("/v2/{*rest}", any(v2))
+        .route("/token", get(token::get_token).post(token::post_token))
+        .route("/token/jwks.json", get(token::jwks))
+        .route("/.well-known/jwks.json", get(token::jwks))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(|State(s): State<AppState>| async move { s.metrics.render() }))
+        .with_state(state)
+}
+
+/// What an endpoint needs from the caller's token.
+fn need(ep: &Endpoint, method: &Method) -> Need {
+    let action = match (ep, method) {
+        (Endpoint::Base, _) => return Need::Login,
+        (Endpoint::Catalog, _) => return Need::Catalog,
+        (_, &Method::GET | &Method::HEAD) if !matches!(ep, Endpoint::Upload(..)) => Action::Pull,
+        (Endpoint::Manifest(..) | Endpoint::Blob(..), &Method::DELETE) => Action::Delete,
+        _ => Action::Push,
+    };
+    Need::Repo(ep.repo().expect("repository endpoint").clone(), action)
+}
+
+async fn v2(State(st): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let path = percent_encoding::percent_decode_str(uri.path()).decode_utf8_lossy().into_owned();
+    let rest = path.strip_prefix("/v2").unwrap_or("").trim_start_matches('/');
+    let query = handlers::Query::parse(uri.query());
+    let mut route = "unknown";
+    let mut repo = String::new();
+    let result = async {
+        let ep = oci::router::parse(rest)?;
+        route = ep.route();
+        repo = ep.repo().map(|r| r.to_string()).unwrap_or_default();
+        if !ep.allows(&method) {
+            return Err(RegistryError::new(ErrorCode::Unsupported, format!("{method} is not supported on this endpoint"))
+                .with_status(StatusCode::METHOD_NOT_ALLOWED));
+        }
+        st.auth.authorize(&headers, &need(&ep, &method))?;
+        handlers::handle(&st, ep, &method, &query, &headers, body).await
+    }
+    .await;
+    let mut resp = result.unwrap_or_else(|e| {
+        if e.status.is_server_error() {
+            tracing::warn!(event = "request_failed", route, repository = %repo, error = %e, "request failed");
+        }
+        e.into_response()
+    });
+    let (k, v) = oci::API_VERSION_HEADER;
+    resp.headers_mut().insert(k, HeaderValue::from_static(v));
+    let status = resp.status().as_u16().to_string();
+    let elapsed = started.elapsed();
+    metrics::counter!("afreg_http_requests_total", "route" => route, "method" => method.to_string(), "status" => status.clone())
+        .increment(1);
+    metrics::histogram!("afreg_http_request_duration_seconds", "route" => route, "method" => method.to_string())
+        .record(elapsed.as_secs_f64());
+    tracing::info!(event = "request", method = %method, route, repository = %repo, status = %status,
+        duration_ms = elapsed.as_millis() as u64, "request");
+    resp
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    let t = Duration::from_secs(2);
+    let pg = match tokio::time::timeout(t, st.registry.store.ping()).await {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => e.message,
+        Err(_) => "PostgreSQL did not answer within 2s".into(),
+    };
+    let kubo = match tokio::time::timeout(t, st.registry.kubo.id()).await {
+        Ok(Ok(_)) => "ok".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "Kubo did not answer within 2s".into(),
+    };
+    let ready = pg == "ok" && kubo == "ok";
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(serde_json::json!({"ready": ready, "postgres": pg, "kubo": kubo}))).into_response()
+}

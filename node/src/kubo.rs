@@ -1,0 +1,266 @@
+//! The Kubo RPC client: the only code that talks to IPFS. Blob bytes stream through it in both
+//! directions without being held whole in memory; short calls carry timeouts, and `pin/add`
+//! always passes Kubo's own `timeout=` because it otherwise waits forever for absent content.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{Stream, TryStreamExt};
+use serde::Deserialize;
+
+use crate::config::KuboConfig;
+use crate::oci::RegistryError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KuboError {
+    #[error("IPFS (Kubo) is unreachable: {0}")]
+    Unreachable(String),
+    #[error("IPFS (Kubo) timed out during {0}")]
+    Timeout(&'static str),
+    #[error("IPFS (Kubo) {cmd} failed: {message}")]
+    Api { cmd: &'static str, message: String },
+    #[error("reading the upload body failed: {0}")]
+    Body(String),
+}
+
+impl From<KuboError> for RegistryError {
+    fn from(e: KuboError) -> Self {
+        match &e {
+            KuboError::Unreachable(_) | KuboError::Timeout(_) => RegistryError::unavailable("blob storage", &e),
+            KuboError::Api { message, .. } if message.contains("deadline") || message.contains("timeout") => {
+                RegistryError::unavailable("blob storage", &e)
+            }
+            KuboError::Body(_) => RegistryError::new(crate::oci::ErrorCode::BlobUploadInvalid, e.to_string()),
+            KuboError::Api { .. } => RegistryError::internal(e),
+        }
+    }
+}
+
+/// What `add` reports for the root of the DAG it built.
+#[derive(Debug, Clone)]
+pub struct Added {
+    pub cid: String,
+}
+
+#[derive(Clone)]
+pub struct Kubo {
+    http: reqwest::Client,
+    base: String,
+    timeout: Duration,
+    pin_timeout: Duration,
+    chunker: String,
+}
+
+#[derive(Deserialize)]
+struct ApiErr {
+    #[serde(rename = "Message")]
+    message: String,
+}
+
+fn classify(cmd: &'static str, e: reqwest::Error) -> KuboError {
+    if e.is_timeout() {
+        KuboError::Timeout(cmd)
+    } else if e.is_connect() {
+        KuboError::Unreachable(e.to_string())
+    } else if e.is_body() || e.is_request() {
+        // The request body (our client's upload) failed, or the connection broke mid-way.
+        let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+        while let Some(s) = src {
+            if s.to_string().contains("upload body") {
+                return KuboError::Body(s.to_string());
+            }
+            src = s.source();
+        }
+        KuboError::Unreachable(e.to_string())
+    } else {
+        KuboError::Unreachable(e.to_string())
+    }
+}
+
+fn observe(cmd: &'static str, started: Instant) {
+    metrics::histogram!("afreg_kubo_call_seconds", "cmd" => cmd).record(started.elapsed().as_secs_f64());
+}
+
+impl Kubo {
+    pub fn new(cfg: &KuboConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("reqwest client");
+        Self {
+            http,
+            base: cfg.api_url.trim_end_matches('/').to_owned(),
+            timeout: Duration::from_secs(cfg.timeout_secs),
+            pin_timeout: Duration::from_secs(cfg.pin_timeout_secs),
+            chunker: cfg.chunker.clone(),
+        }
+    }
+
+    fn url(&self, cmd: &str) -> String {
+        format!("{}/api/v0/{cmd}", self.base)
+    }
+
+    async fn check(cmd: &'static str, resp: reqwest::Response) -> Result<reqwest::Response, KuboError> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ApiErr>(&text).map(|e| e.message).unwrap_or_else(|_| format!("HTTP {status}: {text}"));
+        Err(KuboError::Api { cmd, message })
+    }
+
+    /// A short RPC call with the configured timeout; returns the body.
+    async fn call(&self, cmd: &'static str, query: &[(&str, &str)], timeout: Duration) -> Result<Bytes, KuboError> {
+        let started = Instant::now();
+        let resp = self
+            .http
+            .post(self.url(cmd))
+            .query(query)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| classify(cmd, e))?;
+        let resp = Self::check(cmd, resp).await?;
+        let body = resp.bytes().await.map_err(|e| classify(cmd, e))?;
+        observe(cmd, started);
+        Ok(body)
+    }
+
+    /// Kubo's peer id; used by readiness checks.
+    pub async fn id(&self) -> Result<String, KuboError> {
+        #[derive(Deserialize)]
+        struct Id {
+            #[serde(rename = "ID")]
+            id: String,
+        }
+        let b = self.call("id", &[], Duration::from_secs(3)).await?;
+        serde_json::from_slice::<Id>(&b)
+            .map(|i| i.id)
+            .map_err(|e| KuboError::Api { cmd: "id", message: e.to_string() })
+    }
+
+    /// Streams `body` into `add` as CIDv1 with raw leaves, without pinning. The caller pins
+    /// once it has checked the digest, so rejected bytes never hold a pin.
+    pub async fn add<S>(&self, body: S) -> Result<Added, KuboError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let started = Instant::now();
+        let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(body))
+            .file_name("blob")
+            .mime_str("application/octet-stream")
+            .expect("static mime");
+        let form = reqwest::multipart::Form::new().part("file", part);
+        let resp = self
+            .http
+            .post(self.url("add"))
+            .query(&[
+                ("cid-version", "1"),
+                ("raw-leaves", "true"),
+                ("chunker", self.chunker.as_str()),
+                ("pin", "false"),
+                ("quieter", "true"),
+                ("progress", "false"),
+            ])
+            .multipart(form)
+            .send()
+            .await
+            .map_err(|e| classify("add", e))?;
+        let resp = Self::check("add", resp).await?;
+        let text = resp.text().await.map_err(|e| classify("add", e))?;
+        #[derive(Deserialize)]
+        struct Line {
+            #[serde(rename = "Hash")]
+            hash: Option<String>,
+            #[serde(rename = "Message")]
+            message: Option<String>,
+        }
+        let mut cid = None;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let l: Line =
+                serde_json::from_str(line).map_err(|e| KuboError::Api { cmd: "add", message: format!("{e}: {line}") })?;
+            if let Some(m) = l.message {
+                return Err(KuboError::Api { cmd: "add", message: m });
+            }
+            if l.hash.is_some() {
+                cid = l.hash;
+            }
+        }
+        observe("add", started);
+        cid.map(|cid| Added { cid }).ok_or(KuboError::Api { cmd: "add", message: "no CID in the response".into() })
+    }
+
+    /// Streams `length` bytes (or all, if `None`) of `cid` from `offset`.
+    pub async fn cat(
+        &self,
+        cid: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, KuboError> {
+        let started = Instant::now();
+        let mut q = vec![("arg", cid.to_owned()), ("offset", offset.to_string())];
+        if let Some(l) = length {
+            q.push(("length", l.to_string()));
+        }
+        let send = self.http.post(self.url("cat")).query(&q).send();
+        let resp = tokio::time::timeout(self.timeout, send)
+            .await
+            .map_err(|_| KuboError::Timeout("cat"))?
+            .map_err(|e| classify("cat", e))?;
+        let resp = Self::check("cat", resp).await?;
+        observe("cat", started);
+        Ok(resp.bytes_stream().map_err(std::io::Error::other))
+    }
+
+    /// Pins `cid` recursively, fetching missing blocks from connected peers, bounded by the
+    /// pin timeout (passed to Kubo so that it stops the work too).
+    pub async fn pin_add(&self, cid: &str) -> Result<(), KuboError> {
+        let t = format!("{}s", self.pin_timeout.as_secs());
+        self.call(
+            "pin/add",
+            &[("arg", cid), ("recursive", "true"), ("timeout", t.as_str())],
+            self.pin_timeout + Duration::from_secs(5),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Removes a recursive pin; a CID that is not pinned is not an error.
+    pub async fn pin_rm(&self, cid: &str) -> Result<(), KuboError> {
+        match self.call("pin/rm", &[("arg", cid), ("recursive", "true")], self.timeout).await {
+            Ok(_) => Ok(()),
+            Err(KuboError::Api { message, .. }) if message.contains("not pinned") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `cid` carries a recursive pin.
+    pub async fn is_pinned(&self, cid: &str) -> Result<bool, KuboError> {
+        match self.call("pin/ls", &[("arg", cid), ("type", "recursive")], self.timeout).await {
+            Ok(_) => Ok(true),
+            Err(KuboError::Api { message, .. }) if message.contains("not pinned") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The CID Kubo gives a blob that fits in one raw-leaf chunk: `b` + base32(0x01 0x55 0x12 0x20 ‖ sha256).
+pub fn raw_cid_for_sha256(hash: &[u8; 32]) -> String {
+    let mut b = vec![0x01, 0x55, 0x12, 0x20];
+    b.extend_from_slice(hash);
+    format!("b{}", data_encoding::BASE32_NOPAD.encode(&b).to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest as _;
+
+    #[test]
+    fn raw_cid_matches_kubo() {
+        let h: [u8; 32] = sha2::Sha256::digest(b"hello world").into();
+        assert_eq!(raw_cid_for_sha256(&h), "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e");
+    }
+}

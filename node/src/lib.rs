@@ -1,0 +1,23 @@
+//! afreg's regional node: the OCI Distribution API v1.1 over PostgreSQL (metadata) and IPFS
+//! Kubo (blob bytes).
+//!
+//! # Layout
+//! - [`oci`]: the protocol with no IO: names, digests, the endpoint parser, manifest reading,
+//!   error codes and the one mapping of errors to responses.
+//! - [`http`]: the axum server; thin handlers over the services.
+//! - [`registry`]: the services (blobs, uploads, manifests) that tie the adapters together.
+//! - [`store`]: every SQL statement, against the schema in `migrations/`.
+//! - [`kubo`]: the Kubo RPC client; streams blob bytes in and out.
+//! - [`auth`]: the token service, token checks and users.
+//! - [`config`], [`telemetry`], [`server`]: configuration, logs and metrics, start-up and shutdown.
+
+pub mod auth;
+pub mod config;
+pub mod hashing;
+pub mod http;
+pub mod kubo;
+pub mod oci;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,116 @@
+//! Reading and deleting blobs, and cross-repository mounts. Bytes come from Kubo as a stream;
+//! a blob is served only through repositories that uploaded or mounted it.
+
+use bytes::Bytes;
+use futures::Stream;
+
+use super::Registry;
+use crate::oci::{Digest, ErrorCode, RegistryError, RepoName};
+use crate::store::{BlobRow, Store};
+
+/// A parsed `Range: bytes=…` request, resolved against the blob's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    /// Inclusive.
+    pub end: u64,
+}
+
+/// Resolves a single-range `Range` header. `Ok(None)` means the whole blob; `Err(())` means
+/// unsatisfiable (416).
+pub fn parse_range(header: &str, size: u64) -> Result<Option<ByteRange>, ()> {
+    let spec = header.trim().strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().map_err(|_| ())?;
+            if n == 0 || size == 0 {
+                return Err(());
+            }
+            (size.saturating_sub(n), size - 1)
+        }
+        (s, "") => (s.parse().map_err(|_| ())?, size.saturating_sub(1)),
+        (s, e) => {
+            let (s, e): (u64, u64) = (s.parse().map_err(|_| ())?, e.parse().map_err(|_| ())?);
+            (s, e.min(size.saturating_sub(1)))
+        }
+    };
+    if start >= size || start > end {
+        return Err(());
+    }
+    Ok(Some(ByteRange { start, end }))
+}
+
+impl Registry {
+    pub async fn blob_meta(&self, repo: &RepoName, digest: &Digest) -> Result<BlobRow, RegistryError> {
+        self.store.repo_blob(repo, digest).await?.ok_or_else(|| RegistryError::blob_unknown(digest))
+    }
+
+    /// Streams a blob, or the part of it in `range`.
+    pub async fn blob_stream(
+        &self,
+        blob: &BlobRow,
+        range: Option<ByteRange>,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, RegistryError> {
+        let (offset, length) = match range {
+            Some(r) => (r.start, Some(r.end - r.start + 1)),
+            None => (0, None),
+        };
+        Ok(self.kubo.cat(&blob.cid, offset, length).await?)
+    }
+
+    /// Removes the blob from `repo`; the bytes are unpinned once no repository links them.
+    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), RegistryError> {
+        match self.store.unlink_blob(repo, digest).await? {
+            None => Err(RegistryError::blob_unknown(digest)),
+            Some(orphan) => {
+                if let Some(cid) = orphan {
+                    self.release_cid(&cid).await;
+                }
+                tracing::info!(event = "blob_delete", repository = %repo, digest = %digest, "blob deleted");
+                Ok(())
+            }
+        }
+    }
+
+    /// Links a blob from `from` into `repo` if `from` has it. False means the client must
+    /// upload it instead.
+    pub async fn mount(&self, repo: &RepoName, from: &RepoName, digest: &Digest) -> Result<bool, RegistryError> {
+        if self.store.repo_blob(from, digest).await?.is_none() {
+            return Ok(false);
+        }
+        let mut tx = self.store.begin().await?;
+        let linked = Store::link_blob(&mut tx, repo, digest).await?;
+        tx.commit().await?;
+        if linked {
+            tracing::info!(event = "blob_mount", repository = %repo, from = %from, digest = %digest, "blob mounted");
+        }
+        Ok(linked)
+    }
+}
+
+/// 416 for a `Range` that cannot be served.
+pub fn range_not_satisfiable() -> RegistryError {
+    RegistryError::new(ErrorCode::BlobUnknown, "requested range is not satisfiable")
+        .with_status(axum::http::StatusCode::RANGE_NOT_SATISFIABLE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Ok(Some(ByteRange { start: 0, end: 9 })));
+        assert_eq!(parse_range("bytes=90-", 100), Ok(Some(ByteRange { start: 90, end: 99 })));
+        assert_eq!(parse_range("bytes=-10", 100), Ok(Some(ByteRange { start: 90, end: 99 })));
+        assert_eq!(parse_range("bytes=50-1000", 100), Ok(Some(ByteRange { start: 50, end: 99 })));
+        assert_eq!(parse_range("bytes=100-", 100), Err(()));
+        assert_eq!(parse_range("bytes=5-2", 100), Err(()));
+        assert_eq!(parse_range("bytes=0-1,3-4", 100), Err(()));
+        assert_eq!(parse_range("items=0-1", 100), Err(()));
+    }
+}

@@ -1,0 +1,128 @@
+//! Manifests, tags, the referrers API and the catalog. Manifest bytes are kept exactly as
+//! pushed; GET and HEAD by tag or digest are one Postgres round trip each.
+
+use super::Registry;
+use crate::hashing::Hasher;
+use crate::oci::manifest::{self, OCI_INDEX};
+use crate::oci::{Digest, ErrorCode, Reference, RegistryError, RepoName};
+use crate::store::{ManifestRow, ReferrerRow};
+
+/// What a successful manifest PUT reports.
+pub struct PutManifest {
+    pub digest: Digest,
+    pub subject: Option<Digest>,
+}
+
+/// A page of names and whether more follow.
+pub struct Page {
+    pub items: Vec<String>,
+    pub more: bool,
+}
+
+impl Registry {
+    pub async fn get_manifest(&self, repo: &RepoName, r: &Reference, with_body: bool) -> Result<ManifestRow, RegistryError> {
+        self.store.manifest(repo, r, with_body).await?.ok_or_else(|| RegistryError::manifest_unknown(r))
+    }
+
+    /// Checks and stores a manifest pushed under `reference`.
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<PutManifest, RegistryError> {
+        let alg = match reference {
+            Reference::Digest(d) => d.algorithm(),
+            Reference::Tag(_) => crate::oci::Algorithm::Sha256,
+        };
+        let mut h = Hasher::new(alg);
+        h.update(body);
+        let digest = h.finish();
+        if let Reference::Digest(d) = reference {
+            if *d != digest {
+                return Err(RegistryError::new(
+                    ErrorCode::DigestInvalid,
+                    format!("manifest pushed as {d} has digest {digest}"),
+                ));
+            }
+        }
+        let parsed = manifest::parse(body, content_type)?;
+        let tag = match reference {
+            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Digest(_) => None,
+        };
+        if let Err(missing) = self.store.put_manifest(repo, &digest, &parsed, body, tag).await? {
+            return Err(RegistryError::new(
+                ErrorCode::ManifestBlobUnknown,
+                format!("manifest references blobs this repository does not have: {}", missing.join(", ")),
+            ));
+        }
+        tracing::info!(event = "manifest_put", repository = %repo, digest = %digest, reference = %reference,
+            size = body.len(), "manifest stored");
+        Ok(PutManifest { digest, subject: parsed.subject })
+    }
+
+    /// Deletes a manifest by digest, or just a tag.
+    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(), RegistryError> {
+        let found = match reference {
+            Reference::Digest(d) => self.store.delete_manifest(repo, d).await?,
+            Reference::Tag(t) => self.store.delete_tag(repo, t.as_str()).await?,
+        };
+        if !found {
+            return Err(RegistryError::manifest_unknown(reference));
+        }
+        tracing::info!(event = "manifest_delete", repository = %repo, reference = %reference, "manifest deleted");
+        Ok(())
+    }
+
+    pub async fn tags(&self, repo: &RepoName, n: Option<u32>, last: Option<&str>) -> Result<Page, RegistryError> {
+        if n == Some(0) {
+            // Still tell an unknown repository apart.
+            self.store.tags(repo, Some(0), None).await?.ok_or_else(|| name_unknown(repo))?;
+            return Ok(Page { items: vec![], more: false });
+        }
+        let mut items =
+            self.store.tags(repo, n.map(|n| n as i64 + 1), last).await?.ok_or_else(|| name_unknown(repo))?;
+        let more = n.is_some_and(|n| items.len() > n as usize);
+        if let Some(n) = n {
+            items.truncate(n as usize);
+        }
+        Ok(Page { items, more })
+    }
+
+    pub async fn catalog(&self, n: Option<u32>, last: Option<&str>) -> Result<Page, RegistryError> {
+        if n == Some(0) {
+            return Ok(Page { items: vec![], more: false });
+        }
+        let mut items = self.store.catalog(n.map(|n| n as i64 + 1), last).await?;
+        let more = n.is_some_and(|n| items.len() > n as usize);
+        if let Some(n) = n {
+            items.truncate(n as usize);
+        }
+        Ok(Page { items, more })
+    }
+
+    /// The referrers index for `subject`, as an OCI image index body.
+    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<u8>, RegistryError> {
+        let rows = self.store.referrers(repo, subject, artifact_type).await?;
+        let manifests: Vec<serde_json::Value> = rows.iter().map(descriptor).collect();
+        let index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+        Ok(serde_json::to_vec(&index).expect("json"))
+    }
+}
+
+fn descriptor(r: &ReferrerRow) -> serde_json::Value {
+    let mut d = serde_json::json!({"mediaType": r.media_type, "digest": r.digest, "size": r.size});
+    if let Some(t) = &r.artifact_type {
+        d["artifactType"] = t.clone().into();
+    }
+    if let Some(a) = r.annotations.as_ref().filter(|a| a.as_object().is_some_and(|o| !o.is_empty())) {
+        d["annotations"] = a.clone();
+    }
+    d
+}
+
+fn name_unknown(repo: &RepoName) -> RegistryError {
+    RegistryError::new(ErrorCode::NameUnknown, format!("repository {repo} is not known"))
+}

@@ -1,0 +1,368 @@
+//! Blob uploads: monolithic, chunked and streamed. Bytes flow from the client straight into
+//! Kubo `add` while they are hashed; nothing is buffered whole. Each accepted chunk is pinned
+//! and recorded in Postgres before it is acknowledged, so a session survives a restart. On
+//! completion the digest is checked: a mismatch removes the session and its pins, and a match
+//! records the blob, links it into the repository and pins its final CID.
+
+use std::sync::{Arc, Mutex as StdMutex};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use uuid::Uuid;
+
+use super::Registry;
+use crate::hashing::Hasher;
+use crate::oci::{Algorithm, Digest, ErrorCode, RegistryError, RepoName};
+use crate::store::{self, Store, UploadRow};
+
+/// The in-memory half of a session: a sha256 over the bytes received so far, if it is known.
+#[derive(Default)]
+pub struct SessionState {
+    hash: Option<(u64, Hasher)>,
+}
+
+/// Where a session stands, for `Range` and `Location` headers.
+pub struct UploadStatus {
+    pub id: Uuid,
+    pub size: u64,
+}
+
+/// A `Content-Range: <start>-<end>` header (inclusive, no unit), as the spec defines for PATCH.
+pub fn parse_content_range(h: &str) -> Option<(u64, u64)> {
+    let h = h.trim();
+    let h = h.strip_prefix("bytes ").or_else(|| h.strip_prefix("bytes=")).unwrap_or(h);
+    let (a, b) = h.split_once('-')?;
+    let (a, b) = (a.trim().parse().ok()?, b.split('/').next()?.trim().parse().ok()?);
+    (a <= b).then_some((a, b))
+}
+
+fn range_error(msg: String) -> RegistryError {
+    RegistryError::new(ErrorCode::BlobUploadInvalid, msg).with_status(axum::http::StatusCode::RANGE_NOT_SATISFIABLE)
+}
+
+/// Counts and hashes the bytes of a body stream as they pass, and records bytes in.
+fn tap<S>(body: S, hasher: Hasher) -> (impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, Arc<StdMutex<(u64, Hasher)>>)
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let state = Arc::new(StdMutex::new((0u64, hasher)));
+    let s2 = state.clone();
+    let stream = body.map_ok(move |b| {
+        let mut g = s2.lock().unwrap();
+        g.0 += b.len() as u64;
+        g.1.update(&b);
+        metrics::counter!("afreg_bytes_in_total").increment(b.len() as u64);
+        b
+    });
+    (stream, state)
+}
+
+fn take(state: Arc<StdMutex<(u64, Hasher)>>) -> (u64, Hasher) {
+    match Arc::try_unwrap(state) {
+        Ok(m) => m.into_inner().unwrap(),
+        Err(a) => {
+            let g = a.lock().unwrap();
+            (g.0, g.1.clone())
+        }
+    }
+}
+
+fn upload_id(s: &str) -> Result<Uuid, RegistryError> {
+    Uuid::parse_str(s).map_err(|_| RegistryError::upload_unknown())
+}
+
+impl Registry {
+    fn session(&self, id: Uuid) -> Arc<tokio::sync::Mutex<SessionState>> {
+        self.sessions.lock().unwrap().entry(id).or_default().clone()
+    }
+    fn forget_session(&self, id: Uuid) {
+        self.sessions.lock().unwrap().remove(&id);
+    }
+
+    /// Pins `cid` and runs `record` in the same transaction, under the CID's lock.
+    async fn pin_and_record<F, T>(&self, cid: &str, record: F) -> Result<T, RegistryError>
+    where
+        F: for<'c> FnOnce(&'c mut sqlx::PgConnection) -> futures::future::BoxFuture<'c, Result<T, RegistryError>>,
+    {
+        let mut tx = self.store.begin().await?;
+        store::lock_cid(&mut tx, cid).await?;
+        self.kubo.pin_add(cid).await?;
+        let out = record(&mut tx).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// `POST …/blobs/uploads/?digest=` with the whole blob as the body.
+    pub async fn upload_monolithic<S>(&self, repo: &RepoName, digest: &Digest, body: S) -> Result<(), RegistryError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let started = std::time::Instant::now();
+        let (stream, state) = tap(body, Hasher::new(digest.algorithm()));
+        let added = self.kubo.add(stream).await?;
+        let (size, hasher) = take(state);
+        let got = hasher.finish();
+        if &got != digest {
+            return Err(digest_mismatch(digest, &got));
+        }
+        self.commit_blob(repo, digest, &added.cid, size as i64).await?;
+        tracing::info!(event = "blob_upload", repository = %repo, digest = %digest, ipfs_cid = %added.cid, size,
+            duration_ms = started.elapsed().as_millis() as u64, "blob uploaded");
+        Ok(())
+    }
+
+    /// Records the blob, links it and keeps its CID pinned.
+    async fn commit_blob(&self, repo: &RepoName, digest: &Digest, cid: &str, size: i64) -> Result<(), RegistryError> {
+        let (r, d, c) = (repo.clone(), digest.clone(), cid.to_owned());
+        let kept = self
+            .pin_and_record(cid, move |tx| Box::pin(async move { Store::record_blob(tx, &r, &d, &c, size).await }))
+            .await?;
+        if kept != cid {
+            // The digest was already stored under another CID; ours is surplus.
+            self.release_cid(cid).await;
+        }
+        Ok(())
+    }
+
+    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus, RegistryError> {
+        let id = Uuid::new_v4();
+        self.store.create_upload(id, repo).await?;
+        metrics::gauge!("afreg_upload_sessions_open").increment(1.0);
+        Ok(UploadStatus { id, size: 0 })
+    }
+
+    pub async fn upload_status(&self, repo: &RepoName, id: &str) -> Result<UploadStatus, RegistryError> {
+        let id = upload_id(id)?;
+        let row = self.store.upload(id, repo).await?.ok_or_else(RegistryError::upload_unknown)?;
+        Ok(UploadStatus { id, size: row.size as u64 })
+    }
+
+    /// `PATCH`: appends a chunk. `content_range` must start at the session's current size.
+    pub async fn upload_chunk<S>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        content_range: Option<(u64, u64)>,
+        content_length: Option<u64>,
+        body: S,
+    ) -> Result<UploadStatus, RegistryError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let id = upload_id(id)?;
+        let lock = self.session(id);
+        let mut state = lock.lock().await;
+        let row = self.store.upload(id, repo).await?.ok_or_else(RegistryError::upload_unknown)?;
+        let size = self.append(id, &row, &mut state, content_range, content_length, body).await?;
+        Ok(UploadStatus { id, size })
+    }
+
+    async fn append<S>(
+        &self,
+        id: Uuid,
+        row: &UploadRow,
+        state: &mut SessionState,
+        content_range: Option<(u64, u64)>,
+        content_length: Option<u64>,
+        body: S,
+    ) -> Result<u64, RegistryError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let offset = row.size as u64;
+        if let Some((start, end)) = content_range {
+            if start != offset {
+                return Err(range_error(format!("chunk starts at {start}, but the upload has {offset} bytes")));
+            }
+            if let Some(len) = content_length {
+                if end - start + 1 != len {
+                    return Err(range_error(format!("Content-Range {start}-{end} does not match Content-Length {len}")));
+                }
+            }
+        }
+        if content_length == Some(0) {
+            return Ok(offset);
+        }
+        // Hash speculatively on a copy: the chunk counts only once it is recorded.
+        let base = match state.hash.take() {
+            Some((n, h)) if n == offset => h,
+            _ => self.rehash(row, Algorithm::Sha256).await?,
+        };
+        let (stream, tapped) = tap(body, base.clone());
+        let added = self.kubo.add(stream).await;
+        let (len, hasher) = take(tapped);
+        let added = match added {
+            Ok(a) => a,
+            Err(e) => {
+                state.hash = Some((offset, base));
+                return Err(e.into());
+            }
+        };
+        let expected = content_range.map(|(s, e)| e - s + 1).or(content_length);
+        if expected.is_some_and(|n| n != len) || len == 0 {
+            state.hash = Some((offset, base));
+            if len == 0 {
+                return Ok(offset);
+            }
+            return Err(RegistryError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!("chunk declared {} bytes but carried {len}", expected.unwrap_or(0)),
+            ));
+        }
+        let cid = added.cid.clone();
+        let appended = self
+            .pin_and_record(&cid, move |tx| {
+                Box::pin(async move { Store::append_chunk(tx, id, offset as i64, len as i64, &added.cid).await })
+            })
+            .await;
+        match appended {
+            Ok(true) => {
+                state.hash = Some((offset + len, hasher));
+                Ok(offset + len)
+            }
+            Ok(false) => {
+                self.release_cid(&cid).await;
+                Err(RegistryError::upload_unknown())
+            }
+            Err(e) => {
+                state.hash = Some((offset, base));
+                Err(e)
+            }
+        }
+    }
+
+    /// Recomputes the hash of everything a session has received, from Kubo (after a restart,
+    /// or when the client finishes with a digest other than sha256).
+    async fn rehash(&self, row: &UploadRow, alg: Algorithm) -> Result<Hasher, RegistryError> {
+        let mut h = Hasher::new(alg);
+        for (_, _, cid) in &row.chunks {
+            let mut s = Box::pin(self.kubo.cat(cid, 0, None).await?);
+            while let Some(b) = s.next().await {
+                h.update(&b.map_err(|e| RegistryError::unavailable("blob storage", e))?);
+            }
+        }
+        Ok(h)
+    }
+
+    /// `PUT …?digest=`: appends an optional last chunk, checks the digest and commits.
+    pub async fn finish_upload<S>(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        digest: &Digest,
+        content_range: Option<(u64, u64)>,
+        content_length: Option<u64>,
+        body: S,
+    ) -> Result<(), RegistryError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let started = std::time::Instant::now();
+        let id = upload_id(id)?;
+        let lock = self.session(id);
+        let mut state = lock.lock().await;
+        let mut row = self.store.upload(id, repo).await?.ok_or_else(RegistryError::upload_unknown)?;
+        if content_length != Some(0) {
+            let before = row.size;
+            let size = self.append(id, &row, &mut state, content_range, content_length, body).await?;
+            if size as i64 != before {
+                row = self.store.upload(id, repo).await?.ok_or_else(RegistryError::upload_unknown)?;
+            }
+        }
+        let got = match (digest.algorithm(), state.hash.take()) {
+            (Algorithm::Sha256, Some((n, h))) if n == row.size as u64 => h.finish(),
+            (alg, _) => self.rehash(&row, alg).await?.finish(),
+        };
+        if &got != digest {
+            drop(state);
+            self.cancel(id).await?;
+            return Err(digest_mismatch(digest, &got));
+        }
+        let cid = match row.chunks.as_slice() {
+            [(_, _, cid)] => cid.clone(),
+            chunks => {
+                // Zero chunks (an empty blob) or several: build the blob's own DAG from them.
+                let cids: Vec<String> = chunks.iter().map(|c| c.2.clone()).collect();
+                let kubo = self.kubo.clone();
+                let parts = futures::stream::iter(cids)
+                    .then(move |cid| {
+                        let kubo = kubo.clone();
+                        async move { kubo.cat(&cid, 0, None).await.map_err(|e| std::io::Error::other(e.to_string())) }
+                    })
+                    .try_flatten();
+                self.kubo.add(parts).await?.cid
+            }
+        };
+        let (r, d, c, size) = (repo.clone(), digest.clone(), cid.clone(), row.size);
+        let (kept, chunk_cids) = self
+            .pin_and_record(&cid, move |tx| {
+                Box::pin(async move {
+                    let kept = Store::record_blob(tx, &r, &d, &c, size).await?;
+                    let chunk_cids = Store::delete_upload(tx, id).await?.ok_or_else(RegistryError::upload_unknown)?;
+                    Ok((kept, chunk_cids))
+                })
+            })
+            .await?;
+        drop(state);
+        self.forget_session(id);
+        metrics::gauge!("afreg_upload_sessions_open").decrement(1.0);
+        for c in chunk_cids.iter().chain((kept != cid).then_some(&cid)) {
+            if *c != kept {
+                self.release_cid(c).await;
+            }
+        }
+        tracing::info!(event = "blob_upload", repository = %repo, digest = %digest, ipfs_cid = %kept, size = row.size,
+            duration_ms = started.elapsed().as_millis() as u64, "blob uploaded");
+        Ok(())
+    }
+
+    /// `DELETE` of an upload, and the sweeper: drops the session and its chunks' pins.
+    pub async fn cancel_upload(&self, repo: &RepoName, id: &str) -> Result<(), RegistryError> {
+        let id = upload_id(id)?;
+        self.store.upload(id, repo).await?.ok_or_else(RegistryError::upload_unknown)?;
+        let lock = self.session(id);
+        let _g = lock.lock().await;
+        self.cancel(id).await
+    }
+
+    async fn cancel(&self, id: Uuid) -> Result<(), RegistryError> {
+        let mut tx = self.store.begin().await?;
+        let cids = Store::delete_upload(&mut tx, id).await?;
+        tx.commit().await?;
+        self.forget_session(id);
+        if let Some(cids) = cids {
+            metrics::gauge!("afreg_upload_sessions_open").decrement(1.0);
+            for c in cids {
+                self.release_cid(&c).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes sessions untouched for longer than the configured age.
+    pub async fn sweep_uploads(&self) -> Result<usize, RegistryError> {
+        let stale = self.store.stale_uploads(std::time::Duration::from_secs(self.cfg.storage.upload_ttl_secs)).await?;
+        for id in &stale {
+            self.cancel(*id).await?;
+            tracing::info!(event = "upload_expired", upload = %id, "removed a stale upload session");
+        }
+        Ok(stale.len())
+    }
+}
+
+fn digest_mismatch(want: &Digest, got: &Digest) -> RegistryError {
+    RegistryError::new(ErrorCode::DigestInvalid, format!("digest mismatch: the client said {want}, the content is {got}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("0-99"), Some((0, 99)));
+        assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, 199)));
+        assert_eq!(parse_content_range("9-1"), None);
+        assert_eq!(parse_content_range("x"), None);
+    }
+}

@@ -1,0 +1,73 @@
+//! Start-up and shutdown of `afreg serve`: connect the adapters, start the background sweeper,
+//! serve HTTP until a signal, then stop in order (HTTP first, then the sweeper, then the pool).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Auth, Keys};
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::kubo::Kubo;
+use crate::registry::Registry;
+use crate::store::Store;
+
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let metrics = crate::telemetry::init_metrics()?;
+    let store = Store::connect(&cfg.database, Duration::from_secs(60)).await?;
+    let kubo = Kubo::new(&cfg.kubo);
+    if let Err(e) = kubo.id().await {
+        tracing::warn!(event = "kubo_unreachable", error = %e, "Kubo is not reachable yet; blob requests will get 503");
+    }
+    let keys = Arc::new(Keys::load_or_create(&cfg.auth)?);
+    let auth = Arc::new(Auth::new(cfg.auth.clone(), keys, store.clone(), &cfg.server.public_url));
+    let registry = Arc::new(Registry::new(store.clone(), kubo, cfg.clone()));
+    if let Ok(n) = store.open_uploads().await {
+        metrics::gauge!("afreg_upload_sessions_open").set(n as f64);
+    }
+
+    let shutdown = CancellationToken::new();
+    let sweeper = tokio::spawn(sweep_uploads(registry.clone(), shutdown.clone()));
+
+    let app = http::router(AppState { registry, auth, metrics });
+    let listener = tokio::net::TcpListener::bind(cfg.server.listen).await?;
+    tracing::info!(event = "listening", addr = %cfg.server.listen, public_url = %cfg.server.public_url, "afreg node serving");
+    let token = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            signal().await;
+            tracing::info!(event = "shutdown", "shutting down");
+            token.cancel();
+        })
+        .await?;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
+    store_close(store).await;
+    Ok(())
+}
+
+async fn store_close(_store: Store) {}
+
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Removes stale upload sessions periodically; one sweep is one uninterrupted unit of work.
+async fn sweep_uploads(reg: Arc<Registry>, stop: CancellationToken) {
+    let every = Duration::from_secs(reg.cfg.storage.upload_sweep_interval_secs.max(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = reg.sweep_uploads().await {
+            tracing::warn!(event = "upload_sweep_failed", error = %e, "stale-upload sweep failed");
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Structured JSON logs (tracing) and the Prometheus recorder behind `/metrics`.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+pub fn init_logs(cfg: &LogConfig) {
+    let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cfg.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_target(false).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Installs the global metrics recorder; histograms get latency buckets.
+pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .install_recorder()?;
+    metrics::describe_counter!("afreg_http_requests_total", "OCI API requests by route, method and status");
+    metrics::describe_histogram!("afreg_http_request_duration_seconds", "OCI API request latency");
+    metrics::describe_counter!("afreg_bytes_in_total", "Blob bytes received from clients");
+    metrics::describe_counter!("afreg_bytes_out_total", "Blob and manifest bytes sent to clients");
+    metrics::describe_histogram!("afreg_kubo_call_seconds", "Kubo RPC latency by command");
+    metrics::describe_histogram!("afreg_postgres_query_seconds", "PostgreSQL latency by operation");
+    metrics::describe_gauge!("afreg_upload_sessions_open", "Upload sessions in progress");
+    Ok(handle)
+}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Installs every external piece afreg's tests and local cluster need, idempotently.
+#
+#   - PostgreSQL server and skopeo from Debian;
+#   - Kubo (IPFS), crane, oras, regctl from their Go modules;
+#   - the OCI distribution-spec conformance suite, built with `go test -c`.
+#
+# Go-built tools land in $AFREG_TOOLS (default ~/.cache/afreg/bin) and are rebuilt only
+# when their pinned version changes, so a second run takes seconds.
+# Print the tools directory on stdout's last line so callers can `PATH=$(...):$PATH`.
+set -euo pipefail
+
+TOOLS=${AFREG_TOOLS:-$HOME/.cache/afreg/bin}
+mkdir -p "$TOOLS"
+log() { echo "setup: $*" >&2; }
+
+# ---- Debian packages -------------------------------------------------------------
+DEB_PKGS=(postgresql skopeo)
+missing=()
+for p in "${DEB_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+# Debian's postgresql package creates and starts a default cluster; tests run their own.
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+[ -x "$PG_BIN/initdb" ] || { log "no initdb under $PG_BIN"; exit 1; }
+
+# ---- Go tools --------------------------------------------------------------------
+# v0.39.0 is the last tag `go install` accepts. Its cockroachdb/swiss dependency guards its
+# runtime hooks with `go1.20 && !go1.26 || untested_go_version`, so on Go 1.26 it needs that tag.
+# (v0.43.1, the newest served, replaces go-libp2p with a fork the module proxy does not serve.)
+KUBO_VERSION=v0.39.0
+CRANE_VERSION=v0.22.1
+ORAS_VERSION=v1.3.6
+REGCTL_VERSION=v0.11.7
+# The conformance module is not served at tag v1.1.1 by the Go module proxy (the tag is on
+# the root module, and nested-module zips are not published for it). This is the newest
+# served build of the classic Ginkgo suite, the one with the OCI_ROOT_URL/OCI_TEST_* variables.
+CONFORMANCE_VERSION=v0.0.0-20231101194043-f2182352d4cc
+
+export GOFLAGS=-buildvcs=false
+stamp() { echo "$TOOLS/.$1.version"; }
+have() { [ -x "$TOOLS/$1" ] && [ "$(cat "$(stamp "$1")" 2>/dev/null)" = "$2" ]; }
+
+go_install() { # name module version
+  local name=$1 module=$2 version=$3
+  if have "$name" "$version"; then return; fi
+  log "go install $module@$version"
+  GOBIN="$TOOLS" go install "$module@$version" >&2
+  echo "$version" > "$(stamp "$name")"
+}
+
+if ! have ipfs "$KUBO_VERSION"; then
+  log "go install kubo $KUBO_VERSION"
+  GOBIN="$TOOLS" GOFLAGS="$GOFLAGS -tags=untested_go_version" go install "github.com/ipfs/kubo/cmd/ipfs@$KUBO_VERSION" >&2
+  echo "$KUBO_VERSION" > "$(stamp ipfs)"
+fi
+go_install crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
+go_install oras oras.land/oras/cmd/oras "$ORAS_VERSION"
+go_install regctl github.com/regclient/regclient/cmd/regctl "$REGCTL_VERSION"
+
+if ! have oci-conformance "$CONFORMANCE_VERSION"; then
+  log "building the OCI conformance suite $CONFORMANCE_VERSION"
+  src=$(go mod download -json "github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION" \
+        | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -n "$src" ] || { log "conformance module download failed"; exit 1; }
+  work=$(mktemp -d)
+  cp -r "$src"/. "$work"/ && chmod -R u+w "$work"
+  (cd "$work" && go test -c -o "$TOOLS/oci-conformance" . >&2)
+  rm -rf "$work"
+  echo "$CONFORMANCE_VERSION" > "$(stamp oci-conformance)"
+fi
+
+log "tools ready in $TOOLS"
+echo "$TOOLS"
