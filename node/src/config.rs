@@ -173,7 +173,8 @@ impl Config {
             }
             fig = fig.merge(Toml::file(p));
         }
-        fig = fig.merge(Env::prefixed("AFREG_").split("__").lowercase(true));
+        // Only SECTION__FIELD keys: other AFREG_ variables (AFREG_CONFIG, AFREG_TOOLS) are not config.
+        fig = fig.merge(Env::prefixed("AFREG_").filter(|k| k.as_str().contains("__")).split("__").lowercase(true));
         let cfg: Config = fig.extract().map_err(|e| format!("invalid configuration: {e}"))?;
         cfg.validate()?;
         Ok(cfg)
@@ -212,7 +213,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "[auth]\nanonymous = [\"pull\"]\n").unwrap();
+        std::env::set_var("AFREG_TOOLS", "/not/config");
+        std::env::set_var("AFREG_STORAGE__UPLOAD_TTL_SECS", "42");
         let c = Config::load(Some(&p)).unwrap();
+        std::env::remove_var("AFREG_STORAGE__UPLOAD_TTL_SECS");
+        assert_eq!(c.storage.upload_ttl_secs, 42);
         assert_eq!(c.auth.anonymous, vec![Action::Pull]);
         assert_eq!(c.storage.max_manifest_bytes, 4 * 1024 * 1024);
     }

@@ -122,17 +122,13 @@ impl Auth {
             Need::Catalog => anon.catalog(),
             Need::Repo(r, a) => anon.allowed(r.as_str()).contains(a),
         };
-        let bearer = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-        let Some(token) = bearer else {
+        let Some(token) = bearer(headers) else {
             if anon_ok {
                 return Ok(());
             }
             return Err(self.challenge(need, "authentication required", ErrorCode::Unauthorized));
         };
-        let claims = match self.keys.verify(token.trim()) {
+        let claims = match self.keys.verify(token) {
             Ok(c) => c,
             Err(why) => return Err(self.challenge(need, &why, ErrorCode::Unauthorized)),
         };
@@ -211,6 +207,14 @@ impl Auth {
         let (token, claims) = self.keys.issue(&sub, access);
         Ok(IssuedToken { token, claims })
     }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
 }
 
 /// Decodes an `Authorization: Basic` header.

@@ -61,7 +61,13 @@ async fn v2(State(st): State<AppState>, method: Method, uri: Uri, headers: Heade
     let mut route = "unknown";
     let mut repo = String::new();
     let result = async {
-        let ep = oci::router::parse(rest)?;
+        let ep = match oci::router::parse(rest) {
+            // A tag that cannot exist is simply unknown to reads; only a PUT of it is bad input.
+            Err(e) if e.code == ErrorCode::TagInvalid && method != Method::PUT => {
+                return Err(RegistryError::new(ErrorCode::ManifestUnknown, e.message));
+            }
+            r => r?,
+        };
         route = ep.route();
         repo = ep.repo().map(|r| r.to_string()).unwrap_or_default();
         if !ep.allows(&method) {
