@@ -1,0 +1,86 @@
+//! The node streams blobs: pushing and pulling a 1 GiB blob through a real node, Postgres and
+//! Kubo leaves the node's peak RSS (VmHWM) under 150 MiB.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use reqwest::{Client, StatusCode};
+use sha2::Digest as _;
+use testkit::{peak_rss_kib, Region};
+
+const GIB: u64 = 1024 * 1024 * 1024;
+const FRAME: usize = 1024 * 1024;
+const LIMIT_KIB: u64 = 150 * 1024;
+
+/// Deterministic pseudo-random bytes (xorshift64*), generated frame by frame.
+fn frames(seed: u64, total: u64) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    let mut state = seed | 1;
+    let n = (total as usize).div_ceil(FRAME);
+    futures::stream::iter(0..n).map(move |i| {
+        let len = if i + 1 == n { total as usize - i * FRAME } else { FRAME };
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            buf.extend_from_slice(&state.wrapping_mul(0x2545F4914F6CDD1D).to_le_bytes());
+        }
+        buf.truncate(len);
+        Ok(buf)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_push_and_pull_keeps_node_rss_flat() {
+    let region = Region::start_with(Path::new(env!("CARGO_BIN_EXE_afreg")), |c| {
+        c.anonymous = vec!["pull".into(), "push".into(), "delete".into()];
+    });
+    let base = region.node.url();
+    let c = Client::new();
+
+    // Push: POST, one streamed PATCH of the whole GiB, PUT with the digest hashed on the way.
+    let r = c.post(format!("{base}/v2/big/blob/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let loc = format!("{base}{}", r.headers()["location"].to_str().unwrap());
+    let hasher = Arc::new(Mutex::new(sha2::Sha256::new()));
+    let h = hasher.clone();
+    let body = frames(42, GIB).map(move |f| {
+        if let Ok(b) = &f {
+            h.lock().unwrap().update(b);
+        }
+        f
+    });
+    let r = c
+        .patch(&loc)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "{}", r.text().await.unwrap());
+    assert_eq!(r.headers()["range"], format!("0-{}", GIB - 1).as_str());
+    let digest = format!("sha256:{}", hex::encode(hasher.lock().unwrap().clone().finalize()));
+    let r = c.put(format!("{loc}?digest={digest}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+
+    // Pull it back, hashing as it streams.
+    let r = c.get(format!("{base}/v2/big/blob/blobs/{digest}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-length"], GIB.to_string().as_str());
+    let mut got = sha2::Sha256::new();
+    let mut n = 0u64;
+    let mut s = r.bytes_stream();
+    while let Some(b) = s.next().await {
+        let b = b.unwrap();
+        n += b.len() as u64;
+        got.update(&b);
+    }
+    assert_eq!(n, GIB);
+    assert_eq!(format!("sha256:{}", hex::encode(got.finalize())), digest);
+
+    let peak = peak_rss_kib(region.node.pid());
+    println!("node peak RSS after 1 GiB push and pull: {} MiB", peak / 1024);
+    assert!(peak > 0, "could not read the node's VmHWM");
+    assert!(peak < LIMIT_KIB, "node peak RSS {} KiB is over {} KiB", peak, LIMIT_KIB);
+}
