@@ -856,6 +856,7 @@ impl Node {
         let log = open_log(&self.log_path());
         let _ = writeln!(&log, "=== testkit: starting {} serve --config {} ===", self.bin.display(), self.config_path().display());
         let mut cmd = Command::new(&self.bin);
+        strip_inherited_afreg_env(&mut cmd);
         cmd.arg("serve")
             .arg("--config")
             .arg(self.config_path())
@@ -993,6 +994,7 @@ impl Node {
     /// exit status).
     pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut cmd = Command::new(&self.bin);
+        strip_inherited_afreg_env(&mut cmd);
         cmd.args(args)
             .arg("--config")
             .arg(self.config_path())
@@ -1031,6 +1033,17 @@ impl Node {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
+        }
+    }
+}
+
+/// The node reads `AFREG_SECTION__FIELD` variables as configuration: a test's node must be
+/// configured only by its file and `NodeConfig::env`, never by the developer's shell (nor by
+/// `AFREG_TOOLS`), so inherited `AFREG_*` variables are removed.
+fn strip_inherited_afreg_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AFREG_") {
+            cmd.env_remove(k);
         }
     }
 }
