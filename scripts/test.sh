@@ -8,7 +8,8 @@
 #   - --test-threads=1: each test starts its own Postgres/Kubo/node processes, and the machine
 #     has 2 cores, so tests running side by side would starve each other into timeouts.
 # Extra arguments go to `cargo test` before `--`, e.g. `scripts/test.sh --test conformance`.
-# Exits non-zero when anything fails.
+# --no-fail-fast runs every test binary so one run reports every failure; the exit status is
+# still non-zero when anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,4 +18,4 @@ TOOLS=$(scripts/setup.sh | tail -n 1)
 export AFREG_TOOLS="$TOOLS"
 export PATH="$TOOLS:$PATH"
 
-cargo test --workspace --release "$@" -- --test-threads=1
+cargo test --workspace --release --no-fail-fast "$@" -- --test-threads=1
