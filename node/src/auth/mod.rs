@@ -96,14 +96,17 @@ impl Auth {
         Grants(vec![("*".into(), self.cfg.anonymous.clone())])
     }
 
-    fn challenge(&self, need: &Need, why: &str, code: ErrorCode) -> RegistryError {
+    fn challenge(&self, need: &Need, also_pull: Option<&RepoName>, why: &str, code: ErrorCode) -> RegistryError {
         let scope = match need {
             Need::Login => String::new(),
             Need::Catalog => ",scope=\"registry:catalog:*\"".into(),
             Need::Repo(r, a) => {
                 // Ask for what a client doing this will want next, as distribution does.
                 let actions = if *a == Action::Pull { "pull".into() } else { format!("pull,{}", a.as_str()) };
-                format!(",scope=\"repository:{r}:{actions}\"")
+                // A cross-repository mount also reads its source: ask for both, as distribution
+                // does, so the client's one retry carries a token that can mount.
+                let from = also_pull.map(|f| format!(" repository:{f}:pull")).unwrap_or_default();
+                format!(",scope=\"repository:{r}:{actions}{from}\"")
             }
         };
         let mut e = RegistryError::new(code, why.to_owned());
@@ -113,12 +116,21 @@ impl Auth {
 
     /// Checks the request's bearer token (or anonymous access) against what it needs.
     pub fn authorize(&self, headers: &HeaderMap, need: &Need) -> Result<(), RegistryError> {
+        self.authorize_mount(headers, need, None)
+    }
+
+    /// As [`Auth::authorize`]; `mount_from` names the source of a cross-repository mount, whose
+    /// pull scope a challenge then asks for too.
+    pub fn authorize_mount(&self, headers: &HeaderMap, need: &Need, mount_from: Option<&RepoName>) -> Result<(), RegistryError> {
         if !self.cfg.enabled {
             return Ok(());
         }
         let anon = self.anonymous();
         let anon_ok = match need {
-            Need::Login => !self.cfg.anonymous.is_empty(),
+            // `GET /v2/` always challenges a request without a token: clients decide there
+            // whether to run the token flow, and a 200 would make them skip it (and their
+            // credentials) for pushes too. Anonymous clients get an anonymous token instead.
+            Need::Login => false,
             Need::Catalog => anon.catalog(),
             Need::Repo(r, a) => anon.allowed(r.as_str()).contains(a),
         };
@@ -126,11 +138,11 @@ impl Auth {
             if anon_ok {
                 return Ok(());
             }
-            return Err(self.challenge(need, "authentication required", ErrorCode::Unauthorized));
+            return Err(self.challenge(need, mount_from, "authentication required", ErrorCode::Unauthorized));
         };
         let claims = match self.keys.verify(token) {
             Ok(c) => c,
-            Err(why) => return Err(self.challenge(need, &why, ErrorCode::Unauthorized)),
+            Err(why) => return Err(self.challenge(need, mount_from, &why, ErrorCode::Unauthorized)),
         };
         let (kind, name, action) = match need {
             Need::Login => return Ok(()),
@@ -146,7 +158,7 @@ impl Auth {
                 ErrorCode::Denied,
                 format!("{} may not {action} {kind} {name}", claims.sub),
             )),
-            _ => Err(self.challenge(need, &format!("token does not grant {action} on {kind} {name}"), ErrorCode::Unauthorized)),
+            _ => Err(self.challenge(need, mount_from, &format!("token does not grant {action} on {kind} {name}"), ErrorCode::Unauthorized)),
         }
     }
 

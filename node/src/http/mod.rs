@@ -74,7 +74,11 @@ async fn v2(State(st): State<AppState>, method: Method, uri: Uri, headers: Heade
             return Err(RegistryError::new(ErrorCode::Unsupported, format!("{method} is not supported on this endpoint"))
                 .with_status(StatusCode::METHOD_NOT_ALLOWED));
         }
-        st.auth.authorize(&headers, &need(&ep, &method))?;
+        let mount_from = match (&ep, query.get("mount"), query.get("from")) {
+            (Endpoint::UploadStart(_), Some(_), Some(from)) => Some(from.parse::<oci::RepoName>()?),
+            _ => None,
+        };
+        st.auth.authorize_mount(&headers, &need(&ep, &method), mount_from.as_ref())?;
         handlers::handle(&st, ep, &method, &query, &headers, body).await
     }
     .await;
