@@ -31,8 +31,6 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The URL clients use to reach this node; the token realm is `{public_url}/token`.
     pub public_url: String,
-    /// Seconds a request may take before its headers arrive; bodies stream without a limit.
-    pub request_header_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -40,7 +38,6 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:5000".parse().unwrap(),
             public_url: "http://127.0.0.1:5000".into(),
-            request_header_timeout_secs: 30,
         }
     }
 }

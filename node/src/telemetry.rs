@@ -9,9 +9,42 @@ pub fn init_logs(cfg: &LogConfig) {
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match cfg.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_target(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_target(false)
+            .with_writer(|| ServiceTagged { line: Vec::with_capacity(256) })
+            .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+}
+
+/// Writes one JSON log line to stderr with `"service":"registry"` first, the field the seed's
+/// log format names (tracing's JSON formatter has no static fields). One writer per event.
+struct ServiceTagged {
+    line: Vec<u8>,
+}
+
+impl std::io::Write for ServiceTagged {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ServiceTagged {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let out = match self.line.strip_prefix(b"{") {
+            Some(rest) => [&b"{\"service\":\"registry\","[..], rest].concat(),
+            None => std::mem::take(&mut self.line),
+        };
+        let _ = std::io::stderr().lock().write_all(&out);
+    }
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
