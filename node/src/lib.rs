@@ -9,6 +9,7 @@
 //! - [`store`]: every SQL statement, against the schema in `migrations/`.
 //! - [`kubo`]: the Kubo RPC client; streams blob bytes in and out.
 //! - [`auth`]: the token service, token checks and users.
+//! - [`regions`]: the region files in `regions/` that deployment, DNS and the cluster share.
 //! - [`config`], [`telemetry`], [`server`]: configuration, logs and metrics, start-up and shutdown.
 
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod hashing;
 pub mod http;
 pub mod kubo;
 pub mod oci;
+pub mod regions;
 pub mod registry;
 pub mod server;
 pub mod store;

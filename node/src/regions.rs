@@ -1,0 +1,165 @@
+//! The region files in `regions/`: one TOML file per region, holding everything a region needs
+//! to be deployed (Akash placement, resources, public hostnames), routed to (GeoDNS continents)
+//! and joined to the cluster (raft id, peers). `afreg sdl render`, `afreg dns render`,
+//! `afreg up` and `afreg serve` all read the same files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// One region, as `regions/<name>.toml` describes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegionFile {
+    /// Short name (`us`, `eu`, `asia`); the file is `regions/<name>.toml`.
+    pub name: String,
+    /// Raft node id. Never reused, even after the region is removed.
+    pub raft_id: u64,
+    pub hostnames: Hostnames,
+    pub placement: Placement,
+    pub resources: Resources,
+    /// Regions this one joins (by name) when it is added to a running cluster.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Ports used when the region runs on this machine (`afreg up`, tests).
+    pub local: LocalPorts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Hostnames {
+    /// This region's own name, e.g. `registry-eu.alternatefutures.ai`.
+    pub regional: String,
+    /// The GeoDNS name shared by every region, e.g. `registry.alternatefutures.ai`.
+    pub global: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Akash provider attributes the deployment must match, e.g. `{ region = "eu-west" }`.
+    pub attributes: BTreeMap<String, String>,
+    /// GeoDNS continent codes (`EU`, `AS`, `OC`, `NA`, …) whose clients this region serves.
+    /// Exactly one region leaves this empty: it is the default for every other continent.
+    #[serde(default)]
+    pub continents: Vec<String>,
+    /// Akash pricing per service per block, in `denom`.
+    pub denom: String,
+    pub price: BTreeMap<String, u64>,
+}
+
+/// CPU (units), memory and storage sizes (Kubernetes quantities) per service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    pub registry: Service,
+    pub postgres: Service,
+    pub kubo: Service,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub cpu: f64,
+    pub memory: String,
+    /// Persistent storage (class beta3) for this service's data.
+    pub storage: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalPorts {
+    pub registry: u16,
+    /// Internal endpoint (raft RPC, forwarded writes, pin coordination).
+    pub internal: u16,
+    pub postgres: u16,
+    pub kubo_api: u16,
+    pub kubo_swarm: u16,
+    pub kubo_gateway: u16,
+}
+
+/// Reads every `*.toml` in `dir`, sorted by raft id, and checks them as a set.
+pub fn load_dir(dir: &Path) -> Result<Vec<RegionFile>, String> {
+    let mut out = vec![];
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for e in entries {
+        let p = e.map_err(|e| e.to_string())?.path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            out.push(load_file(&p)?);
+        }
+    }
+    out.sort_by_key(|r| r.raft_id);
+    validate(&out)?;
+    Ok(out)
+}
+
+pub fn load_file(p: &Path) -> Result<RegionFile, String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let r: RegionFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+    if p.file_stem().and_then(|s| s.to_str()) != Some(r.name.as_str()) {
+        return Err(format!("{}: name {:?} must match the file name", p.display(), r.name));
+    }
+    Ok(r)
+}
+
+pub fn validate(regions: &[RegionFile]) -> Result<(), String> {
+    if regions.is_empty() {
+        return Err("no region files".into());
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut names = std::collections::HashSet::new();
+    for r in regions {
+        if !ids.insert(r.raft_id) {
+            return Err(format!("raft_id {} is used twice", r.raft_id));
+        }
+        if !names.insert(r.name.as_str()) {
+            return Err(format!("region {} is defined twice", r.name));
+        }
+        if !r.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(format!("region name {:?}: use lower-case letters, digits and '-'", r.name));
+        }
+        if r.hostnames.global != regions[0].hostnames.global {
+            return Err(format!("region {}: every region must share one global hostname", r.name));
+        }
+        for svc in ["registry", "postgres", "kubo"] {
+            if !r.placement.price.contains_key(svc) {
+                return Err(format!("region {}: placement.price has no entry for {svc}", r.name));
+            }
+        }
+    }
+    for r in regions {
+        if let Some(p) = r.peers.iter().find(|p| !names.contains(p.as_str())) {
+            return Err(format!("region {}: peer {p:?} has no region file", r.name));
+        }
+    }
+    let defaults = regions.iter().filter(|r| r.placement.continents.is_empty()).count();
+    if defaults != 1 {
+        return Err(format!("exactly one region must have no continents (the default); found {defaults}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_region_files_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../regions");
+        let regions = load_dir(&dir).unwrap();
+        let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["us", "eu", "asia"]);
+    }
+
+    #[test]
+    fn duplicate_ids_and_unknown_peers_are_refused() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../regions");
+        let mut regions = load_dir(&dir).unwrap();
+        regions[1].raft_id = regions[0].raft_id;
+        assert!(validate(&regions).unwrap_err().contains("used twice"));
+        let mut regions = load_dir(&dir).unwrap();
+        regions[0].peers.push("mars".into());
+        assert!(validate(&regions).unwrap_err().contains("mars"));
+    }
+}
