@@ -85,10 +85,18 @@ pub async fn handle(st: &AppState, ep: Endpoint, method: &Method, q: &Query, h: 
                 RegistryError::new(ErrorCode::SizeInvalid, format!("manifest is larger than the limit of {max} bytes"))
                     .with_status(StatusCode::PAYLOAD_TOO_LARGE)
             };
-            if header_u64(h, header::CONTENT_LENGTH).is_some_and(|n| n as usize > max) {
-                return Err(too_big());
+            let mut body = body.into_data_stream();
+            let mut bytes = Vec::new();
+            while let Some(frame) = body.next().await {
+                let frame = frame.map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, format!("reading the manifest: {e}")))?;
+                if bytes.len() + frame.len() > max {
+                    // Read on (bounded) before answering, so the client gets the 413 rather
+                    // than a connection closed under its upload.
+                    discard(body, DRAIN_LIMIT).await;
+                    return Err(too_big());
+                }
+                bytes.extend_from_slice(&frame);
             }
-            let bytes = axum::body::to_bytes(body, max).await.map_err(|_| too_big())?;
             let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             let put = reg.put_manifest(&repo, &r, ct, &bytes).await?;
             let mut resp = StatusCode::CREATED.into_response();
@@ -141,6 +149,19 @@ pub async fn handle(st: &AppState, ep: Endpoint, method: &Method, q: &Query, h: 
 
         (ep, m) => Err(RegistryError::new(ErrorCode::Unsupported, format!("{m} is not supported on {}", ep.route()))
             .with_status(StatusCode::METHOD_NOT_ALLOWED)),
+    }
+}
+
+/// How much of a refused body the node reads and drops so that the client sees the answer.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+async fn discard(mut body: axum::body::BodyDataStream, limit: usize) {
+    let mut n = 0;
+    while let Some(Ok(frame)) = body.next().await {
+        n += frame.len();
+        if n > limit {
+            return;
+        }
     }
 }
 
