@@ -18,4 +18,13 @@ TOOLS=$(scripts/setup.sh | tail -n 1)
 export AFREG_TOOLS="$TOOLS"
 export PATH="$TOOLS:$PATH"
 
-cargo test --workspace --release --no-fail-fast "$@" -- --test-threads=1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --release --no-fail-fast "$@" -- --test-threads=1 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo's own last lines are its doc-test runs).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
