@@ -39,6 +39,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(|State(s): State<AppState>| async move { s.metrics.render() }))
         .with_state(state)
+        // A panic in a handler answers 500 instead of dropping the connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
 }
 
 /// What an endpoint needs from the caller's token.
