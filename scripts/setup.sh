@@ -38,6 +38,7 @@ KUBO_VERSION=v0.39.0
 CRANE_VERSION=v0.22.1
 ORAS_VERSION=v1.3.6
 REGCTL_VERSION=v0.11.7
+DISTRIBUTION_VERSION=v3.0.0
 # The conformance module is not served at tag v1.1.1 by the Go module proxy (the tag is on
 # the root module, and nested-module zips are not published for it). This is the newest
 # served build of the classic Ginkgo suite, the one with the OCI_ROOT_URL/OCI_TEST_* variables.
@@ -63,6 +64,8 @@ fi
 go_install crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
 go_install oras oras.land/oras/cmd/oras "$ORAS_VERSION"
 go_install regctl github.com/regclient/regclient/cmd/regctl "$REGCTL_VERSION"
+# The reference registry (distribution), the peer the throughput benchmark compares against.
+go_install registry github.com/distribution/distribution/v3/cmd/registry "$DISTRIBUTION_VERSION"
 
 if ! have oci-conformance "$CONFORMANCE_VERSION"; then
   log "building the OCI conformance suite $CONFORMANCE_VERSION"
