@@ -24,20 +24,7 @@ use testkit::Region;
 const FRAME: usize = 1024 * 1024;
 
 fn frames(seed: u64, total: u64) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
-    let mut state = seed | 1;
-    let n = (total as usize).div_ceil(FRAME);
-    futures::stream::iter(0..n).map(move |i| {
-        let len = if i + 1 == n { total as usize - i * FRAME } else { FRAME };
-        let mut buf = Vec::with_capacity(len + 8);
-        while buf.len() < len {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            buf.extend_from_slice(&state.wrapping_mul(0x2545F4914F6CDD1D).to_le_bytes());
-        }
-        buf.truncate(len);
-        Ok(buf)
-    })
+    futures::stream::iter(testkit::pseudo_random_frames(seed, total, FRAME).map(Ok))
 }
 
 fn sha256_of(seed: u64, total: u64) -> String {

@@ -1262,3 +1262,22 @@ pub fn run_conformance(root_url: &str, creds: Option<(&str, &str)>, extra_env: &
     let junit = Junit::parse_file(&report_dir.path().join("junit.xml"));
     ConformanceRun { status: out.status, output, junit, report_dir }
 }
+
+/// `total` deterministic pseudo-random bytes (xorshift64*) in frames of at most `frame` bytes,
+/// generated lazily: large test and benchmark bodies without holding them in memory.
+pub fn pseudo_random_frames(seed: u64, total: u64, frame: usize) -> impl Iterator<Item = Vec<u8>> + Send + 'static {
+    let mut state = seed | 1;
+    let n = (total as usize).div_ceil(frame);
+    (0..n).map(move |i| {
+        let len = if i + 1 == n { total as usize - i * frame } else { frame };
+        let mut buf = Vec::with_capacity(len + 8);
+        while buf.len() < len {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            buf.extend_from_slice(&state.wrapping_mul(0x2545F4914F6CDD1D).to_le_bytes());
+        }
+        buf.truncate(len);
+        buf
+    })
+}
