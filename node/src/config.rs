@@ -31,6 +31,12 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The URL clients use to reach this node; the token realm is `{public_url}/token`.
     pub public_url: String,
+    /// TLS certificate chain (PEM, leaf first). With `tls_key`, `listen` serves HTTPS: the node
+    /// terminates TLS itself where no proxy can (Akash's HTTP ingress caps bodies at 100 MiB).
+    /// SIGHUP re-reads both files, so a renewed certificate needs no restart.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `tls_cert`. Set both or neither.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -38,7 +44,16 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:5000".parse().unwrap(),
             public_url: "http://127.0.0.1:5000".into(),
+            tls_cert: None,
+            tls_key: None,
         }
+    }
+}
+
+impl ServerConfig {
+    /// `(certificate, key)` when TLS is configured.
+    pub fn tls(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
     }
 }
 
@@ -187,6 +202,9 @@ impl Config {
         if self.auth.token_ttl_secs < 60 {
             return Err("auth.token_ttl_secs must be at least 60".into());
         }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err("server.tls_cert and server.tls_key must be set together".into());
+        }
         url_ok("server.public_url", &self.server.public_url)?;
         url_ok("kubo.api_url", &self.kubo.api_url)?;
         Ok(())
@@ -217,6 +235,20 @@ mod tests {
         assert_eq!(c.storage.upload_ttl_secs, 42);
         assert_eq!(c.auth.anonymous, vec![Action::Pull]);
         assert_eq!(c.storage.max_manifest_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn tls_is_off_by_default_and_needs_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "").unwrap();
+        assert!(Config::load(Some(&p)).unwrap().server.tls().is_none());
+        std::fs::write(&p, "[server]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.server.tls(), Some((std::path::Path::new("c.pem"), std::path::Path::new("k.pem"))));
+        std::fs::write(&p, "[server]\ntls_cert = \"c.pem\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e.contains("server.tls_key"), "{e}");
     }
 
     #[test]

@@ -13,6 +13,8 @@ use crate::kubo::Kubo;
 use crate::registry::Registry;
 use crate::store::Store;
 
+mod tls;
+
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
     let store = Store::connect(&cfg.database, Duration::from_secs(60)).await?;
@@ -32,15 +34,17 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let app = http::router(AppState { registry, auth, metrics });
     let listener = tokio::net::TcpListener::bind(cfg.server.listen).await?;
-    tracing::info!(event = "listening", addr = %cfg.server.listen, public_url = %cfg.server.public_url, "afreg node serving");
+    tracing::info!(event = "listening", addr = %cfg.server.listen, public_url = %cfg.server.public_url, tls = cfg.server.tls().is_some(), "afreg node serving");
     let token = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            signal().await;
-            tracing::info!(event = "shutdown", "shutting down");
-            token.cancel();
-        })
-        .await?;
+    let stop = async move {
+        signal().await;
+        tracing::info!(event = "shutdown", "shutting down");
+        token.cancel();
+    };
+    match cfg.server.tls() {
+        Some((cert, key)) => tls::serve(listener, app, cert, key, stop).await?,
+        None => axum::serve(listener, app).with_graceful_shutdown(stop).await?,
+    }
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
     store_close(store).await;
