@@ -10,6 +10,7 @@
 //! - [`kubo`]: the Kubo RPC client; streams blob bytes in and out.
 //! - [`auth`]: the token service, token checks and users.
 //! - [`regions`]: the region files in `regions/` that deployment, DNS and the cluster share.
+//! - [`sdl`]: the Akash SDL of each region (`afreg sdl render`).
 //! - [`config`], [`telemetry`], [`server`]: configuration, logs and metrics, start-up and shutdown.
 
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod kubo;
 pub mod oci;
 pub mod regions;
 pub mod registry;
+pub mod sdl;
 pub mod server;
 pub mod store;
 pub mod telemetry;

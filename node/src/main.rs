@@ -34,6 +34,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: KeyCmd,
     },
+    /// Akash deployment files for the regions.
+    Sdl {
+        #[command(subcommand)]
+        cmd: SdlCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -55,6 +60,19 @@ enum UserCmd {
     Remove { name: String },
     /// List users.
     List,
+}
+
+#[derive(Subcommand)]
+enum SdlCmd {
+    /// Write one Akash SDL per region file (`<out>/<name>.yaml`); same input, same bytes.
+    Render {
+        /// Directory of region files (`<name>.toml`).
+        #[arg(long, default_value = "regions")]
+        regions: PathBuf,
+        /// Directory to write the SDL files into.
+        #[arg(long, default_value = "sdl")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +101,12 @@ async fn main() {
 async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
     match cmd {
         Cmd::Serve => afreg::server::serve(cfg).await,
+        Cmd::Sdl { cmd: SdlCmd::Render { regions, out } } => {
+            for p in afreg::sdl::render_dir(&regions, &out).map_err(anyhow::Error::msg)? {
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
         Cmd::Key { cmd: KeyCmd::Generate } => {
             Keys::load_or_create(&cfg.auth)?;
             println!("{}", cfg.auth.signing_key.display());
