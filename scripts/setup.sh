@@ -79,5 +79,27 @@ if ! have oci-conformance "$CONFORMANCE_VERSION"; then
   echo "$CONFORMANCE_VERSION" > "$(stamp oci-conformance)"
 fi
 
+# ---- Node.js: Akash's own SDL parser, for sdl/validate.js (tests: node/tests/sdl.rs) --------
+# @akashnetwork/akashjs goes into $AFREG_NPM (default ~/.cache/afreg/npm); run the validator
+# with NODE_PATH=$AFREG_NPM/node_modules. --ignore-scripts: the package's root import pulls in
+# keytar, whose native build fails, and the SDL module needs no build step.
+AKASHJS_VERSION=0.11.1
+NPM_DIR=${AFREG_NPM:-$HOME/.cache/afreg/npm}
+for need in node:nodejs npm:npm; do
+  if ! command -v "${need%%:*}" >/dev/null; then
+    log "apt-get install ${need#*:}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${need#*:}" >&2
+  fi
+done
+akashjs_installed=$(node -p "require('$NPM_DIR/node_modules/@akashnetwork/akashjs/package.json').version" 2>/dev/null || true)
+if [ "$akashjs_installed" != "$AKASHJS_VERSION" ]; then
+  log "npm install @akashnetwork/akashjs@$AKASHJS_VERSION into $NPM_DIR"
+  mkdir -p "$NPM_DIR"
+  npm install --prefix "$NPM_DIR" --save-exact --ignore-scripts --no-audit --no-fund --loglevel=error \
+    "@akashnetwork/akashjs@$AKASHJS_VERSION" >&2
+fi
+
 log "tools ready in $TOOLS"
 echo "$TOOLS"
