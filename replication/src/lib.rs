@@ -1,0 +1,66 @@
+//! afreg's replication layer: what the regions agree on, and where each region keeps it.
+//!
+//! Every region runs one Raft node. The replicated state is the registry's metadata (which
+//! repositories, blobs, manifests, tags, users and regions exist); blob bytes never go through
+//! Raft, only their digest → CID mapping does. Each region keeps both the Raft log and the
+//! state machine in its own PostgreSQL, in the tables of `migrations/`.
+//!
+//! # Layout
+//!
+//! - [`TypeConfig`] (this file): the openraft type configuration, `declare_raft_types!`.
+//! - [`types`]: [`Command`], the versioned entries of the log; [`Applied`], the result of
+//!   applying one; [`Region`], the node type of the membership.
+//! - [`store::log`]: [`PgLogStore`], the Raft log, vote and committed id (`raft_log`,
+//!   `raft_state`), durable before openraft hears it was written.
+//! - [`store::state_machine`]: [`PgStateMachine`], which applies committed commands to the
+//!   metadata tables, and its snapshots (`raft_snapshot`).
+//! - `store::apply` (private): one function per [`Command`], the only SQL that writes the
+//!   replicated tables.
+//! - `store::snapshot` (private): the versioned snapshot format, dumped from and restored to
+//!   the replicated tables.
+//!
+//! The network layer (RPC client and routes) and the node wiring sit on top of this crate.
+//!
+//! # Invariants
+//!
+//! - Nothing but [`PgStateMachine`] writes the replicated tables (`repositories`, `blobs`,
+//!   `repository_blobs`, `manifests`, `manifest_references`, `tags`, `users`, `user_grants`,
+//!   `regions`) once a region runs replicated.
+//! - Applying is deterministic: it uses only values carried in the entry (times included,
+//!   see [`Command`]) and the state left by earlier entries, so every region ends up with the
+//!   same rows. `repositories.id` is the one local value; commands name repositories.
+//! - Applying is idempotent: the last applied log id is written in the same transaction as
+//!   the change, and entries at or below it are skipped.
+
+pub mod store;
+pub mod types;
+
+pub use store::{PgLogStore, PgSnapshotBuilder, PgStateMachine};
+pub use types::{Applied, Command, Region};
+
+/// A region's Raft node id. Ids are never reused: a removed region stays in `regions` as a
+/// tombstone.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of an afreg cluster.
+    pub TypeConfig:
+        D = Command,
+        R = Applied,
+        NodeId = NodeId,
+        Node = Region,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A Raft node of an afreg cluster.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log entry of an afreg cluster.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// The error every storage method returns.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// A log id of an afreg cluster.
+pub type LogId = openraft::LogId<NodeId>;
+/// The membership config as the state machine stores it.
+pub type StoredMembership = openraft::StoredMembership<NodeId, Region>;

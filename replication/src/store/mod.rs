@@ -1,0 +1,122 @@
+//! Raft storage in the region's own PostgreSQL: the log ([`log`]) and the state machine
+//! ([`state_machine`]), both on one `PgPool` over the tables of `migrations/`.
+//!
+//! All SQL of the crate lives under this module. The small helpers here are shared by the log
+//! and the state machine: the `raft_state` key/value table, the durability guard, and the
+//! mapping of database errors onto openraft's [`StorageError`].
+
+pub mod log;
+pub mod state_machine;
+
+mod apply;
+mod snapshot;
+
+pub use log::PgLogStore;
+pub use state_machine::{PgSnapshotBuilder, PgStateMachine};
+
+use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::PgConnection;
+
+use crate::{NodeId, StorageError};
+
+/// Keys of `raft_state`.
+pub(crate) mod key {
+    pub const VOTE: &str = "vote";
+    pub const COMMITTED: &str = "committed";
+    pub const LAST_PURGED: &str = "last_purged";
+    pub const LAST_APPLIED: &str = "last_applied";
+    pub const LAST_MEMBERSHIP: &str = "last_membership";
+}
+
+/// Reads one `raft_state` value; `None` when the key was never written.
+pub(crate) async fn get_state<T: DeserializeOwned>(conn: &mut PgConnection, key: &str) -> Result<Option<T>, DbError> {
+    let v: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT value FROM raft_state WHERE key = $1").bind(key).fetch_optional(conn).await?;
+    Ok(v.map(serde_json::from_value).transpose()?)
+}
+
+/// Writes one `raft_state` value.
+pub(crate) async fn put_state<T: Serialize>(conn: &mut PgConnection, key: &str, value: &T) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO raft_state (key, value) VALUES ($1, $2)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+    )
+    .bind(key)
+    .bind(sqlx::types::Json(value))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Makes the current transaction's commit durable even if the server or role was configured
+/// with `synchronous_commit = off`, which could lose an acknowledged vote or log entry in a
+/// crash and break Raft's safety. Any other level (`local`, `on`, `remote_*`) is left alone.
+pub(crate) async fn ensure_durable_commit(tx: &mut PgConnection) -> Result<(), DbError> {
+    sqlx::query(
+        "SELECT set_config('synchronous_commit', 'on', true) WHERE current_setting('synchronous_commit') = 'off'",
+    )
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// A failure talking to Postgres or (de)serialising what it holds. Always fatal for the Raft
+/// node: openraft shuts down on any [`StorageError`].
+#[derive(Debug)]
+pub(crate) enum DbError {
+    Sql(sqlx::Error),
+    Json(serde_json::Error),
+    /// A stored value that cannot be right, e.g. a snapshot of an unknown format version.
+    Corrupt(String),
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbError::Sql(e) => write!(f, "postgres: {e}"),
+            DbError::Json(e) => write!(f, "json: {e}"),
+            DbError::Corrupt(what) => write!(f, "corrupt raft data: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for DbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DbError::Sql(e) => Some(e),
+            DbError::Json(e) => Some(e),
+            DbError::Corrupt(_) => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        DbError::Sql(e)
+    }
+}
+
+impl From<serde_json::Error> for DbError {
+    fn from(e: serde_json::Error) -> Self {
+        DbError::Json(e)
+    }
+}
+
+impl DbError {
+    /// As openraft's error, saying what was being done to what.
+    pub(crate) fn sto(self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> StorageError {
+        StorageIOError::new(subject, verb, AnyError::new(&self)).into()
+    }
+}
+
+/// A `u64` Raft number (index, term, node id) as a BIGINT. Raft never gets near 2^63.
+pub(crate) fn to_i64(n: u64) -> i64 {
+    n as i64
+}
+
+/// A BIGINT back into a `u64` Raft number.
+pub(crate) fn to_u64(n: i64) -> u64 {
+    n as u64
+}

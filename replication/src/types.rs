@@ -1,0 +1,236 @@
+//! What is replicated: the commands in the Raft log, what applying one returns, and the
+//! region record that is both a Raft node and a row of `regions`.
+//!
+//! # Versioning
+//!
+//! A [`Command`] is stored in every region's log and in snapshots for as long as the cluster
+//! lives, and regions are upgraded one at a time, so its JSON form is a contract:
+//!
+//! - Each variant is tagged with its name and a version, `{"op": "put_manifest.v1", …}`.
+//! - The fields of a published variant never change. A command that needs another field is a
+//!   new variant (`put_manifest.v2`), and `apply` keeps handling the old one for as long as old
+//!   logs or snapshots may hold it.
+//! - Unknown fields are refused (`deny_unknown_fields`): a region too old to understand an
+//!   entry fails loudly instead of applying part of it and drifting from the others.
+//!
+//! Times are Unix milliseconds chosen by the region that proposes the command (`at`), so every
+//! region writes the same `created_at`.
+
+use serde::{Deserialize, Serialize};
+
+/// One region of the cluster: a Raft node, and where to reach its services.
+///
+/// Stored in the Raft membership (so in log entries and snapshots) and in `regions`. New
+/// fields must come with `#[serde(default)]`, so that entries written before them still decode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    /// Human name, e.g. `eu-west`; unique among regions not removed.
+    pub name: String,
+    /// Base URL of the region's internal (Raft) endpoint, e.g. `http://10.0.0.5:7001`.
+    pub raft_addr: String,
+    /// Public registry URL of the region, e.g. `https://eu.registry.example`.
+    pub api_url: String,
+    /// Peer id of the region's Kubo, so other regions can fetch blob bytes from it.
+    pub kubo_peer_id: String,
+    /// Swarm multiaddrs of the region's Kubo.
+    pub kubo_swarm_addrs: Vec<String>,
+}
+
+impl std::fmt::Display for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name, self.raft_addr)
+    }
+}
+
+/// A change to the registry metadata, as proposed to Raft and applied by every region.
+///
+/// Digests and names arrive here already validated by the node's OCI layer; the state machine
+/// does not re-check them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", deny_unknown_fields)]
+pub enum Command {
+    /// Stores a manifest (byte for byte) and optionally points a tag at it. Refused with
+    /// [`Applied::MissingBlobs`], writing nothing, unless every `blob_refs` digest is linked
+    /// into `repo`.
+    #[serde(rename = "put_manifest.v1")]
+    PutManifest {
+        repo: String,
+        digest: String,
+        media_type: String,
+        #[serde(with = "base64_bytes")]
+        body: Vec<u8>,
+        subject: Option<String>,
+        artifact_type: Option<String>,
+        annotations: Option<serde_json::Value>,
+        /// Blobs the manifest requires (config, layers): must be linked into `repo`.
+        blob_refs: Vec<String>,
+        /// Blobs it names but that need not be here (foreign layers): recorded, not checked.
+        foreign_refs: Vec<String>,
+        /// Child manifests (of an index).
+        child_refs: Vec<String>,
+        tag: Option<String>,
+        /// Unix milliseconds: `created_at` of new rows, `updated_at` of the tag.
+        at: i64,
+    },
+    /// Deletes a manifest with its tags and references.
+    #[serde(rename = "delete_manifest.v1")]
+    DeleteManifest { repo: String, digest: String },
+    /// Deletes a tag, leaving its manifest.
+    #[serde(rename = "delete_tag.v1")]
+    DeleteTag { repo: String, tag: String },
+    /// Records a blob uploaded in `origin_region` (if the digest is new) and links it into
+    /// `repo`. A digest already known keeps its older CID; see [`Applied::BlobStored`].
+    #[serde(rename = "put_blob.v1")]
+    PutBlob { repo: String, digest: String, cid: String, size: i64, origin_region: u64, at: i64 },
+    /// Links a known blob into `repo` (cross-repository mount).
+    #[serde(rename = "link_blob.v1")]
+    LinkBlob { repo: String, digest: String, at: i64 },
+    /// Removes `repo`'s link to a blob; the blob row goes when no repository links it.
+    #[serde(rename = "unlink_blob.v1")]
+    UnlinkBlob { repo: String, digest: String },
+    /// Creates or replaces a user and its grants: `(pattern, actions)`, the last one winning
+    /// for a repeated pattern.
+    #[serde(rename = "put_user.v1")]
+    PutUser { name: String, password_hash: String, grants: Vec<(String, Vec<String>)>, at: i64 },
+    #[serde(rename = "remove_user.v1")]
+    RemoveUser { name: String },
+    /// Adds or updates a region. Refused for an id that was removed: ids are never reused.
+    #[serde(rename = "put_region.v1")]
+    PutRegion { id: u64, region: Region },
+    /// Marks a region removed (kept as a tombstone so its id is never reused).
+    #[serde(rename = "remove_region.v1")]
+    RemoveRegion { id: u64 },
+}
+
+/// The result of applying one log entry, returned to the proposer by `client_write`.
+///
+/// Every outcome except a storage failure is a value here, decided by the replicated state
+/// alone, so all regions reach the same one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// Applied (also the result of blank and membership entries).
+    Ok,
+    /// The manifest, tag, link, user or region to delete does not exist; nothing changed.
+    NotFound,
+    /// `PutManifest` refused: these required blobs are not linked into the repository.
+    MissingBlobs(Vec<String>),
+    /// `PutBlob` applied; `cid` is the one the registry keeps for the digest, which is an older
+    /// one if the digest was already stored (the proposer can then unpin its own).
+    BlobStored { cid: String },
+    /// `UnlinkBlob` applied; `orphaned_cid` is set when no repository links the blob any more
+    /// and its row was deleted, so its CID may be unpinned.
+    BlobUnlinked { orphaned_cid: Option<String> },
+    /// `PutRegion` refused: this id belonged to a removed region.
+    RegionRetired,
+    /// Refused, writing nothing, because the command contradicts the schema (a constraint or
+    /// an out-of-range value, such as a negative size or a live region name used twice).
+    Invalid { reason: String },
+    /// The entry was at or below the last applied log id, so it was skipped. Openraft does not
+    /// re-deliver applied entries; this answers a replay after a crash.
+    AlreadyApplied,
+}
+
+/// `Vec<u8>` as a base64 string (standard alphabet, padded) in JSON.
+pub(crate) mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn command_json_is_tagged_with_a_version_and_body_is_base64() {
+        let cmd = Command::PutManifest {
+            repo: "team/app".into(),
+            digest: "sha256:aa".into(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            body: b"{}".to_vec(),
+            subject: None,
+            artifact_type: None,
+            annotations: Some(json!({"k": "v"})),
+            blob_refs: vec!["sha256:bb".into()],
+            foreign_refs: vec![],
+            child_refs: vec![],
+            tag: Some("latest".into()),
+            at: 1_700_000_000_123,
+        };
+        let v = serde_json::to_value(&cmd).unwrap();
+        assert_eq!(v["op"], "put_manifest.v1");
+        assert_eq!(v["body"], "e30=");
+        assert_eq!(serde_json::from_value::<Command>(v).unwrap(), cmd);
+    }
+
+    #[test]
+    fn every_variant_round_trips() {
+        let region = Region {
+            name: "eu".into(),
+            raft_addr: "http://10.0.0.1:7001".into(),
+            api_url: "https://eu.example".into(),
+            kubo_peer_id: "12D3KooW".into(),
+            kubo_swarm_addrs: vec!["/ip4/10.0.0.1/tcp/4001".into()],
+        };
+        let cmds = vec![
+            Command::DeleteManifest { repo: "r".into(), digest: "d".into() },
+            Command::DeleteTag { repo: "r".into(), tag: "t".into() },
+            Command::PutBlob {
+                repo: "r".into(),
+                digest: "d".into(),
+                cid: "c".into(),
+                size: 3,
+                origin_region: 2,
+                at: 1,
+            },
+            Command::LinkBlob { repo: "r".into(), digest: "d".into(), at: 1 },
+            Command::UnlinkBlob { repo: "r".into(), digest: "d".into() },
+            Command::PutUser {
+                name: "u".into(),
+                password_hash: "h".into(),
+                grants: vec![("*".into(), vec!["pull".into()])],
+                at: 1,
+            },
+            Command::RemoveUser { name: "u".into() },
+            Command::PutRegion { id: u64::MAX, region },
+            Command::RemoveRegion { id: 7 },
+        ];
+        for cmd in cmds {
+            let s = serde_json::to_string(&cmd).unwrap();
+            assert!(s.contains(".v1\""), "{s}");
+            assert_eq!(serde_json::from_str::<Command>(&s).unwrap(), cmd);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_versions_are_refused() {
+        let extra = json!({"op": "delete_tag.v1", "repo": "r", "tag": "t", "force": true});
+        assert!(serde_json::from_value::<Command>(extra).is_err());
+        let future = json!({"op": "delete_tag.v9", "repo": "r", "tag": "t"});
+        assert!(serde_json::from_value::<Command>(future).is_err());
+    }
+
+    #[test]
+    fn applied_round_trips() {
+        for a in [
+            Applied::Ok,
+            Applied::MissingBlobs(vec!["sha256:aa".into()]),
+            Applied::BlobStored { cid: "bafk".into() },
+            Applied::BlobUnlinked { orphaned_cid: None },
+            Applied::Invalid { reason: "x".into() },
+        ] {
+            let s = serde_json::to_string(&a).unwrap();
+            assert_eq!(serde_json::from_str::<Applied>(&s).unwrap(), a);
+        }
+    }
+}
