@@ -24,6 +24,10 @@ pub struct RegionFile {
     pub peers: Vec<String>,
     /// Ports used when the region runs on this machine (`afreg up`, tests).
     pub local: LocalPorts,
+    /// How clients (and GeoDNS health checks) reach the registry at `hostnames.regional`.
+    /// Optional: HTTPS on port 443 when absent.
+    #[serde(default)]
+    pub endpoint: Endpoint,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -77,6 +81,38 @@ pub struct LocalPorts {
     pub kubo_api: u16,
     pub kubo_swarm: u16,
     pub kubo_gateway: u16,
+}
+
+/// The public registry endpoint of a region: `{scheme}://{hostnames.regional}:{port}`. The SRV
+/// records `_registry._tcp.<zone>` carry `port`; `afreg doctor` and the PowerDNS health checks
+/// (`ifurlup`) use both.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Endpoint {
+    pub scheme: Scheme,
+    pub port: u16,
+}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Endpoint { scheme: Scheme::Https, port: 443 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
 }
 
 /// Reads every `*.toml` in `dir`, sorted by raft id, and checks them as a set.
@@ -150,6 +186,17 @@ mod tests {
         let regions = load_dir(&dir).unwrap();
         let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["us", "eu", "asia"]);
+    }
+
+    #[test]
+    fn endpoint_defaults_to_https_443_and_can_be_set() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../regions");
+        let mut text = std::fs::read_to_string(dir.join("eu.toml")).unwrap();
+        let r: RegionFile = toml::from_str(&text).unwrap();
+        assert_eq!(r.endpoint, Endpoint { scheme: Scheme::Https, port: 443 });
+        text.push_str("\n[endpoint]\nscheme = \"http\"\nport = 5001\n");
+        let r: RegionFile = toml::from_str(&text).unwrap();
+        assert_eq!(r.endpoint, Endpoint { scheme: Scheme::Http, port: 5001 });
     }
 
     #[test]
