@@ -10,11 +10,16 @@
 //! - [`kubo`]: the Kubo RPC client; streams blob bytes in and out.
 //! - [`auth`]: the token service, token checks and users.
 //! - [`regions`]: the region files in `regions/` that deployment, DNS and the cluster share.
+//! - [`deploy`]: artefacts rendered from the region files (the PowerDNS GeoDNS zone).
+//! - [`discovery`], [`doctor`]: DNS as clients see it: SRV peer discovery, `afreg doctor`.
 //! - [`sdl`]: the Akash SDL of each region (`afreg sdl render`).
 //! - [`config`], [`telemetry`], [`server`]: configuration, logs and metrics, start-up and shutdown.
 
 pub mod auth;
 pub mod config;
+pub mod deploy;
+pub mod discovery;
+pub mod doctor;
 pub mod hashing;
 pub mod http;
 pub mod kubo;

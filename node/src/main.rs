@@ -10,6 +10,8 @@ use afreg::auth::{hash_password, Grants, Keys};
 use afreg::config::Config;
 use afreg::store::Store;
 
+mod dns_cli;
+
 #[derive(Parser)]
 #[command(name = "afreg", version, about = "A multi-region OCI registry over PostgreSQL and IPFS Kubo")]
 struct Cli {
@@ -39,6 +41,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SdlCmd,
     },
+    /// GeoDNS: the PowerDNS configuration for the regions.
+    Dns {
+        #[command(subcommand)]
+        cmd: dns_cli::DnsCmd,
+    },
+    /// Check the deployed regions as a client sees them: DNS answers, /v2/, /readyz, SRV.
+    Doctor(dns_cli::DoctorArgs),
 }
 
 #[derive(Subcommand)]
@@ -107,6 +116,8 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Dns { cmd } => dns_cli::dns(cmd),
+        Cmd::Doctor(args) => dns_cli::doctor(args).await,
         Cmd::Key { cmd: KeyCmd::Generate } => {
             Keys::load_or_create(&cfg.auth)?;
             println!("{}", cfg.auth.signing_key.display());
