@@ -101,5 +101,44 @@ if [ "$akashjs_installed" != "$AKASHJS_VERSION" ]; then
     "@akashnetwork/akashjs@$AKASHJS_VERSION" >&2
 fi
 
+# ---- GeoDNS: PowerDNS and a GeoIP database writer (tests: node/tests/geodns.rs) -------------
+# pdns-server with the bind backend (serves the rendered zone) and the geoip backend (gives the
+# LUA records' continent() its MaxMind database). The tests run their own pdns_server on a
+# loopback port with their own --config-dir; Debian's pdns service is never wanted here, so
+# when no policy-rc.d exists one is put in place for the install, and the service is not started.
+PDNS_PKGS=(pdns-server pdns-backend-bind pdns-backend-geoip)
+missing=()
+for p in "${PDNS_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]} (service not started)"
+  export DEBIAN_FRONTEND=noninteractive
+  policy_added=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy_added=1
+  fi
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  [ -z "$policy_added" ] || rm -f /usr/sbin/policy-rc.d
+fi
+# mmdb-writer + netaddr (PyPI, pinned) in a venv, for scripts/make-test-mmdb.py.
+PY_DIR=${AFREG_PY:-$HOME/.cache/afreg/py}
+PY_PKGS="mmdb-writer==0.2.7 netaddr==1.3.0"
+if [ "$(cat "$PY_DIR/.afreg-packages" 2>/dev/null)" != "$PY_PKGS" ] \
+   || ! "$PY_DIR/bin/python3" -c 'import mmdb_writer, netaddr' 2>/dev/null; then
+  log "python venv $PY_DIR with $PY_PKGS"
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends python3 python3-venv >&2
+  fi
+  rm -rf "$PY_DIR"
+  python3 -m venv "$PY_DIR" >&2
+  # shellcheck disable=SC2086
+  "$PY_DIR/bin/pip" install -q --disable-pip-version-check $PY_PKGS >&2
+  echo "$PY_PKGS" > "$PY_DIR/.afreg-packages"
+fi
+
 log "tools ready in $TOOLS"
 echo "$TOOLS"
