@@ -710,6 +710,10 @@ pub struct NodeConfig {
     pub extra: toml::Table,
     /// Extra environment variables for the node process (e.g. `AFREG_SECTION__FIELD`).
     pub env: Vec<(String, String)>,
+    /// The loopback address the node listens on (`server.listen`, `server.public_url`, the
+    /// health probe, [`Node::url`], [`Node::host`]); `None` is 127.0.0.1. Nodes on distinct
+    /// addresses (127.0.0.11, 127.0.0.12, …) look like hosts at different IPs, e.g. to DNS.
+    pub listen_ip: Option<std::net::Ipv4Addr>,
 }
 
 impl Default for NodeConfig {
@@ -730,6 +734,7 @@ impl Default for NodeConfig {
             log_level: "info".into(),
             extra: toml::Table::new(),
             env: Vec::new(),
+            listen_ip: None,
         }
     }
 }
@@ -759,8 +764,9 @@ impl NodeConfig {
     pub fn to_toml(&self, port: u16, dir: &Path) -> toml::Table {
         use toml::Value as V;
         let mut server = toml::Table::new();
-        server.insert("listen".into(), V::String(format!("127.0.0.1:{port}")));
-        server.insert("public_url".into(), V::String(format!("http://127.0.0.1:{port}")));
+        let ip = self.listen_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        server.insert("listen".into(), V::String(format!("{ip}:{port}")));
+        server.insert("public_url".into(), V::String(format!("http://{ip}:{port}")));
         let mut database = toml::Table::new();
         database.insert("url".into(), V::String(self.database_url.clone()));
         if let Some(s) = self.db_acquire_timeout_secs {
@@ -909,14 +915,14 @@ impl Node {
         }
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (or the configured [`NodeConfig::listen_ip`])
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.host())
     }
 
-    /// `127.0.0.1:PORT` (the registry host for clients).
+    /// `127.0.0.1:PORT` (the registry host for clients; or [`NodeConfig::listen_ip`]).
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.cfg.listen_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST), self.port)
     }
 
     pub fn port(&self) -> u16 {
