@@ -115,7 +115,7 @@ pub async fn run(opts: &DoctorOptions) -> Report {
         let shared: Vec<String> = answered_by
             .iter()
             .filter(|(_, rs)| rs.len() > 1)
-            .map(|(ip, rs)| format!("{} all answer {ip}", rs.join(", ")))
+            .map(|(ip, rs)| format!("regions {} all answer {ip}", rs.join(", ")))
             .collect();
         if !shared.is_empty() {
             rep.heading("regions".into());
