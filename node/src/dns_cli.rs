@@ -71,6 +71,10 @@ pub struct RenderArgs {
     /// Turn PowerDNS's answer caches off (cache-ttl=0, query-cache-ttl=0, negquery-cache-ttl=0).
     #[arg(long)]
     no_cache: bool,
+    /// A zone-file fragment of your own (other records of the zone, ACME TXT records) to
+    /// $INCLUDE; relative paths are under --config-root. Repeatable.
+    #[arg(long = "include", value_name = "FILE")]
+    includes: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -121,6 +125,7 @@ pub fn dns(cmd: DnsCmd) -> anyhow::Result<()> {
     o.ttl = a.ttl;
     o.serial = a.serial.unwrap_or_else(|| chrono::Utc::now().timestamp() as u32);
     o.no_cache = a.no_cache;
+    o.includes = a.includes;
     let rendered = dns::render(&regions, &o)?;
     rendered.write_to(&a.out).with_context(|| format!("write {}", a.out.display()))?;
     for w in &rendered.warnings {

@@ -95,6 +95,9 @@ impl PowerDns {
 
         let port = free_port();
         let conf = dir.path().join("pdns");
+        // The operator's own records, pulled in with --include.
+        let extra = dir.path().join("site.zone");
+        fs::write(&extra, "www 30 IN A 192.0.2.80\n_acme-challenge.registry-eu 30 IN TXT \"token\"\n").unwrap();
         ok(Command::new(bin())
             .args(["dns", "render", "--zone", ZONE, "--local-address", "127.0.0.1", "--no-cache"])
             .args(["--health-interval", "1", "--health-timeout", "1"])
@@ -108,7 +111,9 @@ impl PowerDns {
             .arg("--out")
             .arg(&conf)
             .arg("--geoip-database")
-            .arg(&mmdb));
+            .arg(&mmdb)
+            .arg("--include")
+            .arg(&extra));
 
         let sock = dir.path().join("sock");
         fs::create_dir_all(&sock).unwrap();
@@ -280,6 +285,10 @@ async fn continents_route_to_their_region_and_a_region_that_is_down_fails_over()
         }
     }
     assert!(seen >= 1 + 2 + 3 + 1 + 1, "too few records checked: {seen}");
+    // The included records are served too.
+    assert_eq!(ask(&local, &format!("www.{ZONE}")).await.unwrap().0, [IpAddr::V4(Ipv4Addr::new(192, 0, 2, 80))]);
+    let txt = plain.lookup(format!("_acme-challenge.registry-eu.{ZONE}.").as_str(), RecordType::TXT).await.unwrap();
+    assert_eq!(txt.answers().len(), 1, "{txt:?}");
 
     // Peer discovery: the SRV records list every region at its registry port.
     let peers = discovery::discover_peers(&local, ZONE).await.unwrap();

@@ -71,6 +71,10 @@ pub struct DnsOptions {
     pub serial: u32,
     /// Turn PowerDNS's packet and query caches off (tests: every answer is fresh).
     pub no_cache: bool,
+    /// Zone-file fragments kept by the operator (the zone's other records, ACME DNS-01 `TXT`
+    /// records), pulled in with `$INCLUDE` (names relative to the zone; relative paths are
+    /// under `config_root`). Their TTLs are theirs.
+    pub includes: Vec<PathBuf>,
 }
 
 impl DnsOptions {
@@ -93,6 +97,7 @@ impl DnsOptions {
             ttl: MAX_TTL,
             serial: 1,
             no_cache: false,
+            includes: vec![],
         }
     }
 }
@@ -124,6 +129,8 @@ pub enum RenderError {
     BadTtl(u32),
     #[error("name server {0}: a name inside the zone needs an address (NAME=IP)")]
     NameServerWithoutAddress(String),
+    #[error("--include {0:?}: the path must not contain spaces, quotes or control characters")]
+    BadInclude(PathBuf),
     #[error("{0}")]
     Regions(String),
 }
@@ -303,6 +310,16 @@ fn zone_file(
     s.push('\n');
     for t in targets {
         let _ = writeln!(s, "_registry._tcp {ttl} IN SRV 10 10 {} {}.", t.region.endpoint.port, t.host);
+    }
+
+    // The operator's own records.
+    for inc in &opts.includes {
+        let path = opts.config_root.join(inc);
+        let text = path.to_string_lossy();
+        if text.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | ';')) {
+            return Err(RenderError::BadInclude(inc.clone()));
+        }
+        let _ = writeln!(s, "\n$ORIGIN {zone}.\n$INCLUDE {text}");
     }
     Ok(s)
 }
@@ -510,5 +527,19 @@ mod tests {
         let mut o = opts();
         o.nameservers.clear();
         assert_eq!(render(&regions(), &o).unwrap().warnings.len(), 1);
+        let mut o = opts();
+        o.includes.push("my records.zone".into());
+        assert!(matches!(render(&regions(), &o), Err(RenderError::BadInclude(_))));
+    }
+
+    #[test]
+    fn includes_come_last_relative_to_the_config_root() {
+        let mut o = opts();
+        o.includes = vec!["site.zone".into(), "/var/lib/acme/registry.zone".into()];
+        let zone = render(&regions(), &o).unwrap().files["alternatefutures.ai.zone"].clone();
+        assert!(zone.ends_with(
+            "\n$ORIGIN alternatefutures.ai.\n$INCLUDE /etc/afreg-dns/site.zone\n\
+             \n$ORIGIN alternatefutures.ai.\n$INCLUDE /var/lib/acme/registry.zone\n"
+        ), "{zone}");
     }
 }
