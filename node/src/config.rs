@@ -22,6 +22,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,6 +155,123 @@ impl Default for AuthConfig {
     }
 }
 
+/// This region's place in the cluster. Without a `[cluster]` section the node is a cluster of
+/// one region (id 1), which still commits every write through its Raft log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This region's Raft id. Never reused: a removed region's id is retired.
+    pub id: u64,
+    /// This region's name, e.g. `eu`.
+    pub region: String,
+    /// The internal listener (Raft, forwarded writes, pin status, membership). Keep it off the
+    /// public internet or behind a private link; every request needs the cluster secret.
+    pub listen: SocketAddr,
+    /// The URL other regions use to reach `listen` (a proxy or tunnel in front of it is fine).
+    pub advertise_url: String,
+    /// The shared cluster secret (at least 16 characters). Prefer `secret_file` or the
+    /// `AFREG_CLUSTER__SECRET` variable over writing it in the file.
+    pub secret: Option<String>,
+    /// A file holding the secret; created with a random secret if missing and `secret` is unset.
+    pub secret_file: PathBuf,
+    /// The voters of a brand-new cluster, this region included: `[{id, name, url}]` where
+    /// `url` is the region's internal URL. Used once, by the lowest id, to initialize.
+    pub bootstrap: Vec<BootstrapPeer>,
+    /// Set on a region that an operator adds with `afreg region add`: it waits to be joined
+    /// and never initializes a cluster of its own.
+    pub join: bool,
+    /// Kubo swarm addresses the other regions dial; empty means those Kubo announces.
+    pub kubo_swarm_addrs: Vec<String>,
+    /// Raft timings (defaults hold over 100–300 ms WAN round trips).
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// How long a write may wait for quorum and local apply before it is answered 503.
+    pub write_timeout_ms: u64,
+    /// Log entries between snapshots.
+    pub snapshot_every: u64,
+    /// Pins in flight at once, and the longest wait between retries of a failing pin.
+    pub pin_concurrency: usize,
+    pub pin_max_backoff_secs: u64,
+    /// Blobs no manifest references are unlinked this long after they were linked.
+    pub gc_grace_secs: u64,
+    pub gc_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapPeer {
+    pub id: u64,
+    pub name: String,
+    /// The region's internal URL (its `advertise_url`).
+    pub url: String,
+    /// Its public registry URL, if known; the region announces it itself anyway.
+    #[serde(default)]
+    pub api_url: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        let t = afreg_replication::Timings::default();
+        Self {
+            id: 1,
+            region: "local".into(),
+            listen: "127.0.0.1:5100".parse().unwrap(),
+            advertise_url: "http://127.0.0.1:5100".into(),
+            secret: None,
+            secret_file: PathBuf::from("afreg-cluster-secret"),
+            bootstrap: vec![],
+            join: false,
+            kubo_swarm_addrs: vec![],
+            heartbeat_ms: t.heartbeat_ms,
+            election_timeout_min_ms: t.election_timeout_min_ms,
+            election_timeout_max_ms: t.election_timeout_max_ms,
+            write_timeout_ms: 10_000,
+            snapshot_every: 5000,
+            pin_concurrency: 4,
+            pin_max_backoff_secs: 300,
+            gc_grace_secs: 24 * 3600,
+            gc_interval_secs: 3600,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn timings(&self) -> afreg_replication::Timings {
+        afreg_replication::Timings {
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+        }
+    }
+
+    /// The secret from `secret`, else from `secret_file` (created if `create` and missing).
+    pub fn load_secret(&self, create: bool) -> anyhow::Result<afreg_replication::ClusterSecret> {
+        let s = match &self.secret {
+            Some(s) => s.clone(),
+            None => {
+                let p = &self.secret_file;
+                if !p.exists() && create {
+                    use rand::Rng;
+                    let s: String = rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(40).map(char::from).collect();
+                    write_private(p, &s)?;
+                    tracing::info!(event = "cluster_secret_created", path = %p.display(), "created a new cluster secret");
+                }
+                std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("cluster secret file {}: {e}", p.display()))?
+            }
+        };
+        afreg_replication::ClusterSecret::new(s).map_err(anyhow::Error::msg)
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(p: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p)?;
+    f.write_all(content.as_bytes())
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -207,6 +325,20 @@ impl Config {
         }
         url_ok("server.public_url", &self.server.public_url)?;
         url_ok("kubo.api_url", &self.kubo.api_url)?;
+        url_ok("cluster.advertise_url", &self.cluster.advertise_url)?;
+        let c = &self.cluster;
+        if c.election_timeout_min_ms < 3 * c.heartbeat_ms || c.election_timeout_max_ms <= c.election_timeout_min_ms {
+            return Err("cluster: election_timeout_min_ms must be at least 3 x heartbeat_ms, and max > min".into());
+        }
+        if !c.bootstrap.is_empty() && !c.bootstrap.iter().any(|p| p.id == c.id) {
+            return Err(format!("cluster.bootstrap must list this region (id {})", c.id));
+        }
+        for p in &c.bootstrap {
+            url_ok("cluster.bootstrap url", &p.url)?;
+        }
+        if c.listen.port() == self.server.listen.port() && c.listen.ip() == self.server.listen.ip() {
+            return Err("cluster.listen must differ from server.listen: internal endpoints stay off the public API".into());
+        }
         Ok(())
     }
 

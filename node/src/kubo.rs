@@ -141,6 +141,42 @@ impl Kubo {
             .map_err(|e| KuboError::Api { cmd: "id", message: e.to_string() })
     }
 
+    /// Kubo's peer id and the swarm addresses it announces (what other regions dial).
+    pub async fn identity(&self) -> Result<(String, Vec<String>), KuboError> {
+        #[derive(Deserialize)]
+        struct Id {
+            #[serde(rename = "ID")]
+            id: String,
+            #[serde(rename = "Addresses", default)]
+            addresses: Option<Vec<String>>,
+        }
+        let b = self.call("id", &[], Duration::from_secs(3)).await?;
+        let id = serde_json::from_slice::<Id>(&b).map_err(|e| KuboError::Api { cmd: "id", message: e.to_string() })?;
+        // Without the `/p2p/<id>` suffix: the region list stores it once, as the peer id.
+        let suffix = format!("/p2p/{}", id.id);
+        let addrs = id.addresses.unwrap_or_default().into_iter().map(|a| a.trim_end_matches(&suffix).to_owned()).collect();
+        Ok((id.id, addrs))
+    }
+
+    /// Pins with an explicit timeout (the cross-region pinner's, not the upload path's).
+    pub async fn pin_add_within(&self, cid: &str, timeout: Duration) -> Result<(), KuboError> {
+        let t = format!("{}ms", timeout.as_millis().max(1));
+        self.call("pin/add", &[("arg", cid), ("recursive", "true"), ("timeout", t.as_str())], timeout + Duration::from_secs(5))
+            .await
+            .map(|_| ())
+    }
+
+    /// Keeps Kubo connected to a peer (`swarm/peering/add` reconnects after drops) and dials
+    /// it now. `addr` ends with `/p2p/<peer id>`.
+    pub async fn peer_with(&self, addr: &str) -> Result<(), KuboError> {
+        match self.call("swarm/peering/add", &[("arg", addr)], self.timeout).await {
+            Ok(_) => {}
+            Err(KuboError::Api { message, .. }) if message.contains("already") => {}
+            Err(e) => return Err(e),
+        }
+        self.call("swarm/connect", &[("arg", addr)], self.timeout).await.map(|_| ())
+    }
+
     /// Streams `body` into `add` as CIDv1 with raw leaves, without pinning. The caller pins
     /// once it has checked the digest, so rejected bytes never hold a pin.
     pub async fn add<S>(&self, body: S) -> Result<Added, KuboError>

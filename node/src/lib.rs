@@ -9,13 +9,16 @@
 //! - [`store`]: every SQL statement, against the schema in `migrations/`.
 //! - [`kubo`]: the Kubo RPC client; streams blob bytes in and out.
 //! - [`auth`]: the token service, token checks and users.
+//! - [`cluster`]: this region in the cluster (`afreg-replication`): start-up, duties, status.
 //! - [`regions`]: the region files in `regions/` that deployment, DNS and the cluster share.
 //! - [`deploy`]: artefacts rendered from the region files (the PowerDNS GeoDNS zone).
 //! - [`discovery`], [`doctor`]: DNS as clients see it: SRV peer discovery, `afreg doctor`.
 //! - [`sdl`]: the Akash SDL of each region (`afreg sdl render`).
 //! - [`config`], [`telemetry`], [`server`]: configuration, logs and metrics, start-up and shutdown.
 
+pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod deploy;
 pub mod discovery;

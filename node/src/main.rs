@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand};
 use afreg::auth::{hash_password, Grants, Keys};
 use afreg::config::Config;
 use afreg::store::Store;
+use afreg_replication::{Applied, Command};
 
 mod dns_cli;
+mod up;
 
 #[derive(Parser)]
 #[command(name = "afreg", version, about = "A multi-region OCI registry over PostgreSQL and IPFS Kubo")]
@@ -48,6 +50,51 @@ enum Cmd {
     },
     /// Check the deployed regions as a client sees them: DNS answers, /v2/, /readyz, SRV.
     Doctor(dns_cli::DoctorArgs),
+    /// Add or remove a region of the running cluster.
+    Region {
+        #[command(subcommand)]
+        cmd: RegionCmd,
+    },
+    /// Every region's role, term, leader, applied index, lag, pin backlog and bytes replicated.
+    Status {
+        /// A region's public URL; defaults to `server.public_url`.
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a local three-region cluster (us, eu, asia) on loopback under one data directory.
+    Up(up::UpArgs),
+}
+
+#[derive(Subcommand)]
+enum RegionCmd {
+    /// Join a region: recorded in the region list, added as a learner, caught up, then made a
+    /// voter. Start the new region first with `cluster.join = true`.
+    Add {
+        /// Its Raft id: new, never used before in this cluster.
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        name: String,
+        /// Its internal URL (its `cluster.advertise_url`).
+        #[arg(long)]
+        internal_url: String,
+        /// Its public registry URL.
+        #[arg(long)]
+        api_url: String,
+        /// The internal URL of any running region; defaults to this config's `cluster.listen`.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Take a region out of the cluster; its id is retired for good.
+    Remove {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,8 +170,32 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
             println!("{}", cfg.auth.signing_key.display());
             Ok(())
         }
+        Cmd::Status { url, json } => {
+            let url = url.unwrap_or_else(|| cfg.server.public_url.clone());
+            if json {
+                let v: serde_json::Value = reqwest::get(format!("{}/status", url.trim_end_matches('/'))).await?.json().await?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                afreg::admin::print_status(&url).await?;
+            }
+            Ok(())
+        }
+        Cmd::Region { cmd } => match cmd {
+            RegionCmd::Add { id, name, internal_url, api_url, node } => {
+                let internal = afreg::admin::Internal::new(&cfg, node.as_deref())?;
+                let region = afreg_replication::Region { name: name.clone(), raft_addr: internal_url, api_url, ..Default::default() };
+                internal.add_region(id, region).await?;
+                println!("region {name} (id {id}) is a voter");
+                Ok(())
+            }
+            RegionCmd::Remove { id, node } => {
+                afreg::admin::Internal::new(&cfg, node.as_deref())?.remove_region(id).await?;
+                println!("region {id} removed; its id is retired");
+                Ok(())
+            }
+        },
+        Cmd::Up(args) => up::run(args).await,
         Cmd::User { cmd } => {
-            let store = Store::connect(&cfg.database, std::time::Duration::from_secs(10)).await?;
             match cmd {
                 UserCmd::Add { name, password, password_stdin, grants } => {
                     let password = match (password, password_stdin) {
@@ -144,16 +215,20 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
                         .map(|g| Grants::parse(g).map(|(p, a)| (p, a.iter().map(|a| a.as_str().to_owned()).collect())))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(anyhow::Error::msg)?;
-                    store.put_user(&name, &hash_password(&password), &grants).await?;
+                    let at = chrono::Utc::now().timestamp_millis();
+                    let cmd = Command::PutUser { name: name.clone(), password_hash: hash_password(&password), grants, at };
+                    afreg::admin::Internal::new(&cfg, None)?.write(&cmd).await?;
                     println!("user {name} saved");
                 }
                 UserCmd::Remove { name } => {
-                    if !store.remove_user(&name).await? {
+                    let cmd = Command::RemoveUser { name: name.clone() };
+                    if afreg::admin::Internal::new(&cfg, None)?.write(&cmd).await? == Applied::NotFound {
                         anyhow::bail!("no user {name}");
                     }
                     println!("user {name} removed");
                 }
                 UserCmd::List => {
+                    let store = Store::connect(&cfg.database, std::time::Duration::from_secs(10)).await?;
                     for u in store.usernames().await? {
                         println!("{u}");
                     }

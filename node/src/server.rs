@@ -1,5 +1,6 @@
-//! Start-up and shutdown of `afreg serve`: connect the adapters, start the background sweeper,
-//! serve HTTP until a signal, then stop in order (HTTP first, then the sweeper, then the pool).
+//! Start-up and shutdown of `afreg serve`: connect the adapters, start this region's Raft node
+//! with its internal listener and duties, start the upload sweeper, serve the public API until
+//! a signal, then stop in order (public HTTP, duties and internal endpoints, Raft, the pool).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,13 +24,32 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!(event = "kubo_unreachable", error = %e, "Kubo is not reachable yet; blob requests will get 503");
     }
     let keys = Arc::new(Keys::load_or_create(&cfg.auth)?);
-    let auth = Arc::new(Auth::new(cfg.auth.clone(), keys, store.clone(), &cfg.server.public_url));
-    let registry = Arc::new(Registry::new(store.clone(), kubo, cfg.clone()));
+    let auth = Arc::new(Auth::new(cfg.auth.clone(), keys.clone(), store.clone(), &cfg.server.public_url));
+
+    // The cluster: this region's Raft node, its internal endpoints and background duties.
+    let me = crate::cluster::this_region(&cfg, &kubo, &keys).await;
+    let cluster = crate::cluster::start(&cfg, store.pool().clone(), me).await?;
+    let shutdown = CancellationToken::new();
+    let internal = afreg_replication::api::router(cluster.clone(), axum::Router::new());
+    let internal_listener = tokio::net::TcpListener::bind(cfg.cluster.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cluster.listen {}: {e}", cfg.cluster.listen))?;
+    tracing::info!(event = "internal_listening", addr = %cfg.cluster.listen, region = %cfg.cluster.region,
+        region_id = cfg.cluster.id, "internal endpoints (raft, forwarding) serving");
+    let stop_internal = shutdown.clone();
+    let internal_server = tokio::spawn(async move {
+        let r = axum::serve(internal_listener, internal).with_graceful_shutdown(stop_internal.cancelled_owned()).await;
+        if let Err(e) = r {
+            tracing::error!(event = "internal_server_failed", error = %e, "internal server stopped");
+        }
+    });
+    let duties =
+        crate::cluster::spawn_duties(&cfg, store.pool().clone(), cluster.clone(), kubo.clone(), keys, shutdown.clone());
+
+    let registry = Arc::new(Registry::new(store.clone(), kubo, cfg.clone(), cluster.clone()));
     if let Ok(n) = store.open_uploads().await {
         metrics::gauge!("afreg_upload_sessions_open").set(n as f64);
     }
-
-    let shutdown = CancellationToken::new();
     let sweeper = tokio::spawn(sweep_uploads(registry.clone(), shutdown.clone()));
 
     let app = http::router(AppState { registry, auth, metrics });
@@ -47,6 +67,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
+    for t in duties {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), internal_server).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), cluster.raft.shutdown()).await;
     store_close(store).await;
     Ok(())
 }

@@ -14,7 +14,6 @@ use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::config::DatabaseConfig;
-use crate::oci::manifest::ParsedManifest;
 use crate::oci::{Digest, Reference, RegistryError, RepoName};
 
 pub type Tx = Transaction<'static, Postgres>;
@@ -83,6 +82,11 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// The pool, shared with the Raft storage and the pinner (same database).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     pub async fn begin(&self) -> Result<Tx> {
         Ok(self.pool.begin().await?)
     }
@@ -111,80 +115,6 @@ impl Store {
         Ok(row.map(|r| BlobRow { cid: r.get(0), size: r.get(1) }))
     }
 
-    /// Links an already-stored blob into `repo` (cross-repository mount, or an upload of
-    /// bytes the registry already has). Returns false when the blob is unknown.
-    pub async fn link_blob(tx: &mut PgConnection, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        let repo_id = ensure_repo(tx, repo).await?;
-        let r = sqlx::query(
-            "INSERT INTO repository_blobs (repository_id, digest)
-             SELECT $1, digest FROM blobs WHERE digest = $2
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(repo_id)
-        .bind(digest.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 1 {
-            return Ok(true);
-        }
-        Ok(sqlx::query("SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2")
-            .bind(repo_id)
-            .bind(digest.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some())
-    }
-
-    /// Records a blob (if new) and links it into `repo`. Returns the CID the registry keeps
-    /// for this digest, which is an older one if the digest was already stored.
-    pub async fn record_blob(
-        tx: &mut PgConnection,
-        repo: &RepoName,
-        digest: &Digest,
-        cid: &str,
-        size: i64,
-    ) -> Result<String> {
-        let kept: String = sqlx::query_scalar(
-            "WITH ins AS (INSERT INTO blobs (digest, cid, size) VALUES ($1, $2, $3)
-                          ON CONFLICT (digest) DO NOTHING RETURNING cid)
-             SELECT cid FROM ins UNION ALL SELECT cid FROM blobs WHERE digest = $1 LIMIT 1",
-        )
-        .bind(digest.as_str())
-        .bind(cid)
-        .bind(size)
-        .fetch_one(&mut *tx)
-        .await?;
-        Self::link_blob(tx, repo, digest).await?;
-        Ok(kept)
-    }
-
-    /// Removes `repo`'s link to a blob. If no repository links it any more, the blob row goes
-    /// too and its CID is returned so the caller can unpin it.
-    pub async fn unlink_blob(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Option<String>>> {
-        let mut tx = self.begin().await?;
-        let r = sqlx::query(
-            "DELETE FROM repository_blobs rb USING repositories r
-              WHERE rb.repository_id = r.id AND r.name = $1 AND rb.digest = $2",
-        )
-        .bind(repo.as_str())
-        .bind(digest.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let orphan: Option<String> = sqlx::query_scalar(
-            "DELETE FROM blobs b WHERE b.digest = $1
-                AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)
-              RETURNING cid",
-        )
-        .bind(digest.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(orphan))
-    }
-
     // ---- manifests -------------------------------------------------------------------
 
     /// The manifest for a tag or digest in one round trip; `with_body` false for HEAD.
@@ -211,105 +141,6 @@ impl Store {
             .await?;
         observe("manifest", t);
         Ok(row.map(|r| ManifestRow { digest: r.get(0), media_type: r.get(1), size: r.get(2), body: r.get(3) }))
-    }
-
-    /// Stores a manifest and, optionally, points a tag at it, in one transaction. Fails with
-    /// the list of missing blobs, leaving nothing written, if any required blob is not linked
-    /// into the repository.
-    pub async fn put_manifest(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        parsed: &ParsedManifest,
-        body: &[u8],
-        tag: Option<&str>,
-    ) -> Result<std::result::Result<(), Vec<String>>> {
-        let t = Instant::now();
-        let mut tx = self.begin().await?;
-        let repo_id = ensure_repo(&mut tx, repo).await?;
-        let required: Vec<String> = parsed.blobs.iter().map(|d| d.to_string()).collect();
-        if !required.is_empty() {
-            let present: Vec<String> =
-                sqlx::query_scalar("SELECT digest FROM repository_blobs WHERE repository_id = $1 AND digest = ANY($2)")
-                    .bind(repo_id)
-                    .bind(&required)
-                    .fetch_all(&mut *tx)
-                    .await?;
-            let missing: Vec<String> = required.iter().filter(|d| !present.contains(d)).cloned().collect();
-            if !missing.is_empty() {
-                tx.rollback().await?;
-                return Ok(Err(missing));
-            }
-        }
-        sqlx::query(
-            "INSERT INTO manifests (repository_id, digest, media_type, body, size, subject, artifact_type, annotations)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (repository_id, digest) DO NOTHING",
-        )
-        .bind(repo_id)
-        .bind(digest.as_str())
-        .bind(&parsed.media_type)
-        .bind(body)
-        .bind(body.len() as i64)
-        .bind(parsed.subject.as_ref().map(|d| d.as_str()))
-        .bind(parsed.artifact_type.as_deref())
-        .bind(parsed.annotations.as_ref())
-        .execute(&mut *tx)
-        .await?;
-        let mut refs: Vec<String> = required;
-        refs.extend(parsed.foreign_blobs.iter().map(|d| d.to_string()));
-        let n_blobs = refs.len();
-        refs.extend(parsed.children.iter().map(|d| d.to_string()));
-        let is_manifest: Vec<bool> = (0..refs.len()).map(|i| i >= n_blobs).collect();
-        if !refs.is_empty() {
-            sqlx::query(
-                "INSERT INTO manifest_references (repository_id, manifest_digest, ref_digest, is_manifest)
-                 SELECT $1, $2, r, m FROM UNNEST($3::text[], $4::bool[]) AS u(r, m)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(repo_id)
-            .bind(digest.as_str())
-            .bind(&refs)
-            .bind(&is_manifest)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(tag) = tag {
-            sqlx::query(
-                "INSERT INTO tags (repository_id, name, manifest_digest) VALUES ($1, $2, $3)
-                 ON CONFLICT (repository_id, name) DO UPDATE SET manifest_digest = EXCLUDED.manifest_digest, updated_at = now()",
-            )
-            .bind(repo_id)
-            .bind(tag)
-            .bind(digest.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        observe("put_manifest", t);
-        Ok(Ok(()))
-    }
-
-    /// Deletes a manifest (and every tag pointing at it). False if it was not there.
-    pub async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
-        let r = sqlx::query(
-            "DELETE FROM manifests m USING repositories r WHERE m.repository_id = r.id AND r.name = $1 AND m.digest = $2",
-        )
-        .bind(repo.as_str())
-        .bind(digest.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() > 0)
-    }
-
-    /// Deletes a tag, leaving its manifest. False if it was not there.
-    pub async fn delete_tag(&self, repo: &RepoName, tag: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM tags t USING repositories r WHERE t.repository_id = r.id AND r.name = $1 AND t.name = $2")
-            .bind(repo.as_str())
-            .bind(tag)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() > 0)
     }
 
     /// Tags in lexical order after `last`, at most `n`. `None` if the repository is unknown.
@@ -440,35 +271,6 @@ impl Store {
 
     // ---- users -----------------------------------------------------------------------
 
-    /// Creates or replaces a user with its grants.
-    pub async fn put_user(&self, name: &str, password_hash: &str, grants: &[(String, Vec<String>)]) -> Result<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO users (username, password_hash) VALUES ($1, $2)
-             ON CONFLICT (username) DO UPDATE SET password_hash = EXCLUDED.password_hash",
-        )
-        .bind(name)
-        .bind(password_hash)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM user_grants WHERE username = $1").bind(name).execute(&mut *tx).await?;
-        for (pattern, actions) in grants {
-            sqlx::query("INSERT INTO user_grants (username, pattern, actions) VALUES ($1, $2, $3)")
-                .bind(name)
-                .bind(pattern)
-                .bind(actions)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn remove_user(&self, name: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM users WHERE username = $1").bind(name).execute(&self.pool).await?;
-        Ok(r.rows_affected() > 0)
-    }
-
     /// A user's password hash and grants, in one round trip.
     pub async fn user(&self, name: &str) -> Result<Option<(String, Vec<(String, Vec<String>)>)>> {
         let rows: Vec<(String, Option<String>, Option<Vec<String>>)> = sqlx::query_as(
@@ -489,31 +291,7 @@ impl Store {
     }
 }
 
-/// Serialises pin and unpin decisions for one CID until the transaction ends.
-pub async fn lock_cid(tx: &mut PgConnection, cid: &str) -> Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(cid).execute(&mut *tx).await?;
-    Ok(())
-}
-
-/// Whether any blob or upload chunk still needs `cid` pinned (call under [`lock_cid`]).
-pub async fn cid_in_use(tx: &mut PgConnection, cid: &str) -> Result<bool> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM blobs WHERE cid = $1) OR EXISTS (SELECT 1 FROM upload_chunks WHERE cid = $1)",
-    )
-    .bind(cid)
-    .fetch_one(&mut *tx)
-    .await?)
-}
-
-async fn ensure_repo(tx: &mut PgConnection, repo: &RepoName) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "WITH ins AS (INSERT INTO repositories (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
-         SELECT id FROM ins UNION ALL SELECT id FROM repositories WHERE name = $1 LIMIT 1",
-    )
-    .bind(repo.as_str())
-    .fetch_one(&mut *tx)
-    .await?)
-}
+pub use afreg_replication::store::pins::{cid_in_use, lock_cid};
 
 /// A database URL with its password replaced, for logs.
 pub fn redact(url: &str) -> String {

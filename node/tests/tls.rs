@@ -62,7 +62,7 @@ async fn node_serves_https_with_the_configured_certificate() {
         .set("server.tls_cert", cert.display().to_string())
         .set("server.tls_key", key.display().to_string());
     let config = dir.path().join("afreg.toml");
-    std::fs::write(&config, toml::to_string_pretty(&cfg.to_toml(port, dir.path())).unwrap()).unwrap();
+    std::fs::write(&config, toml::to_string_pretty(&cfg.to_toml(port, testkit::free_port(), dir.path())).unwrap()).unwrap();
     let log = dir.path().join("afreg.log");
     let out = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_afreg"));

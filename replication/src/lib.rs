@@ -19,7 +19,13 @@
 //! - `store::snapshot` (private): the versioned snapshot format, dumped from and restored to
 //!   the replicated tables.
 //!
-//! The network layer (RPC client and routes) and the node wiring sit on top of this crate.
+//! - [`network`]: openraft's RPCs as JSON over HTTP to the other regions; [`api`]: the
+//!   internal endpoints that answer them, plus forwarded writes, read index and membership,
+//!   behind the [`secret`] (cluster secret).
+//! - [`cluster`]: [`Cluster`], one region's handle: start, replicate a write (forwarding to the
+//!   leader), linearizable read point, membership changes, status.
+//! - [`pinner`]: keeps every blob CID pinned in the region's Kubo; [`duties`]: announcing the
+//!   region in the region list, and garbage collection on the leader.
 //!
 //! # Invariants
 //!
@@ -32,9 +38,17 @@
 //! - Applying is idempotent: the last applied log id is written in the same transaction as
 //!   the change, and entries at or below it are skipped.
 
+pub mod api;
+pub mod cluster;
+pub mod duties;
+pub mod network;
+pub mod pinner;
+pub mod secret;
 pub mod store;
 pub mod types;
 
+pub use cluster::{AdminOp, Cluster, ClusterError, ClusterOptions, RaftStatus, Timings};
+pub use secret::ClusterSecret;
 pub use store::{PgLogStore, PgSnapshotBuilder, PgStateMachine};
 pub use types::{Applied, Command, Region};
 

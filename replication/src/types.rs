@@ -34,6 +34,10 @@ pub struct Region {
     pub kubo_peer_id: String,
     /// Swarm multiaddrs of the region's Kubo.
     pub kubo_swarm_addrs: Vec<String>,
+    /// Public key (a JWK as JSON text) that verifies the tokens this region signs, so every
+    /// region accepts them. Empty until the region announces itself.
+    #[serde(default)]
+    pub token_jwk: String,
 }
 
 impl std::fmt::Display for Region {
@@ -181,6 +185,7 @@ mod tests {
             api_url: "https://eu.example".into(),
             kubo_peer_id: "12D3KooW".into(),
             kubo_swarm_addrs: vec!["/ip4/10.0.0.1/tcp/4001".into()],
+            token_jwk: String::new(),
         };
         let cmds = vec![
             Command::DeleteManifest { repo: "r".into(), digest: "d".into() },

@@ -685,6 +685,8 @@ pub fn json_set(root: &mut Value, path: &str, v: Value) {
 pub struct NodeConfig {
     /// Fixed listen port; `None` picks a free one.
     pub port: Option<u16>,
+    /// Fixed port of the internal (cluster) listener; `None` picks a free one.
+    pub internal_port: Option<u16>,
     /// `[database] url`
     pub database_url: String,
     /// `[kubo] api_url`
@@ -720,6 +722,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             port: None,
+            internal_port: None,
             database_url: String::new(),
             kubo_api_url: String::new(),
             auth_enabled: true,
@@ -760,8 +763,10 @@ impl NodeConfig {
         self
     }
 
-    /// The TOML document for a node listening on `port` with its files in `dir`.
-    pub fn to_toml(&self, port: u16, dir: &Path) -> toml::Table {
+    /// The TOML document for a node listening on `port` (public) and `internal_port`
+    /// (cluster), with its files in `dir`. The `[cluster]` section makes a one-region cluster
+    /// with loopback Raft timings; `extra` can turn it into a member of a larger one.
+    pub fn to_toml(&self, port: u16, internal_port: u16, dir: &Path) -> toml::Table {
         use toml::Value as V;
         let mut server = toml::Table::new();
         let ip = self.listen_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
@@ -797,8 +802,18 @@ impl NodeConfig {
         log.insert("format".into(), V::String("json".into()));
         log.insert("level".into(), V::String(self.log_level.clone()));
 
+        let mut cluster = toml::Table::new();
+        cluster.insert("listen".into(), V::String(format!("{ip}:{internal_port}")));
+        cluster.insert("advertise_url".into(), V::String(format!("http://{ip}:{internal_port}")));
+        cluster.insert("secret_file".into(), V::String(dir.join("cluster-secret").display().to_string()));
+        // Loopback round trips are sub-millisecond; a loaded 2-core machine still needs room.
+        cluster.insert("heartbeat_ms".into(), V::Integer(250));
+        cluster.insert("election_timeout_min_ms".into(), V::Integer(1000));
+        cluster.insert("election_timeout_max_ms".into(), V::Integer(2000));
+
         let mut doc = toml::Table::new();
         doc.insert("server".into(), V::Table(server));
+        doc.insert("cluster".into(), V::Table(cluster));
         doc.insert("database".into(), V::Table(database));
         doc.insert("kubo".into(), V::Table(kubo));
         doc.insert("storage".into(), V::Table(storage));
@@ -827,6 +842,7 @@ pub struct Node {
     cfg: NodeConfig,
     dir: TempDir,
     port: u16,
+    internal_port: u16,
     child: Option<Child>,
 }
 
@@ -842,7 +858,8 @@ impl Node {
     pub fn try_start(bin: &Path, cfg: NodeConfig) -> Result<Node, String> {
         let dir = tempfile::Builder::new().prefix("afreg-node-").tempdir_in("/tmp").expect("node temp dir");
         let port = cfg.port.unwrap_or_else(free_port);
-        let mut node = Node { bin: bin.to_path_buf(), cfg, dir, port, child: None };
+        let internal_port = cfg.internal_port.unwrap_or_else(free_port);
+        let mut node = Node { bin: bin.to_path_buf(), cfg, dir, port, internal_port, child: None };
         node.write_config();
         node.spawn();
         node.wait_healthy(Duration::from_secs(30))?;
@@ -850,7 +867,7 @@ impl Node {
     }
 
     fn write_config(&self) {
-        let doc = self.cfg.to_toml(self.port, self.dir.path());
+        let doc = self.cfg.to_toml(self.port, self.internal_port, self.dir.path());
         fs::write(self.config_path(), toml::to_string_pretty(&doc).expect("serialise config"))
             .expect("write node config");
     }
@@ -927,6 +944,15 @@ impl Node {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `http://IP:PORT` of the internal (cluster) listener.
+    pub fn internal_url(&self) -> String {
+        format!("http://{}:{}", self.cfg.listen_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST), self.internal_port)
+    }
+
+    pub fn internal_port(&self) -> u16 {
+        self.internal_port
     }
 
     /// PID of the running process (panics if stopped).

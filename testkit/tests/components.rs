@@ -99,7 +99,7 @@ fn node_config_renders_every_section() {
         .set("auth.token_ttl_secs", 120);
     cfg.anonymous = vec![];
     cfg.upload_ttl_secs = Some(5);
-    let doc = cfg.to_toml(4242, dir.path());
+    let doc = cfg.to_toml(4242, 4243, dir.path());
     let text = toml::to_string(&doc).unwrap();
     let back: toml::Table = text.parse().unwrap();
     assert_eq!(back["server"]["listen"].as_str(), Some("127.0.0.1:4242"));

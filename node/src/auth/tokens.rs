@@ -41,6 +41,9 @@ pub struct Claims {
 pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// The other regions' public keys by `kid`, from the replicated region list, so a token
+    /// one region issued is accepted in all of them.
+    peers: std::sync::RwLock<std::collections::HashMap<String, DecodingKey>>,
     kid: String,
     n: String,
     e: String,
@@ -91,6 +94,7 @@ impl Keys {
         Ok(Keys {
             encoding,
             decoding,
+            peers: Default::default(),
             kid,
             n,
             e,
@@ -128,9 +132,38 @@ impl Keys {
         (token, claims)
     }
 
-    /// Checks signature, expiry, not-before, audience and issuer.
+    /// Replaces the other regions' verification keys with these JWKs (JSON text, as in the
+    /// region list); unreadable ones are skipped.
+    pub fn set_peer_keys<'a>(&self, jwks: impl IntoIterator<Item = &'a str>) {
+        let mut map = std::collections::HashMap::new();
+        for j in jwks {
+            let Ok(jwk) = serde_json::from_str::<serde_json::Value>(j) else { continue };
+            let (Some(kid), Some(n), Some(e)) = (jwk["kid"].as_str(), jwk["n"].as_str(), jwk["e"].as_str()) else { continue };
+            if kid == self.kid {
+                continue;
+            }
+            if let Ok(k) = DecodingKey::from_rsa_components(n, e) {
+                map.insert(kid.to_owned(), k);
+            }
+        }
+        *self.peers.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
+    /// This region's public key as one JWK, in JSON text (what it announces to the others).
+    pub fn jwk_json(&self) -> String {
+        self.jwks()["keys"][0].to_string()
+    }
+
+    /// Checks signature (by this region's key, or another region's by `kid`), expiry,
+    /// not-before, audience and issuer.
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let key = match kid.as_deref() {
+            Some(k) if k != self.kid => peers.get(k).unwrap_or(&self.decoding),
+            _ => &self.decoding,
+        };
+        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_owned(),
@@ -195,5 +228,11 @@ mod tests {
         let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"mallory"}"#);
         parts[1] = &payload;
         assert!(keys.verify(&parts.join(".")).is_err());
+        // Another region's token verifies once its key is known, and only then.
+        assert!(keys.verify(&forged).is_err());
+        keys.set_peer_keys([forger.jwk_json().as_str()]);
+        assert_eq!(keys.verify(&forged).unwrap().sub, "alice");
+        keys.set_peer_keys([]);
+        assert!(keys.verify(&forged).is_err());
     }
 }

@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/jwks.json", get(token::jwks))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/status", get(status))
         .route("/metrics", get(|State(s): State<AppState>| async move { s.metrics.render() }))
         .with_state(state)
         // A panic in a handler answers 500 instead of dropping the connection.
@@ -81,6 +82,10 @@ async fn v2(State(st): State<AppState>, method: Method, uri: Uri, headers: Heade
             _ => None,
         };
         st.auth.authorize_mount(&headers, &need(&ep, &method), mount_from.as_ref())?;
+        if linearizable(&query, &headers) && matches!(method, Method::GET | Method::HEAD) {
+            // Read index through the leader: this region first applies everything committed.
+            st.registry.cluster.read_barrier().await?;
+        }
         handlers::handle(&st, ep, &method, &query, &headers, body).await
     }
     .await;
@@ -101,6 +106,28 @@ async fn v2(State(st): State<AppState>, method: Method, uri: Uri, headers: Heade
     tracing::info!(event = "request", method = %method, route, repository = %repo, status = %status,
         duration_ms = elapsed.as_millis() as u64, "request");
     resp
+}
+
+/// A read that must see every write acknowledged anywhere before it: `?consistency=linearizable`
+/// or the header `X-Afreg-Consistency: linearizable`. Other reads are served from this
+/// region's own state, which may trail the leader by the replication lag.
+fn linearizable(q: &handlers::Query, h: &HeaderMap) -> bool {
+    const L: &str = "linearizable";
+    q.get("consistency") == Some(L)
+        || h.get("x-afreg-consistency").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case(L))
+}
+
+/// `GET /status`: every region's role, term, leader, applied index, lag, pin backlog and bytes
+/// replicated; `?scope=local` only this region's (what the others ask for).
+async fn status(State(st): State<AppState>, uri: Uri) -> Response {
+    let q = handlers::Query::parse(uri.query());
+    let reg = &st.registry;
+    if q.get("scope") == Some("local") {
+        let s = crate::cluster::local_status(&reg.cfg, reg.store.pool(), &reg.cluster).await;
+        return axum::Json(s).into_response();
+    }
+    let regions = crate::cluster::cluster_status(&reg.cfg, reg.store.pool(), &reg.cluster).await;
+    axum::Json(serde_json::json!({"region": reg.cfg.cluster.region, "id": reg.cluster.id, "regions": regions})).into_response()
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {

@@ -149,6 +149,16 @@ impl From<sqlx::Error> for RegistryError {
     }
 }
 
+impl From<afreg_replication::ClusterError> for RegistryError {
+    fn from(e: afreg_replication::ClusterError) -> Self {
+        use afreg_replication::ClusterError as C;
+        match e {
+            C::Refused(why) => RegistryError::internal(format!("the cluster refused the write: {why}")),
+            e => RegistryError::unavailable("the registry cluster (a quorum of regions)", e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,8 @@ use futures::Stream;
 
 use super::Registry;
 use crate::oci::{Digest, ErrorCode, RegistryError, RepoName};
-use crate::store::{BlobRow, Store};
+use crate::store::BlobRow;
+use afreg_replication::{Applied, Command};
 
 /// A parsed `Range: bytes=…` request, resolved against the blob's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +65,11 @@ impl Registry {
 
     /// Removes the blob from `repo`; the bytes are unpinned once no repository links them.
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), RegistryError> {
-        match self.store.unlink_blob(repo, digest).await? {
-            None => Err(RegistryError::blob_unknown(digest)),
-            Some(orphan) => {
-                if let Some(cid) = orphan {
+        match self.replicate(Command::UnlinkBlob { repo: repo.to_string(), digest: digest.to_string() }).await? {
+            Applied::NotFound => Err(RegistryError::blob_unknown(digest)),
+            orphan => {
+                // Every region's pinner unpins an orphaned CID; this region does it at once.
+                if let Applied::BlobUnlinked { orphaned_cid: Some(cid) } = orphan {
                     self.release_cid(&cid).await;
                 }
                 tracing::info!(event = "blob_delete", repository = %repo, digest = %digest, "blob deleted");
@@ -82,9 +84,8 @@ impl Registry {
         if self.store.repo_blob(from, digest).await?.is_none() {
             return Ok(false);
         }
-        let mut tx = self.store.begin().await?;
-        let linked = Store::link_blob(&mut tx, repo, digest).await?;
-        tx.commit().await?;
+        let cmd = Command::LinkBlob { repo: repo.to_string(), digest: digest.to_string(), at: super::now_millis() };
+        let linked = self.replicate(cmd).await? != Applied::NotFound;
         if linked {
             tracing::info!(event = "blob_mount", repository = %repo, from = %from, digest = %digest, "blob mounted");
         }

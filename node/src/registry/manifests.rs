@@ -1,6 +1,8 @@
 //! Manifests, tags, the referrers API and the catalog. Manifest bytes are kept exactly as
 //! pushed; GET and HEAD by tag or digest are one Postgres round trip each.
 
+use afreg_replication::{Applied, Command};
+
 use super::Registry;
 use crate::hashing::Hasher;
 use crate::oci::manifest::{self, OCI_INDEX};
@@ -49,10 +51,25 @@ impl Registry {
         }
         let parsed = manifest::parse(body, content_type)?;
         let tag = match reference {
-            Reference::Tag(t) => Some(t.as_str()),
+            Reference::Tag(t) => Some(t.as_str().to_owned()),
             Reference::Digest(_) => None,
         };
-        if let Err(missing) = self.store.put_manifest(repo, &digest, &parsed, body, tag).await? {
+        let strings = |v: &[Digest]| v.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+        let cmd = Command::PutManifest {
+            repo: repo.to_string(),
+            digest: digest.to_string(),
+            media_type: parsed.media_type.clone(),
+            body: body.to_vec(),
+            subject: parsed.subject.as_ref().map(|d| d.to_string()),
+            artifact_type: parsed.artifact_type.clone(),
+            annotations: parsed.annotations.clone(),
+            blob_refs: strings(&parsed.blobs),
+            foreign_refs: strings(&parsed.foreign_blobs),
+            child_refs: strings(&parsed.children),
+            tag,
+            at: super::now_millis(),
+        };
+        if let Applied::MissingBlobs(missing) = self.replicate(cmd).await? {
             return Err(RegistryError::new(
                 ErrorCode::ManifestBlobUnknown,
                 format!("manifest references blobs this repository does not have: {}", missing.join(", ")),
@@ -65,11 +82,11 @@ impl Registry {
 
     /// Deletes a manifest by digest, or just a tag.
     pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(), RegistryError> {
-        let found = match reference {
-            Reference::Digest(d) => self.store.delete_manifest(repo, d).await?,
-            Reference::Tag(t) => self.store.delete_tag(repo, t.as_str()).await?,
+        let cmd = match reference {
+            Reference::Digest(d) => Command::DeleteManifest { repo: repo.to_string(), digest: d.to_string() },
+            Reference::Tag(t) => Command::DeleteTag { repo: repo.to_string(), tag: t.as_str().to_owned() },
         };
-        if !found {
+        if self.replicate(cmd).await? == Applied::NotFound {
             return Err(RegistryError::manifest_unknown(reference));
         }
         tracing::info!(event = "manifest_delete", repository = %repo, reference = %reference, "manifest deleted");

@@ -9,8 +9,11 @@ pub mod uploads;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use afreg_replication::{Applied, Cluster, Command};
+
 use crate::config::Config;
 use crate::kubo::Kubo;
+use crate::oci::RegistryError;
 use crate::store::{self, Store};
 
 pub use uploads::SessionState;
@@ -20,14 +23,34 @@ pub struct Registry {
     pub store: Store,
     pub kubo: Kubo,
     pub cfg: Config,
+    /// Every metadata write goes through the cluster: committed by a quorum of regions, then
+    /// applied to this region's Postgres by the state machine, the only writer of those tables.
+    pub cluster: Arc<Cluster>,
     /// Per-session lock and running hash. A session's chunks must append in order, so one
     /// request at a time holds its lock; the hash is a cache that a restart rebuilds from Kubo.
     sessions: Mutex<HashMap<uuid::Uuid, Arc<tokio::sync::Mutex<SessionState>>>>,
 }
 
 impl Registry {
-    pub fn new(store: Store, kubo: Kubo, cfg: Config) -> Self {
-        Registry { store, kubo, cfg, sessions: Mutex::new(HashMap::new()) }
+    pub fn new(store: Store, kubo: Kubo, cfg: Config, cluster: Arc<Cluster>) -> Self {
+        Registry { store, kubo, cfg, cluster, sessions: Mutex::new(HashMap::new()) }
+    }
+
+    /// Replicates a metadata change; returns once it is committed and applied in this region.
+    pub async fn replicate(&self, cmd: Command) -> Result<Applied, RegistryError> {
+        let t = std::time::Instant::now();
+        let op = command_name(&cmd);
+        let r = self.cluster.write(cmd).await;
+        metrics::histogram!("afreg_replicated_write_seconds", "op" => op).record(t.elapsed().as_secs_f64());
+        match r? {
+            Applied::Invalid { reason } => Err(RegistryError::internal(format!("the cluster refused the change: {reason}"))),
+            a => Ok(a),
+        }
+    }
+
+    /// This region's id in the cluster.
+    pub fn region_id(&self) -> u64 {
+        self.cluster.id
     }
 
     /// Unpins `cid` unless a blob or an upload chunk still needs it. Failures only leak a pin,
@@ -46,5 +69,25 @@ impl Registry {
         if let Err(e) = r {
             tracing::warn!(event = "unpin_failed", ipfs_cid = %cid, error = %e, "could not release a pin");
         }
+    }
+}
+
+/// The time a command carries (`at`): chosen once here, so every region writes the same.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn command_name(cmd: &Command) -> &'static str {
+    match cmd {
+        Command::PutManifest { .. } => "put_manifest",
+        Command::DeleteManifest { .. } => "delete_manifest",
+        Command::DeleteTag { .. } => "delete_tag",
+        Command::PutBlob { .. } => "put_blob",
+        Command::LinkBlob { .. } => "link_blob",
+        Command::UnlinkBlob { .. } => "unlink_blob",
+        Command::PutUser { .. } => "put_user",
+        Command::RemoveUser { .. } => "remove_user",
+        Command::PutRegion { .. } => "put_region",
+        Command::RemoveRegion { .. } => "remove_region",
     }
 }

@@ -14,6 +14,7 @@ use super::Registry;
 use crate::hashing::Hasher;
 use crate::oci::{Algorithm, Digest, ErrorCode, RegistryError, RepoName};
 use crate::store::{self, Store, UploadRow};
+use afreg_replication::{Applied, Command};
 
 /// The in-memory half of a session: a sha256 over the bytes received so far, if it is known.
 #[derive(Default)]
@@ -113,15 +114,47 @@ impl Registry {
 
     /// Records the blob, links it and keeps its CID pinned.
     async fn commit_blob(&self, repo: &RepoName, digest: &Digest, cid: &str, size: i64) -> Result<(), RegistryError> {
-        let (r, d, c) = (repo.clone(), digest.clone(), cid.to_owned());
-        let kept = self
-            .pin_and_record(cid, move |tx| Box::pin(async move { Store::record_blob(tx, &r, &d, &c, size).await }))
-            .await?;
+        let (tx, kept) = self.pin_and_replicate(repo, digest, cid, size).await?;
+        tx.commit().await?;
         if kept != cid {
             // The digest was already stored under another CID; ours is surplus.
             self.release_cid(cid).await;
         }
         Ok(())
+    }
+
+    /// Pins `cid` under its lock, then replicates the blob record (this region as its origin)
+    /// and returns the still-open transaction, which holds the lock until the caller commits,
+    /// with the CID the registry keeps for the digest. No unpin can slip in between the pin
+    /// and the record applied here.
+    async fn pin_and_replicate(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        cid: &str,
+        size: i64,
+    ) -> Result<(store::Tx, String), RegistryError> {
+        let mut tx = self.store.begin().await?;
+        store::lock_cid(&mut tx, cid).await?;
+        self.kubo.pin_add(cid).await?;
+        let cmd = Command::PutBlob {
+            repo: repo.to_string(),
+            digest: digest.to_string(),
+            cid: cid.to_owned(),
+            size,
+            origin_region: self.region_id(),
+            at: super::now_millis(),
+        };
+        match self.replicate(cmd).await {
+            Ok(Applied::BlobStored { cid: kept }) => Ok((tx, kept)),
+            Ok(other) => Err(RegistryError::internal(format!("blob record: unexpected outcome {other:?}"))),
+            Err(e) => {
+                drop(tx);
+                // Unpins only if nothing (an upload chunk, a record applied meanwhile) needs it.
+                self.release_cid(cid).await;
+                Err(e)
+            }
+        }
     }
 
     pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus, RegistryError> {
@@ -293,16 +326,9 @@ impl Registry {
                 self.kubo.add(parts).await?.cid
             }
         };
-        let (r, d, c, size) = (repo.clone(), digest.clone(), cid.clone(), row.size);
-        let (kept, chunk_cids) = self
-            .pin_and_record(&cid, move |tx| {
-                Box::pin(async move {
-                    let kept = Store::record_blob(tx, &r, &d, &c, size).await?;
-                    let chunk_cids = Store::delete_upload(tx, id).await?.ok_or_else(RegistryError::upload_unknown)?;
-                    Ok((kept, chunk_cids))
-                })
-            })
-            .await?;
+        let (mut tx, kept) = self.pin_and_replicate(repo, digest, &cid, row.size).await?;
+        let chunk_cids = Store::delete_upload(&mut tx, id).await?.ok_or_else(RegistryError::upload_unknown)?;
+        tx.commit().await?;
         drop(state);
         self.forget_session(id);
         metrics::gauge!("afreg_upload_sessions_open").decrement(1.0);

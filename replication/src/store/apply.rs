@@ -336,11 +336,11 @@ async fn put_region(conn: &mut PgConnection, id: u64, region: &Region) -> Result
         return Ok(Applied::RegionRetired);
     }
     sqlx::query(
-        "INSERT INTO regions (id, name, raft_addr, api_url, kubo_peer_id, kubo_swarm_addrs, removed)
-         VALUES ($1, $2, $3, $4, $5, $6, false)
+        "INSERT INTO regions (id, name, raft_addr, api_url, kubo_peer_id, kubo_swarm_addrs, token_jwk, removed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, false)
          ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, raft_addr = EXCLUDED.raft_addr,
              api_url = EXCLUDED.api_url, kubo_peer_id = EXCLUDED.kubo_peer_id,
-             kubo_swarm_addrs = EXCLUDED.kubo_swarm_addrs",
+             kubo_swarm_addrs = EXCLUDED.kubo_swarm_addrs, token_jwk = EXCLUDED.token_jwk",
     )
     .bind(id as i64)
     .bind(&region.name)
@@ -348,6 +348,7 @@ async fn put_region(conn: &mut PgConnection, id: u64, region: &Region) -> Result
     .bind(&region.api_url)
     .bind(&region.kubo_peer_id)
     .bind(&region.kubo_swarm_addrs)
+    .bind(&region.token_jwk)
     .execute(conn)
     .await?;
     Ok(Applied::Ok)

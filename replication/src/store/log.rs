@@ -14,7 +14,7 @@ use openraft::{CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, Optiona
 use sqlx::types::Json;
 use sqlx::PgPool;
 
-use super::{ensure_durable_commit, get_state, key, put_state, to_i64, to_u64, DbError};
+use super::{ensure_durable_commit, get_state, key, put_state, retrying, to_i64, to_u64, DbError};
 use crate::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 /// The Raft log of one region, in its Postgres.
@@ -156,7 +156,7 @@ impl RaftLogReader<TypeConfig> for PgLogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let (lo, hi) = bounds(&range);
-        self.read_entries(lo, hi).await.map_err(|e| e.sto(ErrorSubject::Logs, ErrorVerb::Read))
+        retrying("read log", || self.read_entries(lo, hi)).await.map_err(|e| e.sto(ErrorSubject::Logs, ErrorVerb::Read))
     }
 }
 
@@ -164,7 +164,7 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
     type LogReader = PgLogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        self.log_state().await.map_err(|e| e.sto(ErrorSubject::Logs, ErrorVerb::Read))
+        retrying("log state", || self.log_state()).await.map_err(|e| e.sto(ErrorSubject::Logs, ErrorVerb::Read))
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -172,20 +172,20 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.write_vote(vote).await.map_err(|e| e.sto(ErrorSubject::Vote, ErrorVerb::Write))
+        retrying("save vote", || self.write_vote(vote)).await.map_err(|e| e.sto(ErrorSubject::Vote, ErrorVerb::Write))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.read_key(key::VOTE).await.map_err(|e| e.sto(ErrorSubject::Vote, ErrorVerb::Read))
+        retrying("read vote", || self.read_key(key::VOTE)).await.map_err(|e| e.sto(ErrorSubject::Vote, ErrorVerb::Read))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_committed(committed).await.map_err(|e| e.sto(ErrorSubject::Store, ErrorVerb::Write))
+        retrying("save committed", || self.write_committed(committed)).await.map_err(|e| e.sto(ErrorSubject::Store, ErrorVerb::Write))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         let committed: Option<Option<LogId>> =
-            self.read_key(key::COMMITTED).await.map_err(|e| e.sto(ErrorSubject::Store, ErrorVerb::Read))?;
+            retrying("read committed", || self.read_key(key::COMMITTED)).await.map_err(|e| e.sto(ErrorSubject::Store, ErrorVerb::Read))?;
         Ok(committed.flatten())
     }
 
@@ -195,7 +195,7 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        match self.insert(entries).await {
+        match retrying("append", || self.insert(entries.clone())).await {
             // Committed synchronously: durable, so openraft may count this region's copy.
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -209,11 +209,11 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.delete_since(log_id.index).await.map_err(|e| e.sto(ErrorSubject::Logs, ErrorVerb::Delete))
+        retrying("truncate", || self.delete_since(log_id.index)).await.map_err(|e| e.sto(ErrorSubject::Logs, ErrorVerb::Delete))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.delete_upto(log_id).await.map_err(|e| e.sto(ErrorSubject::Logs, ErrorVerb::Delete))
+        retrying("purge", || self.delete_upto(log_id)).await.map_err(|e| e.sto(ErrorSubject::Logs, ErrorVerb::Delete))
     }
 }
 

@@ -6,6 +6,7 @@
 //! mapping of database errors onto openraft's [`StorageError`].
 
 pub mod log;
+pub mod pins;
 pub mod state_machine;
 
 mod apply;
@@ -48,6 +49,40 @@ pub(crate) async fn put_state<T: Serialize>(conn: &mut PgConnection, key: &str, 
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Runs `op` again while PostgreSQL is unreachable (connection lost, pool timed out, server
+/// shutting down). Openraft stops a node for good on any storage error, so an outage of the
+/// region's database must pause its Raft node, not end it: it stops acknowledging, the other
+/// regions carry on, and it catches up once the database is back. Any other error is returned.
+pub(crate) async fn retrying<T, Fut>(what: &str, mut op: impl FnMut() -> Fut) -> Result<T, DbError>
+where
+    Fut: std::future::Future<Output = Result<T, DbError>>,
+{
+    let mut wait = std::time::Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        match op().await {
+            Err(DbError::Sql(e)) if is_outage(&e) => {
+                if !warned {
+                    tracing::warn!(event = "raft_storage_waiting", what, error = %e, "PostgreSQL is unreachable; raft storage waits for it");
+                    warned = true;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Whether a database error means "unreachable" rather than "this statement is wrong".
+pub(crate) fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
 }
 
 /// Makes the current transaction's commit durable even if the server or role was configured

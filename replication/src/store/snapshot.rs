@@ -136,6 +136,9 @@ struct RegionRow {
     api_url: String,
     kubo_peer_id: String,
     kubo_swarm_addrs: Vec<String>,
+    /// Added after format version 1 was published: absent in older snapshots.
+    #[serde(default)]
+    token_jwk: String,
     removed: bool,
 }
 
@@ -190,7 +193,7 @@ pub(crate) async fn dump(conn: &mut PgConnection) -> Result<Tables, DbError> {
         .fetch_all(&mut *conn)
         .await?,
         regions: sqlx::query_as(
-            "SELECT id, name, raft_addr, api_url, kubo_peer_id, kubo_swarm_addrs, removed FROM regions ORDER BY id",
+            "SELECT id, name, raft_addr, api_url, kubo_peer_id, kubo_swarm_addrs, token_jwk, removed FROM regions ORDER BY id",
         )
         .fetch_all(&mut *conn)
         .await?,
@@ -321,8 +324,8 @@ pub(crate) async fn restore(conn: &mut PgConnection, t: &Tables) -> Result<(), D
     }
     for r in &t.regions {
         sqlx::query(
-            "INSERT INTO regions (id, name, raft_addr, api_url, kubo_peer_id, kubo_swarm_addrs, removed)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO regions (id, name, raft_addr, api_url, kubo_peer_id, kubo_swarm_addrs, token_jwk, removed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(r.id)
         .bind(&r.name)
@@ -330,6 +333,7 @@ pub(crate) async fn restore(conn: &mut PgConnection, t: &Tables) -> Result<(), D
         .bind(&r.api_url)
         .bind(&r.kubo_peer_id)
         .bind(&r.kubo_swarm_addrs)
+        .bind(&r.token_jwk)
         .bind(r.removed)
         .execute(&mut *conn)
         .await?;

@@ -18,7 +18,7 @@ use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::snapshot::{self, SnapshotDoc, FORMAT_VERSION};
-use super::{apply, get_state, key, put_state, DbError};
+use super::{apply, get_state, key, put_state, retrying, DbError};
 use crate::types::{Applied, Region};
 use crate::{Entry, LogId, NodeId, StorageError, StoredMembership, TypeConfig};
 
@@ -28,6 +28,9 @@ type Meta = SnapshotMeta<NodeId, Region>;
 #[derive(Clone)]
 pub struct PgStateMachine {
     pool: PgPool,
+    /// Bumped after every committed batch or installed snapshot: the region's services that
+    /// follow the replicated tables (the pinner, the token keys) wait on it.
+    changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Builds a snapshot from a consistent read of the tables; runs alongside `apply`.
@@ -38,7 +41,17 @@ pub struct PgSnapshotBuilder {
 impl PgStateMachine {
     /// A state machine over `pool`, whose database has `migrations/` applied.
     pub fn new(pool: PgPool) -> Self {
-        PgStateMachine { pool }
+        PgStateMachine { pool, changed: std::sync::Arc::new(tokio::sync::watch::channel(0).0) }
+    }
+
+    /// A receiver that sees a new value each time applied entries or an installed snapshot
+    /// changed the replicated tables.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
     }
 
     async fn read_applied(&self) -> Result<(Option<LogId>, StoredMembership), DbError> {
@@ -181,7 +194,7 @@ impl PgSnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for PgSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        self.build().await.map_err(|e| e.sto(ErrorSubject::Snapshot(None), ErrorVerb::Write))
+        retrying("build snapshot", || self.build()).await.map_err(|e| e.sto(ErrorSubject::Snapshot(None), ErrorVerb::Write))
     }
 }
 
@@ -189,7 +202,7 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
     type SnapshotBuilder = PgSnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        self.read_applied().await.map_err(|e| e.sto(ErrorSubject::StateMachine, ErrorVerb::Read))
+        retrying("applied state", || self.read_applied()).await.map_err(|e| e.sto(ErrorSubject::StateMachine, ErrorVerb::Read))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
@@ -198,10 +211,23 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        self.apply_batch(entries).await.map_err(|(log_id, e)| match log_id {
+        let mut wait = std::time::Duration::from_millis(100);
+        let replies = loop {
+            match self.apply_batch(entries.clone()).await {
+                Err((_, DbError::Sql(e))) if super::is_outage(&e) => {
+                    tracing::warn!(event = "raft_storage_waiting", what = "apply", error = %e, "PostgreSQL is unreachable; apply waits for it");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(2));
+                }
+                r => break r,
+            }
+        };
+        let replies = replies.map_err(|(log_id, e)| match log_id {
             Some(id) => e.sto(ErrorSubject::Apply(id), ErrorVerb::Write),
             None => e.sto(ErrorSubject::StateMachine, ErrorVerb::Write),
-        })
+        })?;
+        self.bump();
+        Ok(replies)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -214,12 +240,14 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
 
     async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        self.install(meta, &data)
+        retrying("install snapshot", || self.install(meta, &data))
             .await
-            .map_err(|e| e.sto(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write))
+            .map_err(|e| e.sto(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write))?;
+        self.bump();
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        self.current_snapshot().await.map_err(|e| e.sto(ErrorSubject::Snapshot(None), ErrorVerb::Read))
+        retrying("read snapshot", || self.current_snapshot()).await.map_err(|e| e.sto(ErrorSubject::Snapshot(None), ErrorVerb::Read))
     }
 }

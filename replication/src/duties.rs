@@ -1,0 +1,86 @@
+//! A region's background duties towards the cluster, besides pinning: announcing itself in the
+//! replicated region list, and (on the leader) garbage-collecting unreferenced blobs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Cluster;
+use crate::store::pins;
+use crate::{Applied, Command, Region};
+
+/// Writes this region's record (addresses, Kubo peer, token key) into the region list until
+/// the list holds it, retrying while there is no leader. `me` is re-read on every try so a
+/// region whose Kubo came up late announces its peer id once it knows it.
+pub async fn announce<F, Fut>(pool: PgPool, cluster: Arc<Cluster>, me: F, stop: CancellationToken)
+where
+    F: Fn() -> Fut + Send,
+    Fut: std::future::Future<Output = Region> + Send,
+{
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let region = me().await;
+        let stored = pins::region_row(&pool, cluster.id).await.ok().flatten();
+        let complete = !region.kubo_peer_id.is_empty();
+        if stored.as_ref() == Some(&region) && complete {
+            return;
+        }
+        if stored.as_ref() != Some(&region) {
+            match cluster.write(Command::PutRegion { id: cluster.id, region: region.clone() }).await {
+                Ok(Applied::Ok) => {
+                    tracing::info!(event = "region_announced", region = %region.name, kubo_peer_id = %region.kubo_peer_id,
+                        "this region is in the region list");
+                }
+                Ok(Applied::RegionRetired) => {
+                    tracing::error!(event = "region_retired", region_id = cluster.id,
+                        "this region's id was removed from the cluster; it will not announce itself");
+                    return;
+                }
+                Ok(other) => tracing::warn!(event = "region_announce_refused", reply = ?other, "region announcement refused"),
+                Err(e) => tracing::debug!(event = "region_announce_retry", error = %e, "region announcement must wait"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// On the leader, every `interval`: unlinks blobs that no manifest of their repository has
+/// referenced for `grace`; when a blob loses its last link its row goes, and every region's
+/// pinner unpins it.
+pub async fn collect_garbage(pool: PgPool, cluster: Arc<Cluster>, grace: Duration, interval: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if cluster.status().role != "leader" {
+            continue;
+        }
+        let links = match pins::unreferenced_links(&pool, grace.as_secs() as i64, 500).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(event = "gc_failed", error = %e, "garbage collection could not list blobs");
+                continue;
+            }
+        };
+        let mut n = 0;
+        for (repo, digest) in links {
+            match cluster.write(Command::UnlinkBlob { repo: repo.clone(), digest: digest.clone() }).await {
+                Ok(_) => n += 1,
+                Err(e) => {
+                    tracing::warn!(event = "gc_failed", error = %e, "garbage collection stopped early");
+                    break;
+                }
+            }
+        }
+        if n > 0 {
+            tracing::info!(event = "gc", unlinked = n, "collected unreferenced blobs");
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The Raft network: openraft's RPCs as JSON over HTTP to the other regions' internal
+//! endpoints ([`crate::api`]), authenticated with the cluster secret.
+//!
+//! The address of a peer is the `raft_addr` of its node in the Raft membership, which comes
+//! from configuration or `afreg region add`, so a test (or an operator) can route it through
+//! any link it controls.
+
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::secret::ClusterSecret;
+use crate::{NodeId, Region, TypeConfig};
+
+/// Paths of the Raft RPCs on the internal listener.
+pub(crate) mod path {
+    pub const APPEND: &str = "/internal/raft/append";
+    pub const VOTE: &str = "/internal/raft/vote";
+    pub const SNAPSHOT: &str = "/internal/raft/snapshot";
+}
+
+/// Makes one [`Peer`] per target region; all share one connection pool.
+#[derive(Clone)]
+pub struct HttpNetwork {
+    http: reqwest::Client,
+    secret: ClusterSecret,
+}
+
+impl HttpNetwork {
+    pub fn new(http: reqwest::Client, secret: ClusterSecret) -> Self {
+        HttpNetwork { http, secret }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &Region) -> Peer {
+        Peer {
+            target,
+            base: node.raft_addr.trim_end_matches('/').to_owned(),
+            http: self.http.clone(),
+            secret: self.secret.clone(),
+        }
+    }
+}
+
+/// The connection to one other region.
+pub struct Peer {
+    target: NodeId,
+    base: String,
+    http: reqwest::Client,
+    secret: ClusterSecret,
+}
+
+impl Peer {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RPCError<NodeId, Region, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(self.secret.expose())
+            .timeout(ttl)
+            .json(req)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() || e.is_timeout() {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                } else {
+                    RPCError::Network(NetworkError::new(&e))
+                }
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            let e = std::io::Error::other(format!("{path} answered {status}: {text}"));
+            return Err(RPCError::Network(NetworkError::new(&e)));
+        }
+        let r: Result<Resp, RaftError<NodeId, E>> =
+            resp.json().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Region, RaftError<NodeId>>> {
+        self.call(path::APPEND, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Region, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call(path::SNAPSHOT, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Region, RaftError<NodeId>>> {
+        self.call(path::VOTE, &rpc, option.hard_ttl()).await
+    }
+}

@@ -1,0 +1,189 @@
+//! Cross-region pinning: every region keeps every blob CID of the replicated `blobs` table
+//! pinned in its own Kubo, fetching the bytes over IPFS from the region that has them, and
+//! unpins CIDs whose blob was deleted or collected.
+//!
+//! The queue is not a separate structure: it is every `blobs.cid` without a `pinned` row in
+//! the region-local `pins` table, so it survives restarts and snapshot installs. Each pin has
+//! a timeout (Kubo's `pin/add` waits forever for content no peer has); a failed pin is retried
+//! with exponential backoff. The pinner wakes when applied entries change the tables, and
+//! keeps its Kubo peered with every other region's Kubo so that blobs not pinned here yet are
+//! still served, fetched from the peers through the local Kubo.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::pins;
+use crate::NodeId;
+
+/// What the pinner needs from the region's Kubo.
+pub trait Ipfs: Send + Sync + 'static {
+    /// Pins `cid` recursively, fetching what is missing from connected peers; gives up after
+    /// `timeout`.
+    fn pin(&self, cid: &str, timeout: Duration) -> impl Future<Output = Result<(), String>> + Send;
+    /// Removes the recursive pin (not pinned is success).
+    fn unpin(&self, cid: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Keeps a connection to the peer at these multiaddrs (with `/p2p/<id>`).
+    fn peer(&self, addrs: &[String]) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+#[derive(Debug, Clone)]
+pub struct PinnerOptions {
+    /// Timeout of one `pin/add`.
+    pub pin_timeout: Duration,
+    /// Longest wait between retries of a failing pin.
+    pub max_backoff: Duration,
+    /// Pins in flight at once.
+    pub concurrency: usize,
+}
+
+/// Runs until `stop`: pins what is due, unpins orphans, keeps peers connected.
+pub async fn run<I: Ipfs>(
+    pool: PgPool,
+    me: NodeId,
+    ipfs: Arc<I>,
+    mut changed: tokio::sync::watch::Receiver<u64>,
+    opts: PinnerOptions,
+    stop: CancellationToken,
+) {
+    let mut peered: BTreeSet<String> = BTreeSet::new();
+    let mut last_peering = std::time::Instant::now() - Duration::from_secs(3600);
+    loop {
+        if last_peering.elapsed() > Duration::from_secs(30) || changed.has_changed().unwrap_or(false) {
+            peer_regions(&pool, me, ipfs.as_ref(), &mut peered, last_peering.elapsed() > Duration::from_secs(30)).await;
+            last_peering = std::time::Instant::now();
+        }
+        changed.borrow_and_update();
+        let busy = match pass(&pool, me, &ipfs, &opts).await {
+            Ok(n) => n > 0,
+            Err(e) => {
+                tracing::warn!(event = "pinner_failed", error = %e, "pinner pass failed; retrying");
+                false
+            }
+        };
+        report(&pool).await;
+        if busy {
+            continue;
+        }
+        let wait = match pins::next_retry(&pool).await {
+            Ok(Some(at)) => (at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(30)),
+            _ => Duration::from_secs(30),
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = changed.changed() => {}
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+        }
+    }
+}
+
+/// One round: unpin orphans, then pin a batch of due CIDs. Returns how many pins it tried.
+async fn pass<I: Ipfs>(pool: &PgPool, me: NodeId, ipfs: &Arc<I>, opts: &PinnerOptions) -> Result<usize, sqlx::Error> {
+    for cid in pins::orphans(pool, 256).await? {
+        let mut tx = pool.begin().await?;
+        pins::lock_cid(&mut tx, &cid).await?;
+        if !pins::cid_in_use(&mut tx, &cid).await? {
+            if let Err(e) = ipfs.unpin(&cid).await {
+                tracing::warn!(event = "unpin_failed", ipfs_cid = %cid, error = %e, "could not unpin a deleted blob");
+                continue;
+            }
+            tracing::info!(event = "blob_unpinned", ipfs_cid = %cid, "unpinned a deleted blob");
+        }
+        pins::forget(&mut tx, &cid).await?;
+        tx.commit().await?;
+    }
+    let jobs = pins::due(pool, (opts.concurrency * 4) as i64).await?;
+    let n = jobs.len();
+    let results: Vec<Result<(), sqlx::Error>> = futures::stream::iter(jobs)
+        .map(|job| pin_one(pool, me, ipfs, opts, job))
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(n)
+}
+
+async fn pin_one<I: Ipfs>(
+    pool: &PgPool,
+    me: NodeId,
+    ipfs: &Arc<I>,
+    opts: &PinnerOptions,
+    job: pins::PinJob,
+) -> Result<(), sqlx::Error> {
+    let started = std::time::Instant::now();
+    let remote = job.origin_region.is_some_and(|o| o as u64 != me);
+    match ipfs.pin(&job.cid, opts.pin_timeout).await {
+        Ok(()) => {
+            let fetched = if remote { job.size } else { 0 };
+            pins::mark_pinned(pool, &job.cid, fetched).await?;
+            metrics::counter!("afreg_pins_total", "result" => "pinned").increment(1);
+            metrics::counter!("afreg_replicated_bytes_total").increment(fetched.max(0) as u64);
+            tracing::info!(event = "blob_pinned", ipfs_cid = %job.cid, size = job.size, origin_region = job.origin_region,
+                duration_ms = started.elapsed().as_millis() as u64, "pinned a blob");
+        }
+        Err(e) => {
+            let attempts = job.attempts + 1;
+            let backoff = backoff(attempts, opts.max_backoff);
+            pins::mark_failed(pool, &job.cid, attempts, backoff.as_secs_f64(), &e).await?;
+            metrics::counter!("afreg_pins_total", "result" => "failed").increment(1);
+            tracing::warn!(event = "pin_failed", ipfs_cid = %job.cid, attempts, retry_in_ms = backoff.as_millis() as u64,
+                error = %e, "pin failed; will retry");
+        }
+    }
+    Ok(())
+}
+
+/// 1 s, 2 s, 4 s … capped at `max`.
+pub fn backoff(attempts: i32, max: Duration) -> Duration {
+    let exp = attempts.clamp(1, 20) as u32 - 1;
+    Duration::from_secs(1u64 << exp).min(max)
+}
+
+/// Connects to every other region's Kubo; addresses already peered are skipped unless
+/// `refresh` (a periodic reconnect after a peer restarted).
+async fn peer_regions<I: Ipfs>(pool: &PgPool, me: NodeId, ipfs: &I, peered: &mut BTreeSet<String>, refresh: bool) {
+    let Ok(regions) = pins::region_peers(pool).await else { return };
+    for (id, addrs) in regions {
+        if id as u64 == me || addrs.is_empty() {
+            continue;
+        }
+        let key = addrs.join(",");
+        if !refresh && peered.contains(&key) {
+            continue;
+        }
+        match ipfs.peer(&addrs).await {
+            Ok(()) => {
+                peered.insert(key);
+            }
+            Err(e) => tracing::warn!(event = "kubo_peer_failed", region_id = id, error = %e, "could not connect to a region's Kubo"),
+        }
+    }
+}
+
+async fn report(pool: &PgPool) {
+    if let Ok(s) = pins::stats(pool).await {
+        metrics::gauge!("afreg_pin_backlog").set(s.backlog as f64);
+        metrics::gauge!("afreg_pins_failing").set(s.failing as f64);
+        metrics::gauge!("afreg_pinned_blobs").set(s.pinned as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let max = Duration::from_secs(60);
+        assert_eq!(backoff(1, max), Duration::from_secs(1));
+        assert_eq!(backoff(2, max), Duration::from_secs(2));
+        assert_eq!(backoff(5, max), Duration::from_secs(16));
+        assert_eq!(backoff(9, max), max);
+        assert_eq!(backoff(1000, max), max);
+    }
+}

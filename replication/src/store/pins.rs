@@ -1,0 +1,181 @@
+//! SQL of the pinner and the garbage collector: the region-local `pins` table against the
+//! replicated `blobs` and `regions`, and the per-CID lock that every pin and unpin decision
+//! of the region takes (the node's upload path uses the same lock).
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+type Result<T> = std::result::Result<T, sqlx::Error>;
+
+/// A blob CID this region should hold pinned but does not yet.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PinJob {
+    pub cid: String,
+    pub size: i64,
+    pub origin_region: Option<i64>,
+    pub attempts: i32,
+}
+
+/// The pinner's figures for `/status` and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct PinStats {
+    /// Blob CIDs not pinned here yet (the persisted queue).
+    pub backlog: i64,
+    /// Of those, how many failed at least once and wait for a retry.
+    pub failing: i64,
+    /// Blob CIDs pinned here.
+    pub pinned: i64,
+    /// Bytes fetched from other regions to pin them.
+    pub replicated_bytes: i64,
+}
+
+/// Serialises pin and unpin decisions for one CID until the transaction ends.
+pub async fn lock_cid(tx: &mut PgConnection, cid: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(cid).execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Whether a blob or an upload in progress still needs `cid` pinned (call under [`lock_cid`]).
+pub async fn cid_in_use(tx: &mut PgConnection, cid: &str) -> Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM blobs WHERE cid = $1) OR EXISTS (SELECT 1 FROM upload_chunks WHERE cid = $1)",
+    )
+    .bind(cid)
+    .fetch_one(&mut *tx)
+    .await
+}
+
+/// Up to `limit` CIDs to pin now: never tried, or failed and due for a retry.
+pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<PinJob>> {
+    sqlx::query_as(
+        "SELECT b.cid, max(b.size) AS size, min(b.origin_region) AS origin_region, coalesce(max(p.attempts), 0) AS attempts
+           FROM blobs b LEFT JOIN pins p ON p.cid = b.cid
+          WHERE p.cid IS NULL OR (p.state = 'failed' AND p.next_attempt_at <= now())
+          GROUP BY b.cid
+          ORDER BY min(b.created_at)
+          LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// When the next failed pin is due, if any.
+pub async fn next_retry(pool: &PgPool) -> Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("SELECT min(next_attempt_at) FROM pins WHERE state = 'failed'").fetch_one(pool).await
+}
+
+pub async fn mark_pinned(pool: &PgPool, cid: &str, fetched_bytes: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO pins (cid, state, attempts, fetched_bytes, last_error, updated_at) VALUES ($1, 'pinned', 0, $2, NULL, now())
+         ON CONFLICT (cid) DO UPDATE SET state = 'pinned', fetched_bytes = EXCLUDED.fetched_bytes,
+             last_error = NULL, updated_at = now()",
+    )
+    .bind(cid)
+    .bind(fetched_bytes)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+pub async fn mark_failed(pool: &PgPool, cid: &str, attempts: i32, retry_in_secs: f64, error: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO pins (cid, state, attempts, next_attempt_at, last_error, updated_at)
+         VALUES ($1, 'failed', $2, now() + make_interval(secs => $3), $4, now())
+         ON CONFLICT (cid) DO UPDATE SET state = 'failed', attempts = EXCLUDED.attempts,
+             next_attempt_at = EXCLUDED.next_attempt_at, last_error = EXCLUDED.last_error, updated_at = now()",
+    )
+    .bind(cid)
+    .bind(attempts)
+    .bind(retry_in_secs)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// CIDs this region pinned for blobs that no longer exist (deleted or collected).
+pub async fn orphans(pool: &PgPool, limit: i64) -> Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT p.cid FROM pins p WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.cid = p.cid) LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn forget(tx: &mut PgConnection, cid: &str) -> Result<()> {
+    sqlx::query("DELETE FROM pins WHERE cid = $1").bind(cid).execute(&mut *tx).await?;
+    Ok(())
+}
+
+pub async fn stats(pool: &PgPool) -> Result<PinStats> {
+    sqlx::query_as(
+        "SELECT (SELECT count(DISTINCT b.cid) FROM blobs b
+                  WHERE NOT EXISTS (SELECT 1 FROM pins p WHERE p.cid = b.cid AND p.state = 'pinned')) AS backlog,
+                (SELECT count(*) FROM pins p WHERE p.state = 'failed'
+                  AND EXISTS (SELECT 1 FROM blobs b WHERE b.cid = p.cid)) AS failing,
+                (SELECT count(*) FROM pins WHERE state = 'pinned') AS pinned,
+                (SELECT coalesce(sum(fetched_bytes), 0)::bigint FROM pins WHERE state = 'pinned') AS replicated_bytes",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Swarm addresses (with `/p2p/<peer id>`) of every live region's Kubo, by region id.
+pub async fn region_peers(pool: &PgPool) -> Result<Vec<(i64, Vec<String>)>> {
+    let rows: Vec<(i64, String, Vec<String>)> = sqlx::query_as(
+        "SELECT id, kubo_peer_id, kubo_swarm_addrs FROM regions WHERE NOT removed AND kubo_peer_id <> '' ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, peer, addrs)| {
+            let full = addrs
+                .into_iter()
+                .map(|a| if a.contains("/p2p/") { a } else { format!("{}/p2p/{peer}", a.trim_end_matches('/')) })
+                .collect();
+            (id, full)
+        })
+        .collect())
+}
+
+/// Repository links to blobs that no manifest of that repository references and that are
+/// older than `grace_secs`: what garbage collection unlinks.
+pub async fn unreferenced_links(pool: &PgPool, grace_secs: i64, limit: i64) -> Result<Vec<(String, String)>> {
+    sqlx::query_as(
+        "SELECT r.name, rb.digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+          WHERE rb.created_at < now() - make_interval(secs => $1)
+            AND NOT EXISTS (SELECT 1 FROM manifest_references mr
+                             WHERE mr.repository_id = rb.repository_id AND mr.ref_digest = rb.digest)
+          ORDER BY rb.created_at LIMIT $2",
+    )
+    .bind(grace_secs as f64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The region row as stored, to tell whether an announcement would change it.
+pub async fn region_row(pool: &PgPool, id: u64) -> Result<Option<crate::Region>> {
+    let row: Option<(String, String, String, String, Vec<String>, String)> = sqlx::query_as(
+        "SELECT name, raft_addr, api_url, kubo_peer_id, kubo_swarm_addrs, token_jwk FROM regions WHERE id = $1 AND NOT removed",
+    )
+    .bind(id as i64)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(name, raft_addr, api_url, kubo_peer_id, kubo_swarm_addrs, token_jwk)| crate::Region {
+        name,
+        raft_addr,
+        api_url,
+        kubo_peer_id,
+        kubo_swarm_addrs,
+        token_jwk,
+    }))
+}
+
+/// Every live region: id, name and public URL (for `/status`), and its token key.
+pub async fn live_regions(pool: &PgPool) -> Result<Vec<(i64, String, String, String)>> {
+    sqlx::query_as("SELECT id, name, api_url, token_jwk FROM regions WHERE NOT removed ORDER BY id").fetch_all(pool).await
+}
