@@ -122,3 +122,21 @@ fn conformance_anonymous() {
     let run = run_conformance(&region.node.url(), None, &[]);
     assert_conformant(&run, &region.node.log());
 }
+
+/// The suite against each region of a running three-region cluster in turn: followers
+/// forward every write to the leader and answer only once it is applied locally, so the
+/// suite's read-after-write checks hold in every region.
+#[test]
+fn conformance_against_each_region_of_a_cluster() {
+    let cluster = testkit::cluster::Cluster::start(bin(), &["us", "eu", "asia"], |_, c| {
+        c.auth_enabled = true;
+        c.anonymous = vec![];
+    });
+    let (user, password) = ("conformance", "s3cret-passw0rd");
+    cluster.region("us").node().add_user(user, password);
+    for r in &cluster.regions {
+        let run = run_conformance(&r.url(), Some((user, password)), &[]);
+        eprintln!("conformance against region {}", r.name);
+        assert_conformant(&run, &r.node().log());
+    }
+}

@@ -319,11 +319,25 @@ impl Cluster {
                     other => return Err(ClusterError::Refused(format!("region {} refused: {other:?}", region.name))),
                 }
                 tracing::info!(event = "region_add", region_id = id, region = %region.name, "adding a region as a learner");
-                // Blocking: returns once the learner has caught up with the leader's log.
-                tokio::time::timeout(Duration::from_secs(240), self.raft.add_learner(id, region.clone(), true))
-                    .await
-                    .map_err(|_| ClusterError::Unavailable(format!("region {} did not catch up within 240s", region.name)))?
-                    .map_err(|e| unavailable("add learner", &e))?;
+                let added = self.raft.add_learner(id, region.clone(), false).await.map_err(|e| unavailable("add learner", &e))?;
+                // Catch up: the learner must hold everything the log had when it joined (its
+                // own learner entry included) before it may vote.
+                let target = added.log_id.index;
+                let caught_up = self
+                    .raft
+                    .wait(Some(Duration::from_secs(240)))
+                    .metrics(
+                        |m| m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).is_some_and(|l| l.index >= target),
+                        "learner caught up",
+                    )
+                    .await;
+                if caught_up.is_err() {
+                    return Err(ClusterError::Unavailable(format!(
+                        "region {} joined as a learner but did not catch up within 240s; run region add again",
+                        region.name
+                    )));
+                }
+                tracing::info!(event = "region_caught_up", region_id = id, index = target, "learner caught up");
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await

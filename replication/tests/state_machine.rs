@@ -21,6 +21,7 @@ fn region(name: &str, n: u8) -> Region {
         api_url: format!("https://{name}.registry.example"),
         kubo_peer_id: format!("12D3KooWpeer{n}"),
         kubo_swarm_addrs: vec![format!("/ip4/10.0.0.{n}/tcp/4001"), format!("/ip4/10.0.0.{n}/udp/4001/quic-v1")],
+        token_jwk: format!(r#"{{"kid":"k{n}","kty":"RSA","n":"x","e":"AQAB"}}"#),
     }
 }
 

@@ -1313,3 +1313,4 @@ pub fn pseudo_random_frames(seed: u64, total: u64, frame: usize) -> impl Iterato
         buf
     })
 }
+pub mod cluster;

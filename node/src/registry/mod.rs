@@ -40,6 +40,10 @@ impl Registry {
     pub async fn replicate(&self, cmd: Command) -> Result<Applied, RegistryError> {
         let t = std::time::Instant::now();
         let op = command_name(&cmd);
+        // The entry is applied to this region's Postgres before the client hears back; if that
+        // is down, refuse now (503 naming it) rather than propose a write that cannot finish
+        // here and would apply later, after the client was told it failed.
+        self.store.ping().await?;
         let r = self.cluster.write(cmd).await;
         metrics::histogram!("afreg_replicated_write_seconds", "op" => op).record(t.elapsed().as_secs_f64());
         match r? {

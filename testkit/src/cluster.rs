@@ -1,0 +1,176 @@
+//! A local multi-region cluster for tests: each region is a real Postgres, a real Kubo and a
+//! real `afreg serve`, all on loopback, joined into one Raft group by `cluster.bootstrap` and
+//! one shared cluster secret.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{free_port, http_client, off_runtime, Kubo, Node, NodeConfig, Postgres, Region};
+
+/// The cluster secret every test cluster shares (tests only).
+pub const TEST_SECRET: &str = "testkit-cluster-secret-0123456789";
+
+/// One region of a [`Cluster`].
+pub struct ClusterRegion {
+    pub id: u64,
+    pub name: String,
+    pub region: Region,
+}
+
+impl ClusterRegion {
+    pub fn node(&self) -> &Node {
+        &self.region.node
+    }
+    pub fn node_mut(&mut self) -> &mut Node {
+        &mut self.region.node
+    }
+    pub fn kubo(&self) -> &Kubo {
+        &self.region.kubo
+    }
+    pub fn pg(&self) -> &Postgres {
+        &self.region.pg
+    }
+    /// `http://127.0.0.1:PORT`, the public registry URL.
+    pub fn url(&self) -> String {
+        self.region.node.url()
+    }
+    /// `127.0.0.1:PORT`, the registry host for clients.
+    pub fn host(&self) -> String {
+        self.region.node.host()
+    }
+
+    /// This region's own `/status?scope=local`, or `None` if it does not answer.
+    pub fn local_status(&self) -> Option<Value> {
+        if !self.region.node.is_running() {
+            return None;
+        }
+        let url = format!("{}/status?scope=local", self.url());
+        off_runtime(|| {
+            let c = http_client(Duration::from_secs(3));
+            let r = c.get(&url).send().ok()?;
+            r.json::<Value>().ok()
+        })
+    }
+
+    /// Runs a query against this region's Postgres and returns the first column of the first row.
+    pub fn sql(&self, q: &str) -> String {
+        self.region.pg.psql(q).trim().to_owned()
+    }
+}
+
+/// Regions `names` with ids 1, 2, 3, … in one cluster.
+pub struct Cluster {
+    bin: PathBuf,
+    pub regions: Vec<ClusterRegion>,
+}
+
+impl Cluster {
+    /// Starts every region (Postgres and Kubo first, then the nodes) and waits until the
+    /// cluster has a leader and every region has announced itself. `f` adjusts each region's
+    /// node config (the cluster keys are already set).
+    pub fn start(bin: &Path, names: &[&str], f: impl Fn(&str, &mut NodeConfig)) -> Cluster {
+        let internal_ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+        let bootstrap: Vec<toml::Value> = names
+            .iter()
+            .zip(&internal_ports)
+            .enumerate()
+            .map(|(i, (n, p))| {
+                let mut t = toml::Table::new();
+                t.insert("id".into(), toml::Value::Integer(i as i64 + 1));
+                t.insert("name".into(), toml::Value::String(n.to_string()));
+                t.insert("url".into(), toml::Value::String(format!("http://127.0.0.1:{p}")));
+                toml::Value::Table(t)
+            })
+            .collect();
+        let backends: Vec<(Postgres, Kubo)> = names.iter().map(|_| (Postgres::start(), Kubo::start())).collect();
+        let mut regions = Vec::new();
+        for (i, ((name, (pg, kubo)), port)) in names.iter().zip(backends).zip(&internal_ports).enumerate() {
+            let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
+            cfg.internal_port = Some(*port);
+            cfg = region_config(cfg, i as u64 + 1, name, &kubo)
+                .set("cluster.bootstrap", toml::Value::Array(bootstrap.clone()));
+            f(name, &mut cfg);
+            let node = Node::start(bin, cfg);
+            regions.push(ClusterRegion { id: i as u64 + 1, name: name.to_string(), region: Region { node, kubo, pg } });
+        }
+        let c = Cluster { bin: bin.to_path_buf(), regions };
+        c.wait_converged(Duration::from_secs(60));
+        c
+    }
+
+    pub fn region(&self, name: &str) -> &ClusterRegion {
+        self.regions.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no region {name}"))
+    }
+
+    pub fn region_mut(&mut self, name: &str) -> &mut ClusterRegion {
+        self.regions.iter_mut().find(|r| r.name == name).unwrap_or_else(|| panic!("no region {name}"))
+    }
+
+    /// The leader's region id as the running regions report it (a majority must agree).
+    pub fn leader(&self) -> Option<u64> {
+        let views: Vec<u64> = self
+            .regions
+            .iter()
+            .filter_map(|r| r.local_status())
+            .filter(|s| s["raft"]["role"] == "leader")
+            .filter_map(|s| s["raft"]["id"].as_u64())
+            .collect();
+        views.first().copied()
+    }
+
+    /// Waits for a leader, then returns its region name.
+    pub fn wait_leader(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(id) = self.leader() {
+                return self.regions.iter().find(|r| r.id == id).expect("leader is a region").name.clone();
+            }
+            assert!(Instant::now() < deadline, "no leader within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until there is a leader and every running region lists every region with its
+    /// Kubo peer id (each announced itself).
+    pub fn wait_converged(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let n = self.regions.len();
+        loop {
+            let leader = self.leader();
+            let announced = self
+                .regions
+                .iter()
+                .filter(|r| r.node().is_running())
+                .all(|r| r.sql("SELECT count(*) FROM regions WHERE NOT removed AND kubo_peer_id <> ''") == n.to_string());
+            if leader.is_some() && announced {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs: String = self.regions.iter().map(|r| format!("--- {}:\n{}\n", r.name, r.node().log_tail(30))).collect();
+                panic!("cluster did not converge within {timeout:?} (leader {leader:?}, announced {announced});\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Starts one more region (Postgres, Kubo, node with `cluster.join`), not yet a member:
+    /// the caller joins it with `afreg region add`.
+    pub fn start_joining_region(&self, id: u64, name: &str, f: impl Fn(&mut NodeConfig)) -> ClusterRegion {
+        let (pg, kubo) = (Postgres::start(), Kubo::start());
+        let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
+        cfg = region_config(cfg, id, name, &kubo).set("cluster.join", true);
+        f(&mut cfg);
+        let node = Node::start(&self.bin, cfg);
+        ClusterRegion { id, name: name.to_owned(), region: Region { node, kubo, pg } }
+    }
+}
+
+/// The cluster keys every region of a test cluster shares, plus its own id and name.
+fn region_config(cfg: NodeConfig, id: u64, name: &str, kubo: &Kubo) -> NodeConfig {
+    cfg.set("cluster.id", id as i64)
+        .set("cluster.region", name)
+        .set("cluster.secret", TEST_SECRET)
+        .set("cluster.kubo_swarm_addrs", toml::Value::Array(vec![toml::Value::String(kubo.swarm_multiaddr())]))
+}
