@@ -494,3 +494,69 @@ fn internal_endpoints_need_the_cluster_secret() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200, "with the secret");
 }
+
+#[test]
+fn deleted_and_collected_blobs_are_unpinned_in_every_region() {
+    let cluster = Cluster::start(bin(), &["us", "eu", "asia"], |_, c| {
+        c.anonymous = vec!["pull".into(), "push".into(), "delete".into()];
+        // Collect blobs unreferenced for 3 s, checking every second.
+        *c = std::mem::take(c).set("cluster.gc_grace_secs", 3).set("cluster.gc_interval_secs", 1);
+    });
+    let c = client();
+    let (us, eu, asia) = (cluster.region("us"), cluster.region("eu"), cluster.region("asia"));
+    let kept = new_image();
+    push(&c, &us.url(), "gc/app", "kept", &kept).unwrap();
+
+    // A blob deleted through asia is unpinned in every region.
+    let deleted = random_bytes(200 * 1024);
+    let d = sha256_digest(&deleted);
+    let r = c.post(format!("{}/v2/gc/app/blobs/uploads/?digest={d}", us.url())).body(deleted.clone()).send().unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let d_cid = cids_of(us, &[&d]).remove(0);
+    assert_all_pinned_within(&cluster, std::slice::from_ref(&d_cid), PIN_BOUND);
+    let r = c.delete(format!("{}/v2/gc/app/blobs/{d}", asia.url())).send().unwrap();
+    assert_eq!(r.status().as_u16(), 202, "DELETE blob through asia");
+    for r in &cluster.regions {
+        within(Duration::from_secs(20), &format!("deleted blob unpinned in {}", r.name), || {
+            !r.kubo().pin_ls_recursive().contains(&d_cid)
+        });
+        assert_eq!(r.sql(&format!("SELECT count(*) FROM blobs WHERE digest = '{d}'")), "0");
+    }
+
+    // A blob no manifest references is collected after the grace period, everywhere.
+    let lonely = random_bytes(100 * 1024);
+    let l = sha256_digest(&lonely);
+    let r = c.post(format!("{}/v2/gc/lonely/blobs/uploads/?digest={l}", eu.url())).body(lonely).send().unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let l_cid = cids_of(eu, &[&l]).remove(0);
+    for r in &cluster.regions {
+        within(Duration::from_secs(30), &format!("unreferenced blob collected and unpinned in {}", r.name), || {
+            r.sql(&format!("SELECT count(*) FROM blobs WHERE digest = '{l}'")) == "0" && !r.kubo().pin_ls_recursive().contains(&l_cid)
+        });
+    }
+    // What a manifest references outlives the grace period, pinned and served everywhere.
+    let refs: Vec<&str> = kept.blobs.iter().map(|b| b.0.as_str()).collect();
+    let kept_cids = cids_of(us, &refs);
+    assert_all_pinned_within(&cluster, &kept_cids, Duration::from_secs(1));
+    for r in &cluster.regions {
+        assert_pulls(&c, &r.url(), "gc/app", "kept", &kept);
+    }
+}
+
+#[test]
+fn status_reports_every_region_and_metrics_carry_the_raft_figures() {
+    let cluster = open_cluster(&["us", "eu", "asia"]);
+    let us = cluster.region("us");
+    let out = us.node().cli(&["status", "--url", &us.url()], None);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "afreg status: {table}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(table.starts_with("ID"), "{table}");
+    for r in &cluster.regions {
+        assert!(table.lines().any(|l| l.contains(&r.name) && l.contains(&r.url())), "{} missing:\n{table}", r.name);
+    }
+    assert_eq!(table.lines().filter(|l| l.contains(" leader ")).count(), 1, "{table}");
+    within(Duration::from_secs(5), "raft gauges exported", || {
+        let m = client().get(format!("{}/metrics", us.url())).send().unwrap().text().unwrap();
+        ["afreg_raft_term", "afreg_raft_is_leader", "afreg_raft_last_applied", "afreg_pin_backlog"].iter().all(|k| m.contains(k))
+    });
+}

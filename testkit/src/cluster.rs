@@ -71,27 +71,39 @@ impl Cluster {
     /// cluster has a leader and every region has announced itself. `f` adjusts each region's
     /// node config (the cluster keys are already set).
     pub fn start(bin: &Path, names: &[&str], f: impl Fn(&str, &mut NodeConfig)) -> Cluster {
-        let internal_ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+        let backends: Vec<(Postgres, Kubo)> = names.iter().map(|_| (Postgres::start(), Kubo::start())).collect();
+        // Every config first: the bootstrap list needs each region's internal address, which
+        // `f` may change (listen_ip, internal_port, or an `advertise_url` through a proxy).
+        let mut cfgs: Vec<NodeConfig> = names
+            .iter()
+            .zip(&backends)
+            .enumerate()
+            .map(|(i, (name, (pg, kubo)))| {
+                let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
+                cfg.internal_port = Some(free_port());
+                let mut cfg = region_config(cfg, i as u64 + 1, name, kubo);
+                f(name, &mut cfg);
+                if cfg.internal_port.is_none() {
+                    cfg.internal_port = Some(free_port());
+                }
+                cfg
+            })
+            .collect();
         let bootstrap: Vec<toml::Value> = names
             .iter()
-            .zip(&internal_ports)
+            .zip(&cfgs)
             .enumerate()
-            .map(|(i, (n, p))| {
+            .map(|(i, (n, cfg))| {
                 let mut t = toml::Table::new();
                 t.insert("id".into(), toml::Value::Integer(i as i64 + 1));
                 t.insert("name".into(), toml::Value::String(n.to_string()));
-                t.insert("url".into(), toml::Value::String(format!("http://127.0.0.1:{p}")));
+                t.insert("url".into(), toml::Value::String(advertised(cfg)));
                 toml::Value::Table(t)
             })
             .collect();
-        let backends: Vec<(Postgres, Kubo)> = names.iter().map(|_| (Postgres::start(), Kubo::start())).collect();
         let mut regions = Vec::new();
-        for (i, ((name, (pg, kubo)), port)) in names.iter().zip(backends).zip(&internal_ports).enumerate() {
-            let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
-            cfg.internal_port = Some(*port);
-            cfg = region_config(cfg, i as u64 + 1, name, &kubo)
-                .set("cluster.bootstrap", toml::Value::Array(bootstrap.clone()));
-            f(name, &mut cfg);
+        for (i, (name, (pg, kubo))) in names.iter().zip(backends).enumerate() {
+            let cfg = std::mem::take(&mut cfgs[i]).set("cluster.bootstrap", toml::Value::Array(bootstrap.clone()));
             let node = Node::start(bin, cfg);
             regions.push(ClusterRegion { id: i as u64 + 1, name: name.to_string(), region: Region { node, kubo, pg } });
         }
@@ -165,6 +177,16 @@ impl Cluster {
         let node = Node::start(&self.bin, cfg);
         ClusterRegion { id, name: name.to_owned(), region: Region { node, kubo, pg } }
     }
+}
+
+/// The internal URL other regions use for this config: its `cluster.advertise_url` if set,
+/// else its internal listener.
+fn advertised(cfg: &NodeConfig) -> String {
+    if let Some(u) = cfg.extra.get("cluster").and_then(|c| c.get("advertise_url")).and_then(|u| u.as_str()) {
+        return u.to_owned();
+    }
+    let ip = cfg.listen_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+    format!("http://{ip}:{}", cfg.internal_port.expect("internal port chosen"))
 }
 
 /// The cluster keys every region of a test cluster shares, plus its own id and name.
