@@ -56,29 +56,129 @@ pub async fn this_region(cfg: &Config, kubo: &Kubo, keys: &Keys) -> Region {
 /// Starts the Raft node (initializing a new cluster when configured to).
 pub async fn start(cfg: &Config, pool: PgPool, me: Region) -> anyhow::Result<Arc<Cluster>> {
     let c = &cfg.cluster;
-    let bootstrap: BTreeMap<u64, Region> = c
-        .bootstrap
-        .iter()
-        .map(|p| {
-            let region = if p.id == c.id {
-                me.clone()
-            } else {
-                Region { name: p.name.clone(), raft_addr: p.url.clone(), api_url: p.api_url.clone(), ..Default::default() }
-            };
-            (p.id, region)
-        })
-        .collect();
+    let bootstrap: Option<BTreeMap<u64, Region>> = if c.join || c.discovery_zone.is_some() {
+        None
+    } else if c.bootstrap.is_empty() {
+        Some(BTreeMap::from([(c.id, me.clone())]))
+    } else {
+        Some(
+            c.bootstrap
+                .iter()
+                .map(|p| {
+                    let region = if p.id == c.id {
+                        me.clone()
+                    } else {
+                        Region { name: p.name.clone(), raft_addr: p.url.clone(), api_url: p.api_url.clone(), ..Default::default() }
+                    };
+                    (p.id, region)
+                })
+                .collect(),
+        )
+    };
     let opts = ClusterOptions {
         id: c.id,
         me,
         bootstrap,
-        join: c.join,
         secret: c.load_secret(true)?,
         timings: c.timings(),
         write_timeout: Duration::from_millis(c.write_timeout_ms),
         snapshot_every: c.snapshot_every,
     };
     Cluster::start(pool, opts).await
+}
+
+/// Who a region is, as its internal endpoint tells a region that discovered it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub id: u64,
+    pub name: String,
+    /// Its internal URL (`cluster.advertise_url`).
+    pub url: String,
+    pub api_url: String,
+}
+
+pub fn identity(cfg: &Config) -> Identity {
+    Identity {
+        id: cfg.cluster.id,
+        name: cfg.cluster.region.clone(),
+        url: cfg.cluster.advertise_url.clone(),
+        api_url: cfg.server.public_url.clone(),
+    }
+}
+
+/// For a new cluster configured with `discovery_zone`: finds every region's internal endpoint
+/// through `_afreg-internal._tcp.<zone>`, asks each who it is (with the cluster secret), and
+/// once every listed region answered with a distinct id, initializes the cluster if this
+/// region has the lowest id. Retries every 2 s until this region is part of a cluster.
+async fn discover_and_initialize(cfg: Config, cluster: Arc<Cluster>, me: Region, stop: CancellationToken) {
+    let Some(zone) = cfg.cluster.discovery_zone.clone() else { return };
+    let ns = cfg.cluster.dns_server.map(crate::discovery::NameServer::At).unwrap_or(crate::discovery::NameServer::System);
+    let scheme = if cfg.server.tls().is_some() { "https" } else { "http" };
+    loop {
+        if cluster.raft.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+        match discover_members(&zone, ns, scheme, cluster.secret()).await {
+            Ok(mut members) if members.contains_key(&cluster.id) => {
+                members.insert(cluster.id, me.clone());
+                match cluster.initialize(members).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(event = "discovery_failed", error = %e, "could not initialize the discovered cluster"),
+                }
+            }
+            Ok(members) => tracing::info!(event = "discovery_wait", found = ?members.keys().collect::<Vec<_>>(),
+                "this region is not among the discovered ones yet"),
+            Err(e) => tracing::info!(event = "discovery_wait", reason = %e, "waiting for every region to be discoverable"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+async fn discover_members(
+    zone: &str,
+    ns: crate::discovery::NameServer,
+    scheme: &str,
+    secret: &afreg_replication::ClusterSecret,
+) -> Result<BTreeMap<u64, Region>, String> {
+    let resolver = crate::discovery::resolver(ns, None).map_err(|e| e.to_string())?;
+    let peers = crate::discovery::discover_internal(&resolver, zone).await.map_err(|e| e.to_string())?;
+    let mut members = BTreeMap::new();
+    for p in &peers {
+        // Resolve through the same DNS (the regional names may exist only there), but connect
+        // by name so that TLS checks the certificate against it.
+        let addr = crate::discovery::lookup(&resolver, &p.host)
+            .await
+            .map_err(|e| e.to_string())?
+            .addresses
+            .first()
+            .copied()
+            .ok_or_else(|| format!("{} has no address", p.host))?;
+        let http = reqwest::Client::builder()
+            .resolve(&p.host, std::net::SocketAddr::new(addr, p.port))
+            .timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let url = format!("{scheme}://{}:{}/internal/identity", p.host, p.port);
+        let who: Identity = http
+            .get(&url)
+            .bearer_auth(secret.expose())
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("{url}: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        members.insert(who.id, Region { name: who.name, raft_addr: who.url, api_url: who.api_url, ..Default::default() });
+    }
+    if members.len() != peers.len() {
+        return Err(format!("{} SRV targets answered as {} distinct regions (health checks settling?)", peers.len(), members.len()));
+    }
+    Ok(members)
 }
 
 /// Spawns the region's background duties; they end when `stop` is cancelled.
@@ -118,7 +218,14 @@ pub fn spawn_duties(
         Duration::from_secs(c.gc_interval_secs.max(1)),
         stop.clone(),
     )));
-    tasks.push(tokio::spawn(follow_token_keys(pool, cluster.clone(), keys, stop.clone())));
+    tasks.push(tokio::spawn(follow_token_keys(pool.clone(), cluster.clone(), keys.clone(), stop.clone())));
+    if c.discovery_zone.is_some() && !c.join {
+        let (cfg, cluster, kubo, keys, stop) = (cfg.clone(), cluster.clone(), kubo.clone(), keys.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let me = this_region(&cfg, &kubo, &keys).await;
+            discover_and_initialize(cfg, cluster, me, stop).await
+        }));
+    }
     tasks.push(tokio::spawn(raft_metrics(cluster, stop)));
     tasks
 }

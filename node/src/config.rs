@@ -177,6 +177,12 @@ pub struct ClusterConfig {
     /// The voters of a brand-new cluster, this region included: `[{id, name, url}]` where
     /// `url` is the region's internal URL. Used once, by the lowest id, to initialize.
     pub bootstrap: Vec<BootstrapPeer>,
+    /// Instead of `bootstrap`: find the regions of a new cluster through the SRV records
+    /// `_afreg-internal._tcp.<zone>` (what `afreg dns render` publishes) and ask each who it
+    /// is; the lowest id initializes once every listed region answered.
+    pub discovery_zone: Option<String>,
+    /// The DNS server for `discovery_zone` (`IP:PORT`); unset means the system resolver.
+    pub dns_server: Option<SocketAddr>,
     /// Set on a region that an operator adds with `afreg region add`: it waits to be joined
     /// and never initializes a cluster of its own.
     pub join: bool,
@@ -221,6 +227,8 @@ impl Default for ClusterConfig {
             secret: None,
             secret_file: PathBuf::from("afreg-cluster-secret"),
             bootstrap: vec![],
+            discovery_zone: None,
+            dns_server: None,
             join: false,
             kubo_swarm_addrs: vec![],
             heartbeat_ms: t.heartbeat_ms,
@@ -329,6 +337,9 @@ impl Config {
         let c = &self.cluster;
         if c.election_timeout_min_ms < 3 * c.heartbeat_ms || c.election_timeout_max_ms <= c.election_timeout_min_ms {
             return Err("cluster: election_timeout_min_ms must be at least 3 x heartbeat_ms, and max > min".into());
+        }
+        if !c.bootstrap.is_empty() && c.discovery_zone.is_some() {
+            return Err("cluster: set bootstrap or discovery_zone, not both".into());
         }
         if !c.bootstrap.is_empty() && !c.bootstrap.iter().any(|p| p.id == c.id) {
             return Err(format!("cluster.bootstrap must list this region (id {})", c.id));

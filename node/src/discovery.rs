@@ -1,7 +1,7 @@
 //! DNS as a client sees it, through hickory-resolver: the resolver `afreg doctor` and the
-//! cluster use, and peer discovery through the `_registry._tcp.<zone>` SRV records that
-//! `afreg dns render` publishes (one per region: target the regional name, port the
-//! registry's port).
+//! cluster use, and peer discovery through the SRV records that `afreg dns render` publishes:
+//! `_registry._tcp.<zone>` (the registry of each region) and `_afreg-internal._tcp.<zone>`
+//! (each region's internal endpoint, how a new cluster's regions find each other).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -103,11 +103,25 @@ pub fn srv_name(zone: &str) -> String {
     format!("_registry._tcp.{}", zone.trim_end_matches('.'))
 }
 
+/// The name of the SRV record set listing the regions' internal endpoints.
+pub fn internal_srv_name(zone: &str) -> String {
+    format!("_afreg-internal._tcp.{}", zone.trim_end_matches('.'))
+}
+
 /// Every region of the cluster, from `_registry._tcp.<zone>`: ordered by SRV priority, then
 /// heavier weight first, then host name; duplicates removed. Targets are not resolved (connect
 /// to `host:port`; the host name is health-checked DNS of its own).
 pub async fn discover_peers(resolver: &TokioResolver, zone: &str) -> Result<Vec<Peer>, DiscoveryError> {
-    let name = fqdn(&srv_name(zone));
+    discover(resolver, &srv_name(zone)).await
+}
+
+/// Every region's internal endpoint, from `_afreg-internal._tcp.<zone>` (same ordering).
+pub async fn discover_internal(resolver: &TokioResolver, zone: &str) -> Result<Vec<Peer>, DiscoveryError> {
+    discover(resolver, &internal_srv_name(zone)).await
+}
+
+async fn discover(resolver: &TokioResolver, srv: &str) -> Result<Vec<Peer>, DiscoveryError> {
+    let name = fqdn(srv);
     let answer = resolver.srv_lookup(name.as_str()).await.map_err(|e| classify(&name, e, "SRV"))?;
     let mut found: Vec<(u16, std::cmp::Reverse<u16>, Peer)> = answer
         .answers()

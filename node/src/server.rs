@@ -30,15 +30,24 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let me = crate::cluster::this_region(&cfg, &kubo, &keys).await;
     let cluster = crate::cluster::start(&cfg, store.pool().clone(), me).await?;
     let shutdown = CancellationToken::new();
-    let internal = afreg_replication::api::router(cluster.clone(), axum::Router::new());
+    let who = crate::cluster::identity(&cfg);
+    let extra = axum::Router::new().route("/internal/identity", axum::routing::get(move || async move { axum::Json(who) }));
+    let internal = afreg_replication::api::router(cluster.clone(), extra);
     let internal_listener = tokio::net::TcpListener::bind(cfg.cluster.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cluster.listen {}: {e}", cfg.cluster.listen))?;
     tracing::info!(event = "internal_listening", addr = %cfg.cluster.listen, region = %cfg.cluster.region,
         region_id = cfg.cluster.id, "internal endpoints (raft, forwarding) serving");
     let stop_internal = shutdown.clone();
+    // With TLS configured, the internal endpoint uses the same certificate: the cluster secret
+    // crosses the WAN only encrypted.
+    let internal_tls = cfg.server.tls().map(|(c, k)| (c.to_owned(), k.to_owned()));
     let internal_server = tokio::spawn(async move {
-        let r = axum::serve(internal_listener, internal).with_graceful_shutdown(stop_internal.cancelled_owned()).await;
+        let stop = stop_internal.cancelled_owned();
+        let r = match internal_tls {
+            Some((cert, key)) => tls::serve(internal_listener, internal, &cert, &key, stop).await,
+            None => axum::serve(internal_listener, internal).with_graceful_shutdown(stop).await.map_err(Into::into),
+        };
         if let Err(e) = r {
             tracing::error!(event = "internal_server_failed", error = %e, "internal server stopped");
         }

@@ -4,9 +4,9 @@
 //! Clients "on different continents" are source addresses: a tiny MaxMind database
 //! (scripts/make-test-mmdb.py) maps 127.0.0.2 → EU (DE), .3 → AS (JP), .4 → OC (AU),
 //! .5 → NA (US); hickory-resolver queries from them (`ConnectionConfig.bind_addr`). The three
-//! regions are real nodes (each with its own Postgres and Kubo) listening on 127.0.0.11 (us),
-//! 127.0.0.12 (eu) and 127.0.0.13 (asia), all on one port, which PowerDNS health-checks on
-//! `/readyz`.
+//! regions are a running local cluster (each region with its own Postgres, Kubo and node, joined
+//! by Raft) listening on 127.0.0.11 (us), 127.0.0.12 (eu) and 127.0.0.13 (asia), all on one
+//! port, which PowerDNS health-checks on `/readyz`.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -21,7 +21,8 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RecordType;
 use hickory_resolver::TokioResolver;
 use tempfile::TempDir;
-use testkit::{file_tail, free_port, Region};
+use testkit::cluster::Cluster;
+use testkit::{file_tail, free_port};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_afreg"))
@@ -50,13 +51,18 @@ fn regional(region: &str) -> String {
     format!("registry-{region}.{ZONE}")
 }
 
-/// The committed region files, with the registry served over plain HTTP on `port`.
-fn region_files(dir: &Path, port: u16) -> PathBuf {
+/// The committed region files, with the registry served over plain HTTP on `port` and the
+/// internal endpoint on `internal` (every region on its own loopback address).
+fn region_files(dir: &Path, port: u16, internal: u16) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../regions");
     let out = dir.join("regions");
     fs::create_dir_all(&out).unwrap();
     for name in ["us", "eu", "asia"] {
-        let mut text = fs::read_to_string(src.join(format!("{name}.toml"))).unwrap();
+        let text = fs::read_to_string(src.join(format!("{name}.toml"))).unwrap();
+        let mut text: String = text
+            .lines()
+            .map(|l| if l.starts_with("internal = ") { format!("internal = {internal}\n") } else { format!("{l}\n") })
+            .collect();
         text.push_str(&format!("\n[endpoint]\nscheme = \"http\"\nport = {port}\n"));
         fs::write(out.join(format!("{name}.toml")), text).unwrap();
     }
@@ -72,11 +78,11 @@ struct PowerDns {
 }
 
 impl PowerDns {
-    fn start(registry_port: u16) -> PowerDns {
+    fn start(registry_port: u16, internal_port: u16) -> PowerDns {
         let pdns = Path::new("/usr/sbin/pdns_server");
         assert!(pdns.is_file(), "{} missing: run scripts/setup.sh (installs pdns-server)", pdns.display());
         let dir = tempfile::Builder::new().prefix("afreg-geodns-").tempdir().unwrap();
-        let regions = region_files(dir.path(), registry_port);
+        let regions = region_files(dir.path(), registry_port, internal_port);
 
         let mmdb = dir.path().join("geo.mmdb");
         let py = std::env::var_os("AFREG_PY")
@@ -214,22 +220,31 @@ async fn wait_answer(r: &TokioResolver, name: &str, want: Ipv4Addr, times: usize
     start.elapsed()
 }
 
-fn start_region(ip: Ipv4Addr, port: u16) -> Region {
-    Region::start_with(bin(), |c| {
-        c.port = Some(port);
-        c.listen_ip = Some(ip);
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continents_route_to_their_region_and_a_region_that_is_down_fails_over() {
     // All three nodes on one port (PowerDNS checks one URL on every candidate address).
-    let port = free_port();
-    let us = start_region(US, port);
-    let mut eu = start_region(EU, port);
-    let asia = start_region(ASIA, port);
-    assert_eq!(eu.node.url(), format!("http://{EU}:{port}"));
-    let dns = PowerDns::start(port);
+    let (port, internal) = (free_port(), free_port());
+    let dns = PowerDns::start(port, internal);
+    // The regions find each other through DNS: no static peer list, only the zone and the
+    // server to ask (`_afreg-internal._tcp` SRV records, then each region's identity).
+    let mut cluster = Cluster::start(bin(), &["us", "eu", "asia"], |name, c| {
+        c.port = Some(port);
+        c.internal_port = Some(internal);
+        c.listen_ip = Some(match name {
+            "us" => US,
+            "eu" => EU,
+            _ => ASIA,
+        });
+        *c = std::mem::take(c)
+            .set("cluster.discovery_zone", ZONE)
+            .set("cluster.dns_server", dns.addr().to_string());
+    });
+    assert_eq!(cluster.region("eu").url(), format!("http://{EU}:{port}"));
+    for r in &cluster.regions {
+        let config = fs::read_to_string(r.node().config_path()).unwrap();
+        assert!(!config.contains("bootstrap"), "{} was given static peers:\n{config}", r.name);
+    }
+    assert!(cluster.region("us").node().log().contains("raft_initialize"), "us (lowest id) initialized the discovered cluster");
 
     // Health checks start with the first query of each record: ask, then wait until every
     // regional name steadily answers its own address (all three are up).
@@ -311,7 +326,7 @@ async fn continents_route_to_their_region_and_a_region_that_is_down_fails_over()
     }
 
     // eu goes down: EU clients (and registry-eu itself) move to the default region, us.
-    eu.node.stop();
+    cluster.region_mut("eu").node_mut().stop();
     let from_eu = dns.client(FROM_EU);
     let took = wait_answer(&from_eu, GLOBAL, US, 5, FAILOVER, "eu down").await;
     eprintln!("eu down: EU clients answered with us after {took:?}");
@@ -330,7 +345,7 @@ async fn continents_route_to_their_region_and_a_region_that_is_down_fails_over()
     assert!(report.contains("PROBLEM") && report.contains(&format!("all answer {US}")), "{report}");
 
     // eu comes back: EU clients return to it.
-    eu.node.restart();
+    cluster.region_mut("eu").node_mut().restart();
     let took = wait_answer(&from_eu, GLOBAL, EU, 5, FAILOVER, "eu restored").await;
     eprintln!("eu restored: EU clients answered with eu after {took:?}");
     wait_answer(&local, &regional("eu"), EU, 5, FAILOVER, "eu restored").await;
@@ -339,14 +354,15 @@ async fn continents_route_to_their_region_and_a_region_that_is_down_fails_over()
 
     // A node that runs but is not ready counts as down: asia's Kubo stops, its /readyz turns
     // 503, and AS clients move to us until Kubo is back.
-    let mut asia = asia;
-    asia.kubo.stop();
+    cluster.region_mut("asia").region.kubo.stop();
     let from_as = dns.client(FROM_AS);
     let took = wait_answer(&from_as, GLOBAL, US, 5, FAILOVER, "asia's Kubo down").await;
     eprintln!("asia not ready: AS clients answered with us after {took:?}");
-    asia.kubo.start_again();
+    cluster.region_mut("asia").region.kubo.start_again();
     let took = wait_answer(&from_as, GLOBAL, ASIA, 5, FAILOVER, "asia's Kubo back").await;
     eprintln!("asia ready again: AS clients answered with asia after {took:?}");
 
-    drop((us, eu, asia));
+    // The restarted eu rejoined the cluster: it serves what was written while it was down.
+    cluster.wait_converged(Duration::from_secs(30));
+    drop(cluster);
 }

@@ -52,11 +52,11 @@ pub struct ClusterOptions {
     pub id: NodeId,
     /// This region as the others reach it (Kubo fields may still be empty).
     pub me: Region,
-    /// The voters of a brand-new cluster, this region included. Empty: a one-region cluster.
-    /// Only the lowest id initializes; the others wait to be contacted.
-    pub bootstrap: BTreeMap<NodeId, Region>,
-    /// Join an existing cluster (`afreg region add`) instead of ever initializing one.
-    pub join: bool,
+    /// The voters of a brand-new cluster, this region included (`{me}` for a one-region
+    /// cluster). Only the lowest id initializes; the others wait to be contacted. `None`:
+    /// initialize nothing now (a region being joined, or one that discovers its peers first
+    /// and then calls [`Cluster::initialize`]).
+    pub bootstrap: Option<BTreeMap<NodeId, Region>>,
     pub secret: ClusterSecret,
     pub timings: Timings,
     /// How long a write may take from proposal to local apply before it fails with 503.
@@ -161,19 +161,7 @@ impl Cluster {
         let network = HttpNetwork::new(http.clone(), opts.secret.clone());
         let raft = Raft::new(opts.id, Arc::new(config), network, PgLogStore::new(pool), sm).await?;
 
-        if !raft.is_initialized().await? && !opts.join {
-            let members = if opts.bootstrap.is_empty() {
-                BTreeMap::from([(opts.id, opts.me.clone())])
-            } else {
-                opts.bootstrap.clone()
-            };
-            anyhow::ensure!(members.contains_key(&opts.id), "cluster.bootstrap must list this region (id {})", opts.id);
-            if members.keys().next() == Some(&opts.id) {
-                tracing::info!(event = "raft_initialize", voters = ?members.keys().collect::<Vec<_>>(), "initializing a new cluster");
-                raft.initialize(members).await?;
-            }
-        }
-        Ok(Arc::new(Cluster {
+        let cluster = Arc::new(Cluster {
             raft,
             id: opts.id,
             secret: opts.secret,
@@ -182,7 +170,23 @@ impl Cluster {
             write_timeout: opts.write_timeout,
             changed,
             admin_lock: tokio::sync::Mutex::new(()),
-        }))
+        });
+        if let Some(members) = opts.bootstrap {
+            cluster.initialize(members).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Initializes a new cluster with these voters if this region has no Raft state yet and
+    /// has the lowest id among them (the others wait to be contacted). Returns whether it did.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Region>) -> anyhow::Result<bool> {
+        anyhow::ensure!(members.contains_key(&self.id), "the initial voters must include this region (id {})", self.id);
+        if self.raft.is_initialized().await? || members.keys().next() != Some(&self.id) {
+            return Ok(false);
+        }
+        tracing::info!(event = "raft_initialize", voters = ?members.keys().collect::<Vec<_>>(), "initializing a new cluster");
+        self.raft.initialize(members).await?;
+        Ok(true)
     }
 
     /// Sees a new value whenever applied entries changed the replicated tables.

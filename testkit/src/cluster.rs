@@ -103,7 +103,12 @@ impl Cluster {
             .collect();
         let mut regions = Vec::new();
         for (i, (name, (pg, kubo))) in names.iter().zip(backends).enumerate() {
-            let cfg = std::mem::take(&mut cfgs[i]).set("cluster.bootstrap", toml::Value::Array(bootstrap.clone()));
+            let mut cfg = std::mem::take(&mut cfgs[i]);
+            // Regions that discover each other through DNS get no static peer list.
+            let discovers = cfg.extra.get("cluster").and_then(|c| c.get("discovery_zone")).is_some();
+            if !discovers {
+                cfg = cfg.set("cluster.bootstrap", toml::Value::Array(bootstrap.clone()));
+            }
             let node = Node::start(bin, cfg);
             regions.push(ClusterRegion { id: i as u64 + 1, name: name.to_string(), region: Region { node, kubo, pg } });
         }

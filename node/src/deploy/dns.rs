@@ -15,7 +15,10 @@
 //!   so it only ever leads to a region that answers `/readyz` (or to the regional name's own
 //!   failover);
 //! - **`_registry._tcp.<zone>`** has one `SRV` record per region (target the regional name,
-//!   port `endpoint.port`): peers find each other through it (`crate::discovery`);
+//!   port `endpoint.port`): clients and tools find the regions through it;
+//! - **`_afreg-internal._tcp.<zone>`** has one `SRV` record per region (target the regional
+//!   name, port `local.internal`, the internal endpoint the SDL publishes): the regions of a
+//!   new cluster find each other through it (`cluster.discovery_zone`, `crate::discovery`);
 //! - every TTL, including the SOA minimum (negative answers), is at most 30 s.
 //!
 //! `continent()` needs PowerDNS's geoip backend: `launch=bind,geoip` with
@@ -311,6 +314,10 @@ fn zone_file(
     for t in targets {
         let _ = writeln!(s, "_registry._tcp {ttl} IN SRV 10 10 {} {}.", t.region.endpoint.port, t.host);
     }
+    // The regions' internal endpoints, where a new cluster's regions find each other.
+    for t in targets {
+        let _ = writeln!(s, "_afreg-internal._tcp {ttl} IN SRV 10 10 {} {}.", t.region.local.internal, t.host);
+    }
 
     // The operator's own records.
     for inc in &opts.includes {
@@ -449,6 +456,7 @@ mod tests {
         ), "{zone}");
         for r in ["us", "eu", "asia"] {
             assert!(zone.contains(&format!("_registry._tcp 30 IN SRV 10 10 443 registry-{r}.alternatefutures.ai.")));
+            assert!(zone.contains(&format!("_afreg-internal._tcp 30 IN SRV 10 10 510")), "{zone}");
         }
         assert!(zone.contains("ns1 30 IN A 192.0.2.53"));
         assert!(out.warnings.is_empty());
