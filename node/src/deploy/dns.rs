@@ -487,7 +487,8 @@ mod tests {
             }
             records += 1;
         }
-        assert_eq!(records, 1 + 1 + 1 + 3 + 1 + 3, "{zone}");
+        // SOA, NS, NS address, three regional names, the global name, two sets of three SRV.
+        assert_eq!(records, 1 + 1 + 1 + 3 + 1 + 3 + 3, "{zone}");
         let mut o = opts();
         o.ttl = 31;
         assert_eq!(render(&regions(), &o).unwrap_err(), RenderError::BadTtl(31));
