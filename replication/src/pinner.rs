@@ -54,8 +54,12 @@ pub async fn run<I: Ipfs>(
     let mut peered: BTreeSet<String> = BTreeSet::new();
     let mut last_peering = std::time::Instant::now() - Duration::from_secs(3600);
     loop {
-        if last_peering.elapsed() > Duration::from_secs(30) || changed.has_changed().unwrap_or(false) {
-            peer_regions(&pool, me, ipfs.as_ref(), &mut peered, last_peering.elapsed() > Duration::from_secs(30)).await;
+        // Every pass dials regions not dialed yet (one just announced itself); every 30 s all
+        // of them again, in case a peer restarted. A pin must never wait for a peer it could
+        // have dialed already.
+        let refresh = last_peering.elapsed() > Duration::from_secs(30);
+        peer_regions(&pool, me, ipfs.as_ref(), &mut peered, refresh).await;
+        if refresh {
             last_peering = std::time::Instant::now();
         }
         changed.borrow_and_update();

@@ -180,6 +180,11 @@ fn kubo() -> Yaml {
     ])
 }
 
+/// The DNS zone of a host name: everything after its first label.
+fn zone_of(host: &str) -> &str {
+    host.split_once('.').map(|(_, z)| z).unwrap_or(host)
+}
+
 fn registry(r: &RegionFile) -> Yaml {
     let internal = u64::from(r.local.internal);
     let env = [
@@ -190,12 +195,24 @@ fn registry(r: &RegionFile) -> Yaml {
         format!("AFREG_DATABASE__URL=postgres://postgres@postgres:{POSTGRES_PORT}/afreg"),
         format!("AFREG_KUBO__API_URL=http://kubo:{KUBO_API_PORT}"),
         format!("AFREG_AUTH__SIGNING_KEY={REGISTRY_DATA}/afreg-signing-key.pem"),
+        // The cluster: this region's id and name, its internal endpoint on the leased IP (TLS
+        // with the node's certificate), the shared secret on the volume (copied there like the
+        // certificate), the peers found through the zone's `_afreg-internal._tcp` SRV records,
+        // and the Kubo swarm address the other regions dial.
+        format!("AFREG_CLUSTER__ID={}", r.raft_id),
+        format!("AFREG_CLUSTER__REGION={}", r.name),
+        format!("AFREG_CLUSTER__LISTEN=0.0.0.0:{internal}"),
+        format!("AFREG_CLUSTER__ADVERTISE_URL=https://{}:{internal}", r.hostnames.regional),
+        format!("AFREG_CLUSTER__SECRET_FILE={REGISTRY_DATA}/cluster-secret"),
+        format!("AFREG_CLUSTER__DISCOVERY_ZONE={}", zone_of(&r.hostnames.global)),
+        format!("AFREG_CLUSTER__KUBO_SWARM_ADDRS=[\"/dns4/{}/tcp/{KUBO_SWARM_PORT}\"]", r.hostnames.regional),
     ];
-    // The node refuses to start without its certificate; waiting for the files lets the operator
-    // copy them onto the fresh volume (lease-shell) instead of watching a restart loop.
+    // The node refuses to start without its certificate, and must not invent a cluster secret
+    // of its own; waiting for the files lets the operator copy them onto the fresh volume
+    // (lease-shell) instead of watching a restart loop.
     let wait_for_tls = format!(
-        "mkdir -p {dir}/tls; until [ -s {TLS_CERT} ] && [ -s {TLS_KEY} ]; do \
-         echo 'afreg: waiting for {TLS_CERT} and {TLS_KEY} (see docs/deploy-akash.md)'; sleep 10; done; \
+        "mkdir -p {dir}/tls; until [ -s {TLS_CERT} ] && [ -s {TLS_KEY} ] && [ -s {dir}/cluster-secret ]; do \
+         echo 'afreg: waiting for {TLS_CERT}, {TLS_KEY} and {dir}/cluster-secret (see docs/deploy-akash.md)'; sleep 10; done; \
          exec afreg serve",
         dir = REGISTRY_DATA
     );
