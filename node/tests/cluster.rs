@@ -560,3 +560,32 @@ fn status_reports_every_region_and_metrics_carry_the_raft_figures() {
         ["afreg_raft_term", "afreg_raft_is_leader", "afreg_raft_last_applied", "afreg_pin_backlog"].iter().all(|k| m.contains(k))
     });
 }
+
+#[test]
+fn a_region_that_could_not_pin_yet_still_serves_the_blob_from_its_peers() {
+    // asia's pins always time out at once, so it never holds the blob pinned.
+    let cluster = Cluster::start(bin(), &["us", "eu", "asia"], |name, c| {
+        c.anonymous = vec!["pull".into(), "push".into(), "delete".into()];
+        if name == "asia" {
+            *c = std::mem::take(c).set("kubo.pin_timeout_secs", 0);
+        }
+    });
+    let c = client();
+    let img = new_image();
+    push(&c, &cluster.region("us").url(), "unpinned/app", "v1", &img).unwrap();
+    let asia = cluster.region("asia");
+    let layer = &img.blobs[1].0;
+    let cid = cids_of(cluster.region("us"), &[layer]).remove(0);
+    within(Duration::from_secs(20), "asia records its failed pin attempt", || {
+        asia.sql(&format!("SELECT state FROM pins WHERE cid = '{cid}'")) == "failed"
+    });
+    assert!(!asia.kubo().pin_ls_recursive().contains(&cid), "asia pinned it after all");
+    let backlog: Value = asia.local_status().unwrap();
+    assert!(backlog["pins"]["backlog"].as_i64().unwrap() >= 1, "{backlog}");
+    assert!(backlog["pins"]["failing"].as_i64().unwrap() >= 1, "{backlog}");
+    // Served anyway: asia's Kubo fetches the blocks from its peers as it streams.
+    assert_pulls(&c, &asia.url(), "unpinned/app", "v1", &img);
+    let r = c.get(format!("{}/v2/unpinned/app/blobs/{layer}", asia.url())).header("range", "bytes=1000-1999").send().unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.bytes().unwrap().as_ref(), &img.blobs[1].1[1000..2000]);
+}
