@@ -15,6 +15,7 @@
 //! - [`discovery`], [`doctor`]: DNS as clients see it: SRV peer discovery, `afreg doctor`.
 //! - [`sdl`]: the Akash SDL of each region (`afreg sdl render`).
 //! - [`config`], [`telemetry`], [`server`]: configuration, logs and metrics, start-up and shutdown.
+//! - [`admin`], [`up`]: the operator's commands against a running region, and the local cluster.
 
 pub mod admin;
 pub mod auth;
@@ -33,3 +34,4 @@ pub mod sdl;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod up;

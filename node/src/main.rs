@@ -12,7 +12,7 @@ use afreg::store::Store;
 use afreg_replication::{Applied, Command};
 
 mod dns_cli;
-mod up;
+
 
 #[derive(Parser)]
 #[command(name = "afreg", version, about = "A multi-region OCI registry over PostgreSQL and IPFS Kubo")]
@@ -65,7 +65,7 @@ enum Cmd {
         json: bool,
     },
     /// Start a local three-region cluster (us, eu, asia) on loopback under one data directory.
-    Up(up::UpArgs),
+    Up(afreg::up::UpArgs),
 }
 
 #[derive(Subcommand)]
@@ -194,7 +194,7 @@ async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Cmd::Up(args) => up::run(args).await,
+        Cmd::Up(args) => afreg::up::run(args).await,
         Cmd::User { cmd } => {
             match cmd {
                 UserCmd::Add { name, password, password_stdin, grants } => {
