@@ -58,7 +58,8 @@ struct Local {
 impl Local {
     fn new(r: &RegionFile, data: &Path, shift: u16) -> anyhow::Result<Local> {
         let p = |port: u16| {
-            port.checked_add(shift).ok_or_else(|| anyhow!("region {}: port {port} + --port-shift {shift} is over 65535", r.name))
+            let name = &r.name;
+            port.checked_add(shift).ok_or_else(|| anyhow!("region {name}: port {port} + --port-shift {shift} is over 65535"))
         };
         Ok(Local {
             name: r.name.clone(),
@@ -137,9 +138,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let regions = crate::regions::load_dir(&args.regions)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("reading the region files in {}", args.regions.display()))?;
+    let locals_under =
+        |data: &Path| regions.iter().map(|r| Local::new(r, data, args.port_shift)).collect::<anyhow::Result<Vec<_>>>();
+    check_ports_free(&locals_under(&args.data)?)?;
     let data = prepare_data_dir(&args.data)?;
-    let locals = regions.iter().map(|r| Local::new(r, &data, args.port_shift)).collect::<anyhow::Result<Vec<_>>>()?;
-    check_ports_free(&locals)?;
+    let locals = locals_under(&data)?;
     let secret_file = ensure_secret(&data)?;
 
     let mut running = Running::default();
@@ -200,9 +203,8 @@ async fn start_all(locals: &[Local], data: &Path, secret_file: &Path, running: &
 /// Creates the data directory and returns its absolute path. When we are root, Postgres runs as
 /// `postgres` and must traverse it and every parent.
 fn prepare_data_dir(data: &Path) -> anyhow::Result<PathBuf> {
-    fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    create_traversable_dir(data)?;
     let data = fs::canonicalize(data)?;
-    fs::set_permissions(&data, fs::Permissions::from_mode(0o755))?;
     if is_root() {
         for dir in data.ancestors().skip(1) {
             let mode = fs::metadata(dir)?.mode();
@@ -232,7 +234,11 @@ fn check_ports_free(locals: &[Local]) -> anyhow::Result<()> {
     for l in locals {
         for (port, what) in l.ports() {
             if TcpListener::bind(("127.0.0.1", port)).is_err() {
-                bail!("region {}: port {port} ({what}) is in use: is another `afreg up` running? (--port-shift moves every port)", l.name);
+                bail!(
+                    "region {}: port {port} ({what}) is in use: is another `afreg up` running? \
+                     (--port-shift moves every port)",
+                    l.name
+                );
             }
         }
     }
@@ -287,7 +293,7 @@ fn pg_server_tool(bin: &Path, tool: &str, cwd: &Path) -> Command {
 async fn start_postgres(l: &Local, running: &mut Running) -> anyhow::Result<()> {
     let bin = pg_bin()?;
     let pg = l.pg_dir();
-    if !pg.join("PG_VERSION").exists() {
+    if !pg.exists() {
         init_postgres(&bin, &pg, &l.dir).await?;
     }
     // Recorded before it starts: an interrupted start is still stopped.
@@ -304,22 +310,24 @@ async fn start_postgres(l: &Local, running: &mut Running) -> anyhow::Result<()> 
     create_database(&bin, l.postgres).await
 }
 
-/// `initdb` into an empty directory owned by `postgres`, mode 0700 (a directory left by a failed
-/// `initdb` is started over).
+/// `initdb` into an empty directory owned by `postgres`, mode 0700. It is built as `pg.init`
+/// and renamed to `pg` once complete, so an interrupted first run is started over.
 async fn init_postgres(bin: &Path, pg: &Path, cwd: &Path) -> anyhow::Result<()> {
-    if pg.exists() {
-        fs::remove_dir_all(pg).with_context(|| format!("removing the unfinished {}", pg.display()))?;
+    let partial = pg.with_extension("init");
+    if partial.exists() {
+        fs::remove_dir_all(&partial).with_context(|| format!("removing the unfinished {}", partial.display()))?;
     }
-    fs::create_dir(pg)?;
-    fs::set_permissions(pg, fs::Permissions::from_mode(0o700))?;
+    fs::create_dir(&partial)?;
+    fs::set_permissions(&partial, fs::Permissions::from_mode(0o700))?;
     if is_root() {
         let mut c = Command::new("chown");
-        c.arg("postgres:postgres").arg(pg);
+        c.arg("postgres:postgres").arg(&partial);
         run_ok(c, "chown postgres the Postgres data directory").await?;
     }
     let mut c = pg_server_tool(bin, "initdb", cwd);
-    c.arg("-D").arg(pg).args(["--auth=trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]);
-    run_ok(c, "initdb").await
+    c.arg("-D").arg(&partial).args(["--auth=trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]);
+    run_ok(c, "initdb").await?;
+    fs::rename(&partial, pg).with_context(|| format!("renaming {} to {}", partial.display(), pg.display()))
 }
 
 /// `CREATE DATABASE afreg` unless it exists (clients connect over TCP with trust auth).
@@ -377,9 +385,8 @@ fn ipfs(repo: &Path) -> Command {
 /// A fresh repository: the `test` profile, then loopback-only, offline settings (no bootstrap,
 /// routing, MDNS, relays, NAT, AutoConf, AutoTLS or providing). The regions' pinners peer the
 /// daemons with each other.
-async fn init_kubo(l: &Local) -> anyhow::Result<()> {
-    let repo = l.kubo_repo();
-    let mut c = ipfs(&repo);
+async fn init_kubo(l: &Local, repo: &Path) -> anyhow::Result<()> {
+    let mut c = ipfs(repo);
     c.args(["init", "--profile=test", "--empty-repo"]);
     run_ok(c, "ipfs init").await?;
     // (key, value, value is JSON)
@@ -400,7 +407,7 @@ async fn init_kubo(l: &Local) -> anyhow::Result<()> {
         ("AutoTLS.Enabled", "false".into(), true),
     ];
     for (key, value, json) in settings {
-        let mut c = ipfs(&repo);
+        let mut c = ipfs(repo);
         c.arg("config");
         if json {
             c.arg("--json");
@@ -412,12 +419,15 @@ async fn init_kubo(l: &Local) -> anyhow::Result<()> {
 }
 
 async fn start_kubo(l: &Local, running: &mut Running) -> anyhow::Result<()> {
-    if !l.kubo_repo().join("config").exists() {
-        if l.kubo_repo().exists() {
-            // Left by an `ipfs init` that did not finish.
-            fs::remove_dir_all(l.kubo_repo())?;
+    if !l.kubo_repo().exists() {
+        // Built as `kubo.init` and renamed once configured, so an interrupted first run is
+        // started over rather than left with Kubo's defaults (public bootstrap, port 5001).
+        let partial = l.kubo_repo().with_extension("init");
+        if partial.exists() {
+            fs::remove_dir_all(&partial).with_context(|| format!("removing the unfinished {}", partial.display()))?;
         }
-        init_kubo(l).await?;
+        init_kubo(l, &partial).await?;
+        fs::rename(&partial, l.kubo_repo())?;
     }
     let log = append(&l.kubo_log())?;
     let mut c = ipfs(&l.kubo_repo());
@@ -555,7 +565,8 @@ async fn wait_healthy(l: &Local, child: &mut Child) -> anyhow::Result<()> {
     }
 }
 
-/// Polls every region's `/status?scope=local` until one of them knows a leader.
+/// Polls every region's `/status?scope=local` until one of them is the leader (a leader id alone
+/// can be the one remembered from the last run, before any election).
 async fn wait_leader(locals: &[Local]) -> anyhow::Result<()> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
     let deadline = Instant::now() + START_TIMEOUT;
@@ -565,7 +576,7 @@ async fn wait_leader(locals: &[Local]) -> anyhow::Result<()> {
                 Ok(r) if r.status().is_success() => r.json().await.ok(),
                 _ => None,
             };
-            if status.is_some_and(|s| s["raft"]["leader"].is_u64()) {
+            if status.is_some_and(|s| s["raft"]["role"] == "leader" && s["raft"]["leader"].is_u64()) {
                 return Ok(());
             }
         }
@@ -602,7 +613,8 @@ async fn ensure_admin(data: &Path, locals: &[Local]) -> anyhow::Result<String> {
         match internal.write(&cmd).await {
             Ok(_) => break,
             Err(e) if Instant::now() > deadline => {
-                return Err(e).with_context(|| format!("region {}: creating the admin user; see {}", region.name, region.log().display()))
+                let log = region.log();
+                return Err(e).with_context(|| format!("region {}: creating the admin user; see {}", region.name, log.display()));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
@@ -733,8 +745,9 @@ async fn terminate_all(procs: &mut [Proc]) {
 
 // ---- small helpers ---------------------------------------------------------------------------
 
+/// Runs a one-shot command to completion (killed if start-up is interrupted meanwhile).
 async fn run_ok(mut c: Command, what: &str) -> anyhow::Result<()> {
-    let out = c.stdin(Stdio::null()).output().await.with_context(|| format!("running {what}"))?;
+    let out = c.stdin(Stdio::null()).kill_on_drop(true).output().await.with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         bail!("{what} failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     }

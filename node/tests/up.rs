@@ -226,7 +226,8 @@ fn processes_under(data: &Path) -> Vec<String> {
         if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
             continue;
         }
-        let read = |f: &str| fs::read(e.path().join(f)).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default();
+        let read =
+            |f: &str| fs::read(e.path().join(f)).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default();
         let cmdline = read("cmdline");
         if cmdline.contains(&needle) || read("environ").contains(&needle) {
             found.push(format!("{pid}: {cmdline}"));
@@ -329,7 +330,7 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
 
     // Ctrl-C stops everything.
     let t0 = Instant::now();
-    let status = up.interrupt(Duration::from_secs(60)).unwrap_or_else(|| panic!("afreg up did not exit within 60 s of SIGINT"));
+    let status = up.interrupt(Duration::from_secs(60)).expect("afreg up exits within 60 s of SIGINT");
     assert!(status.success(), "afreg up exited with {status}:\n{}", up.output());
     eprintln!("first run stopped in {:?}", t0.elapsed());
     assert_all_stopped(&data, shift);
@@ -350,7 +351,7 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
     assert_eq!(r.status(), 200, "eu serves the layer after a restart");
     assert_eq!(r.bytes().unwrap().as_ref(), layer.as_slice());
 
-    let status = up.interrupt(Duration::from_secs(60)).unwrap_or_else(|| panic!("afreg up did not exit within 60 s of SIGINT"));
+    let status = up.interrupt(Duration::from_secs(60)).expect("afreg up exits within 60 s of SIGINT");
     assert!(status.success(), "afreg up exited with {status}:\n{}", up.output());
     assert_all_stopped(&data, shift);
 }
