@@ -72,29 +72,42 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let resp = self
+        // The request runs in its own task and openraft's deadline is applied to waiting for
+        // it, not to the request: a request that misses the deadline still completes in the
+        // background and returns its connection to the pool. Cancelling it would drop the
+        // connection, and over a long round trip a new one (TCP, maybe TLS handshakes, then
+        // the request) can cost more than the deadline every time, so replication would never
+        // recover from a single reset.
+        // Bounded all the same, so requests to an unreachable peer do not pile up.
+        let request = self
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(self.secret.expose())
-            .timeout(ttl)
-            .json(req)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() || e.is_timeout() {
-                    RPCError::Unreachable(Unreachable::new(&e))
-                } else {
-                    RPCError::Network(NetworkError::new(&e))
-                }
-            })?;
-        if !resp.status().is_success() {
+            .timeout((ttl * 10).max(Duration::from_secs(5)))
+            .json(req);
+        let task = tokio::spawn(async move {
+            let resp = request.send().await?;
             let status = resp.status();
-            let text = resp.text().await.unwrap_or_default();
+            let body = resp.bytes().await?;
+            Ok::<_, reqwest::Error>((status, body))
+        });
+        let (status, body) = match tokio::time::timeout(ttl, task).await {
+            Err(_) => {
+                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{path}: no answer within {ttl:?}"));
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
+            Ok(Err(join)) => return Err(RPCError::Network(NetworkError::new(&join))),
+            Ok(Ok(Err(e))) if e.is_connect() => return Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Ok(Ok(Err(e))) => return Err(RPCError::Network(NetworkError::new(&e))),
+            Ok(Ok(Ok(r))) => r,
+        };
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
             let e = std::io::Error::other(format!("{path} answered {status}: {text}"));
             return Err(RPCError::Network(NetworkError::new(&e)));
         }
         let r: Result<Resp, RaftError<NodeId, E>> =
-            resp.json().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            serde_json::from_slice(&body).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
