@@ -353,6 +353,22 @@ impl Config {
         Ok(())
     }
 
+    /// Takes this region's identity from its region file (`afreg serve --region`): the raft id
+    /// and name. A configuration that already names another id or region is refused rather
+    /// than silently overridden.
+    pub fn apply_region_file(&mut self, r: &crate::regions::RegionFile) -> Result<(), String> {
+        let d = ClusterConfig::default();
+        if self.cluster.id != d.id && self.cluster.id != r.raft_id {
+            return Err(format!("cluster.id is {} but {}'s region file says raft_id {}", self.cluster.id, r.name, r.raft_id));
+        }
+        if self.cluster.region != d.region && self.cluster.region != r.name {
+            return Err(format!("cluster.region is {:?} but the region file is {:?}", self.cluster.region, r.name));
+        }
+        self.cluster.id = r.raft_id;
+        self.cluster.region = r.name.clone();
+        Ok(())
+    }
+
     pub fn kubo_timeout(&self) -> Duration {
         Duration::from_secs(self.kubo.timeout_secs)
     }
@@ -365,6 +381,7 @@ fn url_ok(field: &str, v: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn empty_file_is_valid_and_env_overrides() {
@@ -392,6 +409,21 @@ mod tests {
         std::fs::write(&p, "[server]\ntls_cert = \"c.pem\"\n").unwrap();
         let e = Config::load(Some(&p)).unwrap_err();
         assert!(e.contains("server.tls_key"), "{e}");
+    }
+
+    #[test]
+    fn a_region_file_sets_the_identity_and_conflicts_are_refused() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../regions");
+        let eu = crate::regions::load_file(&dir.join("eu.toml")).unwrap();
+        let mut c = Config::default();
+        c.apply_region_file(&eu).unwrap();
+        assert_eq!((c.cluster.id, c.cluster.region.as_str()), (eu.raft_id, "eu"));
+        let mut c = Config::default();
+        c.cluster.id = eu.raft_id + 10;
+        assert!(c.apply_region_file(&eu).unwrap_err().contains("raft_id"));
+        let mut c = Config::default();
+        c.cluster.region = "us".into();
+        assert!(c.apply_region_file(&eu).unwrap_err().contains("region"));
     }
 
     #[test]

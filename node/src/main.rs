@@ -27,7 +27,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the regional node.
-    Serve,
+    Serve {
+        /// This region's file in `regions/` (e.g. `regions/eu.toml`): its raft id and name
+        /// become `cluster.id` and `cluster.region` (a config that says otherwise is refused).
+        #[arg(long)]
+        region: Option<PathBuf>,
+    },
     /// Manage registry users.
     User {
         #[command(subcommand)]
@@ -156,7 +161,14 @@ async fn main() {
 
 async fn run(cmd: Cmd, cfg: Config) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Serve => afreg::server::serve(cfg).await,
+        Cmd::Serve { region } => {
+            let mut cfg = cfg;
+            if let Some(p) = region {
+                let file = afreg::regions::load_file(&p).map_err(anyhow::Error::msg)?;
+                cfg.apply_region_file(&file).map_err(anyhow::Error::msg)?;
+            }
+            afreg::server::serve(cfg).await
+        }
         Cmd::Sdl { cmd: SdlCmd::Render { regions, out } } => {
             for p in afreg::sdl::render_dir(&regions, &out).map_err(anyhow::Error::msg)? {
                 println!("{}", p.display());
