@@ -397,12 +397,6 @@ impl Cluster {
         }
     }
 
-    /// The regions of the current membership, by id.
-    pub fn members(&self) -> BTreeMap<NodeId, Region> {
-        let m = self.raft.metrics().borrow().membership_config.clone();
-        m.membership().nodes().map(|(id, n)| (*id, n.clone())).collect()
-    }
-
     /// The leader as this region knows it, with its node. Fails when Raft has stopped.
     fn leader(&self) -> Result<(Option<NodeId>, Option<Region>), ClusterError> {
         let m = self.raft.metrics();
