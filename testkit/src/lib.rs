@@ -351,6 +351,17 @@ impl Postgres {
         )
     }
 
+    /// Starts `psql` with `sql` in the background (e.g. a transaction that holds a table lock
+    /// for a while); the caller waits for the child.
+    pub fn psql_background(&self, sql: &str) -> Child {
+        Command::new(self.bin.join("psql"))
+            .args(["-X", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "afreg"])
+            .args(["-At", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn psql")
+    }
+
     fn as_postgres(&self, prog: &str) -> Command {
         let prog = self.bin.join(prog);
         let mut c = if is_root() {
@@ -635,6 +646,34 @@ impl Kubo {
             .as_array()
             .map(|a| a.iter().filter_map(|p| p["Peer"].as_str().map(String::from)).collect())
             .unwrap_or_default()
+    }
+
+    /// The repository's size on disk as Kubo reports it (`repo/stat` RepoSize), in bytes.
+    pub fn repo_size(&self) -> u64 {
+        self.rpc_json("repo/stat", &[])["RepoSize"].as_u64().expect("repo/stat RepoSize")
+    }
+
+    /// The raw bytes of one block (`block/get`).
+    pub fn block_get(&self, cid: &str) -> Vec<u8> {
+        self.rpc("block/get", &[("arg", cid)]).unwrap_or_else(|e| panic!("kubo block/get {cid}: {e}"))
+    }
+
+    /// Stores one block (`block/put` with this codec, sha2-256) and returns its CID.
+    pub fn block_put(&self, data: &[u8], codec: &str) -> String {
+        let url = format!("{}/api/v0/block/put", self.api_url());
+        let (data, codec) = (data.to_vec(), codec.to_owned());
+        let v: Value = off_runtime(move || {
+            let part = reqwest::blocking::multipart::Part::bytes(data).file_name("block");
+            let form = reqwest::blocking::multipart::Form::new().part("file", part);
+            let resp = http_client(Duration::from_secs(60))
+                .post(&url)
+                .query(&[("cid-codec", codec.as_str()), ("mhtype", "sha2-256")])
+                .multipart(form)
+                .send()
+                .unwrap_or_else(|e| panic!("kubo block/put: {e}"));
+            resp.json().unwrap_or_else(|e| panic!("kubo block/put: {e}"))
+        });
+        v["Key"].as_str().unwrap_or_else(|| panic!("kubo block/put: {v}")).to_owned()
     }
 
     /// Runs `repo/gc` and returns its raw NDJSON output.
@@ -1314,3 +1353,4 @@ pub fn pseudo_random_frames(seed: u64, total: u64, frame: usize) -> impl Iterato
     })
 }
 pub mod cluster;
+pub mod oci;

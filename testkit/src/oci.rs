@@ -1,0 +1,240 @@
+//! One OCI test client and image fixture for the tests, chaos scenarios and benches: images
+//! built from random bytes, pushed and pulled with plain HTTP requests (the blocking reqwest
+//! client), every byte checked against its digest.
+
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::Client;
+use serde_json::json;
+
+use crate::cluster::ClusterRegion;
+use crate::{random_bytes, random_hex, sha256_digest};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A client with no proxy and a 60 s timeout.
+pub fn client() -> Client {
+    Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+/// An image pushed with plain HTTP requests.
+#[derive(Clone)]
+pub struct Image {
+    pub manifest: Vec<u8>,
+    pub digest: String,
+    pub blobs: Vec<(String, Vec<u8>)>,
+}
+
+/// An image of a small random config and one random layer of `layer_bytes`.
+pub fn new_image(layer_bytes: usize) -> Image {
+    let config = format!(r#"{{"architecture":"amd64","os":"linux","id":"{}"}}"#, random_hex(8)).into_bytes();
+    image_of(config, random_bytes(layer_bytes))
+}
+
+/// The image whose config and single layer are these bytes.
+pub fn image_of(config: Vec<u8>, layer: Vec<u8>) -> Image {
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256_digest(&layer), "size": layer.len()}],
+    }))
+    .unwrap();
+    Image {
+        digest: sha256_digest(&manifest),
+        manifest,
+        blobs: vec![(sha256_digest(&config), config), (sha256_digest(&layer), layer)],
+    }
+}
+
+impl Image {
+    pub fn digests(&self) -> Vec<&str> {
+        self.blobs.iter().map(|b| b.0.as_str()).collect()
+    }
+}
+
+/// A refused request: status (0 when no answer came), `Retry-After`, body.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: String,
+}
+
+impl Refusal {
+    fn of(r: reqwest::blocking::Response) -> Refusal {
+        Refusal {
+            status: r.status().as_u16(),
+            retry_after: r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(String::from),
+            body: r.text().unwrap_or_default(),
+        }
+    }
+    fn lost(e: reqwest::Error) -> Refusal {
+        Refusal { status: 0, retry_after: None, body: e.to_string() }
+    }
+}
+
+fn expect(r: Result<reqwest::blocking::Response, reqwest::Error>, status: u16) -> Result<reqwest::blocking::Response, Refusal> {
+    let r = r.map_err(Refusal::lost)?;
+    if r.status().as_u16() == status {
+        Ok(r)
+    } else {
+        Err(Refusal::of(r))
+    }
+}
+
+/// Uploads one blob monolithically (`POST …/blobs/uploads/?digest=`).
+pub fn upload_blob(c: &Client, url: &str, repo: &str, digest: &str, data: &[u8]) -> Result<(), Refusal> {
+    expect(
+        c.post(format!("{url}/v2/{repo}/blobs/uploads/?digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(data.to_vec())
+            .send(),
+        201,
+    )
+    .map(|_| ())
+}
+
+/// Uploads one blob as a session: `POST`, one streamed `PATCH` (chunked transfer encoding,
+/// as docker sends it), then `PUT ?digest=`.
+pub fn upload_blob_streamed(c: &Client, url: &str, repo: &str, digest: &str, data: &[u8]) -> Result<(), Refusal> {
+    let r = expect(c.post(format!("{url}/v2/{repo}/blobs/uploads/")).send(), 202)?;
+    let location = absolute(url, r.headers()["location"].to_str().unwrap());
+    let body = reqwest::blocking::Body::new(std::io::Cursor::new(data.to_vec()));
+    let r = expect(c.patch(&location).header("content-type", "application/octet-stream").body(body).send(), 202)?;
+    let location = absolute(url, r.headers()["location"].to_str().unwrap());
+    let sep = if location.contains('?') { '&' } else { '?' };
+    expect(c.put(format!("{location}{sep}digest={digest}")).send(), 201).map(|_| ())
+}
+
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http") {
+        location.to_owned()
+    } else {
+        format!("{base}{location}")
+    }
+}
+
+/// Pushes a manifest as `repo:reference`.
+pub fn put_manifest(c: &Client, url: &str, repo: &str, reference: &str, manifest: &[u8]) -> Result<(), Refusal> {
+    expect(
+        c.put(format!("{url}/v2/{repo}/manifests/{reference}")).header("content-type", OCI_MANIFEST).body(manifest.to_vec()).send(),
+        201,
+    )
+    .map(|_| ())
+}
+
+/// Pushes `img` as `repo:tag` (monolithic blob uploads, then the manifest); `Err` carries the
+/// first non-201 answer.
+pub fn push(c: &Client, url: &str, repo: &str, tag: &str, img: &Image) -> Result<(), Refusal> {
+    for (digest, data) in &img.blobs {
+        upload_blob(c, url, repo, digest, data)?;
+    }
+    put_manifest(c, url, repo, tag, &img.manifest)
+}
+
+/// Like [`push`], returning how long each request took (the blobs, then the manifest).
+pub fn push_timed(c: &Client, url: &str, repo: &str, tag: &str, img: &Image) -> Result<Vec<Duration>, Refusal> {
+    let mut took = Vec::new();
+    for (digest, data) in &img.blobs {
+        let started = Instant::now();
+        upload_blob(c, url, repo, digest, data)?;
+        took.push(started.elapsed());
+    }
+    let started = Instant::now();
+    put_manifest(c, url, repo, tag, &img.manifest)?;
+    took.push(started.elapsed());
+    Ok(took)
+}
+
+/// GET of a manifest by tag or digest: status and body.
+pub fn get_manifest(c: &Client, url: &str, repo: &str, reference: &str, query: &str) -> (u16, Vec<u8>) {
+    let r = c
+        .get(format!("{url}/v2/{repo}/manifests/{reference}{query}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url}/v2/{repo}/manifests/{reference}: {e}"));
+    (r.status().as_u16(), r.bytes().unwrap().to_vec())
+}
+
+/// GET of a blob: status and body (`Err` when the transfer broke).
+pub fn get_blob(c: &Client, url: &str, repo: &str, digest: &str) -> Result<(u16, Vec<u8>), String> {
+    let r = c.get(format!("{url}/v2/{repo}/blobs/{digest}")).send().map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let body = r.bytes().map_err(|e| format!("{e:?}"))?;
+    Ok((status, body.to_vec()))
+}
+
+/// Whether `repo:tag` resolves to exactly `img`'s manifest at `url`.
+pub fn serves(c: &Client, url: &str, repo: &str, tag: &str, img: &Image) -> bool {
+    let (status, body) = get_manifest(c, url, repo, tag, "");
+    status == 200 && body == img.manifest
+}
+
+/// Pulls every byte of `img` (by `reference`, a tag or digest) from `url` and checks each
+/// against its digest; `Err` says what was wrong.
+pub fn check_pulls(c: &Client, url: &str, repo: &str, reference: &str, img: &Image) -> Result<(), String> {
+    let (status, body) = get_manifest(c, url, repo, reference, "");
+    if status != 200 {
+        return Err(format!("GET manifest {repo}:{reference} from {url}: {status} {}", String::from_utf8_lossy(&body)));
+    }
+    if sha256_digest(&body) != img.digest {
+        return Err(format!("manifest {repo}:{reference} from {url} is not {}", img.digest));
+    }
+    for (digest, data) in &img.blobs {
+        match get_blob(c, url, repo, digest) {
+            Ok((200, got)) if got.len() == data.len() && sha256_digest(&got) == *digest => {}
+            Ok((status, got)) => {
+                return Err(format!("GET blob {digest} of {repo}:{reference} from {url}: {status}, {} bytes", got.len()))
+            }
+            Err(e) => return Err(format!("GET blob {digest} of {repo}:{reference} from {url}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Pulls every byte of `img` from `url` and checks each against its digest.
+pub fn assert_pulls(c: &Client, url: &str, repo: &str, tag: &str, img: &Image) {
+    if let Err(e) = check_pulls(c, url, repo, tag, img) {
+        panic!("{e}");
+    }
+}
+
+/// Polls every `every` until `f` holds or `bound` passes; returns how long it took.
+pub fn within(bound: Duration, every: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if f() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
+        std::thread::sleep(every);
+    }
+}
+
+/// The CIDs `region` records for these blob digests.
+pub fn cids_of(region: &ClusterRegion, digests: &[&str]) -> Vec<String> {
+    digests
+        .iter()
+        .map(|d| {
+            let cid = region.sql(&format!("SELECT cid FROM blobs WHERE digest = '{d}'"));
+            assert!(!cid.is_empty(), "no blob row for {d} in {}", region.name);
+            cid
+        })
+        .collect()
+}
+
+/// Whether every CID is pinned (recursively) in `region`'s Kubo.
+pub fn pinned_all(region: &ClusterRegion, cids: &[String]) -> bool {
+    let pinned = region.kubo().pin_ls_recursive();
+    cids.iter().all(|c| pinned.contains(c))
+}
+
+/// p50 and max of some durations.
+pub fn p50_max(mut v: Vec<Duration>) -> (Duration, Duration) {
+    v.sort();
+    if v.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    (v[v.len() / 2], *v.last().unwrap())
+}
