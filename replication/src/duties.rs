@@ -8,8 +8,13 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
-use crate::store::pins;
+use crate::cluster::Role;
+use crate::store::{gc, regions};
 use crate::{Applied, Command, Region};
+
+/// Links listed per GC round, and per `collect_links.v1` entry.
+const GC_LIST: i64 = 1000;
+const GC_BATCH: usize = 100;
 
 /// Writes this region's record (addresses, Kubo peer, token key) into the region list until
 /// the list holds it, retrying while there is no leader. `me` is re-read on every try so a
@@ -22,7 +27,7 @@ where
     let mut wait = Duration::from_millis(200);
     loop {
         let region = me().await;
-        let stored = pins::region_row(&pool, cluster.id).await.ok().flatten();
+        let stored = regions::region_row(&pool, cluster.id).await.ok().flatten();
         let complete = !region.kubo_peer_id.is_empty();
         if stored.as_ref() == Some(&region) && complete {
             return;
@@ -50,37 +55,46 @@ where
     }
 }
 
-/// On the leader, every `interval`: unlinks blobs that no manifest of their repository has
-/// referenced for `grace`; when a blob loses its last link its row goes, and every region's
-/// pinner unpins it.
+/// On the leader, every `interval`: lists links to blobs that no manifest of their repository
+/// references and that were last linked more than `grace` ago, and proposes their collection.
+/// The condition is checked again when each entry is applied, in every region alike, so a
+/// manifest or a re-upload that commits after the listing keeps its blobs. When a blob loses
+/// its last link its row goes, and every region's pinner unpins it.
 pub async fn collect_garbage(pool: PgPool, cluster: Arc<Cluster>, grace: Duration, interval: Duration, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        if cluster.status().role != "leader" {
+        if cluster.status().role != Role::Leader {
             continue;
         }
-        let links = match pins::unreferenced_links(&pool, grace.as_secs() as i64, 500).await {
+        // Chosen once, here, and carried in the entries: every region applies the same cut-off.
+        let linked_before = chrono::Utc::now().timestamp_millis() - grace.as_millis() as i64;
+        let links = match gc::candidates(&pool, grace.as_secs() as i64, GC_LIST).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(event = "gc_failed", error = %e, "garbage collection could not list blobs");
                 continue;
             }
         };
-        let mut n = 0;
-        for (repo, digest) in links {
-            match cluster.write(Command::UnlinkBlob { repo: repo.clone(), digest: digest.clone() }).await {
-                Ok(_) => n += 1,
+        let (mut unlinked, mut blobs) = (0, 0);
+        for batch in links.chunks(GC_BATCH) {
+            let links = batch.iter().map(|l| (l.repo.clone(), l.digest.clone())).collect();
+            match cluster.write(Command::CollectLinks { links, linked_before }).await {
+                Ok(Applied::Collected { unlinked: n, orphaned_cids }) => {
+                    unlinked += n;
+                    blobs += orphaned_cids.len();
+                }
+                Ok(other) => tracing::warn!(event = "gc_failed", reply = ?other, "garbage collection entry refused"),
                 Err(e) => {
                     tracing::warn!(event = "gc_failed", error = %e, "garbage collection stopped early");
                     break;
                 }
             }
         }
-        if n > 0 {
-            tracing::info!(event = "gc", unlinked = n, "collected unreferenced blobs");
+        if unlinked > 0 {
+            tracing::info!(event = "gc", unlinked, blobs_removed = blobs, "collected unreferenced blobs");
         }
     }
 }

@@ -92,6 +92,13 @@ pub enum Command {
     /// Removes `repo`'s link to a blob; the blob row goes when no repository links it.
     #[serde(rename = "unlink_blob.v1")]
     UnlinkBlob { repo: String, digest: String },
+    /// Garbage collection: removes each `(repo, digest)` link, like [`Command::UnlinkBlob`],
+    /// but only where the condition still holds when the entry is applied, checked in every
+    /// region alike: no manifest of `repo` references the blob, and the link was last made
+    /// (uploaded or mounted) before `linked_before` (Unix milliseconds, chosen once by the
+    /// proposer). A manifest or a re-upload that commits after GC listed the link keeps it.
+    #[serde(rename = "collect_links.v1")]
+    CollectLinks { links: Vec<(String, String)>, linked_before: i64 },
     /// Creates or replaces a user and its grants: `(pattern, actions)`, the last one winning
     /// for a repeated pattern.
     #[serde(rename = "put_user.v1")]
@@ -124,6 +131,9 @@ pub enum Applied {
     /// `UnlinkBlob` applied; `orphaned_cid` is set when no repository links the blob any more
     /// and its row was deleted, so its CID may be unpinned.
     BlobUnlinked { orphaned_cid: Option<String> },
+    /// `CollectLinks` applied: how many links it removed, and the CIDs of blobs that lost their
+    /// last link (their rows are gone; every region's pinner unpins them).
+    Collected { unlinked: u64, orphaned_cids: Vec<String> },
     /// `PutRegion` refused: this id belonged to a removed region.
     RegionRetired,
     /// Refused, writing nothing, because the command contradicts the schema (a constraint or
@@ -200,6 +210,7 @@ mod tests {
             },
             Command::LinkBlob { repo: "r".into(), digest: "d".into(), at: 1 },
             Command::UnlinkBlob { repo: "r".into(), digest: "d".into() },
+            Command::CollectLinks { links: vec![("r".into(), "d".into())], linked_before: 1 },
             Command::PutUser {
                 name: "u".into(),
                 password_hash: "h".into(),

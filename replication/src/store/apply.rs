@@ -56,6 +56,10 @@ pub(crate) async fn command(conn: &mut PgConnection, cmd: &Command) -> Result<Ap
             link_blob(conn, repo, digest, at).await
         }
         Command::UnlinkBlob { repo, digest } => unlink_blob(conn, repo, digest).await,
+        Command::CollectLinks { links, linked_before } => {
+            let Some(before) = millis(*linked_before) else { return Ok(bad_time(*linked_before)) };
+            collect_links(conn, links, before).await
+        }
         Command::PutUser { name, password_hash, grants, at } => {
             let Some(at) = millis(*at) else { return Ok(bad_time(*at)) };
             put_user(conn, name, password_hash, grants, at).await
@@ -244,10 +248,13 @@ async fn put_blob(
     Ok(Applied::BlobStored { cid: kept })
 }
 
+/// Links the blob into the repository, or refreshes an existing link's time: `created_at` is
+/// when the blob was last linked, which GC's grace period counts from.
 async fn insert_link(conn: &mut PgConnection, repo_id: i64, digest: &str, at: DateTime<Utc>) -> Result<()> {
     sqlx::query(
         "INSERT INTO repository_blobs (repository_id, digest, created_at) VALUES ($1, $2, $3)
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT (repository_id, digest)
+         DO UPDATE SET created_at = GREATEST(repository_blobs.created_at, EXCLUDED.created_at)",
     )
     .bind(repo_id)
     .bind(digest)
@@ -280,15 +287,43 @@ async fn unlink_blob(conn: &mut PgConnection, repo: &str, digest: &str) -> Resul
     if r.rows_affected() == 0 {
         return Ok(Applied::NotFound);
     }
-    let orphaned_cid: Option<String> = sqlx::query_scalar(
+    let orphaned_cid = drop_if_unlinked(conn, digest).await?;
+    Ok(Applied::BlobUnlinked { orphaned_cid })
+}
+
+/// Deletes the blob row once no repository links it; returns its CID if it went.
+async fn drop_if_unlinked(conn: &mut PgConnection, digest: &str) -> Result<Option<String>> {
+    sqlx::query_scalar(
         "DELETE FROM blobs b WHERE b.digest = $1
             AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)
           RETURNING cid",
     )
     .bind(digest)
     .fetch_optional(conn)
-    .await?;
-    Ok(Applied::BlobUnlinked { orphaned_cid })
+    .await
+}
+
+/// GC: unlinks each link that is still unreferenced and was last linked before `before`.
+async fn collect_links(conn: &mut PgConnection, links: &[(String, String)], before: DateTime<Utc>) -> Result<Applied> {
+    let (mut unlinked, mut orphaned_cids) = (0, Vec::new());
+    for (repo, digest) in links {
+        let r = sqlx::query(
+            "DELETE FROM repository_blobs rb USING repositories r
+              WHERE rb.repository_id = r.id AND r.name = $1 AND rb.digest = $2 AND rb.created_at < $3
+                AND NOT EXISTS (SELECT 1 FROM manifest_references mr
+                                 WHERE mr.repository_id = rb.repository_id AND mr.ref_digest = rb.digest)",
+        )
+        .bind(repo)
+        .bind(digest)
+        .bind(before)
+        .execute(&mut *conn)
+        .await?;
+        if r.rows_affected() > 0 {
+            unlinked += 1;
+            orphaned_cids.extend(drop_if_unlinked(conn, digest).await?);
+        }
+    }
+    Ok(Applied::Collected { unlinked, orphaned_cids })
 }
 
 async fn put_user(

@@ -1,0 +1,30 @@
+//! SQL of garbage collection on the leader: which repository links to list as candidates.
+//! Whether a candidate is really collected is decided again when its `collect_links.v1` entry
+//! is applied (`apply.rs`), in every region alike.
+
+use sqlx::PgPool;
+
+type Result<T> = std::result::Result<T, sqlx::Error>;
+
+/// A repository's link to a blob.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Link {
+    pub repo: String,
+    pub digest: String,
+}
+
+/// Up to `limit` links to blobs that no manifest of their repository references, last linked
+/// more than `grace_secs` ago, oldest first: candidates for `collect_links.v1`.
+pub async fn candidates(pool: &PgPool, grace_secs: i64, limit: i64) -> Result<Vec<Link>> {
+    sqlx::query_as(
+        "SELECT r.name AS repo, rb.digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+          WHERE rb.created_at < now() - make_interval(secs => $1)
+            AND NOT EXISTS (SELECT 1 FROM manifest_references mr
+                             WHERE mr.repository_id = rb.repository_id AND mr.ref_digest = rb.digest)
+          ORDER BY rb.created_at LIMIT $2",
+    )
+    .bind(grace_secs as f64)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
