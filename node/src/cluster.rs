@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use afreg_replication::pinner::{self, Ipfs, PinnerOptions};
 use afreg_replication::store::pins::{self, PinStats};
-use afreg_replication::{duties, Cluster, ClusterOptions, RaftStatus, Region};
+use afreg_replication::store::regions;
+use afreg_replication::{duties, Cluster, ClusterOptions, RaftStatus, Region, Role};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -234,8 +235,8 @@ pub fn spawn_duties(
 async fn follow_token_keys(pool: PgPool, cluster: Arc<Cluster>, keys: Arc<Keys>, stop: CancellationToken) {
     let mut changed = cluster.subscribe();
     loop {
-        if let Ok(regions) = pins::live_regions(&pool).await {
-            keys.set_peer_keys(regions.iter().map(|r| r.3.as_str()).filter(|j| !j.is_empty()));
+        if let Ok(regions) = regions::live_regions(&pool).await {
+            keys.set_peer_keys(regions.iter().map(|r| r.token_jwk.as_str()).filter(|j| !j.is_empty()));
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -250,7 +251,7 @@ async fn raft_metrics(cluster: Arc<Cluster>, stop: CancellationToken) {
     loop {
         let s = cluster.status();
         metrics::gauge!("afreg_raft_term").set(s.term as f64);
-        metrics::gauge!("afreg_raft_is_leader").set(if s.role == "leader" { 1.0 } else { 0.0 });
+        metrics::gauge!("afreg_raft_is_leader").set(if s.role == Role::Leader { 1.0 } else { 0.0 });
         metrics::gauge!("afreg_raft_last_log_index").set(s.last_log_index.unwrap_or(0) as f64);
         metrics::gauge!("afreg_raft_last_applied").set(s.last_applied.unwrap_or(0) as f64);
         if let Some(matched) = &s.matched {
@@ -289,7 +290,7 @@ pub struct RegionStatus {
     pub name: String,
     pub url: String,
     pub reachable: bool,
-    pub role: Option<String>,
+    pub role: Option<Role>,
     pub term: Option<u64>,
     pub leader: Option<u64>,
     pub last_applied: Option<u64>,
@@ -306,11 +307,11 @@ pub struct RegionStatus {
 /// `/status?scope=local` (2 s each, in parallel; an unreachable region is reported so).
 pub async fn cluster_status(cfg: &Config, pool: &PgPool, cluster: &Cluster) -> Vec<RegionStatus> {
     let me = local_status(cfg, pool, cluster).await;
-    let regions = pins::live_regions(pool).await.unwrap_or_default();
+    let regions = regions::live_regions(pool).await.unwrap_or_default();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");
-    let fetches = regions.iter().map(|(id, name, url, _)| {
+    let fetches = regions.iter().map(|r| {
         let (http, me) = (http.clone(), me.clone());
-        let (id, name, url) = (*id as u64, name.clone(), url.clone());
+        let (id, name, url) = (r.id as u64, r.name.clone(), r.api_url.clone());
         let this = id == cluster.id;
         async move {
             let got: Result<LocalStatus, String> = if this {
@@ -329,7 +330,7 @@ pub async fn cluster_status(cfg: &Config, pool: &PgPool, cluster: &Cluster) -> V
     let leader_log = got
         .iter()
         .filter_map(|(_, _, _, r)| r.as_ref().ok())
-        .filter(|s| s.raft.role == "leader")
+        .filter(|s| s.raft.role == Role::Leader)
         .filter_map(|s| s.raft.last_log_index)
         .max();
     got.into_iter()
@@ -339,7 +340,7 @@ pub async fn cluster_status(cfg: &Config, pool: &PgPool, cluster: &Cluster) -> V
                 name,
                 url,
                 reachable: true,
-                role: Some(s.raft.role.clone()),
+                role: Some(s.raft.role),
                 term: Some(s.raft.term),
                 leader: s.raft.leader,
                 last_applied: s.raft.last_applied,

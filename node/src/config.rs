@@ -63,10 +63,13 @@ impl ServerConfig {
 pub struct DatabaseConfig {
     /// PostgreSQL connection URL. Migrations are applied at start-up.
     pub url: String,
-    /// Size of the connection pool.
+    /// Size of the connection pool of the request path, the pinner and the other duties.
     pub max_connections: u32,
     /// How long a request waits for a pooled connection before answering 503.
     pub acquire_timeout_secs: u64,
+    /// Connections reserved for this region's Raft log and state machine, in a pool of their
+    /// own that the request path never takes from: a burst of pushes cannot starve Raft.
+    pub raft_max_connections: u32,
 }
 
 impl Default for DatabaseConfig {
@@ -75,6 +78,7 @@ impl Default for DatabaseConfig {
             url: "postgres://postgres@127.0.0.1:5432/afreg".into(),
             max_connections: 16,
             acquire_timeout_secs: 5,
+            raft_max_connections: 6,
         }
     }
 }
@@ -84,12 +88,19 @@ impl Default for DatabaseConfig {
 pub struct KuboConfig {
     /// Kubo's RPC API. It must never be reachable from outside the region.
     pub api_url: String,
-    /// Timeout for short RPC calls (`id`, `pin/rm`, `block/stat`) and for a stalled stream.
+    /// Timeout for short RPC calls (`id`, `pin/rm`, `block/stat`), and the longest a blob
+    /// stream to or from Kubo may go without a byte before it is ended with an error.
     pub timeout_secs: u64,
     /// Timeout passed to Kubo's `pin/add`, which otherwise hangs when no peer has the content.
     pub pin_timeout_secs: u64,
     /// Chunker passed to `add`; a blob no larger than one chunk gets a CID equal to its sha256.
     pub chunker: String,
+    /// Kubo's repository GC (`repo/gc`) runs at most this often, and only after something was
+    /// unpinned or an upload was rejected, so that rejected, cancelled, deleted and collected
+    /// blobs leave the disk. 0 turns it off. Kubo pauses pins and adds while its GC runs.
+    pub gc_interval_secs: u64,
+    /// The longest one `repo/gc` may run before the node gives up waiting for it.
+    pub gc_timeout_secs: u64,
 }
 
 impl Default for KuboConfig {
@@ -99,6 +110,8 @@ impl Default for KuboConfig {
             timeout_secs: 30,
             pin_timeout_secs: 120,
             chunker: "size-1048576".into(),
+            gc_interval_secs: 600,
+            gc_timeout_secs: 600,
         }
     }
 }

@@ -28,7 +28,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     // The cluster: this region's Raft node, its internal endpoints and background duties.
     let me = crate::cluster::this_region(&cfg, &kubo, &keys).await;
-    let cluster = crate::cluster::start(&cfg, store.pool().clone(), me).await?;
+    let cluster = crate::cluster::start(&cfg, Store::raft_pool(&cfg.database)?, me).await?;
     let shutdown = CancellationToken::new();
     let who = crate::cluster::identity(&cfg);
     let extra = axum::Router::new().route("/internal/identity", axum::routing::get(move || async move { axum::Json(who) }));
@@ -60,6 +60,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         metrics::gauge!("afreg_upload_sessions_open").set(n as f64);
     }
     let sweeper = tokio::spawn(sweep_uploads(registry.clone(), shutdown.clone()));
+    let kubo_gc = tokio::spawn(collect_kubo_garbage(registry.kubo.clone(), cfg.kubo.gc_interval_secs, shutdown.clone()));
+    let upkeep = tokio::spawn(metrics_upkeep(metrics.clone(), shutdown.clone()));
 
     let app = http::router(AppState { registry, auth, metrics });
     let listener = tokio::net::TcpListener::bind(cfg.server.listen).await?;
@@ -76,6 +78,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), kubo_gc).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), upkeep).await;
     for t in duties {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
@@ -93,6 +97,39 @@ async fn signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Runs Kubo's repository GC at most every `every_secs` (0: never), when something was
+/// unpinned since the last run, so the bytes of rejected, cancelled, deleted and collected
+/// blobs leave the disk.
+async fn collect_kubo_garbage(kubo: crate::kubo::Kubo, every_secs: u64, stop: CancellationToken) {
+    if every_secs == 0 {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(every_secs)) => {}
+        }
+        let started = std::time::Instant::now();
+        match kubo.collect_garbage().await {
+            Ok(None) => {}
+            Ok(Some(blocks)) => tracing::info!(event = "kubo_gc", blocks_removed = blocks,
+                duration_ms = started.elapsed().as_millis() as u64, "Kubo repository GC done"),
+            Err(e) => tracing::warn!(event = "kubo_gc_failed", error = %e, "Kubo repository GC failed; will retry"),
+        }
+    }
+}
+
+/// Drains the Prometheus recorder's histogram samples into their buckets every few seconds,
+/// so that memory does not grow between scrapes (or without any).
+async fn metrics_upkeep(handle: metrics_exporter_prometheus::PrometheusHandle, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => handle.run_upkeep(),
+        }
     }
 }
 

@@ -3,9 +3,9 @@
 //! a `&mut PgConnection`; the rest take the pool.
 //!
 //! Pins and rows: a CID is pinned before the row that needs it commits, and unpinned only
-//! when no `blobs` or `upload_chunks` row names it. Both happen under a transaction-scoped
-//! advisory lock on the CID ([`lock_cid`]), so a concurrent upload of the same bytes can never
-//! lose its pin to a delete.
+//! when no `blobs`, `upload_chunks` or `blob_holds` row names it. Both happen under a
+//! transaction-scoped advisory lock on the CID ([`lock_cid`]), so a concurrent upload of the
+//! same bytes can never lose its pin to a delete.
 
 use std::time::{Duration, Instant};
 
@@ -82,9 +82,19 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// The pool, shared with the Raft storage and the pinner (same database).
+    /// The pool of the request path, shared with the pinner and the duties.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A separate pool on the same database for the Raft log and state machine
+    /// (`raft_max_connections`), so that no burst of requests can take Raft's connections.
+    pub fn raft_pool(cfg: &DatabaseConfig) -> anyhow::Result<PgPool> {
+        let opts: PgConnectOptions = cfg.url.parse()?;
+        Ok(PgPoolOptions::new()
+            .max_connections(cfg.raft_max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(cfg.acquire_timeout_secs))
+            .connect_lazy_with(opts))
     }
 
     pub async fn begin(&self) -> Result<Tx> {
@@ -267,6 +277,29 @@ impl Store {
 
     pub async fn open_uploads(&self) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM uploads").fetch_one(&self.pool).await?)
+    }
+
+    // ---- blob holds ------------------------------------------------------------------
+
+    /// Holds `cid` for a blob commit in flight until `ttl` from now (call under its lock).
+    pub async fn insert_hold(tx: &mut PgConnection, id: Uuid, cid: &str, ttl: Duration) -> Result<()> {
+        sqlx::query("INSERT INTO blob_holds (id, cid, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))")
+            .bind(id)
+            .bind(cid)
+            .bind(ttl.as_secs_f64())
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_hold(&self, id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM blob_holds WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Deletes the holds past their expiry and returns their CIDs, for release.
+    pub async fn take_expired_holds(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("DELETE FROM blob_holds WHERE expires_at < now() RETURNING cid").fetch_all(&self.pool).await?)
     }
 
     // ---- users -----------------------------------------------------------------------

@@ -66,6 +66,8 @@ pub struct ClusterOptions {
 }
 
 /// Why a cluster operation did not happen. Every variant but `Refused` is retriable.
+/// `Unavailable` may follow a write that was proposed, so its outcome is unknown; the others
+/// mean nothing was proposed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("no leader: {0}")]
@@ -78,6 +80,14 @@ pub enum ClusterError {
     /// The operation is wrong, not the cluster: e.g. a region id that was retired.
     #[error("{0}")]
     Refused(String),
+}
+
+impl ClusterError {
+    /// Whether the write may still commit and apply later (a timeout after it was proposed or
+    /// forwarded): its effects must be kept ready for it, not undone.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, ClusterError::Unavailable(_))
+    }
 }
 
 /// What a leader answers a forwarded write.
@@ -103,11 +113,40 @@ pub enum AdminOp {
     RemoveRegion { id: NodeId },
 }
 
+/// A region's place in the Raft group, as openraft reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// This region's view of the Raft group.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RaftStatus {
     pub id: NodeId,
-    pub role: String,
+    pub role: Role,
     pub term: u64,
     pub leader: Option<NodeId>,
     pub last_log_index: Option<u64>,
@@ -377,16 +416,16 @@ impl Cluster {
     pub fn status(&self) -> RaftStatus {
         let m = self.raft.metrics().borrow().clone();
         let role = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
         };
         let membership = m.membership_config.membership();
         RaftStatus {
             id: m.id,
-            role: role.into(),
+            role,
             term: m.current_term,
             leader: m.current_leader,
             last_log_index: m.last_log_index,

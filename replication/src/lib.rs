@@ -26,6 +26,8 @@
 //!   leader), linearizable read point, membership changes, status.
 //! - [`pinner`]: keeps every blob CID pinned in the region's Kubo; [`duties`]: announcing the
 //!   region in the region list, and garbage collection on the leader.
+//! - [`store::pins`], [`store::regions`], [`store::gc`]: the SQL of the pinner (and the
+//!   per-CID lock), of the region list, and of GC's listing.
 //!
 //! # Invariants
 //!
@@ -47,7 +49,7 @@ pub mod secret;
 pub mod store;
 pub mod types;
 
-pub use cluster::{AdminOp, Cluster, ClusterError, ClusterOptions, RaftStatus, Timings};
+pub use cluster::{AdminOp, Cluster, ClusterError, ClusterOptions, RaftStatus, Role, Timings};
 pub use secret::ClusterSecret;
 pub use store::{PgLogStore, PgSnapshotBuilder, PgStateMachine};
 pub use types::{Applied, Command, Region};

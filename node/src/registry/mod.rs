@@ -3,13 +3,16 @@
 //! never see SQL or Kubo.
 
 pub mod blobs;
+mod cid_locks;
 pub mod manifests;
 pub mod uploads;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use afreg_replication::{Applied, Cluster, Command};
+use afreg_replication::store::pins;
+use afreg_replication::{Applied, Cluster, ClusterError, Command};
 
 use crate::config::Config;
 use crate::kubo::Kubo;
@@ -17,6 +20,40 @@ use crate::oci::RegistryError;
 use crate::store::{self, Store};
 
 pub use uploads::SessionState;
+
+/// The longest a request waits for another request's work on the same CID (pinning, recording
+/// a chunk, releasing). That work is local and takes milliseconds; this only bounds a fault.
+const CID_LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// A transaction holding a CID's lock (see [`Registry::lock_cid`]).
+struct CidLock {
+    tx: store::Tx,
+    _local: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// Why a replicated write failed: before it was proposed (the local Postgres is down), or in
+/// the cluster, where a timeout leaves its outcome unknown.
+#[derive(Debug)]
+pub enum WriteError {
+    NotProposed(RegistryError),
+    Cluster(ClusterError),
+}
+
+impl WriteError {
+    /// Whether the write may still commit and apply later.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, WriteError::Cluster(e) if e.outcome_unknown())
+    }
+}
+
+impl From<WriteError> for RegistryError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::NotProposed(e) => e,
+            WriteError::Cluster(e) => e.into(),
+        }
+    }
+}
 
 /// Shared state of the registry services.
 pub struct Registry {
@@ -28,51 +65,87 @@ pub struct Registry {
     pub cluster: Arc<Cluster>,
     /// Per-session lock and running hash. A session's chunks must append in order, so one
     /// request at a time holds its lock; the hash is a cache that a restart rebuilds from Kubo.
+    /// An entry lives only while its session exists.
     sessions: Mutex<HashMap<uuid::Uuid, Arc<tokio::sync::Mutex<SessionState>>>>,
+    cid_locks: cid_locks::CidLocks,
 }
 
 impl Registry {
     pub fn new(store: Store, kubo: Kubo, cfg: Config, cluster: Arc<Cluster>) -> Self {
-        Registry { store, kubo, cfg, cluster, sessions: Mutex::new(HashMap::new()) }
+        Registry { store, kubo, cfg, cluster, sessions: Mutex::new(HashMap::new()), cid_locks: Default::default() }
     }
 
     /// Replicates a metadata change; returns once it is committed and applied in this region.
     pub async fn replicate(&self, cmd: Command) -> Result<Applied, RegistryError> {
+        match self.propose(cmd).await? {
+            Applied::Invalid { reason } => Err(RegistryError::internal(format!("the cluster refused the change: {reason}"))),
+            a => Ok(a),
+        }
+    }
+
+    /// Like [`Registry::replicate`], telling a write that was never proposed from one whose
+    /// outcome is unknown. No connection, lock or transaction is held while it waits.
+    pub async fn propose(&self, cmd: Command) -> Result<Applied, WriteError> {
         let t = std::time::Instant::now();
         let op = command_name(&cmd);
         // The entry is applied to this region's Postgres before the client hears back; if that
         // is down, refuse now (503 naming it) rather than propose a write that cannot finish
         // here and would apply later, after the client was told it failed.
-        self.store.ping().await?;
+        self.store.ping().await.map_err(WriteError::NotProposed)?;
         let r = self.cluster.write(cmd).await;
         metrics::histogram!("afreg_replicated_write_seconds", "op" => op).record(t.elapsed().as_secs_f64());
-        match r? {
-            Applied::Invalid { reason } => Err(RegistryError::internal(format!("the cluster refused the change: {reason}"))),
-            a => Ok(a),
+        r.map_err(WriteError::Cluster)
+    }
+
+    /// Takes `cid`'s lock for a transaction that decides its pin and the rows that go with
+    /// it: first in this process, then the advisory lock in Postgres that every process of the
+    /// region takes. Both waits are bounded. Committing or dropping the transaction releases it.
+    async fn lock_cid(&self, cid: &str) -> Result<CidLock, RegistryError> {
+        let local = self.cid_locks.lock(cid, CID_LOCK_WAIT).await.ok_or_else(|| {
+            RegistryError::unavailable("blob storage", format!("CID {cid} stayed locked for {CID_LOCK_WAIT:?}"))
+        })?;
+        let mut tx = self.store.begin().await?;
+        store::lock_cid(&mut tx, cid).await?;
+        Ok(CidLock { tx, _local: local })
+    }
+
+    /// Pins `cid` and runs `record` in the same transaction, under the CID's lock: the pin and
+    /// the row that says who needs it appear together, and no unpin can come between.
+    async fn pin_and_record<F, T>(&self, cid: &str, record: F) -> Result<T, RegistryError>
+    where
+        F: for<'c> FnOnce(&'c mut sqlx::PgConnection) -> futures::future::BoxFuture<'c, Result<T, RegistryError>> + Send,
+        T: Send,
+    {
+        let mut l = self.lock_cid(cid).await?;
+        self.kubo.pin_add(cid).await?;
+        let out = record(&mut l.tx).await?;
+        l.tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Unpins `cid` unless a blob, an upload chunk or a blob commit in flight still needs it,
+    /// and drops this region's pin record with it, so that the record never claims a pin Kubo
+    /// no longer holds. Failures only leak a pin, never lose data, so they are logged rather
+    /// than returned.
+    pub async fn release_cid(&self, cid: &str) {
+        let r = async {
+            let mut l = self.lock_cid(cid).await?;
+            if !store::cid_in_use(&mut l.tx, cid).await? {
+                self.kubo.pin_rm(cid).await?;
+                pins::forget(&mut l.tx, cid).await?;
+            }
+            l.tx.commit().await?;
+            Ok::<(), RegistryError>(())
+        }
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(event = "unpin_failed", ipfs_cid = %cid, error = %e, "could not release a pin");
         }
     }
 
     /// This region's id in the cluster.
     pub fn region_id(&self) -> u64 {
         self.cluster.id
-    }
-
-    /// Unpins `cid` unless a blob or an upload chunk still needs it. Failures only leak a pin,
-    /// never lose data, so they are logged rather than returned.
-    pub async fn release_cid(&self, cid: &str) {
-        let r: Result<(), crate::oci::RegistryError> = async {
-            let mut tx = self.store.begin().await?;
-            store::lock_cid(&mut tx, cid).await?;
-            if !store::cid_in_use(&mut tx, cid).await? {
-                self.kubo.pin_rm(cid).await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = r {
-            tracing::warn!(event = "unpin_failed", ipfs_cid = %cid, error = %e, "could not release a pin");
-        }
     }
 }
 
@@ -89,6 +162,7 @@ fn command_name(cmd: &Command) -> &'static str {
         Command::PutBlob { .. } => "put_blob",
         Command::LinkBlob { .. } => "link_blob",
         Command::UnlinkBlob { .. } => "unlink_blob",
+        Command::CollectLinks { .. } => "collect_links",
         Command::PutUser { .. } => "put_user",
         Command::RemoveUser { .. } => "remove_user",
         Command::PutRegion { .. } => "put_region",

@@ -1,8 +1,10 @@
 //! Blob uploads: monolithic, chunked and streamed. Bytes flow from the client straight into
-//! Kubo `add` while they are hashed; nothing is buffered whole. Each accepted chunk is pinned
-//! and recorded in Postgres before it is acknowledged, so a session survives a restart. On
-//! completion the digest is checked: a mismatch removes the session and its pins, and a match
-//! records the blob, links it into the repository and pins its final CID.
+//! Kubo `add` (pinned, so Kubo's GC cannot take them meanwhile) while they are hashed; nothing
+//! is buffered whole. Each accepted chunk is recorded in Postgres with its pin before it is
+//! acknowledged, so a session survives a restart. On completion the digest is checked: a
+//! mismatch removes the session and releases its pins, and a match records the blob, links it
+//! into the repository and keeps its final CID pinned. Everything received and not kept is
+//! released, so Kubo's GC reclaims it.
 
 use std::sync::{Arc, Mutex as StdMutex};
 
@@ -13,7 +15,7 @@ use uuid::Uuid;
 use super::Registry;
 use crate::hashing::Hasher;
 use crate::oci::{Algorithm, Digest, ErrorCode, RegistryError, RepoName};
-use crate::store::{self, Store, UploadRow};
+use crate::store::{Store, UploadRow};
 use afreg_replication::{Applied, Command};
 
 /// The in-memory half of a session: a sha256 over the bytes received so far, if it is known.
@@ -74,23 +76,34 @@ fn upload_id(s: &str) -> Result<Uuid, RegistryError> {
 
 impl Registry {
     fn session(&self, id: Uuid) -> Arc<tokio::sync::Mutex<SessionState>> {
-        self.sessions.lock().unwrap().entry(id).or_default().clone()
+        let mut map = self.sessions.lock().unwrap();
+        let s = map.entry(id).or_default().clone();
+        metrics::gauge!("afreg_upload_sessions_in_memory").set(map.len() as f64);
+        s
     }
     fn forget_session(&self, id: Uuid) {
-        self.sessions.lock().unwrap().remove(&id);
+        let mut map = self.sessions.lock().unwrap();
+        map.remove(&id);
+        metrics::gauge!("afreg_upload_sessions_in_memory").set(map.len() as f64);
     }
 
-    /// Pins `cid` and runs `record` in the same transaction, under the CID's lock.
-    async fn pin_and_record<F, T>(&self, cid: &str, record: F) -> Result<T, RegistryError>
-    where
-        F: for<'c> FnOnce(&'c mut sqlx::PgConnection) -> futures::future::BoxFuture<'c, Result<T, RegistryError>>,
-    {
-        let mut tx = self.store.begin().await?;
-        store::lock_cid(&mut tx, cid).await?;
-        self.kubo.pin_add(cid).await?;
-        let out = record(&mut tx).await?;
-        tx.commit().await?;
-        Ok(out)
+    /// The session's lock and its row; `BLOB_UPLOAD_UNKNOWN`, leaving nothing in memory, for a
+    /// session that does not exist (never did, finished, cancelled or expired).
+    async fn open_session(
+        &self,
+        id: Uuid,
+        repo: &RepoName,
+    ) -> Result<(tokio::sync::OwnedMutexGuard<SessionState>, UploadRow), RegistryError> {
+        let state = self.session(id).lock_owned().await;
+        match self.store.upload(id, repo).await {
+            Ok(Some(row)) => Ok((state, row)),
+            Ok(None) => {
+                drop(state);
+                self.forget_session(id);
+                Err(RegistryError::upload_unknown())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `POST …/blobs/uploads/?digest=` with the whole blob as the body.
@@ -104,39 +117,34 @@ impl Registry {
         let (size, hasher) = take(state);
         let got = hasher.finish();
         if &got != digest {
+            self.release_cid(&added.cid).await;
             return Err(digest_mismatch(digest, &got));
         }
-        self.commit_blob(repo, digest, &added.cid, size as i64).await?;
-        tracing::info!(event = "blob_upload", repository = %repo, digest = %digest, ipfs_cid = %added.cid, size,
+        let kept = self.commit_blob(repo, digest, &added.cid, size as i64).await?;
+        tracing::info!(event = "blob_upload", repository = %repo, digest = %digest, ipfs_cid = %kept, size,
             duration_ms = started.elapsed().as_millis() as u64, "blob uploaded");
         Ok(())
     }
 
-    /// Records the blob, links it and keeps its CID pinned.
-    async fn commit_blob(&self, repo: &RepoName, digest: &Digest, cid: &str, size: i64) -> Result<(), RegistryError> {
-        let (tx, kept) = self.pin_and_replicate(repo, digest, cid, size).await?;
-        tx.commit().await?;
-        if kept != cid {
-            // The digest was already stored under another CID; ours is surplus.
+    /// Records the blob (this region as its origin), links it into `repo`, and keeps its CID
+    /// pinned here; returns the CID the registry keeps for the digest (an older one if the
+    /// digest was already stored, and then ours is released).
+    ///
+    /// The CID is held (a `blob_holds` row, pinned, under its lock) before the record is
+    /// proposed, and no transaction or lock is held while Raft commits it: a burst of commits
+    /// never ties up connections that Raft or other requests need. Once the record is applied
+    /// here the blob row keeps the CID in use and the hold goes. If the write's outcome is
+    /// unknown (a timeout: the record may still commit) the hold stays until it expires, so
+    /// the bytes are still here when the record applies.
+    async fn commit_blob(&self, repo: &RepoName, digest: &Digest, cid: &str, size: i64) -> Result<String, RegistryError> {
+        let hold = Uuid::new_v4();
+        let ttl = std::time::Duration::from_secs(self.cfg.storage.upload_ttl_secs);
+        let held = cid.to_owned();
+        let record = self.pin_and_record(cid, move |tx| Box::pin(async move { Store::insert_hold(tx, hold, &held, ttl).await }));
+        if let Err(e) = record.await {
             self.release_cid(cid).await;
+            return Err(e);
         }
-        Ok(())
-    }
-
-    /// Pins `cid` under its lock, then replicates the blob record (this region as its origin)
-    /// and returns the still-open transaction, which holds the lock until the caller commits,
-    /// with the CID the registry keeps for the digest. No unpin can slip in between the pin
-    /// and the record applied here.
-    async fn pin_and_replicate(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        cid: &str,
-        size: i64,
-    ) -> Result<(store::Tx, String), RegistryError> {
-        let mut tx = self.store.begin().await?;
-        store::lock_cid(&mut tx, cid).await?;
-        self.kubo.pin_add(cid).await?;
         let cmd = Command::PutBlob {
             repo: repo.to_string(),
             digest: digest.to_string(),
@@ -145,14 +153,32 @@ impl Registry {
             origin_region: self.region_id(),
             at: super::now_millis(),
         };
-        match self.replicate(cmd).await {
-            Ok(Applied::BlobStored { cid: kept }) => Ok((tx, kept)),
-            Ok(other) => Err(RegistryError::internal(format!("blob record: unexpected outcome {other:?}"))),
-            Err(e) => {
-                drop(tx);
-                // Unpins only if nothing (an upload chunk, a record applied meanwhile) needs it.
+        let outcome = match self.propose(cmd).await {
+            Err(e) if e.outcome_unknown() => {
+                tracing::warn!(event = "blob_commit_unknown", repository = %repo, digest = %digest, ipfs_cid = %cid,
+                    "the blob record may still commit; its pin is held until the hold expires");
+                return Err(e.into());
+            }
+            decided => decided,
+        };
+        // Decided: the hold's work is done (the blob row keeps the CID in use if it applied).
+        if let Err(e) = self.store.delete_hold(hold).await {
+            tracing::warn!(event = "hold_release_failed", ipfs_cid = %cid, error = %e, "the hold stays until it expires");
+        }
+        match outcome {
+            Ok(Applied::BlobStored { cid: kept }) => {
+                if kept != cid {
+                    self.release_cid(cid).await;
+                }
+                Ok(kept)
+            }
+            other => {
                 self.release_cid(cid).await;
-                Err(e)
+                match other {
+                    Ok(Applied::Invalid { reason }) => Err(RegistryError::internal(format!("the cluster refused the blob: {reason}"))),
+                    Ok(a) => Err(RegistryError::internal(format!("blob record: unexpected outcome {a:?}"))),
+                    Err(e) => Err(e.into()),
+                }
             }
         }
     }
@@ -183,9 +209,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
         let id = upload_id(id)?;
-        let lock = self.session(id);
-        let mut state = lock.lock().await;
-        let row = self.store.upload(id, repo).await?.ok_or_else(RegistryError::upload_unknown)?;
+        let (mut state, row) = self.open_session(id, repo).await?;
         let size = self.append(id, &row, &mut state, content_range, content_length, body).await?;
         Ok(UploadStatus { id, size })
     }
@@ -234,6 +258,8 @@ impl Registry {
         let expected = content_range.map(|(s, e)| e - s + 1).or(content_length);
         if expected.is_some_and(|n| n != len) || len == 0 {
             state.hash = Some((offset, base));
+            // `add` pinned what it received; none of it is kept.
+            self.release_cid(&added.cid).await;
             if len == 0 {
                 return Ok(offset);
             }
@@ -259,6 +285,7 @@ impl Registry {
             }
             Err(e) => {
                 state.hash = Some((offset, base));
+                self.release_cid(&cid).await;
                 Err(e)
             }
         }
@@ -292,9 +319,7 @@ impl Registry {
     {
         let started = std::time::Instant::now();
         let id = upload_id(id)?;
-        let lock = self.session(id);
-        let mut state = lock.lock().await;
-        let mut row = self.store.upload(id, repo).await?.ok_or_else(RegistryError::upload_unknown)?;
+        let (mut state, mut row) = self.open_session(id, repo).await?;
         if content_length != Some(0) {
             let before = row.size;
             let size = self.append(id, &row, &mut state, content_range, content_length, body).await?;
@@ -326,16 +351,15 @@ impl Registry {
                 self.kubo.add(parts).await?.cid
             }
         };
-        let (mut tx, kept) = self.pin_and_replicate(repo, digest, &cid, row.size).await?;
+        let kept = self.commit_blob(repo, digest, &cid, row.size).await?;
+        let mut tx = self.store.begin().await?;
         let chunk_cids = Store::delete_upload(&mut tx, id).await?.ok_or_else(RegistryError::upload_unknown)?;
         tx.commit().await?;
         drop(state);
         self.forget_session(id);
         metrics::gauge!("afreg_upload_sessions_open").decrement(1.0);
-        for c in chunk_cids.iter().chain((kept != cid).then_some(&cid)) {
-            if *c != kept {
-                self.release_cid(c).await;
-            }
+        for c in chunk_cids.iter().filter(|c| **c != kept) {
+            self.release_cid(c).await;
         }
         tracing::info!(event = "blob_upload", repository = %repo, digest = %digest, ipfs_cid = %kept, size = row.size,
             duration_ms = started.elapsed().as_millis() as u64, "blob uploaded");
@@ -365,12 +389,17 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes sessions untouched for longer than the configured age.
+    /// Removes sessions untouched for longer than the configured age, and expired holds of
+    /// blob commits whose outcome was unknown (releasing their pins unless a record applied).
     pub async fn sweep_uploads(&self) -> Result<usize, RegistryError> {
         let stale = self.store.stale_uploads(std::time::Duration::from_secs(self.cfg.storage.upload_ttl_secs)).await?;
         for id in &stale {
             self.cancel(*id).await?;
             tracing::info!(event = "upload_expired", upload = %id, "removed a stale upload session");
+        }
+        for cid in self.store.take_expired_holds().await? {
+            self.release_cid(&cid).await;
+            tracing::info!(event = "hold_expired", ipfs_cid = %cid, "released the hold of a blob commit with an unknown outcome");
         }
         Ok(stale.len())
     }

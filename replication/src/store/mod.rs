@@ -5,8 +5,10 @@
 //! and the state machine: the `raft_state` key/value table, the durability guard, and the
 //! mapping of database errors onto openraft's [`StorageError`].
 
+pub mod gc;
 pub mod log;
 pub mod pins;
+pub mod regions;
 pub mod state_machine;
 
 mod apply;

@@ -1,6 +1,12 @@
-//! SQL of the pinner and the garbage collector: the region-local `pins` table against the
-//! replicated `blobs` and `regions`, and the per-CID lock that every pin and unpin decision
-//! of the region takes (the node's upload path uses the same lock).
+//! SQL of the pinner: the region-local `pins` table against the replicated `blobs`, and the
+//! per-CID lock that every pin and unpin decision of the region takes (the node's upload path
+//! uses the same lock).
+//!
+//! The lock is held across calls to the region's own Kubo (`pin/add` of bytes already local,
+//! `pin/rm`), and only those: Kubo has no transactions, so a CID's pin in Kubo and the rows
+//! that say who needs it can only change together under one lock. These calls are local,
+//! metadata-only and bounded by a timeout; nothing holds the lock across Raft, another region
+//! or a transfer of bytes.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -29,16 +35,24 @@ pub struct PinStats {
     pub replicated_bytes: i64,
 }
 
-/// Serialises pin and unpin decisions for one CID until the transaction ends.
+/// The longest wait for a CID's lock (and any other lock the same transaction then waits
+/// for); past it the statement fails with SQLSTATE 55P03 instead of waiting on.
+pub const LOCK_TIMEOUT: &str = "30s";
+
+/// Serialises pin and unpin decisions for one CID until the transaction ends. The wait is
+/// bounded by [`LOCK_TIMEOUT`].
 pub async fn lock_cid(tx: &mut PgConnection, cid: &str) -> Result<()> {
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)").bind(LOCK_TIMEOUT).execute(&mut *tx).await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(cid).execute(&mut *tx).await?;
     Ok(())
 }
 
-/// Whether a blob or an upload in progress still needs `cid` pinned (call under [`lock_cid`]).
+/// Whether a blob, an upload in progress or a blob commit in flight still needs `cid` pinned
+/// (call under [`lock_cid`]).
 pub async fn cid_in_use(tx: &mut PgConnection, cid: &str) -> Result<bool> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM blobs WHERE cid = $1) OR EXISTS (SELECT 1 FROM upload_chunks WHERE cid = $1)",
+        "SELECT EXISTS (SELECT 1 FROM blobs WHERE cid = $1) OR EXISTS (SELECT 1 FROM upload_chunks WHERE cid = $1)
+             OR EXISTS (SELECT 1 FROM blob_holds WHERE cid = $1)",
     )
     .bind(cid)
     .fetch_one(&mut *tx)
@@ -65,7 +79,9 @@ pub async fn next_retry(pool: &PgPool) -> Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar("SELECT min(next_attempt_at) FROM pins WHERE state = 'failed'").fetch_one(pool).await
 }
 
-pub async fn mark_pinned(pool: &PgPool, cid: &str, fetched_bytes: i64) -> Result<()> {
+/// Records that this region's Kubo holds `cid` pinned (call under [`lock_cid`], right after
+/// making sure it does).
+pub async fn mark_pinned(tx: &mut PgConnection, cid: &str, fetched_bytes: i64) -> Result<()> {
     sqlx::query(
         "INSERT INTO pins (cid, state, attempts, fetched_bytes, last_error, updated_at) VALUES ($1, 'pinned', 0, $2, NULL, now())
          ON CONFLICT (cid) DO UPDATE SET state = 'pinned', fetched_bytes = EXCLUDED.fetched_bytes,
@@ -73,7 +89,7 @@ pub async fn mark_pinned(pool: &PgPool, cid: &str, fetched_bytes: i64) -> Result
     )
     .bind(cid)
     .bind(fetched_bytes)
-    .execute(pool)
+    .execute(tx)
     .await?;
     Ok(())
 }
@@ -104,6 +120,7 @@ pub async fn orphans(pool: &PgPool, limit: i64) -> Result<Vec<String>> {
     .await
 }
 
+/// Drops this region's pin record of `cid` (call under [`lock_cid`], when its pin goes).
 pub async fn forget(tx: &mut PgConnection, cid: &str) -> Result<()> {
     sqlx::query("DELETE FROM pins WHERE cid = $1").bind(cid).execute(&mut *tx).await?;
     Ok(())
@@ -120,62 +137,4 @@ pub async fn stats(pool: &PgPool) -> Result<PinStats> {
     )
     .fetch_one(pool)
     .await
-}
-
-/// Swarm addresses (with `/p2p/<peer id>`) of every live region's Kubo, by region id.
-pub async fn region_peers(pool: &PgPool) -> Result<Vec<(i64, Vec<String>)>> {
-    let rows: Vec<(i64, String, Vec<String>)> = sqlx::query_as(
-        "SELECT id, kubo_peer_id, kubo_swarm_addrs FROM regions WHERE NOT removed AND kubo_peer_id <> '' ORDER BY id",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, peer, addrs)| {
-            let full = addrs
-                .into_iter()
-                .map(|a| if a.contains("/p2p/") { a } else { format!("{}/p2p/{peer}", a.trim_end_matches('/')) })
-                .collect();
-            (id, full)
-        })
-        .collect())
-}
-
-/// Repository links to blobs that no manifest of that repository references and that are
-/// older than `grace_secs`: what garbage collection unlinks.
-pub async fn unreferenced_links(pool: &PgPool, grace_secs: i64, limit: i64) -> Result<Vec<(String, String)>> {
-    sqlx::query_as(
-        "SELECT r.name, rb.digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
-          WHERE rb.created_at < now() - make_interval(secs => $1)
-            AND NOT EXISTS (SELECT 1 FROM manifest_references mr
-                             WHERE mr.repository_id = rb.repository_id AND mr.ref_digest = rb.digest)
-          ORDER BY rb.created_at LIMIT $2",
-    )
-    .bind(grace_secs as f64)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
-
-/// The region row as stored, to tell whether an announcement would change it.
-pub async fn region_row(pool: &PgPool, id: u64) -> Result<Option<crate::Region>> {
-    let row: Option<(String, String, String, String, Vec<String>, String)> = sqlx::query_as(
-        "SELECT name, raft_addr, api_url, kubo_peer_id, kubo_swarm_addrs, token_jwk FROM regions WHERE id = $1 AND NOT removed",
-    )
-    .bind(id as i64)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(name, raft_addr, api_url, kubo_peer_id, kubo_swarm_addrs, token_jwk)| crate::Region {
-        name,
-        raft_addr,
-        api_url,
-        kubo_peer_id,
-        kubo_swarm_addrs,
-        token_jwk,
-    }))
-}
-
-/// Every live region: id, name and public URL (for `/status`), and its token key.
-pub async fn live_regions(pool: &PgPool) -> Result<Vec<(i64, String, String, String)>> {
-    sqlx::query_as("SELECT id, name, api_url, token_jwk FROM regions WHERE NOT removed ORDER BY id").fetch_all(pool).await
 }
