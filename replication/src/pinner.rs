@@ -18,8 +18,12 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::pins;
+use crate::store::{pins, regions};
 use crate::NodeId;
+
+/// Timeout of the second `pin/add` that confirms a pin under the CID's lock; the bytes are
+/// local by then, so it only walks the DAG.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the pinner needs from the region's Kubo.
 pub trait Ipfs: Send + Sync + 'static {
@@ -121,10 +125,34 @@ async fn pin_one<I: Ipfs>(
 ) -> Result<(), sqlx::Error> {
     let started = std::time::Instant::now();
     let remote = job.origin_region.is_some_and(|o| o as u64 != me);
-    match ipfs.pin(&job.cid, opts.pin_timeout).await {
+    // The fetch runs without the CID's lock (it may take minutes); the record is then written
+    // under the lock, after confirming the pin there: an unpin of a deleted blob may have
+    // slipped in meanwhile, and a re-push may have brought the blob back since.
+    let pinned = match ipfs.pin(&job.cid, opts.pin_timeout).await {
         Ok(()) => {
+            let mut tx = pool.begin().await?;
+            pins::lock_cid(&mut tx, &job.cid).await?;
+            let r = if pins::cid_in_use(&mut tx, &job.cid).await? {
+                match ipfs.pin(&job.cid, CONFIRM_TIMEOUT).await {
+                    Ok(()) => pins::mark_pinned(&mut tx, &job.cid, if remote { job.size } else { 0 }).await.map(|_| Ok(true)),
+                    Err(e) => Ok(Err(e)),
+                }
+            } else {
+                // Deleted while it was being fetched: nothing needs the pin any more.
+                if let Err(e) = ipfs.unpin(&job.cid).await {
+                    tracing::warn!(event = "unpin_failed", ipfs_cid = %job.cid, error = %e, "could not unpin a deleted blob");
+                }
+                Ok(Ok(false))
+            };
+            tx.commit().await?;
+            r?
+        }
+        Err(e) => Err(e),
+    };
+    match pinned {
+        Ok(false) => {}
+        Ok(true) => {
             let fetched = if remote { job.size } else { 0 };
-            pins::mark_pinned(pool, &job.cid, fetched).await?;
             metrics::counter!("afreg_pins_total", "result" => "pinned").increment(1);
             metrics::counter!("afreg_replicated_bytes_total").increment(fetched.max(0) as u64);
             tracing::info!(event = "blob_pinned", ipfs_cid = %job.cid, size = job.size, origin_region = job.origin_region,
@@ -151,7 +179,7 @@ pub fn backoff(attempts: i32, max: Duration) -> Duration {
 /// Connects to every other region's Kubo; addresses already peered are skipped unless
 /// `refresh` (a periodic reconnect after a peer restarted).
 async fn peer_regions<I: Ipfs>(pool: &PgPool, me: NodeId, ipfs: &I, peered: &mut BTreeSet<String>, refresh: bool) {
-    let Ok(regions) = pins::region_peers(pool).await else { return };
+    let Ok(regions) = regions::region_peers(pool).await else { return };
     for (id, addrs) in regions {
         if id as u64 == me || addrs.is_empty() {
             continue;
