@@ -1,11 +1,19 @@
 //! The Kubo RPC client: the only code that talks to IPFS. Blob bytes stream through it in both
 //! directions without being held whole in memory; short calls carry timeouts, and `pin/add`
 //! always passes Kubo's own `timeout=` because it otherwise waits forever for absent content.
+//! Every stream is bounded too: no byte for `timeout_secs` ends it with an error, in either
+//! direction, so a stalled client or a block no peer has never holds a request for ever.
+//!
+//! It also keeps Kubo's disk in check: bytes are added pinned (so Kubo's GC can never take
+//! them before the upload path decides), every unpin marks the repository as holding garbage,
+//! and [`Kubo::collect_garbage`] runs Kubo's `repo/gc` when there is some.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 
 use crate::config::KuboConfig;
@@ -48,7 +56,10 @@ pub struct Kubo {
     base: String,
     timeout: Duration,
     pin_timeout: Duration,
+    gc_timeout: Duration,
     chunker: String,
+    /// Set when something was unpinned or an add failed: `repo/gc` has work to do.
+    garbage: Arc<AtomicBool>,
 }
 
 #[derive(Deserialize)]
@@ -93,7 +104,36 @@ impl Kubo {
             base: cfg.api_url.trim_end_matches('/').to_owned(),
             timeout: Duration::from_secs(cfg.timeout_secs),
             pin_timeout: Duration::from_secs(cfg.pin_timeout_secs),
+            gc_timeout: Duration::from_secs(cfg.gc_timeout_secs),
             chunker: cfg.chunker.clone(),
+            garbage: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Notes that Kubo's repository holds unpinned blocks for its GC to remove.
+    pub fn mark_garbage(&self) {
+        self.garbage.store(true, Ordering::Relaxed);
+    }
+
+    /// Runs Kubo's `repo/gc` if something was unpinned since the last run; returns how many
+    /// blocks it removed (`None`: nothing to do). Bounded by `gc_timeout_secs`. Kubo itself
+    /// keeps GC apart from pins and pinned adds (its GC lock), so no block a pin or an upload
+    /// in progress needs is removed.
+    pub async fn collect_garbage(&self) -> Result<Option<u64>, KuboError> {
+        if !self.garbage.swap(false, Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let r = self.call("repo/gc", &[("quiet", "true")], self.gc_timeout).await;
+        match r {
+            Ok(body) => {
+                observe("repo/gc", started);
+                Ok(Some(body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count() as u64))
+            }
+            Err(e) => {
+                self.mark_garbage();
+                Err(e)
+            }
         }
     }
 
@@ -177,13 +217,32 @@ impl Kubo {
         self.call("swarm/connect", &[("arg", addr)], self.timeout).await.map(|_| ())
     }
 
-    /// Streams `body` into `add` as CIDv1 with raw leaves, without pinning. The caller pins
-    /// once it has checked the digest, so rejected bytes never hold a pin.
+    /// Streams `body` into `add` as CIDv1 with raw leaves, pinned: Kubo's GC cannot take the
+    /// bytes before the caller has checked the digest and recorded who needs them; the caller
+    /// releases the pin of bytes it rejects. A client that sends nothing for `timeout_secs`
+    /// fails the add (the body error), and so does a Kubo that stops reading (a timeout).
     pub async fn add<S>(&self, body: S) -> Result<Added, KuboError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
+        let r = self.add_inner(body).await;
+        if r.is_err() {
+            // Kubo may have stored some blocks of the failed add, unpinned.
+            self.mark_garbage();
+        }
+        r
+    }
+
+    async fn add_inner<S>(&self, body: S) -> Result<Added, KuboError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
         let started = Instant::now();
+        let progress = Arc::new(AtomicU64::new(0));
+        let seen = progress.clone();
+        let body = idle_bounded(body, self.timeout, "the upload body stalled").inspect(move |_| {
+            seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        });
         let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(body))
             .file_name("blob")
             .mime_str("application/octet-stream")
@@ -196,16 +255,30 @@ impl Kubo {
                 ("cid-version", "1"),
                 ("raw-leaves", "true"),
                 ("chunker", self.chunker.as_str()),
-                ("pin", "false"),
+                ("pin", "true"),
                 ("quieter", "true"),
                 ("progress", "false"),
             ])
             .multipart(form)
-            .send()
-            .await
-            .map_err(|e| classify("add", e))?;
+            .send();
+        // Watchdog: Kubo must take a byte (or answer) every `timeout`.
+        tokio::pin!(resp);
+        let resp = loop {
+            tokio::select! {
+                r = &mut resp => break r.map_err(|e| classify("add", e))?,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let idle = started.elapsed().saturating_sub(Duration::from_millis(progress.load(Ordering::Relaxed)));
+                    if idle > self.timeout {
+                        return Err(KuboError::Timeout("add (Kubo took no bytes)"));
+                    }
+                }
+            }
+        };
         let resp = Self::check("add", resp).await?;
-        let text = resp.text().await.map_err(|e| classify("add", e))?;
+        let text = tokio::time::timeout(self.timeout, resp.text())
+            .await
+            .map_err(|_| KuboError::Timeout("add"))?
+            .map_err(|e| classify("add", e))?;
         #[derive(Deserialize)]
         struct Line {
             #[serde(rename = "Hash")]
@@ -247,7 +320,7 @@ impl Kubo {
             .map_err(|e| classify("cat", e))?;
         let resp = Self::check("cat", resp).await?;
         observe("cat", started);
-        Ok(resp.bytes_stream().map_err(std::io::Error::other))
+        Ok(idle_bounded(resp.bytes_stream().map_err(std::io::Error::other), self.timeout, "IPFS (Kubo) stalled sending the blob"))
     }
 
     /// Pins `cid` recursively, fetching missing blocks from connected peers, bounded by the
@@ -266,7 +339,10 @@ impl Kubo {
     /// Removes a recursive pin; a CID that is not pinned is not an error.
     pub async fn pin_rm(&self, cid: &str) -> Result<(), KuboError> {
         match self.call("pin/rm", &[("arg", cid), ("recursive", "true")], self.timeout).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.mark_garbage();
+                Ok(())
+            }
             Err(KuboError::Api { message, .. }) if message.contains("not pinned") => Ok(()),
             Err(e) => Err(e),
         }
@@ -282,6 +358,24 @@ impl Kubo {
     }
 }
 
+/// `stream`, ended with a `TimedOut` error (`what`) when its next item takes longer than
+/// `idle`. The clock runs only while the consumer waits for an item, so a slow reader is
+/// never blamed on the stream.
+pub fn idle_bounded<S>(stream: S, idle: Duration, what: &'static str) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    futures::stream::unfold(Some(Box::pin(stream)), move |s| async move {
+        let mut s = s?;
+        match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(Ok(b))) => Some((Ok(b), Some(s))),
+            Ok(Some(Err(e))) => Some((Err(e), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what}: no bytes for {idle:?}"))), None)),
+        }
+    })
+}
+
 /// The CID Kubo gives a blob that fits in one raw-leaf chunk: `b` + base32(0x01 0x55 0x12 0x20 ‖ sha256).
 pub fn raw_cid_for_sha256(hash: &[u8; 32]) -> String {
     let mut b = vec![0x01, 0x55, 0x12, 0x20];
@@ -293,6 +387,18 @@ pub fn raw_cid_for_sha256(hash: &[u8; 32]) -> String {
 mod tests {
     use super::*;
     use sha2::Digest as _;
+
+    #[tokio::test]
+    async fn a_stalled_stream_ends_with_an_error_after_the_idle_timeout() {
+        let parts = futures::stream::iter(vec![Ok(Bytes::from_static(b"a"))]).chain(futures::stream::pending());
+        let mut s = Box::pin(idle_bounded(parts, Duration::from_millis(200), "test"));
+        assert_eq!(s.next().await.unwrap().unwrap(), Bytes::from_static(b"a"));
+        let t = Instant::now();
+        let e = s.next().await.unwrap().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(t.elapsed() >= Duration::from_millis(200) && t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(s.next().await.is_none(), "the stream ends after its error");
+    }
 
     #[test]
     fn raw_cid_matches_kubo() {

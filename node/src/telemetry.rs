@@ -61,5 +61,7 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_histogram!("afreg_kubo_call_seconds", "Kubo RPC latency by command");
     metrics::describe_histogram!("afreg_postgres_query_seconds", "PostgreSQL latency by operation");
     metrics::describe_gauge!("afreg_upload_sessions_open", "Upload sessions in progress");
+    metrics::describe_gauge!("afreg_upload_sessions_in_memory", "Upload sessions with a lock and running hash in this process");
+    metrics::gauge!("afreg_upload_sessions_in_memory").set(0.0);
     Ok(handle)
 }
