@@ -38,6 +38,9 @@ impl Ipfs for KuboIpfs {
         }
         last
     }
+    async fn pinned(&self) -> Result<Vec<String>, String> {
+        self.0.pinned().await.map_err(|e| e.to_string())
+    }
 }
 
 /// This region's record for the region list, with whatever Kubo reports now.
@@ -197,6 +200,7 @@ pub fn spawn_duties(
         pin_timeout: Duration::from_secs(cfg.kubo.pin_timeout_secs),
         max_backoff: Duration::from_secs(c.pin_max_backoff_secs),
         concurrency: c.pin_concurrency,
+        reconcile_every: Duration::from_secs(c.pin_reconcile_secs.max(1)),
     };
     tasks.push(tokio::spawn(pinner::run(
         pool.clone(),

@@ -212,6 +212,9 @@ pub struct ClusterConfig {
     /// Pins in flight at once, and the longest wait between retries of a failing pin.
     pub pin_concurrency: usize,
     pub pin_max_backoff_secs: u64,
+    /// How often Kubo's pins are reconciled with what the region needs: stray pins removed,
+    /// records of pins Kubo lost dropped (and pinned again).
+    pub pin_reconcile_secs: u64,
     /// Blobs no manifest references are unlinked this long after they were linked.
     pub gc_grace_secs: u64,
     pub gc_interval_secs: u64,
@@ -251,6 +254,7 @@ impl Default for ClusterConfig {
             snapshot_every: 5000,
             pin_concurrency: 4,
             pin_max_backoff_secs: 300,
+            pin_reconcile_secs: 300,
             gc_grace_secs: 24 * 3600,
             gc_interval_secs: 3600,
         }

@@ -238,10 +238,22 @@ impl Kubo {
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
         let started = Instant::now();
+        // When the body last handed Kubo a chunk, and whether Kubo is waiting on the client
+        // now: a stalled client is the body's own idle bound's to end (a body error, not a
+        // timeout, so that it is answered 400 as the client's fault); Kubo not asking
+        // for the next chunk for `timeout` is a stalled Kubo (503).
         let progress = Arc::new(AtomicU64::new(0));
-        let seen = progress.clone();
-        let body = idle_bounded(body, self.timeout, "the upload body stalled").inspect(move |_| {
-            seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let on_client = Arc::new(AtomicBool::new(false));
+        let (seen, waiting) = (progress.clone(), on_client.clone());
+        let body = futures::stream::unfold(Box::pin(idle_bounded(body, self.timeout, std::io::ErrorKind::UnexpectedEof, "the upload body stalled")), move |mut s| {
+            let (seen, waiting) = (seen.clone(), waiting.clone());
+            async move {
+                waiting.store(true, Ordering::Relaxed);
+                let item = s.next().await;
+                waiting.store(false, Ordering::Relaxed);
+                seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                item.map(|i| (i, s))
+            }
         });
         let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(body))
             .file_name("blob")
@@ -268,7 +280,7 @@ impl Kubo {
                 r = &mut resp => break r.map_err(|e| classify("add", e))?,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     let idle = started.elapsed().saturating_sub(Duration::from_millis(progress.load(Ordering::Relaxed)));
-                    if idle > self.timeout {
+                    if idle > self.timeout && !on_client.load(Ordering::Relaxed) {
                         return Err(KuboError::Timeout("add (Kubo took no bytes)"));
                     }
                 }
@@ -320,7 +332,8 @@ impl Kubo {
             .map_err(|e| classify("cat", e))?;
         let resp = Self::check("cat", resp).await?;
         observe("cat", started);
-        Ok(idle_bounded(resp.bytes_stream().map_err(std::io::Error::other), self.timeout, "IPFS (Kubo) stalled sending the blob"))
+        let stream = resp.bytes_stream().map_err(std::io::Error::other);
+        Ok(idle_bounded(stream, self.timeout, std::io::ErrorKind::TimedOut, "IPFS (Kubo) stalled sending the blob"))
     }
 
     /// Pins `cid` recursively, fetching missing blocks from connected peers, bounded by the
@@ -348,6 +361,18 @@ impl Kubo {
         }
     }
 
+    /// Every CID with a recursive pin.
+    pub async fn pinned(&self) -> Result<Vec<String>, KuboError> {
+        #[derive(Deserialize)]
+        struct Ls {
+            #[serde(rename = "Keys", default)]
+            keys: std::collections::HashMap<String, serde_json::Value>,
+        }
+        let b = self.call("pin/ls", &[("type", "recursive"), ("quiet", "true")], self.timeout).await?;
+        let ls: Ls = serde_json::from_slice(&b).map_err(|e| KuboError::Api { cmd: "pin/ls", message: e.to_string() })?;
+        Ok(ls.keys.into_keys().collect())
+    }
+
     /// Whether `cid` carries a recursive pin.
     pub async fn is_pinned(&self, cid: &str) -> Result<bool, KuboError> {
         match self.call("pin/ls", &[("arg", cid), ("type", "recursive")], self.timeout).await {
@@ -358,10 +383,15 @@ impl Kubo {
     }
 }
 
-/// `stream`, ended with a `TimedOut` error (`what`) when its next item takes longer than
+/// `stream`, ended with an error of `kind` (`what`) when its next item takes longer than
 /// `idle`. The clock runs only while the consumer waits for an item, so a slow reader is
 /// never blamed on the stream.
-pub fn idle_bounded<S>(stream: S, idle: Duration, what: &'static str) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+pub fn idle_bounded<S>(
+    stream: S,
+    idle: Duration,
+    kind: std::io::ErrorKind,
+    what: &'static str,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
 where
     S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 {
@@ -371,7 +401,7 @@ where
             Ok(Some(Ok(b))) => Some((Ok(b), Some(s))),
             Ok(Some(Err(e))) => Some((Err(e), None)),
             Ok(None) => None,
-            Err(_) => Some((Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what}: no bytes for {idle:?}"))), None)),
+            Err(_) => Some((Err(std::io::Error::new(kind, format!("{what}: no bytes for {idle:?}"))), None)),
         }
     })
 }
@@ -391,7 +421,7 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_stream_ends_with_an_error_after_the_idle_timeout() {
         let parts = futures::stream::iter(vec![Ok(Bytes::from_static(b"a"))]).chain(futures::stream::pending());
-        let mut s = Box::pin(idle_bounded(parts, Duration::from_millis(200), "test"));
+        let mut s = Box::pin(idle_bounded(parts, Duration::from_millis(200), std::io::ErrorKind::TimedOut, "test"));
         assert_eq!(s.next().await.unwrap().unwrap(), Bytes::from_static(b"a"));
         let t = Instant::now();
         let e = s.next().await.unwrap().unwrap_err();

@@ -292,8 +292,16 @@ impl Store {
         Ok(())
     }
 
-    pub async fn delete_hold(&self, id: Uuid) -> Result<()> {
-        sqlx::query("DELETE FROM blob_holds WHERE id = $1").bind(id).execute(&self.pool).await?;
+    /// Drops a hold once its blob commit is decided; with `pinned`, records in the same
+    /// transaction that this region's Kubo holds that CID pinned for the blob now recorded
+    /// (so that a blob collected before the pinner came by still has its pin released).
+    pub async fn finish_hold(&self, id: Uuid, pinned: Option<&str>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM blob_holds WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        if let Some(cid) = pinned {
+            afreg_replication::store::pins::mark_pinned(&mut tx, cid, 0).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -34,6 +34,8 @@ pub trait Ipfs: Send + Sync + 'static {
     fn unpin(&self, cid: &str) -> impl Future<Output = Result<(), String>> + Send;
     /// Keeps a connection to the peer at these multiaddrs (with `/p2p/<id>`).
     fn peer(&self, addrs: &[String]) -> impl Future<Output = Result<(), String>> + Send;
+    /// Every CID with a recursive pin.
+    fn pinned(&self) -> impl Future<Output = Result<Vec<String>, String>> + Send;
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +46,8 @@ pub struct PinnerOptions {
     pub max_backoff: Duration,
     /// Pins in flight at once.
     pub concurrency: usize,
+    /// How often Kubo's pins are reconciled with what the region needs (see [`reconcile`]).
+    pub reconcile_every: Duration,
 }
 
 /// Runs until `stop`: pins what is due, unpins orphans, keeps peers connected.
@@ -57,7 +61,15 @@ pub async fn run<I: Ipfs>(
 ) {
     let mut peered: BTreeSet<String> = BTreeSet::new();
     let mut last_peering = std::time::Instant::now() - Duration::from_secs(3600);
+    let mut last_reconcile = std::time::Instant::now();
+    let mut suspects: BTreeSet<String> = BTreeSet::new();
     loop {
+        if last_reconcile.elapsed() >= opts.reconcile_every {
+            if let Err(e) = reconcile(&pool, ipfs.as_ref(), &mut suspects).await {
+                tracing::warn!(event = "pin_reconcile_failed", error = %e, "could not reconcile Kubo's pins");
+            }
+            last_reconcile = std::time::Instant::now();
+        }
         // Every pass dials regions not dialed yet (one just announced itself); every 30 s all
         // of them again, in case a peer restarted. A pin must never wait for a peer it could
         // have dialed already.
@@ -166,6 +178,50 @@ async fn pin_one<I: Ipfs>(
             tracing::warn!(event = "pin_failed", ipfs_cid = %job.cid, attempts, retry_in_ms = backoff.as_millis() as u64,
                 error = %e, "pin failed; will retry");
         }
+    }
+    Ok(())
+}
+
+/// Brings Kubo's pins and the region's pin records back in line, whatever slipped between
+/// them (a blob collected before this region's pinner recorded the pin its upload made, a
+/// process killed between a pin and its record, a Kubo repository restored from an older
+/// copy):
+///
+/// - a CIDv1 pinned in Kubo that no blob, upload chunk or hold needs is unpinned, under its
+///   lock and after checking again, once it was seen unneeded on two passes in a row (an
+///   upload's `add` pins its bytes a moment before it records them);
+/// - a `pinned` record whose CID Kubo does not hold is dropped, so the pinner pins it again.
+///
+/// CIDv0 pins (`Qm…`, such as the empty directory Kubo pins itself) are never the registry's.
+pub async fn reconcile<I: Ipfs>(pool: &PgPool, ipfs: &I, suspects: &mut BTreeSet<String>) -> Result<(), String> {
+    let in_kubo: BTreeSet<String> = ipfs.pinned().await?.into_iter().filter(|c| c.starts_with('b')).collect();
+    let needed = pins::needed_cids(pool).await.map_err(|e| e.to_string())?;
+    let stray: BTreeSet<String> = in_kubo.difference(&needed).cloned().collect();
+    let mut unpinned = 0;
+    for cid in stray.intersection(suspects) {
+        let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+        pins::lock_cid(&mut tx, cid).await.map_err(|e| e.to_string())?;
+        if !pins::cid_in_use(&mut tx, cid).await.map_err(|e| e.to_string())? {
+            ipfs.unpin(cid).await?;
+            pins::forget(&mut tx, cid).await.map_err(|e| e.to_string())?;
+            unpinned += 1;
+        }
+        tx.commit().await.map_err(|e| e.to_string())?;
+    }
+    *suspects = stray;
+    let mut dropped = 0;
+    for cid in pins::recorded_pinned(pool).await.map_err(|e| e.to_string())? {
+        if !in_kubo.contains(&cid) {
+            let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+            pins::lock_cid(&mut tx, &cid).await.map_err(|e| e.to_string())?;
+            pins::forget(&mut tx, &cid).await.map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())?;
+            dropped += 1;
+        }
+    }
+    if unpinned + dropped > 0 {
+        tracing::info!(event = "pins_reconciled", unpinned, records_dropped = dropped,
+            "Kubo's pins and the pin records were brought back in line");
     }
     Ok(())
 }

@@ -161,8 +161,10 @@ impl Registry {
             }
             decided => decided,
         };
-        // Decided: the hold's work is done (the blob row keeps the CID in use if it applied).
-        if let Err(e) = self.store.delete_hold(hold).await {
+        // Decided: the hold's work is done (the blob row keeps the CID in use if it applied,
+        // and this region records the pin its upload made, as its pinner would).
+        let recorded = matches!(&outcome, Ok(Applied::BlobStored { cid: kept }) if kept == cid);
+        if let Err(e) = self.store.finish_hold(hold, recorded.then_some(cid)).await {
             tracing::warn!(event = "hold_release_failed", ipfs_cid = %cid, error = %e, "the hold stays until it expires");
         }
         match outcome {

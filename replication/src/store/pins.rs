@@ -79,8 +79,8 @@ pub async fn next_retry(pool: &PgPool) -> Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar("SELECT min(next_attempt_at) FROM pins WHERE state = 'failed'").fetch_one(pool).await
 }
 
-/// Records that this region's Kubo holds `cid` pinned (call under [`lock_cid`], right after
-/// making sure it does).
+/// Records that this region's Kubo holds `cid` pinned: under [`lock_cid`] right after making
+/// sure it does, or while a blob row or hold keeps the CID in use (no unpin can come between).
 pub async fn mark_pinned(tx: &mut PgConnection, cid: &str, fetched_bytes: i64) -> Result<()> {
     sqlx::query(
         "INSERT INTO pins (cid, state, attempts, fetched_bytes, last_error, updated_at) VALUES ($1, 'pinned', 0, $2, NULL, now())
@@ -137,4 +137,19 @@ pub async fn stats(pool: &PgPool) -> Result<PinStats> {
     )
     .fetch_one(pool)
     .await
+}
+
+/// Every CID something in this region needs pinned: blobs, upload chunks, holds.
+pub async fn needed_cids(pool: &PgPool) -> Result<std::collections::BTreeSet<String>> {
+    let v: Vec<String> = sqlx::query_scalar(
+        "SELECT cid FROM blobs UNION SELECT cid FROM upload_chunks UNION SELECT cid FROM blob_holds",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(v.into_iter().collect())
+}
+
+/// CIDs this region records as pinned.
+pub async fn recorded_pinned(pool: &PgPool) -> Result<Vec<String>> {
+    sqlx::query_scalar("SELECT cid FROM pins WHERE state = 'pinned'").fetch_all(pool).await
 }
