@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use testkit::cluster::{Cluster, ClusterRegion};
-use testkit::{random_bytes, random_hex, run_ok, run_stdout, sha256_digest, tool};
+use testkit::oci::{assert_pulls, cids_of, client, get_manifest, push, within, Image, OCI_MANIFEST};
+use testkit::{random_bytes, run_ok, run_stdout, sha256_digest, tool};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// How long every region may take to pin every CID of a pushed image.
 const PIN_BOUND: Duration = Duration::from_secs(30);
 /// How long pushes may fail after the leader's process is killed.
@@ -22,117 +21,23 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_afreg"))
 }
 
-fn client() -> Client {
-    Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap()
-}
+/// How often the tests poll for a condition.
+const POLL: Duration = Duration::from_millis(100);
 
 /// Regions where anyone may pull, push and delete (auth on, anonymous grants).
 fn open_cluster(names: &[&str]) -> Cluster {
     Cluster::start(bin(), names, |_, c| c.anonymous = vec!["pull".into(), "push".into(), "delete".into()])
 }
 
-/// An image pushed with plain HTTP requests.
-struct Image {
-    manifest: Vec<u8>,
-    digest: String,
-    blobs: Vec<(String, Vec<u8>)>,
-}
-
+/// The images these tests push: a small config and a 300 KiB layer.
 fn new_image() -> Image {
-    let config = format!(r#"{{"architecture":"amd64","os":"linux","id":"{}"}}"#, random_hex(8)).into_bytes();
-    let layer = random_bytes(300 * 1024);
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256_digest(&layer), "size": layer.len()}],
-    }))
-    .unwrap();
-    Image {
-        digest: sha256_digest(&manifest),
-        manifest,
-        blobs: vec![(sha256_digest(&config), config), (sha256_digest(&layer), layer)],
-    }
-}
-
-/// Pushes `img` as `repo:tag` to the registry at `url`; `Err` carries the first non-success
-/// status and body.
-fn push(c: &Client, url: &str, repo: &str, tag: &str, img: &Image) -> Result<(), (u16, String)> {
-    let fail = |r: reqwest::blocking::Response| (r.status().as_u16(), r.text().unwrap_or_default());
-    for (digest, data) in &img.blobs {
-        let r = c
-            .post(format!("{url}/v2/{repo}/blobs/uploads/?digest={digest}"))
-            .header("content-type", "application/octet-stream")
-            .body(data.clone())
-            .send()
-            .map_err(|e| (0, e.to_string()))?;
-        if r.status().as_u16() != 201 {
-            return Err(fail(r));
-        }
-    }
-    let r = c
-        .put(format!("{url}/v2/{repo}/manifests/{tag}"))
-        .header("content-type", OCI_MANIFEST)
-        .body(img.manifest.clone())
-        .send()
-        .map_err(|e| (0, e.to_string()))?;
-    if r.status().as_u16() != 201 {
-        return Err(fail(r));
-    }
-    Ok(())
-}
-
-/// GET of a manifest by tag: status and body.
-fn get_manifest(c: &Client, url: &str, repo: &str, tag: &str, query: &str) -> (u16, Vec<u8>) {
-    let r = c
-        .get(format!("{url}/v2/{repo}/manifests/{tag}{query}"))
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .unwrap_or_else(|e| panic!("GET {url}/v2/{repo}/manifests/{tag}: {e}"));
-    (r.status().as_u16(), r.bytes().unwrap().to_vec())
-}
-
-/// Pulls every byte of `img` from `url` and checks each against its digest.
-fn assert_pulls(c: &Client, url: &str, repo: &str, tag: &str, img: &Image) {
-    let (status, body) = get_manifest(c, url, repo, tag, "");
-    assert_eq!(status, 200, "GET manifest {repo}:{tag} from {url}: {}", String::from_utf8_lossy(&body));
-    assert_eq!(sha256_digest(&body), img.digest, "manifest from {url}");
-    for (digest, data) in &img.blobs {
-        let r = c.get(format!("{url}/v2/{repo}/blobs/{digest}")).send().unwrap();
-        assert_eq!(r.status().as_u16(), 200, "GET blob {digest} from {url}");
-        let got = r.bytes().unwrap();
-        assert_eq!(sha256_digest(&got), *digest, "blob bytes from {url} do not hash to their digest");
-        assert_eq!(got.len(), data.len());
-    }
-}
-
-/// Polls until `f` holds or `bound` passes; returns how long it took.
-fn within(bound: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        if f() {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn cids_of(region: &ClusterRegion, digests: &[&str]) -> Vec<String> {
-    digests
-        .iter()
-        .map(|d| {
-            let cid = region.sql(&format!("SELECT cid FROM blobs WHERE digest = '{d}'"));
-            assert!(!cid.is_empty(), "no blob row for {d} in {}", region.name);
-            cid
-        })
-        .collect()
+    testkit::oci::new_image(300 * 1024)
 }
 
 fn assert_all_pinned_within(cluster: &Cluster, cids: &[String], bound: Duration) -> Duration {
     let mut slowest = Duration::ZERO;
     for r in cluster.regions.iter().filter(|r| r.node().is_running()) {
-        let took = within(bound, &format!("every CID pinned in {}'s Kubo", r.name), || {
+        let took = within(bound, POLL, &format!("every CID pinned in {}'s Kubo", r.name), || {
             let pinned = r.kubo().pin_ls_recursive();
             cids.iter().all(|c| pinned.contains(c))
         });
@@ -177,7 +82,7 @@ fn crane_push_to_us_is_pulled_from_eu_and_asia_and_pinned_everywhere() {
         let r = cluster.region(name);
         let remote = format!("{}/team/app:v1", r.host());
         // The tag may trail the leader by the replication lag on a follower.
-        within(Duration::from_secs(10), &format!("tag visible in {name}"), || {
+        within(Duration::from_secs(10), POLL, &format!("tag visible in {name}"), || {
             crane().args(["digest", &remote]).output().is_ok_and(|o| o.status.success())
         });
         let layout = home.path().join(format!("pulled-{name}"));
@@ -277,12 +182,12 @@ fn killing_the_leader_elects_another_and_the_old_one_catches_up() {
     let survivor = cluster.regions.iter().find(|r| r.name != leader).unwrap().url();
     let during = new_image();
     let mut last = None;
-    let took = within(FAILOVER_BOUND, "a push succeeds after the leader was killed", || {
+    let took = within(FAILOVER_BOUND, POLL, "a push succeeds after the leader was killed", || {
         match push(&c, &survivor, "lead/app", "after", &during) {
             Ok(()) => true,
             Err(e) => {
                 // Only "unavailable, retry" is acceptable while the cluster elects.
-                assert_eq!(e.0, 503, "push during failover: {e:?}");
+                assert_eq!(e.status, 503, "push during failover: {e:?}");
                 last = Some(e);
                 false
             }
@@ -296,7 +201,7 @@ fn killing_the_leader_elects_another_and_the_old_one_catches_up() {
     // The old leader restarts, rejoins as a follower and catches up from its peers.
     cluster.region_mut(&leader).node_mut().restart();
     let old = cluster.region(&leader);
-    within(Duration::from_secs(30), "the old leader serves the write made while it was down", || {
+    within(Duration::from_secs(30), POLL, "the old leader serves the write made while it was down", || {
         get_manifest(&c, &old.url(), "lead/app", "after", "").0 == 200
     });
     assert_pulls(&c, &old.url(), "lead/app", "after", &during);
@@ -324,9 +229,9 @@ fn losing_a_region_keeps_the_others_serving_and_a_lone_region_still_serves_pulls
     }
     let second = new_image();
     let us = cluster.region("us").url();
-    within(FAILOVER_BOUND, "a push with one region down", || push(&c, &us, "loss/app", "second", &second).is_ok());
+    within(FAILOVER_BOUND, POLL, "a push with one region down", || push(&c, &us, "loss/app", "second", &second).is_ok());
     let eu = cluster.region("eu").url();
-    within(Duration::from_secs(10), "eu serves the new tag", || get_manifest(&c, &eu, "loss/app", "second", "").0 == 200);
+    within(Duration::from_secs(10), POLL, "eu serves the new tag", || get_manifest(&c, &eu, "loss/app", "second", "").0 == 200);
     assert_pulls(&c, &eu, "loss/app", "second", &second);
     assert_pulls(&c, &eu, "loss/app", "first", &first);
 
@@ -338,14 +243,14 @@ fn losing_a_region_keeps_the_others_serving_and_a_lone_region_still_serves_pulls
         asia.node_mut().restart();
     }
     let asia_url = cluster.region("asia").url();
-    within(Duration::from_secs(30), "asia catches up", || get_manifest(&c, &asia_url, "loss/app", "second", "").0 == 200);
+    within(Duration::from_secs(30), POLL, "asia catches up", || get_manifest(&c, &asia_url, "loss/app", "second", "").0 == 200);
     let digests2: Vec<&str> = second.blobs.iter().map(|b| b.0.as_str()).collect();
     let cids2 = cids_of(cluster.region("us"), &digests2);
     let asia_kubo_pinned = |cids: &[String]| {
         let pinned = cluster.region("asia").kubo().pin_ls_recursive();
         cids.iter().all(|c| pinned.contains(c))
     };
-    within(PIN_BOUND, "asia pins what it missed", || asia_kubo_pinned(&cids2) && asia_kubo_pinned(&cids));
+    within(PIN_BOUND, POLL, "asia pins what it missed", || asia_kubo_pinned(&cids2) && asia_kubo_pinned(&cids));
 
     // Now the other two go away entirely; asia alone still serves pulls from its own
     // Postgres and Kubo, and refuses writes promptly (no quorum).
@@ -359,8 +264,8 @@ fn losing_a_region_keeps_the_others_serving_and_a_lone_region_still_serves_pulls
     assert_pulls(&c, &asia_url, "loss/app", "second", &second);
     let started = Instant::now();
     let refused = push(&c, &asia_url, "loss/app", "alone", &new_image()).expect_err("a push without quorum");
-    assert_eq!(refused.0, 503, "{refused:?}");
-    assert!(refused.1.contains("UNAVAILABLE"), "{refused:?}");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.body.contains("UNAVAILABLE"), "{refused:?}");
     assert!(started.elapsed() < Duration::from_secs(20), "refusing a push without quorum took {:?}", started.elapsed());
     assert_eq!(get_manifest(&c, &asia_url, "loss/app", "alone", "").0, 404, "nothing of the refused push is visible");
 }
@@ -383,7 +288,7 @@ fn a_fourth_region_joins_and_leaves_under_load_without_losing_a_write() {
                 match push(&c, &url, "load/app", &tag, &img) {
                     Ok(()) => acked.lock().unwrap().push((tag, img)),
                     Err(e) => {
-                        assert_eq!(e.0, 503, "push under membership change: {e:?}");
+                        assert_eq!(e.status, 503, "push under membership change: {e:?}");
                         refused += 1;
                     }
                 }
@@ -420,7 +325,7 @@ fn a_fourth_region_joins_and_leaves_under_load_without_losing_a_write() {
         ap.sql("SELECT count(*) FROM raft_log"),
         ap.node().log_tail(40)
     );
-    within(Duration::from_secs(10), "ap sees itself as a voter", || {
+    within(Duration::from_secs(10), POLL, "ap sees itself as a voter", || {
         ap.local_status().is_some_and(|s| s["raft"]["voters"].as_array().unwrap().iter().any(|v| v == 4))
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -430,7 +335,7 @@ fn a_fourth_region_joins_and_leaves_under_load_without_losing_a_write() {
         acked.lock().unwrap().iter().take(3).map(|(t, i)| (t.clone(), i.manifest.clone())).collect();
     assert!(!sample.is_empty(), "no push was acknowledged under load");
     for (tag, manifest) in &sample {
-        within(Duration::from_secs(20), &format!("ap serves {tag}"), || get_manifest(&c, &ap.url(), "load/app", tag, "").1 == *manifest);
+        within(Duration::from_secs(20), POLL, &format!("ap serves {tag}"), || get_manifest(&c, &ap.url(), "load/app", tag, "").1 == *manifest);
     }
 
     let out = us.node().cli(&["region", "remove", "--id", "4"], None);
@@ -443,7 +348,7 @@ fn a_fourth_region_joins_and_leaves_under_load_without_losing_a_write() {
 
     // No acknowledged write is lost, in any remaining region.
     for r in &cluster.regions {
-        within(Duration::from_secs(20), &format!("{} applied every acknowledged push", r.name), || {
+        within(Duration::from_secs(20), POLL, &format!("{} applied every acknowledged push", r.name), || {
             let (_, last) = acked.last().unwrap();
             get_manifest(&c, &r.url(), "load/app", &acked.last().unwrap().0, "").1 == last.manifest
         });
@@ -517,7 +422,7 @@ fn deleted_and_collected_blobs_are_unpinned_in_every_region() {
     let r = c.delete(format!("{}/v2/gc/app/blobs/{d}", asia.url())).send().unwrap();
     assert_eq!(r.status().as_u16(), 202, "DELETE blob through asia");
     for r in &cluster.regions {
-        within(Duration::from_secs(20), &format!("deleted blob unpinned in {}", r.name), || {
+        within(Duration::from_secs(20), POLL, &format!("deleted blob unpinned in {}", r.name), || {
             !r.kubo().pin_ls_recursive().contains(&d_cid)
         });
         assert_eq!(r.sql(&format!("SELECT count(*) FROM blobs WHERE digest = '{d}'")), "0");
@@ -530,7 +435,7 @@ fn deleted_and_collected_blobs_are_unpinned_in_every_region() {
     assert_eq!(r.status().as_u16(), 201);
     let l_cid = cids_of(eu, &[&l]).remove(0);
     for r in &cluster.regions {
-        within(Duration::from_secs(30), &format!("unreferenced blob collected and unpinned in {}", r.name), || {
+        within(Duration::from_secs(30), POLL, &format!("unreferenced blob collected and unpinned in {}", r.name), || {
             r.sql(&format!("SELECT count(*) FROM blobs WHERE digest = '{l}'")) == "0" && !r.kubo().pin_ls_recursive().contains(&l_cid)
         });
     }
@@ -555,7 +460,7 @@ fn status_reports_every_region_and_metrics_carry_the_raft_figures() {
         assert!(table.lines().any(|l| l.contains(&r.name) && l.contains(&r.url())), "{} missing:\n{table}", r.name);
     }
     assert_eq!(table.lines().filter(|l| l.contains(" leader ")).count(), 1, "{table}");
-    within(Duration::from_secs(5), "raft gauges exported", || {
+    within(Duration::from_secs(5), POLL, "raft gauges exported", || {
         let m = client().get(format!("{}/metrics", us.url())).send().unwrap().text().unwrap();
         ["afreg_raft_term", "afreg_raft_is_leader", "afreg_raft_last_applied", "afreg_pin_backlog"].iter().all(|k| m.contains(k))
     });
@@ -576,7 +481,7 @@ fn a_region_that_could_not_pin_yet_still_serves_the_blob_from_its_peers() {
     let asia = cluster.region("asia");
     let layer = &img.blobs[1].0;
     let cid = cids_of(cluster.region("us"), &[layer]).remove(0);
-    within(Duration::from_secs(20), "asia records its failed pin attempt", || {
+    within(Duration::from_secs(20), POLL, "asia records its failed pin attempt", || {
         asia.sql(&format!("SELECT state FROM pins WHERE cid = '{cid}'")) == "failed"
     });
     assert!(!asia.kubo().pin_ls_recursive().contains(&cid), "asia pinned it after all");

@@ -1,5 +1,5 @@
 //! What the chaos scenarios share: a cluster whose regions reach each other only through
-//! [`RegionNet`]s, and plain-HTTP push/pull helpers.
+//! [`RegionNet`]s; the plain-HTTP push/pull helpers are testkit's (`testkit::oci`).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 
 use chaos_tests::RegionNet;
 use reqwest::blocking::Client;
-use serde_json::{json, Value};
+use serde_json::Value;
 use testkit::cluster::{Cluster, ClusterRegion};
-use testkit::{random_bytes, random_hex, sha256_digest, NodeConfig};
+use testkit::NodeConfig;
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// A cluster plus the network of each region, by name. Fields drop in order: the regions stop
 /// before their links go away.
@@ -104,177 +103,12 @@ fn raft_view_of(s: &Value) -> Option<RaftView> {
     })
 }
 
-pub fn client() -> Client {
-    Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap()
-}
-
-/// An image pushed with plain HTTP requests.
-#[derive(Clone)]
-pub struct Image {
-    pub manifest: Vec<u8>,
-    pub digest: String,
-    pub blobs: Vec<(String, Vec<u8>)>,
-}
-
-pub fn new_image(layer_bytes: usize) -> Image {
-    let config = format!(r#"{{"architecture":"amd64","os":"linux","id":"{}"}}"#, random_hex(8)).into_bytes();
-    let layer = random_bytes(layer_bytes);
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256_digest(&layer), "size": layer.len()}],
-    }))
-    .unwrap();
-    Image {
-        digest: sha256_digest(&manifest),
-        manifest,
-        blobs: vec![(sha256_digest(&config), config), (sha256_digest(&layer), layer)],
-    }
-}
-
-impl Image {
-    pub fn digests(&self) -> Vec<&str> {
-        self.blobs.iter().map(|b| b.0.as_str()).collect()
-    }
-}
-
-/// A refused request: status (0 when no answer came), `Retry-After`, body.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    pub status: u16,
-    pub retry_after: Option<String>,
-    pub body: String,
-}
-
-/// Pushes `img` as `repo:tag` (monolithic blob uploads, then the manifest); `Err` carries the
-/// first non-201 answer.
-pub fn push(c: &Client, url: &str, repo: &str, tag: &str, img: &Image) -> Result<(), Refusal> {
-    let fail = |r: reqwest::blocking::Response| Refusal {
-        status: r.status().as_u16(),
-        retry_after: r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(String::from),
-        body: r.text().unwrap_or_default(),
-    };
-    let lost = |e: reqwest::Error| Refusal { status: 0, retry_after: None, body: e.to_string() };
-    for (digest, data) in &img.blobs {
-        let r = c
-            .post(format!("{url}/v2/{repo}/blobs/uploads/?digest={digest}"))
-            .header("content-type", "application/octet-stream")
-            .body(data.clone())
-            .send()
-            .map_err(lost)?;
-        if r.status().as_u16() != 201 {
-            return Err(fail(r));
-        }
-    }
-    let r = c
-        .put(format!("{url}/v2/{repo}/manifests/{tag}"))
-        .header("content-type", OCI_MANIFEST)
-        .body(img.manifest.clone())
-        .send()
-        .map_err(lost)?;
-    if r.status().as_u16() != 201 {
-        return Err(fail(r));
-    }
-    Ok(())
-}
-
-/// Like [`push`], returning how long each request took (the blobs, then the manifest).
-pub fn push_timed(c: &Client, url: &str, repo: &str, tag: &str, img: &Image) -> Result<Vec<Duration>, Refusal> {
-    let mut took = Vec::new();
-    let one = |r: Result<reqwest::blocking::Response, reqwest::Error>| -> Result<(), Refusal> {
-        let r = r.map_err(|e| Refusal { status: 0, retry_after: None, body: e.to_string() })?;
-        if r.status().as_u16() == 201 {
-            return Ok(());
-        }
-        Err(Refusal {
-            status: r.status().as_u16(),
-            retry_after: r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(String::from),
-            body: r.text().unwrap_or_default(),
-        })
-    };
-    for (digest, data) in &img.blobs {
-        let started = Instant::now();
-        one(c
-            .post(format!("{url}/v2/{repo}/blobs/uploads/?digest={digest}"))
-            .header("content-type", "application/octet-stream")
-            .body(data.clone())
-            .send())?;
-        took.push(started.elapsed());
-    }
-    let started = Instant::now();
-    one(c.put(format!("{url}/v2/{repo}/manifests/{tag}")).header("content-type", OCI_MANIFEST).body(img.manifest.clone()).send())?;
-    took.push(started.elapsed());
-    Ok(took)
-}
-
-/// GET of a manifest by tag or digest: status and body.
-pub fn get_manifest(c: &Client, url: &str, repo: &str, reference: &str, query: &str) -> (u16, Vec<u8>) {
-    let r = c
-        .get(format!("{url}/v2/{repo}/manifests/{reference}{query}"))
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .unwrap_or_else(|e| panic!("GET {url}/v2/{repo}/manifests/{reference}: {e}"));
-    (r.status().as_u16(), r.bytes().unwrap().to_vec())
-}
-
-/// Whether `repo:tag` resolves to exactly `img`'s manifest at `url`.
-pub fn serves(c: &Client, url: &str, repo: &str, tag: &str, img: &Image) -> bool {
-    let (status, body) = get_manifest(c, url, repo, tag, "");
-    status == 200 && body == img.manifest
-}
-
-/// Pulls every byte of `img` from `url` and checks each against its digest.
-pub fn assert_pulls(c: &Client, url: &str, repo: &str, tag: &str, img: &Image) {
-    let (status, body) = get_manifest(c, url, repo, tag, "");
-    assert_eq!(status, 200, "GET manifest {repo}:{tag} from {url}: {}", String::from_utf8_lossy(&body));
-    assert_eq!(sha256_digest(&body), img.digest, "manifest {repo}:{tag} from {url}");
-    for (digest, data) in &img.blobs {
-        let r = c.get(format!("{url}/v2/{repo}/blobs/{digest}")).send().unwrap();
-        assert_eq!(r.status().as_u16(), 200, "GET blob {digest} of {repo}:{tag} from {url}");
-        let got = r.bytes().unwrap();
-        assert_eq!(got.len(), data.len(), "blob {digest} from {url}");
-        assert_eq!(sha256_digest(&got), *digest, "blob bytes from {url} do not hash to their digest");
-    }
-}
-
-/// Polls every `every` until `f` holds or `bound` passes; returns how long it took.
-pub fn within(bound: Duration, every: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        if f() {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
-        std::thread::sleep(every);
-    }
-}
-
-/// The CIDs `region` records for these blob digests.
-pub fn cids_of(region: &ClusterRegion, digests: &[&str]) -> Vec<String> {
-    digests
-        .iter()
-        .map(|d| {
-            let cid = region.sql(&format!("SELECT cid FROM blobs WHERE digest = '{d}'"));
-            assert!(!cid.is_empty(), "no blob row for {d} in {}", region.name);
-            cid
-        })
-        .collect()
-}
-
-pub fn pinned_all(region: &ClusterRegion, cids: &[String]) -> bool {
-    let pinned = region.kubo().pin_ls_recursive();
-    cids.iter().all(|c| pinned.contains(c))
-}
-
-/// p50 and max of some durations.
-pub fn p50_max(mut v: Vec<Duration>) -> (Duration, Duration) {
-    v.sort();
-    if v.is_empty() {
-        return (Duration::ZERO, Duration::ZERO);
-    }
-    (v[v.len() / 2], *v.last().unwrap())
-}
+// Each scenario binary uses some of these.
+#[allow(unused_imports)]
+pub use testkit::oci::{
+    OCI_MANIFEST, assert_pulls, cids_of, client, get_manifest, new_image, p50_max, pinned_all, push, push_timed, serves, within, Image,
+    Refusal,
+};
 
 /// Lines of a node's log that mention any of `words` (for failure reports), at most `max`.
 pub fn log_lines(r: &ClusterRegion, words: &[&str], max: usize) -> String {
