@@ -13,6 +13,10 @@ use afreg_replication::{Applied, Command};
 
 mod dns_cli;
 
+/// See node/Cargo.toml: jemalloc keeps the node's RSS flat under a steady load.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 
 #[derive(Parser)]
 #[command(name = "afreg", version, about = "A multi-region OCI registry over PostgreSQL and IPFS Kubo")]
