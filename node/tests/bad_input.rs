@@ -167,6 +167,7 @@ const TABLES: &[(&str, &str)] = &[
     ("tags", "SELECT repository_id, name, manifest_digest FROM tags ORDER BY 1, 2"),
     ("uploads", "SELECT id, repository, size FROM uploads ORDER BY 1"),
     ("upload_chunks", "SELECT upload_id, \"offset\", length, cid FROM upload_chunks ORDER BY 1, 2"),
+    ("blob_holds", "SELECT cid FROM blob_holds ORDER BY 1"),
     ("users", "SELECT username FROM users ORDER BY 1"),
     ("user_grants", "SELECT username, pattern, actions FROM user_grants ORDER BY 1, 2"),
 ];
