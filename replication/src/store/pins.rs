@@ -59,12 +59,15 @@ pub async fn cid_in_use(tx: &mut PgConnection, cid: &str) -> Result<bool> {
     .await
 }
 
-/// Up to `limit` CIDs to pin now: never tried, or failed and due for a retry.
+/// Up to `limit` CIDs to pin now: never tried, or failed and due for a retry. A CID that an
+/// upload of this region holds is left to that upload, which records its pin itself when its
+/// commit is decided (in the transaction that drops the hold).
 pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<PinJob>> {
     sqlx::query_as(
         "SELECT b.cid, max(b.size) AS size, min(b.origin_region) AS origin_region, coalesce(max(p.attempts), 0) AS attempts
            FROM blobs b LEFT JOIN pins p ON p.cid = b.cid
-          WHERE p.cid IS NULL OR (p.state = 'failed' AND p.next_attempt_at <= now())
+          WHERE (p.cid IS NULL OR (p.state = 'failed' AND p.next_attempt_at <= now()))
+            AND NOT EXISTS (SELECT 1 FROM blob_holds h WHERE h.cid = b.cid)
           GROUP BY b.cid
           ORDER BY min(b.created_at)
           LIMIT $1",
