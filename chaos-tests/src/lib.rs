@@ -34,7 +34,7 @@
 //! The links run on their own tokio runtime on background threads, and every method here is
 //! synchronous, so plain `#[test]`s (and `#[tokio::test]`s alike) can drive them.
 //!
-//! Running the scenarios (they use the `afreg` binary of the same build, see [`afreg_bin`]):
+//! Running the scenarios (they use the `afreg` binary of the same build, `testkit::afreg_bin`):
 //!
 //! ```text
 //! cargo build --release -p afreg
@@ -44,7 +44,6 @@
 //! `CHAOS_VERBOSE=1` prints per-request timings and election log lines.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -472,30 +471,6 @@ impl RegionNet {
         self.inbound.set_blackhole(false);
         self.outbound.set_blackhole(false);
     }
-}
-
-/// The `afreg` binary of the build that produced the running test: `<target>/<profile>/afreg`
-/// next to the test's own `deps/` directory (a test cannot use `CARGO_BIN_EXE_afreg` from
-/// another package). Panics with what to run when it is missing.
-pub fn afreg_bin() -> PathBuf {
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        // <target>/<profile>/deps/<test>-<hash>
-        if let Some(profile_dir) = exe.parent().and_then(|d| d.parent()) {
-            candidates.push(profile_dir.join("afreg"));
-        }
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    candidates.push(target.join("release/afreg"));
-    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!(
-            "chaos-tests: the afreg binary is not built next to this test nor in {}/release — run \
-             `cargo build --release -p afreg` (or `cargo test --workspace --release`) first",
-            target.display()
-        )
-    })
 }
 
 #[cfg(test)]

@@ -28,8 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use reqwest::blocking::Client;
 use reqwest::StatusCode;
 use sha2::Digest as _;
-use testkit::cluster::{Cluster, ClusterRegion};
+use testkit::cluster::{ClusterMember, TestCluster};
 use testkit::Kubo;
+use testkit::Action;
 
 const FRAME: usize = 1024 * 1024;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -187,7 +188,7 @@ struct Pinned {
 }
 
 /// The region's node log lines (JSON, flattened) that name `cid`.
-fn log_lines_for(region: &ClusterRegion, cid: &str) -> Vec<serde_json::Value> {
+fn log_lines_for(region: &ClusterMember, cid: &str) -> Vec<serde_json::Value> {
     region
         .node()
         .log()
@@ -198,7 +199,7 @@ fn log_lines_for(region: &ClusterRegion, cid: &str) -> Vec<serde_json::Value> {
 }
 
 /// `duration_ms` of the pinner's `blob_pinned` line for `cid` (written right after the row).
-fn pinner_duration(region: &ClusterRegion, cid: &str) -> Option<Duration> {
+fn pinner_duration(region: &ClusterMember, cid: &str) -> Option<Duration> {
     for _ in 0..20 {
         let found = log_lines_for(region, cid)
             .into_iter()
@@ -214,7 +215,7 @@ fn pinner_duration(region: &ClusterRegion, cid: &str) -> Option<Duration> {
 
 /// Polls `region`'s `pins` row for `cid` every 50 ms until `pinned`.
 fn wait_pinned(
-    region: &ClusterRegion,
+    region: &ClusterMember,
     cid: &str,
     acked: Instant,
     acked_wall: SystemTime,
@@ -255,7 +256,7 @@ fn wait_pinned(
 
 /// Waits until no blob is waiting to be pinned in any of `regions` (each blob CID has a
 /// `pinned` row), so a round times its own blob only. Returns how long that took.
-fn wait_backlog_empty(regions: &[&ClusterRegion], bound: Duration) -> Duration {
+fn wait_backlog_empty(regions: &[&ClusterMember], bound: Duration) -> Duration {
     let q = "SELECT count(*) FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM pins p WHERE p.cid = b.cid AND p.state = 'pinned')";
     let t = Instant::now();
     loop {
@@ -337,7 +338,7 @@ fn sh(cmd: &str) -> String {
 }
 
 /// Each region's node log lines about pinning (and warnings/errors), last `n`.
-fn pin_log_lines(cluster: &Cluster, n: usize) -> String {
+fn pin_log_lines(cluster: &TestCluster, n: usize) -> String {
     let mut out = String::new();
     for r in &cluster.regions {
         let log = r.node().log();
@@ -355,7 +356,7 @@ fn pin_log_lines(cluster: &Cluster, n: usize) -> String {
 
 /// With `AFREG_BENCH_KEEP_LOGS=<dir>`, copies each region's node log to `<dir>/<region>.log`
 /// (the cluster's temporary directories go away when the run ends).
-fn keep_logs(cluster: &Cluster) {
+fn keep_logs(cluster: &TestCluster) {
     let Some(dir) = std::env::var_os("AFREG_BENCH_KEEP_LOGS") else { return };
     let dir = std::path::PathBuf::from(dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -375,8 +376,8 @@ fn main() {
     let load_before = sh("uptime");
     let nproc = sh("nproc");
 
-    let cluster = Cluster::start(Path::new(env!("CARGO_BIN_EXE_afreg")), &["us", "eu", "asia"], |_, c| {
-        c.anonymous = vec!["pull".into(), "push".into(), "delete".into()]
+    let cluster = TestCluster::start(Path::new(env!("CARGO_BIN_EXE_afreg")), &["us", "eu", "asia"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec()
     });
     let leader_before = cluster.wait_leader(Duration::from_secs(30));
     let (a, b) = (Kubo::start(), Kubo::start());

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use reqwest::{Client, StatusCode};
 use sha2::Digest as _;
-use testkit::Region;
+use testkit::TestRegion;
+use testkit::Action;
 
 const FRAME: usize = 1024 * 1024;
 
@@ -227,9 +228,9 @@ struct Times {
 async fn main() {
     let total: u64 = std::env::var("AFREG_BENCH_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30);
     let rounds: usize = std::env::var("AFREG_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let region = Region::start_with(Path::new(env!("CARGO_BIN_EXE_afreg")), |c| {
-        c.anonymous = vec!["pull".into(), "push".into(), "delete".into()];
-        c.log_level = "warn".into();
+    let region = TestRegion::start_with(Path::new(env!("CARGO_BIN_EXE_afreg")), |c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        c.config.log.level = "warn".into();
     });
     let peer = Peer::start();
     let base = region.node.url();

@@ -29,6 +29,8 @@ pub enum KuboError {
     Api { cmd: &'static str, message: String },
     #[error("reading the upload body failed: {0}")]
     Body(String),
+    #[error("no swarm address to dial")]
+    NoAddress,
 }
 
 impl From<KuboError> for RegistryError {
@@ -39,7 +41,7 @@ impl From<KuboError> for RegistryError {
                 RegistryError::unavailable("blob storage", &e)
             }
             KuboError::Body(_) => RegistryError::new(crate::oci::ErrorCode::BlobUploadInvalid, e.to_string()),
-            KuboError::Api { .. } => RegistryError::internal(e),
+            KuboError::Api { .. } | KuboError::NoAddress => RegistryError::internal(e),
         }
     }
 }

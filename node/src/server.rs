@@ -27,10 +27,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let auth = Arc::new(Auth::new(cfg.auth.clone(), keys.clone(), store.clone(), &cfg.server.public_url));
 
     // The cluster: this region's Raft node, its internal endpoints and background duties.
-    let me = crate::cluster::this_region(&cfg, &kubo, &keys).await;
-    let cluster = crate::cluster::start(&cfg, Store::raft_pool(&cfg.database)?, me).await?;
+    let me = crate::replica::this_region(&cfg, &kubo, &keys).await;
+    let cluster = crate::replica::start(&cfg, Store::raft_pool(&cfg.database)?, me).await?;
     let shutdown = CancellationToken::new();
-    let who = crate::cluster::identity(&cfg);
+    let who = crate::replica::identity(&cfg);
     let extra = axum::Router::new().route("/internal/identity", axum::routing::get(move || async move { axum::Json(who) }));
     let internal = afreg_replication::api::router(cluster.clone(), extra);
     let internal_listener = tokio::net::TcpListener::bind(cfg.cluster.listen)
@@ -53,7 +53,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     });
     let duties =
-        crate::cluster::spawn_duties(&cfg, store.pool().clone(), cluster.clone(), kubo.clone(), keys, shutdown.clone());
+        crate::replica::spawn_duties(&cfg, store.pool().clone(), cluster.clone(), kubo.clone(), keys, shutdown.clone());
 
     let registry = Arc::new(Registry::new(store.clone(), kubo, cfg.clone(), cluster.clone()));
     if let Ok(n) = store.open_uploads().await {

@@ -313,7 +313,7 @@ impl Store {
     // ---- users -----------------------------------------------------------------------
 
     /// A user's password hash and grants, in one round trip.
-    pub async fn user(&self, name: &str) -> Result<Option<(String, Vec<(String, Vec<String>)>)>> {
+    pub async fn user(&self, name: &str) -> Result<Option<UserRow>> {
         let rows: Vec<(String, Option<String>, Option<Vec<String>>)> = sqlx::query_as(
             "SELECT u.password_hash, g.pattern, g.actions FROM users u
                LEFT JOIN user_grants g ON g.username = u.username WHERE u.username = $1",
@@ -322,9 +322,9 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let Some(first) = rows.first() else { return Ok(None) };
-        let hash = first.0.clone();
+        let password_hash = first.0.clone();
         let grants = rows.into_iter().filter_map(|(_, p, a)| Some((p?, a?))).collect();
-        Ok(Some((hash, grants)))
+        Ok(Some(UserRow { password_hash, grants }))
     }
 
     pub async fn usernames(&self) -> Result<Vec<String>> {
@@ -333,6 +333,13 @@ impl Store {
 }
 
 pub use afreg_replication::store::pins::{cid_in_use, lock_cid};
+
+/// A user as stored: the argon2 hash and the grants, `(pattern, actions)`.
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub password_hash: String,
+    pub grants: Vec<(String, Vec<String>)>,
+}
 
 /// A database URL with its password replaced, for logs.
 pub fn redact(url: &str) -> String {

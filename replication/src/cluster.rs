@@ -29,21 +29,15 @@ pub(crate) mod path {
 /// Header on a request one region forwards to another; the receiver never forwards again.
 pub(crate) const FORWARDED: &str = "x-afreg-forwarded";
 
-/// Raft timings. The defaults hold over WAN links with 100–300 ms round trips: openraft uses
-/// the heartbeat interval as the AppendEntries timeout, so it must exceed the p99 round trip
-/// plus a follower's commit, and elections wait several heartbeats.
+/// Raft timings (their defaults are the node's `[cluster]` configuration's). openraft uses the
+/// heartbeat interval as the AppendEntries timeout, so it must exceed the p99 round trip plus a
+/// follower's commit, and elections wait several heartbeats.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct Timings {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-}
-
-impl Default for Timings {
-    fn default() -> Self {
-        Timings { heartbeat_ms: 600, election_timeout_min_ms: 2000, election_timeout_max_ms: 4000 }
-    }
 }
 
 /// How a region's Raft node starts.

@@ -25,17 +25,28 @@ use crate::NodeId;
 /// local by then, so it only walks the DAG.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a reconcile pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError<E: std::fmt::Display> {
+    #[error("listing Kubo's pins: {0}")]
+    Ipfs(E),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
 /// What the pinner needs from the region's Kubo.
 pub trait Ipfs: Send + Sync + 'static {
+    /// What a failed call reports (logged, and kept as the pin's last error).
+    type Error: std::fmt::Display + Send;
     /// Pins `cid` recursively, fetching what is missing from connected peers; gives up after
     /// `timeout`.
-    fn pin(&self, cid: &str, timeout: Duration) -> impl Future<Output = Result<(), String>> + Send;
+    fn pin(&self, cid: &str, timeout: Duration) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// Removes the recursive pin (not pinned is success).
-    fn unpin(&self, cid: &str) -> impl Future<Output = Result<(), String>> + Send;
+    fn unpin(&self, cid: &str) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// Keeps a connection to the peer at these multiaddrs (with `/p2p/<id>`).
-    fn peer(&self, addrs: &[String]) -> impl Future<Output = Result<(), String>> + Send;
+    fn peer(&self, addrs: &[String]) -> impl Future<Output = Result<(), Self::Error>> + Send;
     /// Every CID with a recursive pin.
-    fn pinned(&self) -> impl Future<Output = Result<Vec<String>, String>> + Send;
+    fn pinned(&self) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send;
 }
 
 #[derive(Debug, Clone)]
@@ -173,7 +184,7 @@ async fn pin_one<I: Ipfs>(
         Err(e) => {
             let attempts = job.attempts + 1;
             let backoff = backoff(attempts, opts.max_backoff);
-            pins::mark_failed(pool, &job.cid, attempts, backoff.as_secs_f64(), &e).await?;
+            pins::mark_failed(pool, &job.cid, attempts, backoff.as_secs_f64(), &e.to_string()).await?;
             metrics::counter!("afreg_pins_total", "result" => "failed").increment(1);
             tracing::warn!(event = "pin_failed", ipfs_cid = %job.cid, attempts, retry_in_ms = backoff.as_millis() as u64,
                 error = %e, "pin failed; will retry");
@@ -193,29 +204,30 @@ async fn pin_one<I: Ipfs>(
 /// - a `pinned` record whose CID Kubo does not hold is dropped, so the pinner pins it again.
 ///
 /// CIDv0 pins (`Qm…`, such as the empty directory Kubo pins itself) are never the registry's.
-pub async fn reconcile<I: Ipfs>(pool: &PgPool, ipfs: &I, suspects: &mut BTreeSet<String>) -> Result<(), String> {
-    let in_kubo: BTreeSet<String> = ipfs.pinned().await?.into_iter().filter(|c| c.starts_with('b')).collect();
-    let needed = pins::needed_cids(pool).await.map_err(|e| e.to_string())?;
+pub async fn reconcile<I: Ipfs>(pool: &PgPool, ipfs: &I, suspects: &mut BTreeSet<String>) -> Result<(), ReconcileError<I::Error>> {
+    let in_kubo: BTreeSet<String> =
+        ipfs.pinned().await.map_err(ReconcileError::Ipfs)?.into_iter().filter(|c| c.starts_with('b')).collect();
+    let needed = pins::needed_cids(pool).await?;
     let stray: BTreeSet<String> = in_kubo.difference(&needed).cloned().collect();
     let mut unpinned = 0;
     for cid in stray.intersection(suspects) {
-        let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
-        pins::lock_cid(&mut tx, cid).await.map_err(|e| e.to_string())?;
-        if !pins::cid_in_use(&mut tx, cid).await.map_err(|e| e.to_string())? {
-            ipfs.unpin(cid).await?;
-            pins::forget(&mut tx, cid).await.map_err(|e| e.to_string())?;
+        let mut tx = pool.begin().await?;
+        pins::lock_cid(&mut tx, cid).await?;
+        if !pins::cid_in_use(&mut tx, cid).await? {
+            ipfs.unpin(cid).await.map_err(ReconcileError::Ipfs)?;
+            pins::forget(&mut tx, cid).await?;
             unpinned += 1;
         }
-        tx.commit().await.map_err(|e| e.to_string())?;
+        tx.commit().await?;
     }
     *suspects = stray;
     let mut dropped = 0;
-    for cid in pins::recorded_pinned(pool).await.map_err(|e| e.to_string())? {
+    for cid in pins::recorded_pinned(pool).await? {
         if !in_kubo.contains(&cid) {
-            let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
-            pins::lock_cid(&mut tx, &cid).await.map_err(|e| e.to_string())?;
-            pins::forget(&mut tx, &cid).await.map_err(|e| e.to_string())?;
-            tx.commit().await.map_err(|e| e.to_string())?;
+            let mut tx = pool.begin().await?;
+            pins::lock_cid(&mut tx, &cid).await?;
+            pins::forget(&mut tx, &cid).await?;
+            tx.commit().await?;
             dropped += 1;
         }
     }
@@ -236,7 +248,7 @@ pub fn backoff(attempts: i32, max: Duration) -> Duration {
 /// `refresh` (a periodic reconnect after a peer restarted).
 async fn peer_regions<I: Ipfs>(pool: &PgPool, me: NodeId, ipfs: &I, peered: &mut BTreeSet<String>, refresh: bool) {
     let Ok(regions) = regions::region_peers(pool).await else { return };
-    for (id, addrs) in regions {
+    for regions::KuboPeer { region_id: id, addrs } in regions {
         if id as u64 == me || addrs.is_empty() {
             continue;
         }

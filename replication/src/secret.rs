@@ -15,12 +15,17 @@ impl std::fmt::Debug for ClusterSecret {
     }
 }
 
+/// A secret anyone could guess.
+#[derive(Debug, thiserror::Error)]
+#[error("the cluster secret must be at least 16 characters")]
+pub struct SecretTooShort;
+
 impl ClusterSecret {
     /// Refuses secrets too short to resist guessing.
-    pub fn new(secret: impl Into<String>) -> Result<Self, String> {
+    pub fn new(secret: impl Into<String>) -> Result<Self, SecretTooShort> {
         let s = secret.into();
         if s.trim().len() < 16 {
-            return Err("the cluster secret must be at least 16 characters".into());
+            return Err(SecretTooShort);
         }
         Ok(ClusterSecret(Arc::new(s.trim().to_owned())))
     }

@@ -7,19 +7,21 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{free_port, http_client, off_runtime, Kubo, Node, NodeConfig, Postgres, Region};
+use afreg_config::BootstrapPeer;
+
+use crate::{free_port, http_client, off_runtime, Kubo, Node, NodeConfig, Postgres, TestRegion};
 
 /// The cluster secret every test cluster shares (tests only).
 pub const TEST_SECRET: &str = "testkit-cluster-secret-0123456789";
 
-/// One region of a [`Cluster`].
-pub struct ClusterRegion {
+/// One region of a [`TestCluster`].
+pub struct ClusterMember {
     pub id: u64,
     pub name: String,
-    pub region: Region,
+    pub region: TestRegion,
 }
 
-impl ClusterRegion {
+impl ClusterMember {
     pub fn node(&self) -> &Node {
         &self.region.node
     }
@@ -61,20 +63,20 @@ impl ClusterRegion {
 }
 
 /// Regions `names` with ids 1, 2, 3, … in one cluster.
-pub struct Cluster {
+pub struct TestCluster {
     bin: PathBuf,
-    pub regions: Vec<ClusterRegion>,
+    pub regions: Vec<ClusterMember>,
 }
 
-impl Cluster {
+impl TestCluster {
     /// Starts every region (Postgres and Kubo first, then the nodes) and waits until the
     /// cluster has a leader and every region has announced itself. `f` adjusts each region's
     /// node config (the cluster keys are already set).
-    pub fn start(bin: &Path, names: &[&str], f: impl Fn(&str, &mut NodeConfig)) -> Cluster {
+    pub fn start(bin: &Path, names: &[&str], f: impl Fn(&str, &mut NodeConfig)) -> TestCluster {
         let backends: Vec<(Postgres, Kubo)> = names.iter().map(|_| (Postgres::start(), Kubo::start())).collect();
         // Every config first: the bootstrap list needs each region's internal address, which
         // `f` may change (listen_ip, internal_port, or an `advertise_url` through a proxy).
-        let mut cfgs: Vec<NodeConfig> = names
+        let cfgs: Vec<NodeConfig> = names
             .iter()
             .zip(&backends)
             .enumerate()
@@ -89,39 +91,31 @@ impl Cluster {
                 cfg
             })
             .collect();
-        let bootstrap: Vec<toml::Value> = names
+        let bootstrap: Vec<BootstrapPeer> = names
             .iter()
             .zip(&cfgs)
             .enumerate()
-            .map(|(i, (n, cfg))| {
-                let mut t = toml::Table::new();
-                t.insert("id".into(), toml::Value::Integer(i as i64 + 1));
-                t.insert("name".into(), toml::Value::String(n.to_string()));
-                t.insert("url".into(), toml::Value::String(advertised(cfg)));
-                toml::Value::Table(t)
-            })
+            .map(|(i, (n, cfg))| BootstrapPeer { id: i as u64 + 1, name: n.to_string(), url: cfg.advertised_url(), api_url: String::new() })
             .collect();
         let mut regions = Vec::new();
-        for (i, (name, (pg, kubo))) in names.iter().zip(backends).enumerate() {
-            let mut cfg = std::mem::take(&mut cfgs[i]);
+        for (i, ((name, (pg, kubo)), mut cfg)) in names.iter().zip(backends).zip(cfgs).enumerate() {
             // Regions that discover each other through DNS get no static peer list.
-            let discovers = cfg.extra.get("cluster").and_then(|c| c.get("discovery_zone")).is_some();
-            if !discovers {
-                cfg = cfg.set("cluster.bootstrap", toml::Value::Array(bootstrap.clone()));
+            if cfg.config.cluster.discovery_zone.is_none() {
+                cfg.config.cluster.bootstrap = bootstrap.clone();
             }
             let node = Node::start(bin, cfg);
-            regions.push(ClusterRegion { id: i as u64 + 1, name: name.to_string(), region: Region { node, kubo, pg } });
+            regions.push(ClusterMember { id: i as u64 + 1, name: name.to_string(), region: TestRegion { node, kubo, pg } });
         }
-        let c = Cluster { bin: bin.to_path_buf(), regions };
+        let c = TestCluster { bin: bin.to_path_buf(), regions };
         c.wait_converged(Duration::from_secs(60));
         c
     }
 
-    pub fn region(&self, name: &str) -> &ClusterRegion {
+    pub fn region(&self, name: &str) -> &ClusterMember {
         self.regions.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no region {name}"))
     }
 
-    pub fn region_mut(&mut self, name: &str) -> &mut ClusterRegion {
+    pub fn region_mut(&mut self, name: &str) -> &mut ClusterMember {
         self.regions.iter_mut().find(|r| r.name == name).unwrap_or_else(|| panic!("no region {name}"))
     }
 
@@ -174,30 +168,23 @@ impl Cluster {
 
     /// Starts one more region (Postgres, Kubo, node with `cluster.join`), not yet a member:
     /// the caller joins it with `afreg region add`.
-    pub fn start_joining_region(&self, id: u64, name: &str, f: impl Fn(&mut NodeConfig)) -> ClusterRegion {
+    pub fn start_joining_region(&self, id: u64, name: &str, f: impl Fn(&mut NodeConfig)) -> ClusterMember {
         let (pg, kubo) = (Postgres::start(), Kubo::start());
         let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
-        cfg = region_config(cfg, id, name, &kubo).set("cluster.join", true);
+        cfg = region_config(cfg, id, name, &kubo);
+        cfg.config.cluster.join = true;
         f(&mut cfg);
         let node = Node::start(&self.bin, cfg);
-        ClusterRegion { id, name: name.to_owned(), region: Region { node, kubo, pg } }
+        ClusterMember { id, name: name.to_owned(), region: TestRegion { node, kubo, pg } }
     }
-}
-
-/// The internal URL other regions use for this config: its `cluster.advertise_url` if set,
-/// else its internal listener.
-fn advertised(cfg: &NodeConfig) -> String {
-    if let Some(u) = cfg.extra.get("cluster").and_then(|c| c.get("advertise_url")).and_then(|u| u.as_str()) {
-        return u.to_owned();
-    }
-    let ip = cfg.listen_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
-    format!("http://{ip}:{}", cfg.internal_port.expect("internal port chosen"))
 }
 
 /// The cluster keys every region of a test cluster shares, plus its own id and name.
-fn region_config(cfg: NodeConfig, id: u64, name: &str, kubo: &Kubo) -> NodeConfig {
-    cfg.set("cluster.id", id as i64)
-        .set("cluster.region", name)
-        .set("cluster.secret", TEST_SECRET)
-        .set("cluster.kubo_swarm_addrs", toml::Value::Array(vec![toml::Value::String(kubo.swarm_multiaddr())]))
+fn region_config(mut cfg: NodeConfig, id: u64, name: &str, kubo: &Kubo) -> NodeConfig {
+    let c = &mut cfg.config.cluster;
+    c.id = id;
+    c.region = name.to_owned();
+    c.secret = Some(TEST_SECRET.to_owned());
+    c.kubo_swarm_addrs = vec![kubo.swarm_multiaddr()];
+    cfg
 }

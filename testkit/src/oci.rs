@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::blocking::Client;
 use serde_json::json;
 
-use crate::cluster::ClusterRegion;
+use crate::cluster::ClusterMember;
 use crate::{random_bytes, random_hex, sha256_digest};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -213,7 +213,7 @@ pub fn within(bound: Duration, every: Duration, what: &str, mut f: impl FnMut() 
 }
 
 /// The CIDs `region` records for these blob digests.
-pub fn cids_of(region: &ClusterRegion, digests: &[&str]) -> Vec<String> {
+pub fn cids_of(region: &ClusterMember, digests: &[&str]) -> Vec<String> {
     digests
         .iter()
         .map(|d| {
@@ -225,7 +225,7 @@ pub fn cids_of(region: &ClusterRegion, digests: &[&str]) -> Vec<String> {
 }
 
 /// Whether every CID is pinned (recursively) in `region`'s Kubo.
-pub fn pinned_all(region: &ClusterRegion, cids: &[String]) -> bool {
+pub fn pinned_all(region: &ClusterMember, cids: &[String]) -> bool {
     let pinned = region.kubo().pin_ls_recursive();
     cids.iter().all(|c| pinned.contains(c))
 }

@@ -94,13 +94,17 @@ fn helpers() {
 #[test]
 fn node_config_renders_every_section() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = NodeConfig::new("postgres://x/afreg", "http://127.0.0.1:1")
-        .set("kubo.chunker", "size-262144")
-        .set("auth.token_ttl_secs", 120);
-    cfg.anonymous = vec![];
-    cfg.upload_ttl_secs = Some(5);
-    let doc = cfg.to_toml(4242, 4243, dir.path());
-    let text = toml::to_string(&doc).unwrap();
+    let mut cfg = NodeConfig::new("postgres://x/afreg", "http://127.0.0.1:1");
+    cfg.config.kubo.chunker = "size-262144".into();
+    cfg.config.auth.token_ttl_secs = 120;
+    cfg.config.auth.anonymous = vec![];
+    cfg.config.storage.upload_ttl_secs = 5;
+    let config = cfg.to_config(4242, 4243, dir.path());
+    let text = config.to_toml().unwrap();
+    // What the node reads back is what testkit meant.
+    let file = dir.path().join("afreg.toml");
+    std::fs::write(&file, &text).unwrap();
+    assert_eq!(Config::load_from(Some(&file), []).unwrap(), config);
     let back: toml::Table = text.parse().unwrap();
     assert_eq!(back["server"]["listen"].as_str(), Some("127.0.0.1:4242"));
     assert_eq!(back["server"]["public_url"].as_str(), Some("http://127.0.0.1:4242"));

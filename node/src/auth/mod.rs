@@ -180,8 +180,8 @@ impl Auth {
             Some((user, password)) => {
                 let found = self.store.user(&user).await?;
                 let ok = match &found {
-                    Some((hash, _)) => {
-                        let (h, p) = (hash.clone(), password);
+                    Some(u) => {
+                        let (h, p) = (u.password_hash.clone(), password);
                         tokio::task::spawn_blocking(move || verify_password(&h, &p)).await.unwrap_or(false)
                     }
                     None => false,
@@ -191,7 +191,7 @@ impl Auth {
                     return Err(RegistryError::new(ErrorCode::Unauthorized, "invalid username or password"));
                 }
                 let grants = found
-                    .map(|(_, g)| g)
+                    .map(|u| u.grants)
                     .unwrap_or_default()
                     .into_iter()
                     .map(|(p, a)| (p, a.iter().filter_map(|x| Action::parse(x)).collect()))

@@ -123,10 +123,10 @@ async fn status(State(st): State<AppState>, uri: Uri) -> Response {
     let q = handlers::Query::parse(uri.query());
     let reg = &st.registry;
     if q.get("scope") == Some("local") {
-        let s = crate::cluster::local_status(&reg.cfg, reg.store.pool(), &reg.cluster).await;
+        let s = crate::replica::local_status(&reg.cfg, reg.store.pool(), &reg.cluster).await;
         return axum::Json(s).into_response();
     }
-    let regions = crate::cluster::cluster_status(&reg.cfg, reg.store.pool(), &reg.cluster).await;
+    let regions = crate::replica::cluster_status(&reg.cfg, reg.store.pool(), &reg.cluster).await;
     axum::Json(serde_json::json!({"region": reg.cfg.cluster.region, "id": reg.cluster.id, "regions": regions})).into_response()
 }
 

@@ -11,35 +11,9 @@ pub use error::{ErrorCode, RegistryError};
 pub use names::{Algorithm, Digest, Reference, RepoName, Tag};
 pub use router::Endpoint;
 
-use serde::{Deserialize, Serialize};
 
 /// An action a token may grant on a repository (Docker token spec).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Pull,
-    Push,
-    Delete,
-}
-
-impl Action {
-    pub const ALL: [Action; 3] = [Action::Pull, Action::Push, Action::Delete];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Pull => "pull",
-            Action::Push => "push",
-            Action::Delete => "delete",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Action> {
-        match s {
-            "pull" => Some(Action::Pull),
-            "push" => Some(Action::Push),
-            "delete" => Some(Action::Delete),
-            _ => None,
-        }
-    }
-}
+pub use afreg_config::Action;
 
 pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 pub const DOCKER_UPLOAD_UUID: &str = "docker-upload-uuid";

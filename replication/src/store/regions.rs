@@ -6,8 +6,16 @@ use sqlx::PgPool;
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
 
-/// Swarm addresses (with `/p2p/<peer id>`) of every live region's Kubo, by region id.
-pub async fn region_peers(pool: &PgPool) -> Result<Vec<(i64, Vec<String>)>> {
+/// A live region's Kubo, as the pinner dials it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KuboPeer {
+    pub region_id: i64,
+    /// Swarm addresses, each ending in `/p2p/<peer id>`.
+    pub addrs: Vec<String>,
+}
+
+/// Every live region's Kubo peer, by region id.
+pub async fn region_peers(pool: &PgPool) -> Result<Vec<KuboPeer>> {
     let rows: Vec<(i64, String, Vec<String>)> = sqlx::query_as(
         "SELECT id, kubo_peer_id, kubo_swarm_addrs FROM regions WHERE NOT removed AND kubo_peer_id <> '' ORDER BY id",
     )
@@ -20,7 +28,7 @@ pub async fn region_peers(pool: &PgPool) -> Result<Vec<(i64, Vec<String>)>> {
                 .into_iter()
                 .map(|a| if a.contains("/p2p/") { a } else { format!("{}/p2p/{peer}", a.trim_end_matches('/')) })
                 .collect();
-            (id, full)
+            KuboPeer { region_id: id, addrs: full }
         })
         .collect())
 }

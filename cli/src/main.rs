@@ -1,0 +1,118 @@
+//! The `afreg` command: parses the command line and dispatches, nothing more. Each command is a
+//! module of its own and loads only what it needs: `serve`, `user`, `key`, `region` and
+//! `status` read the node's configuration; `sdl`, `dns`, `doctor` and `up` read the region
+//! files and never the node's configuration (so an unrelated `AFREG_X__Y` in the shell cannot
+//! break them).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use afreg_node::config::Config;
+
+mod client;
+mod dns;
+mod doctor;
+mod key;
+mod region;
+mod sdl;
+mod serve;
+mod status;
+mod up;
+mod user;
+
+/// See cli/Cargo.toml: jemalloc keeps the node's RSS flat under a steady load.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Parser)]
+#[command(name = "afreg", version, about = "A multi-region OCI registry over PostgreSQL and IPFS Kubo")]
+struct Cli {
+    /// Configuration file (TOML). Environment variables AFREG_SECTION__FIELD override it.
+    #[arg(long, short, global = true, env = "AFREG_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the regional node.
+    Serve(serve::ServeArgs),
+    /// Manage registry users.
+    User {
+        #[command(subcommand)]
+        cmd: user::UserCmd,
+    },
+    /// Token signing keys.
+    Key {
+        #[command(subcommand)]
+        cmd: key::KeyCmd,
+    },
+    /// Akash deployment files for the regions.
+    Sdl {
+        #[command(subcommand)]
+        cmd: sdl::SdlCmd,
+    },
+    /// GeoDNS: the PowerDNS configuration for the regions.
+    Dns {
+        #[command(subcommand)]
+        cmd: dns::DnsCmd,
+    },
+    /// Check the deployed regions as a client sees them: DNS answers, /v2/, /readyz, SRV.
+    Doctor(doctor::DoctorArgs),
+    /// Add or remove a region of the running cluster.
+    Region {
+        #[command(subcommand)]
+        cmd: region::RegionCmd,
+    },
+    /// Every region's role, term, leader, applied index, lag, pin backlog and bytes replicated.
+    Status(status::StatusArgs),
+    /// Start a local three-region cluster (us, eu, asia) on loopback under one data directory.
+    Up(up::UpArgs),
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let config = cli.config;
+    // The node's configuration, for the commands that use it; the others never read it.
+    let load = || -> anyhow::Result<Config> {
+        let cfg = Config::load(config.as_deref())?;
+        afreg_node::telemetry::init_logs(&cfg.log);
+        Ok(cfg)
+    };
+    let result = match cli.cmd {
+        Cmd::Serve(args) => match load() {
+            Ok(cfg) => serve::run(args, cfg).await,
+            Err(e) => exit_config(e),
+        },
+        Cmd::User { cmd } => match load() {
+            Ok(cfg) => user::run(cmd, &cfg).await,
+            Err(e) => exit_config(e),
+        },
+        Cmd::Key { cmd } => match load() {
+            Ok(cfg) => key::run(cmd, &cfg),
+            Err(e) => exit_config(e),
+        },
+        Cmd::Region { cmd } => match load() {
+            Ok(cfg) => region::run(cmd, &cfg).await,
+            Err(e) => exit_config(e),
+        },
+        Cmd::Status(args) => status::run(args, load).await,
+        Cmd::Sdl { cmd } => sdl::run(cmd),
+        Cmd::Dns { cmd } => dns::run(cmd),
+        Cmd::Doctor(args) => doctor::run(args).await,
+        Cmd::Up(args) => up::run(args).await,
+    };
+    if let Err(e) = result {
+        eprintln!("afreg: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// A configuration that does not load is a usage error (exit 2), reported as it is.
+fn exit_config(e: anyhow::Error) -> ! {
+    eprintln!("afreg: {e:#}");
+    std::process::exit(2)
+}

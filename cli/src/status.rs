@@ -1,0 +1,52 @@
+//! `afreg status`: every region's role, term, leader, applied index, lag, pin backlog and bytes
+//! replicated, from a region's public `/status`.
+
+use std::time::Duration;
+
+use afreg_node::config::Config;
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// A region's public URL; defaults to `server.public_url` of the configuration.
+    #[arg(long)]
+    url: Option<String>,
+    /// Print the JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `load` reads the configuration, needed only when no `--url` is given.
+pub async fn run(args: StatusArgs, load: impl FnOnce() -> anyhow::Result<Config>) -> anyhow::Result<()> {
+    let url = match args.url {
+        Some(u) => u,
+        None => load()?.server.public_url,
+    };
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let v: serde_json::Value = http.get(format!("{}/status", url.trim_end_matches('/'))).send().await?.error_for_status()?.json().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{:<4} {:<10} {:<10} {:>5} {:>7} {:>9} {:>5} {:>8} {:>14}  {}",
+        "ID", "REGION", "ROLE", "TERM", "LEADER", "APPLIED", "LAG", "PIN-Q", "REPLICATED-B", "URL"
+    );
+    let opt = |x: &serde_json::Value| if x.is_null() { "-".to_owned() } else { x.to_string().trim_matches('"').to_owned() };
+    for r in v["regions"].as_array().into_iter().flatten() {
+        let role = if r["reachable"] == true { opt(&r["role"]) } else { "unreachable".into() };
+        println!(
+            "{:<4} {:<10} {:<10} {:>5} {:>7} {:>9} {:>5} {:>8} {:>14}  {}",
+            opt(&r["id"]),
+            opt(&r["name"]),
+            role,
+            opt(&r["term"]),
+            opt(&r["leader"]),
+            opt(&r["last_applied"]),
+            opt(&r["replication_lag"]),
+            opt(&r["pin_backlog"]),
+            opt(&r["replicated_bytes"]),
+            opt(&r["url"]),
+        );
+    }
+    Ok(())
+}

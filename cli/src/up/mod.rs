@@ -1,0 +1,555 @@
+//! `afreg up`: the local three-region cluster of the README's first command, so that anyone can
+//! try replication, failover and the clients on one machine without writing a single config.
+//! Every region of `regions/` gets, under one data directory, its own PostgreSQL cluster, its own
+//! Kubo daemon (loopback only, offline, never the `server` profile) and its own `afreg serve`, on
+//! the region file's `[local]` ports (plus `--port-shift`); the nodes form one Raft group from a
+//! static bootstrap list and share one cluster secret. The first run creates the `admin` user;
+//! every run writes `cluster.json`. Ctrl-C (or SIGTERM) stops everything in order: the nodes, then
+//! Kubo, then Postgres. Running it again reuses the data.
+//!
+//! Every child runs in its own process group, so a Ctrl-C in the terminal reaches only this
+//! process, which then stops the children in that order.
+
+use std::fs;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use afreg_config::{random_secret, write_private, Action, BootstrapPeer, Config, LogFormat};
+use afreg_deploy::local::kubo::{self, KuboPorts};
+use afreg_deploy::local::postgres::{self, Postgres, StopMode};
+use afreg_deploy::local::{self as recipes, append_log, create_traversable_dir, is_root, tail, terminate};
+use afreg_deploy::regions::RegionFile;
+use anyhow::{anyhow, bail, Context as _};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::client::InternalClient;
+
+/// How long each node, then the cluster, has to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node or a Kubo has after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Lines of a log quoted in an error.
+const TAIL_LINES: usize = 20;
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Data directory holding every region's Postgres, Kubo, config and logs.
+    #[arg(long, default_value = ".data/cluster")]
+    pub data: PathBuf,
+    /// Directory of region files.
+    #[arg(long, default_value = "regions")]
+    pub regions: PathBuf,
+    /// Added to every local port of the region files (to run beside something else).
+    #[arg(long, default_value_t = 0)]
+    pub port_shift: u16,
+}
+
+/// One region on this machine: its directory and its (shifted) ports.
+struct LocalRegion {
+    name: String,
+    id: u64,
+    dir: PathBuf,
+    registry: u16,
+    internal: u16,
+    postgres: u16,
+    kubo: KuboPorts,
+}
+
+impl LocalRegion {
+    fn new(r: &RegionFile, data: &Path, shift: u16) -> anyhow::Result<LocalRegion> {
+        let p = |port: u16| {
+            let name = &r.name;
+            port.checked_add(shift).ok_or_else(|| anyhow!("region {name}: port {port} + --port-shift {shift} is over 65535"))
+        };
+        Ok(LocalRegion {
+            name: r.name.clone(),
+            id: r.raft_id,
+            dir: data.join(&r.name),
+            registry: p(r.local.registry)?,
+            internal: p(r.local.internal)?,
+            postgres: p(r.local.postgres)?,
+            kubo: KuboPorts { api: p(r.local.kubo_api)?, gateway: p(r.local.kubo_gateway)?, swarm: p(r.local.kubo_swarm)? },
+        })
+    }
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.registry)
+    }
+    fn internal_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.internal)
+    }
+    fn pg_dir(&self) -> PathBuf {
+        self.dir.join("pg")
+    }
+    fn kubo_repo(&self) -> PathBuf {
+        self.dir.join("kubo")
+    }
+    fn kubo_log(&self) -> PathBuf {
+        self.dir.join("kubo.log")
+    }
+    fn config(&self) -> PathBuf {
+        self.dir.join("afreg.toml")
+    }
+    fn log(&self) -> PathBuf {
+        self.dir.join("afreg.log")
+    }
+    fn ports(&self) -> [(u16, &'static str); 6] {
+        [
+            (self.registry, "registry"),
+            (self.internal, "internal"),
+            (self.postgres, "postgres"),
+            (self.kubo.api, "kubo_api"),
+            (self.kubo.swarm, "kubo_swarm"),
+            (self.kubo.gateway, "kubo_gateway"),
+        ]
+    }
+
+    /// The node's configuration: loopback listeners, this region's Postgres and Kubo, anonymous
+    /// pull, and a static bootstrap list of every region with loopback Raft timings.
+    fn node_config(&self, all: &[LocalRegion], secret_file: &Path) -> Config {
+        let mut c = Config::default();
+        c.server.listen = ([127, 0, 0, 1], self.registry).into();
+        c.server.public_url = self.url();
+        c.database.url = postgres::url(self.postgres);
+        c.kubo.api_url = kubo::api_url(self.kubo.api);
+        c.auth.signing_key = self.dir.join("signing-key.pem");
+        c.auth.anonymous = vec![Action::Pull];
+        c.cluster.id = self.id;
+        c.cluster.region = self.name.clone();
+        c.cluster.listen = ([127, 0, 0, 1], self.internal).into();
+        c.cluster.advertise_url = self.internal_url();
+        c.cluster.secret_file = secret_file.to_owned();
+        c.cluster.kubo_swarm_addrs = vec![format!("/ip4/127.0.0.1/tcp/{}", self.kubo.swarm)];
+        c.cluster.bootstrap =
+            all.iter().map(|o| BootstrapPeer { id: o.id, name: o.name.clone(), url: o.internal_url(), api_url: o.url() }).collect();
+        // Loopback round trips are sub-millisecond: faster failover than the WAN defaults.
+        c.cluster.heartbeat_ms = 250;
+        c.cluster.election_timeout_min_ms = 1000;
+        c.cluster.election_timeout_max_ms = 2000;
+        c.log.format = LogFormat::Json;
+        c
+    }
+}
+
+/// A child process of one region.
+struct Proc {
+    region: String,
+    log: PathBuf,
+    child: Child,
+    exited: bool,
+}
+
+/// What has been started, so that it can be stopped: nodes, then Kubo, then Postgres.
+#[derive(Default)]
+struct Running {
+    /// Postgres data directories (Postgres is started by `pg_ctl` and outlives it).
+    postgres: Vec<PathBuf>,
+    kubos: Vec<Proc>,
+    nodes: Vec<Proc>,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Installed first: a Ctrl-C during start-up stops what has started so far.
+    let mut stop = StopSignals::new()?;
+    let regions = afreg_deploy::regions::load_dir(&args.regions)
+        .with_context(|| format!("reading the region files in {}", args.regions.display()))?;
+    let locals_under =
+        |data: &Path| regions.iter().map(|r| LocalRegion::new(r, data, args.port_shift)).collect::<anyhow::Result<Vec<_>>>();
+    check_ports_free(&locals_under(&args.data)?)?;
+    let data = prepare_data_dir(&args.data)?;
+    let locals = locals_under(&data)?;
+    let secret_file = ensure_secret(&data)?;
+
+    let mut running = Running::default();
+    let started = tokio::select! {
+        r = start_all(&locals, &data, &secret_file, &mut running) => Some(r),
+        _ = stop.recv() => None,
+    };
+    match started {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            eprintln!("afreg up: start-up failed, stopping what was started");
+            shutdown(running).await;
+            return Err(e);
+        }
+        None => {
+            eprintln!("afreg up: interrupted during start-up, stopping");
+            shutdown(running).await;
+            return Ok(());
+        }
+    }
+    print_summary(&locals, &data);
+
+    tokio::select! {
+        _ = stop.recv() => {}
+        _ = watch_nodes(&mut running.nodes) => {}
+    }
+    println!("afreg up: stopping");
+    shutdown(running).await;
+    println!("afreg up: stopped");
+    Ok(())
+}
+
+/// Starts every region's Postgres and Kubo, then every node; waits for the nodes and a leader;
+/// creates the admin user on the first run; writes `cluster.json`.
+async fn start_all(locals: &[LocalRegion], data: &Path, secret_file: &Path, running: &mut Running) -> anyhow::Result<()> {
+    for l in locals {
+        create_traversable_dir(&l.dir)?;
+        // Recorded before it starts: an interrupted start is still stopped.
+        running.postgres.push(l.pg_dir());
+        let (pg, port) = (l.pg_dir(), l.postgres);
+        blocking(move || start_postgres(&pg, port))
+            .await
+            .with_context(|| format!("region {}: PostgreSQL (log {})", l.name, Postgres::log_of(&l.pg_dir()).display()))?;
+        let kubo = start_kubo(l).await.with_context(|| format!("region {}: Kubo (log {})", l.name, l.kubo_log().display()))?;
+        running.kubos.push(kubo);
+    }
+    for l in locals {
+        write_config(l, locals, secret_file).with_context(|| format!("region {}: writing {}", l.name, l.config().display()))?;
+        running.nodes.push(start_node(l)?);
+    }
+    for (l, node) in locals.iter().zip(running.nodes.iter_mut()) {
+        wait_healthy(l, &mut node.child).await?;
+    }
+    wait_leader(locals).await?;
+    let password = ensure_admin(data, locals).await?;
+    write_cluster_json(data, locals, secret_file, &password)?;
+    Ok(())
+}
+
+/// Runs a blocking recipe off the runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await.context("a start-up step panicked")?
+}
+
+// ---- the data directory ------------------------------------------------------------------------
+
+/// Creates the data directory and returns its absolute path. When we are root, Postgres runs as
+/// `postgres` and must traverse it and every parent.
+fn prepare_data_dir(data: &Path) -> anyhow::Result<PathBuf> {
+    create_traversable_dir(data)?;
+    let data = fs::canonicalize(data)?;
+    if is_root() {
+        for dir in data.ancestors().skip(1) {
+            let mode = fs::metadata(dir)?.mode();
+            if mode & 0o001 == 0 {
+                bail!(
+                    "PostgreSQL runs as user postgres and must traverse {}, but {} is mode {:o}: \
+                     choose another --data or `chmod o+x {}`",
+                    data.display(),
+                    dir.display(),
+                    mode & 0o7777,
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(data)
+}
+
+/// Fails early, naming the port, when something else (another `afreg up`?) listens already.
+fn check_ports_free(locals: &[LocalRegion]) -> anyhow::Result<()> {
+    for l in locals {
+        for (port, what) in l.ports() {
+            if TcpListener::bind(("127.0.0.1", port)).is_err() {
+                bail!(
+                    "region {}: port {port} ({what}) is in use: is another `afreg up` running? \
+                     (--port-shift moves every port)",
+                    l.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The one cluster secret of every region: 40 random characters, created once, mode 0600.
+fn ensure_secret(data: &Path) -> anyhow::Result<PathBuf> {
+    let file = data.join("cluster-secret");
+    if !file.exists() {
+        write_private(&file, &random_secret(40)).with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(file)
+}
+
+// ---- Postgres and Kubo -----------------------------------------------------------------------
+
+/// The region's Postgres (created on the first run), started, with its database.
+fn start_postgres(pg: &Path, port: u16) -> anyhow::Result<()> {
+    let bin = Postgres::find()?;
+    if !pg.exists() {
+        bin.initdb(pg)?;
+    }
+    bin.start(pg, port, &[])?;
+    bin.ensure_database(port)?;
+    Ok(())
+}
+
+/// The region's Kubo (its repository created on the first run), started in its own process
+/// group, once its API listens.
+async fn start_kubo(l: &LocalRegion) -> anyhow::Result<Proc> {
+    let (repo, ports, log) = (l.kubo_repo(), l.kubo, l.kubo_log());
+    let child = blocking(move || {
+        if !repo.exists() {
+            kubo::init(&repo, ports, |_| {})?;
+        }
+        let out = append_log(&log)?;
+        let mut c = kubo::daemon(&repo, &[]);
+        c.stdout(out.try_clone()?).stderr(out).process_group(0);
+        let mut child = c.spawn().context("spawning `ipfs daemon` (is Kubo installed? run scripts/setup.sh)")?;
+        if let Err(e) = recipes::wait_listening(&mut child, ports.api, START_TIMEOUT, "ipfs daemon", &log) {
+            terminate(&mut child, STOP_GRACE);
+            return Err(e.into());
+        }
+        Ok(child)
+    })
+    .await?;
+    Ok(Proc { region: l.name.clone(), log: l.kubo_log(), child, exited: false })
+}
+
+// ---- the nodes -------------------------------------------------------------------------------
+
+/// The node's configuration, written once: an edited file is kept across runs.
+fn write_config(l: &LocalRegion, all: &[LocalRegion], secret_file: &Path) -> anyhow::Result<()> {
+    if l.config().exists() {
+        return Ok(());
+    }
+    let text = format!(
+        "# Written by `afreg up` for region {}; edit freely, it is kept across runs.\n{}",
+        l.name,
+        l.node_config(all, secret_file).to_toml()?
+    );
+    fs::write(l.config(), text)?;
+    Ok(())
+}
+
+/// `afreg serve --config <dir>/afreg.toml`, output appended to `<dir>/afreg.log`.
+fn start_node(l: &LocalRegion) -> anyhow::Result<Proc> {
+    let log = append_log(&l.log())?;
+    let exe = std::env::current_exe().context("locating the afreg binary")?;
+    let mut c = Command::new(exe);
+    c.arg("serve")
+        .arg("--config")
+        .arg(l.config())
+        .current_dir(&l.dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    // Only the file's settings: the caller's AFREG_CONFIG or AFREG_SECTION__FIELD would override it.
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k == "AFREG_CONFIG" || (k.starts_with("AFREG_") && k.contains("__"))) {
+            c.env_remove(k);
+        }
+    }
+    let child = c.spawn().with_context(|| format!("region {}: spawning afreg serve", l.name))?;
+    Ok(Proc { region: l.name.clone(), log: l.log(), child, exited: false })
+}
+
+/// Waits until the node answers `GET /healthz` with 200; fails at once if it exits.
+async fn wait_healthy(l: &LocalRegion, child: &mut Child) -> anyhow::Result<()> {
+    let url = format!("{}/healthz", l.url());
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("region {}: afreg serve exited ({status}); see {}:\n{}", l.name, l.log().display(), tail(&l.log(), TAIL_LINES));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "region {}: {url} did not answer 200 within {START_TIMEOUT:?}; see {}:\n{}",
+                l.name,
+                l.log().display(),
+                tail(&l.log(), TAIL_LINES)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls every region's `/status?scope=local` until one of them is the leader (a leader id alone
+/// can be the one remembered from the last run, before any election).
+async fn wait_leader(locals: &[LocalRegion]) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        for l in locals {
+            let status: Option<serde_json::Value> = match http.get(format!("{}/status?scope=local", l.url())).send().await {
+                Ok(r) if r.status().is_success() => r.json().await.ok(),
+                _ => None,
+            };
+            if status.is_some_and(|s| s["raft"]["role"] == "leader" && s["raft"]["leader"].is_u64()) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            let tails: Vec<String> = locals
+                .iter()
+                .map(|l| format!("--- region {}: {} ---\n{}", l.name, l.log().display(), tail(&l.log(), TAIL_LINES)))
+                .collect();
+            bail!("no region reported a Raft leader within {START_TIMEOUT:?}\n{}", tails.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// On the first run, creates `admin` (every grant) through the us region's internal endpoint,
+/// as `afreg user add admin --password-stdin` does; the user is replicated to every region.
+/// Later runs read the password back from `<data>/admin-password`.
+async fn ensure_admin(data: &Path, locals: &[LocalRegion]) -> anyhow::Result<String> {
+    let file = data.join("admin-password");
+    if file.exists() {
+        return Ok(fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?.trim().to_owned());
+    }
+    let region = locals.iter().find(|l| l.name == "us").unwrap_or(&locals[0]);
+    let cfg = Config::load_from(Some(&region.config()), [])?;
+    let password = random_secret(24);
+    let all = Action::ALL.iter().map(|a| a.as_str().to_owned()).collect();
+    let cmd = crate::user::put_user("admin", &password, vec![("*".into(), all)]);
+    let internal = InternalClient::new(&cfg, None)?;
+    // A leader is known already; a write can still meet an election in progress (503): retry.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match internal.write(&cmd).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => {
+                let log = region.log();
+                return Err(e).with_context(|| format!("region {}: creating the admin user; see {}", region.name, log.display()));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    write_private(&file, &password).with_context(|| format!("writing {}", file.display()))?;
+    Ok(password)
+}
+
+/// `<data>/cluster.json`: every region's URLs, ports, files, and the admin user (mode 0600).
+fn write_cluster_json(data: &Path, locals: &[LocalRegion], secret_file: &Path, password: &str) -> anyhow::Result<()> {
+    let regions: serde_json::Map<String, serde_json::Value> = locals
+        .iter()
+        .map(|l| {
+            let region = serde_json::json!({
+                "id": l.id,
+                "url": l.url(),
+                "internal_url": l.internal_url(),
+                "registry_port": l.registry,
+                "internal_port": l.internal,
+                "postgres_port": l.postgres,
+                "postgres_url": postgres::url(l.postgres),
+                "kubo_api": kubo::api_url(l.kubo.api),
+                "kubo_swarm_port": l.kubo.swarm,
+                "kubo_gateway_port": l.kubo.gateway,
+                "data_dir": l.dir,
+                "config": l.config(),
+                "log": l.log(),
+            });
+            (l.name.clone(), region)
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "regions": regions,
+        "admin": {"username": "admin", "password": password},
+        "cluster_secret_file": secret_file,
+    });
+    let path = data.join("cluster.json");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(serde_json::to_string_pretty(&doc)?.as_bytes())?;
+    f.write_all(b"\n")?;
+    Ok(())
+}
+
+fn print_summary(locals: &[LocalRegion], data: &Path) {
+    for l in locals {
+        println!("{:<6} {}", l.name, l.url());
+    }
+    println!("admin password: {} (user admin)", data.join("admin-password").display());
+    println!("cluster.json:   {}", data.join("cluster.json").display());
+    println!("logs:           {}/<region>/afreg.log", data.display());
+    println!("Ctrl-C stops the cluster");
+}
+
+/// Reports a node that exits on its own; the other regions keep running (a region down is a
+/// thing to try). Never returns.
+async fn watch_nodes(nodes: &mut [Proc]) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for n in nodes.iter_mut().filter(|n| !n.exited) {
+            if let Ok(Some(status)) = n.child.try_wait() {
+                n.exited = true;
+                eprintln!("afreg up: region {} exited ({status}); see {}", n.region, n.log.display());
+            }
+        }
+    }
+}
+
+// ---- shutdown --------------------------------------------------------------------------------
+
+/// SIGINT, SIGTERM and SIGHUP: each asks for a clean stop.
+struct StopSignals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<StopSignals> {
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+    }
+}
+
+/// Stops the nodes, then Kubo, then Postgres (`pg_ctl -m fast`), off the runtime.
+async fn shutdown(mut running: Running) {
+    let done = tokio::task::spawn_blocking(move || {
+        terminate_all(&mut running.nodes);
+        terminate_all(&mut running.kubos);
+        if let Ok(bin) = Postgres::find() {
+            for pg in running.postgres.iter().rev() {
+                if let Err(e) = bin.stop(pg, StopMode::Fast) {
+                    eprintln!("afreg up: {e}");
+                }
+            }
+        }
+    });
+    let _ = done.await;
+}
+
+/// SIGTERM to every process at once, then waits for each; kills what has not exited within
+/// [`STOP_GRACE`] of the signal.
+fn terminate_all(procs: &mut [Proc]) {
+    for p in procs.iter_mut() {
+        if let Ok(None) = p.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(p.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    for p in procs.iter_mut() {
+        if terminate(&mut p.child, deadline.saturating_duration_since(Instant::now())).is_none() {
+            eprintln!("afreg up: region {}: {} did not stop within {STOP_GRACE:?}, killed it", p.region, p.log.display());
+        }
+    }
+}

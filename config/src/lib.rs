@@ -1,0 +1,602 @@
+//! The node's configuration: one documented struct per section, read from a TOML file and
+//! overridden by `AFREG_SECTION__FIELD` environment variables, validated once at start-up.
+//!
+//! This is the schema's only definition. `afreg serve` loads it; `afreg up` and the tests build
+//! a [`Config`] value and write it with [`Config::to_toml`]; the Akash SDL's environment lines
+//! are [`Config::env_overrides`] of a region's `Config`. A renamed field is therefore a compile
+//! error wherever a config is built, and [`Config::load_from`] reads back what they write. It is
+//! a crate of its own, without the server's dependencies, so that the deployment tools
+//! (`afreg-deploy`) can build configs without building the server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The prefix of the environment variables that override the file: `AFREG_SECTION__FIELD`.
+pub const ENV_PREFIX: &str = "AFREG_";
+
+/// What is wrong with a configuration, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{field}: invalid URL {value:?}: {reason}")]
+    Url { field: &'static str, value: String, reason: url::ParseError },
+    #[error("cluster secret file {path}: {source}")]
+    SecretFile { path: PathBuf, source: std::io::Error },
+    #[error("cannot write the configuration as TOML: {0}")]
+    Serialize(#[from] toml::ser::Error),
+}
+
+/// An action a grant or anonymous access allows on a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Pull,
+    Push,
+    Delete,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Pull, Action::Push, Action::Delete];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Delete => "delete",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "pull" => Some(Action::Pull),
+            "push" => Some(Action::Push),
+            "delete" => Some(Action::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// Everything `afreg serve` needs. Every field has a default, so an empty file is a valid
+/// single-node configuration against a local Postgres and Kubo.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub kubo: KuboConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+    pub cluster: ClusterConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the public OCI API listens on.
+    pub listen: SocketAddr,
+    /// The URL clients use to reach this node; the token realm is `{public_url}/token`.
+    pub public_url: String,
+    /// TLS certificate chain (PEM, leaf first). With `tls_key`, `listen` serves HTTPS: the node
+    /// terminates TLS itself where no proxy can (Akash's HTTP ingress caps bodies at 100 MiB).
+    /// SIGHUP re-reads both files, so a renewed certificate needs no restart.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `tls_cert`. Set both or neither.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:5000".parse().unwrap(),
+            public_url: "http://127.0.0.1:5000".into(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// `(certificate, key)` when TLS is configured.
+    pub fn tls(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// PostgreSQL connection URL. Migrations are applied at start-up.
+    pub url: String,
+    /// Size of the connection pool of the request path, the pinner and the other duties.
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before answering 503.
+    pub acquire_timeout_secs: u64,
+    /// Connections reserved for this region's Raft log and state machine, in a pool of their
+    /// own that the request path never takes from: a burst of pushes cannot starve Raft.
+    pub raft_max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/afreg".into(),
+            max_connections: 16,
+            acquire_timeout_secs: 5,
+            raft_max_connections: 6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KuboConfig {
+    /// Kubo's RPC API. It must never be reachable from outside the region.
+    pub api_url: String,
+    /// Timeout for short RPC calls (`id`, `pin/rm`, `block/stat`), and the longest a blob
+    /// stream to or from Kubo may go without a byte before it is ended with an error.
+    pub timeout_secs: u64,
+    /// Timeout passed to Kubo's `pin/add`, which otherwise hangs when no peer has the content.
+    pub pin_timeout_secs: u64,
+    /// Chunker passed to `add`; a blob no larger than one chunk gets a CID equal to its sha256.
+    pub chunker: String,
+    /// Kubo's repository GC (`repo/gc`) runs at most this often, and only after something was
+    /// unpinned or an upload was rejected, so that rejected, cancelled, deleted and collected
+    /// blobs leave the disk. 0 turns it off. Kubo pauses pins and adds while its GC runs.
+    pub gc_interval_secs: u64,
+    /// The longest one `repo/gc` may run before the node gives up waiting for it.
+    pub gc_timeout_secs: u64,
+}
+
+impl Default for KuboConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "http://127.0.0.1:5001".into(),
+            timeout_secs: 30,
+            pin_timeout_secs: 120,
+            chunker: "size-1048576".into(),
+            gc_interval_secs: 600,
+            gc_timeout_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Largest manifest accepted, in bytes (inclusive); larger ones get 413.
+    pub max_manifest_bytes: usize,
+    /// Upload sessions untouched for this long are removed, with whatever they staged.
+    pub upload_ttl_secs: u64,
+    /// How often the stale-upload sweeper runs.
+    pub upload_sweep_interval_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            max_manifest_bytes: 4 * 1024 * 1024,
+            upload_ttl_secs: 24 * 3600,
+            upload_sweep_interval_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// When false, every request is allowed and no token is needed (for a private network).
+    pub enabled: bool,
+    /// The token `service` and JWT audience.
+    pub service: String,
+    /// The JWT issuer.
+    pub issuer: String,
+    /// RSA private key (PKCS#8 or PKCS#1 PEM) that signs tokens; created if missing.
+    pub signing_key: PathBuf,
+    /// Lifetime of issued tokens.
+    pub token_ttl_secs: u64,
+    /// Actions granted on every repository to clients without credentials:
+    /// `[]` for a private registry, `["pull"]` for anonymous pull.
+    pub anonymous: Vec<Action>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            service: "afreg".into(),
+            issuer: "afreg".into(),
+            signing_key: PathBuf::from("afreg-signing-key.pem"),
+            token_ttl_secs: 300,
+            anonymous: vec![],
+        }
+    }
+}
+
+/// This region's place in the cluster. Without a `[cluster]` section the node is a cluster of
+/// one region (id 1), which still commits every write through its Raft log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This region's Raft id. Never reused: a removed region's id is retired.
+    pub id: u64,
+    /// This region's name, e.g. `eu`.
+    pub region: String,
+    /// The internal listener (Raft, forwarded writes, pin status, membership). Keep it off the
+    /// public internet or behind a private link; every request needs the cluster secret.
+    pub listen: SocketAddr,
+    /// The URL other regions use to reach `listen` (a proxy or tunnel in front of it is fine).
+    pub advertise_url: String,
+    /// The shared cluster secret (at least 16 characters). Prefer `secret_file` or the
+    /// `AFREG_CLUSTER__SECRET` variable over writing it in the file.
+    pub secret: Option<String>,
+    /// A file holding the secret; created with a random secret if missing and `secret` is unset.
+    pub secret_file: PathBuf,
+    /// The voters of a brand-new cluster, this region included: `[{id, name, url}]` where
+    /// `url` is the region's internal URL. Used once, by the lowest id, to initialize.
+    pub bootstrap: Vec<BootstrapPeer>,
+    /// Instead of `bootstrap`: find the regions of a new cluster through the SRV records
+    /// `_afreg-internal._tcp.<zone>` (what `afreg dns render` publishes) and ask each who it
+    /// is; the lowest id initializes once every listed region answered.
+    pub discovery_zone: Option<String>,
+    /// The DNS server for `discovery_zone` (`IP:PORT`); unset means the system resolver.
+    pub dns_server: Option<SocketAddr>,
+    /// Set on a region that an operator adds with `afreg region add`: it waits to be joined
+    /// and never initializes a cluster of its own.
+    pub join: bool,
+    /// Kubo swarm addresses the other regions dial; empty means those Kubo announces.
+    pub kubo_swarm_addrs: Vec<String>,
+    /// Raft timings (defaults hold over 100–300 ms WAN round trips).
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// How long a write may wait for quorum and local apply before it is answered 503.
+    pub write_timeout_ms: u64,
+    /// Log entries between snapshots.
+    pub snapshot_every: u64,
+    /// Pins in flight at once, and the longest wait between retries of a failing pin.
+    pub pin_concurrency: usize,
+    pub pin_max_backoff_secs: u64,
+    /// How often Kubo's pins are reconciled with what the region needs: stray pins removed,
+    /// records of pins Kubo lost dropped (and pinned again).
+    pub pin_reconcile_secs: u64,
+    /// Blobs no manifest references are unlinked this long after they were linked.
+    pub gc_grace_secs: u64,
+    pub gc_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapPeer {
+    pub id: u64,
+    pub name: String,
+    /// The region's internal URL (its `advertise_url`).
+    pub url: String,
+    /// Its public registry URL, if known; the region announces it itself anyway.
+    #[serde(default)]
+    pub api_url: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            region: "local".into(),
+            listen: "127.0.0.1:5100".parse().unwrap(),
+            advertise_url: "http://127.0.0.1:5100".into(),
+            secret: None,
+            secret_file: PathBuf::from("afreg-cluster-secret"),
+            bootstrap: vec![],
+            discovery_zone: None,
+            dns_server: None,
+            join: false,
+            kubo_swarm_addrs: vec![],
+            // They hold over 100–300 ms WAN round trips.
+            heartbeat_ms: 600,
+            election_timeout_min_ms: 2000,
+            election_timeout_max_ms: 4000,
+            write_timeout_ms: 10_000,
+            snapshot_every: 5000,
+            pin_concurrency: 4,
+            pin_max_backoff_secs: 300,
+            pin_reconcile_secs: 300,
+            gc_grace_secs: 24 * 3600,
+            gc_interval_secs: 3600,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The secret from `secret`, else from `secret_file` (created with a random secret if
+    /// `create` and missing).
+    pub fn read_secret(&self, create: bool) -> Result<String, ConfigError> {
+        if let Some(s) = &self.secret {
+            return Ok(s.clone());
+        }
+        let p = &self.secret_file;
+        let err = |source| ConfigError::SecretFile { path: p.clone(), source };
+        if !p.exists() && create {
+            write_private(p, &random_secret(40)).map_err(err)?;
+            tracing::info!(event = "cluster_secret_created", path = %p.display(), "created a new cluster secret");
+        }
+        std::fs::read_to_string(p).map_err(err)
+    }
+}
+
+/// `n` random alphanumeric characters (cluster secrets, generated passwords).
+pub fn random_secret(n: usize) -> String {
+    use rand::Rng;
+    rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(n).map(char::from).collect()
+}
+
+/// Creates a file only its owner can read; fails if it exists.
+pub fn write_private(p: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(p)?;
+    f.write_all(content.as_bytes())
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `afreg=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Json, level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if given), then the process's `AFREG_SECTION__FIELD`
+    /// variables (other `AFREG_` variables, such as `AFREG_CONFIG` or `AFREG_TOOLS`, are not
+    /// configuration).
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(path, std::env::vars())
+    }
+
+    /// [`Config::load`] with these variables in place of the process's environment.
+    pub fn load_from(path: Option<&Path>, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(ConfigError::Missing(p.to_owned()));
+            }
+            fig = fig.merge(Toml::file(p));
+        }
+        fig = fig.merge(EnvVars(vars.into_iter().collect()));
+        let cfg: Config = fig.extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The configuration as a TOML document, which [`Config::load`] reads back as it is.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// Every field that differs from its default, as the `AFREG_SECTION__FIELD=value`
+    /// variables that set it (in the order of the fields): a configuration carried in an environment, as a
+    /// container's. Strings are written as they are; other values as JSON, which the loader
+    /// reads back (`[\"a\"]` is an array, `true` a bool).
+    pub fn env_overrides(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        let ours = toml::Table::try_from(self)?;
+        let defaults = toml::Table::try_from(Config::default())?;
+        let mut out = vec![];
+        for (section, fields) in &ours {
+            let (Some(fields), default) = (fields.as_table(), defaults.get(section).and_then(|d| d.as_table())) else {
+                return Err(ConfigError::Invalid(format!("{section} is not a section")));
+            };
+            for (field, value) in fields {
+                if default.and_then(|d| d.get(field)) == Some(value) {
+                    continue;
+                }
+                let key = format!("{ENV_PREFIX}{}__{}", section.to_uppercase(), field.to_uppercase());
+                let text = match value {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    toml::Value::Array(_) if is_string_array(value) => {
+                        let items: Vec<String> = value.as_array().into_iter().flatten().map(|v| format!("{:?}", v.as_str().unwrap_or(""))).collect();
+                        format!("[{}]", items.join(","))
+                    }
+                    other => {
+                        return Err(ConfigError::Invalid(format!(
+                            "{section}.{field} = {other} cannot be carried in an environment variable; set it in the file"
+                        )))
+                    }
+                };
+                out.push((key, text));
+            }
+        }
+        Ok(out)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !self.kubo.chunker.starts_with("size-") {
+            return bad("kubo.chunker must be of the form size-N");
+        }
+        if self.storage.max_manifest_bytes == 0 {
+            return bad("storage.max_manifest_bytes must be positive");
+        }
+        if self.auth.token_ttl_secs < 60 {
+            return bad("auth.token_ttl_secs must be at least 60");
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return bad("server.tls_cert and server.tls_key must be set together");
+        }
+        url_ok("server.public_url", &self.server.public_url)?;
+        url_ok("kubo.api_url", &self.kubo.api_url)?;
+        url_ok("cluster.advertise_url", &self.cluster.advertise_url)?;
+        let c = &self.cluster;
+        if c.election_timeout_min_ms < 3 * c.heartbeat_ms || c.election_timeout_max_ms <= c.election_timeout_min_ms {
+            return bad("cluster: election_timeout_min_ms must be at least 3 x heartbeat_ms, and max > min");
+        }
+        if !c.bootstrap.is_empty() && c.discovery_zone.is_some() {
+            return bad("cluster: set bootstrap or discovery_zone, not both");
+        }
+        if !c.bootstrap.is_empty() && !c.bootstrap.iter().any(|p| p.id == c.id) {
+            return bad(&format!("cluster.bootstrap must list this region (id {})", c.id));
+        }
+        for p in &c.bootstrap {
+            url_ok("cluster.bootstrap url", &p.url)?;
+        }
+        if c.listen.port() == self.server.listen.port() && c.listen.ip() == self.server.listen.ip() {
+            return bad("cluster.listen must differ from server.listen: internal endpoints stay off the public API");
+        }
+        Ok(())
+    }
+
+    pub fn kubo_timeout(&self) -> Duration {
+        Duration::from_secs(self.kubo.timeout_secs)
+    }
+}
+
+/// `AFREG_SECTION__FIELD` variables as a figment provider, read as figment's own `Env` reads
+/// them (`SECTION__FIELD` is `section.field`; a value is parsed as a bool, a number, an array
+/// such as `["a","b"]`, or else a string) but from any list of variables, not only the
+/// process's, so that a container's environment can be checked before it is deployed. Errors
+/// name the variable.
+struct EnvVars(Vec<(String, String)>);
+
+impl figment::Provider for EnvVars {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable")
+            .interpolater(|_, keys| format!("{ENV_PREFIX}{}", keys.iter().map(|k| k.to_uppercase()).collect::<Vec<_>>().join("__")))
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (key, value) in &self.0 {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX).filter(|r| r.contains("__")) else { continue };
+            let path = rest.to_lowercase().replace("__", ".");
+            let value: figment::value::Value = value.parse().expect("parsing a figment value is infallible");
+            let nested = figment::util::nest(&path, value).into_dict().expect("nest makes a dict");
+            for (k, v) in nested {
+                let merged = match dict.remove(&k) {
+                    Some(old) => merge_values(old, v),
+                    None => v,
+                };
+                dict.insert(k, merged);
+            }
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+/// `b` over `a`, dictionaries merged key by key.
+fn merge_values(a: figment::value::Value, b: figment::value::Value) -> figment::value::Value {
+    use figment::value::Value;
+    match (a, b) {
+        (Value::Dict(tag, mut a), Value::Dict(_, b)) => {
+            for (k, v) in b {
+                let merged = match a.remove(&k) {
+                    Some(old) => merge_values(old, v),
+                    None => v,
+                };
+                a.insert(k, merged);
+            }
+            Value::Dict(tag, a)
+        }
+        (_, b) => b,
+    }
+}
+
+fn is_string_array(v: &toml::Value) -> bool {
+    v.as_array().is_some_and(|a| a.iter().all(|x| x.is_str()))
+}
+
+fn url_ok(field: &'static str, v: &str) -> Result<(), ConfigError> {
+    url::Url::parse(v).map(|_| ()).map_err(|reason| ConfigError::Url { field, value: v.to_owned(), reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_valid_and_env_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[auth]\nanonymous = [\"pull\"]\n").unwrap();
+        std::env::set_var("AFREG_TOOLS", "/not/config");
+        std::env::set_var("AFREG_STORAGE__UPLOAD_TTL_SECS", "42");
+        let c = Config::load(Some(&p)).unwrap();
+        std::env::remove_var("AFREG_STORAGE__UPLOAD_TTL_SECS");
+        assert_eq!(c.storage.upload_ttl_secs, 42);
+        assert_eq!(c.auth.anonymous, vec![Action::Pull]);
+        assert_eq!(c.storage.max_manifest_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn tls_is_off_by_default_and_needs_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "").unwrap();
+        assert!(Config::load(Some(&p)).unwrap().server.tls().is_none());
+        std::fs::write(&p, "[server]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n").unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.server.tls(), Some((std::path::Path::new("c.pem"), std::path::Path::new("k.pem"))));
+        std::fs::write(&p, "[server]\ntls_cert = \"c.pem\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("server.tls_key"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[server]\nlistn = \"x\"\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("listn"), "{e}");
+    }
+
+    #[test]
+    fn a_written_config_and_its_env_overrides_read_back_the_same() {
+        let mut c = Config::default();
+        c.server.public_url = "https://registry-eu.example.org".into();
+        c.server.tls_cert = Some("/data/tls/tls.crt".into());
+        c.server.tls_key = Some("/data/tls/tls.key".into());
+        c.auth.anonymous = vec![Action::Pull];
+        c.cluster.id = 7;
+        c.cluster.heartbeat_ms = 250;
+        c.cluster.election_timeout_min_ms = 1000;
+        c.cluster.election_timeout_max_ms = 2000;
+        c.cluster.kubo_swarm_addrs = vec!["/dns4/registry-eu.example.org/tcp/4001".into()];
+        c.cluster.bootstrap = vec![BootstrapPeer { id: 7, name: "eu".into(), url: "http://127.0.0.1:5100".into(), api_url: String::new() }];
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, c.to_toml().unwrap()).unwrap();
+        assert_eq!(Config::load_from(Some(&p), []).unwrap(), c);
+
+        // The bootstrap list is an array of tables: an environment cannot carry it.
+        assert!(c.env_overrides().unwrap_err().to_string().contains("cluster.bootstrap"));
+        c.cluster.bootstrap.clear();
+        let env = c.env_overrides().unwrap();
+        assert!(env.contains(&("AFREG_CLUSTER__ID".into(), "7".into())), "{env:?}");
+        assert!(env.contains(&("AFREG_AUTH__ANONYMOUS".into(), "[\"pull\"]".into())), "{env:?}");
+        assert!(!env.iter().any(|(k, _)| k == "AFREG_KUBO__CHUNKER"), "defaults are left out: {env:?}");
+        assert_eq!(Config::load_from(None, env).unwrap(), c);
+    }
+}

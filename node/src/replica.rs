@@ -1,0 +1,399 @@
+//! The node's side of the cluster: starts this region's Raft node from the configuration,
+//! runs its duties (pinner, announcement, garbage collection, token keys, metrics), and builds
+//! the status report of every region (`GET /status`, `afreg status`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use afreg_replication::pinner::{self, Ipfs, PinnerOptions};
+use afreg_replication::store::pins::{self, PinStats};
+use afreg_replication::store::regions;
+use afreg_deploy::discovery::{self, NameServer};
+use afreg_replication::{duties, Cluster, ClusterOptions, ClusterSecret, RaftStatus, Region, Role, Timings};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Keys;
+use crate::config::{ClusterConfig, Config};
+use crate::kubo::{Kubo, KuboError};
+
+/// The region's Kubo as the pinner sees it.
+pub struct KuboIpfs(pub Kubo);
+
+impl Ipfs for KuboIpfs {
+    type Error = KuboError;
+    async fn pin(&self, cid: &str, timeout: Duration) -> Result<(), KuboError> {
+        self.0.pin_add_within(cid, timeout).await
+    }
+    async fn unpin(&self, cid: &str) -> Result<(), KuboError> {
+        self.0.pin_rm(cid).await
+    }
+    async fn peer(&self, addrs: &[String]) -> Result<(), KuboError> {
+        let mut last = Err(KuboError::NoAddress);
+        for a in addrs {
+            last = self.0.peer_with(a).await;
+            if last.is_ok() {
+                break;
+            }
+        }
+        last
+    }
+    async fn pinned(&self) -> Result<Vec<String>, KuboError> {
+        self.0.pinned().await
+    }
+}
+
+/// The cluster secret from the configuration (created in `secret_file` when `create`).
+pub fn cluster_secret(c: &ClusterConfig, create: bool) -> anyhow::Result<ClusterSecret> {
+    Ok(ClusterSecret::new(c.read_secret(create)?)?)
+}
+
+/// Raft's timings from `[cluster]`.
+pub fn timings(c: &ClusterConfig) -> Timings {
+    Timings { heartbeat_ms: c.heartbeat_ms, election_timeout_min_ms: c.election_timeout_min_ms, election_timeout_max_ms: c.election_timeout_max_ms }
+}
+
+/// This region's record for the region list, with whatever Kubo reports now.
+pub async fn this_region(cfg: &Config, kubo: &Kubo, keys: &Keys) -> Region {
+    let (peer, announced) = kubo.identity().await.unwrap_or_default();
+    let addrs = if cfg.cluster.kubo_swarm_addrs.is_empty() { announced } else { cfg.cluster.kubo_swarm_addrs.clone() };
+    Region {
+        name: cfg.cluster.region.clone(),
+        raft_addr: cfg.cluster.advertise_url.clone(),
+        api_url: cfg.server.public_url.clone(),
+        kubo_peer_id: peer,
+        kubo_swarm_addrs: addrs,
+        token_jwk: keys.jwk_json(),
+    }
+}
+
+/// Starts the Raft node (initializing a new cluster when configured to).
+pub async fn start(cfg: &Config, pool: PgPool, me: Region) -> anyhow::Result<Arc<Cluster>> {
+    let c = &cfg.cluster;
+    let bootstrap: Option<BTreeMap<u64, Region>> = if c.join || c.discovery_zone.is_some() {
+        None
+    } else if c.bootstrap.is_empty() {
+        Some(BTreeMap::from([(c.id, me.clone())]))
+    } else {
+        Some(
+            c.bootstrap
+                .iter()
+                .map(|p| {
+                    let region = if p.id == c.id {
+                        me.clone()
+                    } else {
+                        Region { name: p.name.clone(), raft_addr: p.url.clone(), api_url: p.api_url.clone(), ..Default::default() }
+                    };
+                    (p.id, region)
+                })
+                .collect(),
+        )
+    };
+    let opts = ClusterOptions {
+        id: c.id,
+        me,
+        bootstrap,
+        secret: cluster_secret(c, true)?,
+        timings: timings(c),
+        write_timeout: Duration::from_millis(c.write_timeout_ms),
+        snapshot_every: c.snapshot_every,
+    };
+    Cluster::start(pool, opts).await
+}
+
+/// Who a region is, as its internal endpoint tells a region that discovered it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub id: u64,
+    pub name: String,
+    /// Its internal URL (`cluster.advertise_url`).
+    pub url: String,
+    pub api_url: String,
+}
+
+pub fn identity(cfg: &Config) -> Identity {
+    Identity {
+        id: cfg.cluster.id,
+        name: cfg.cluster.region.clone(),
+        url: cfg.cluster.advertise_url.clone(),
+        api_url: cfg.server.public_url.clone(),
+    }
+}
+
+/// For a new cluster configured with `discovery_zone`: finds every region's internal endpoint
+/// through `_afreg-internal._tcp.<zone>`, asks each who it is (with the cluster secret), and
+/// once every listed region answered with a distinct id, initializes the cluster if this
+/// region has the lowest id. Retries every 2 s until this region is part of a cluster.
+async fn discover_and_initialize(cfg: Config, cluster: Arc<Cluster>, me: Region, stop: CancellationToken) {
+    let Some(zone) = cfg.cluster.discovery_zone.clone() else { return };
+    let ns = cfg.cluster.dns_server.map(NameServer::At).unwrap_or(NameServer::System);
+    let scheme = if cfg.server.tls().is_some() { "https" } else { "http" };
+    loop {
+        if cluster.raft.is_initialized().await.unwrap_or(true) {
+            return;
+        }
+        match discover_members(&zone, ns, scheme, cluster.secret()).await {
+            Ok(mut members) if members.contains_key(&cluster.id) => {
+                members.insert(cluster.id, me.clone());
+                match cluster.initialize(members).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(event = "discovery_failed", error = %e, "could not initialize the discovered cluster"),
+                }
+            }
+            Ok(members) => tracing::info!(event = "discovery_wait", found = ?members.keys().collect::<Vec<_>>(),
+                "this region is not among the discovered ones yet"),
+            Err(e) => tracing::info!(event = "discovery_wait", reason = %e, "waiting for every region to be discoverable"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Why the regions of a new cluster are not all known yet.
+#[derive(Debug, thiserror::Error)]
+enum MembersError {
+    #[error(transparent)]
+    Dns(#[from] discovery::DiscoveryError),
+    #[error("{0} has no address")]
+    NoAddress(String),
+    #[error("{url}: {source}")]
+    Ask { url: String, source: reqwest::Error },
+    #[error("{targets} SRV targets answered as {regions} distinct regions (health checks settling?)")]
+    Duplicates { targets: usize, regions: usize },
+}
+
+async fn discover_members(
+    zone: &str,
+    ns: NameServer,
+    scheme: &str,
+    secret: &ClusterSecret,
+) -> Result<BTreeMap<u64, Region>, MembersError> {
+    let resolver = discovery::resolver(ns, None)?;
+    let peers = discovery::discover_internal(&resolver, zone).await?;
+    let mut members = BTreeMap::new();
+    for p in &peers {
+        // Resolve through the same DNS (the regional names may exist only there), but connect
+        // by name so that TLS checks the certificate against it.
+        let addr = discovery::lookup(&resolver, &p.host)
+            .await?
+            .addresses
+            .first()
+            .copied()
+            .ok_or_else(|| MembersError::NoAddress(p.host.clone()))?;
+        let url = format!("{scheme}://{}:{}/internal/identity", p.host, p.port);
+        let ask = |source| MembersError::Ask { url: url.clone(), source };
+        let http = reqwest::Client::builder()
+            .resolve(&p.host, std::net::SocketAddr::new(addr, p.port))
+            .timeout(Duration::from_secs(3))
+            .build()
+            .map_err(ask)?;
+        let who: Identity = http
+            .get(&url)
+            .bearer_auth(secret.expose())
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(ask)?
+            .json()
+            .await
+            .map_err(ask)?;
+        members.insert(who.id, Region { name: who.name, raft_addr: who.url, api_url: who.api_url, ..Default::default() });
+    }
+    if members.len() != peers.len() {
+        return Err(MembersError::Duplicates { targets: peers.len(), regions: members.len() });
+    }
+    Ok(members)
+}
+
+/// Spawns the region's background duties; they end when `stop` is cancelled.
+pub fn spawn_duties(
+    cfg: &Config,
+    pool: PgPool,
+    cluster: Arc<Cluster>,
+    kubo: Kubo,
+    keys: Arc<Keys>,
+    stop: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let c = &cfg.cluster;
+    let mut tasks = Vec::new();
+    let opts = PinnerOptions {
+        pin_timeout: Duration::from_secs(cfg.kubo.pin_timeout_secs),
+        max_backoff: Duration::from_secs(c.pin_max_backoff_secs),
+        concurrency: c.pin_concurrency,
+        reconcile_every: Duration::from_secs(c.pin_reconcile_secs.max(1)),
+    };
+    tasks.push(tokio::spawn(pinner::run(
+        pool.clone(),
+        cluster.id,
+        Arc::new(KuboIpfs(kubo.clone())),
+        cluster.subscribe(),
+        opts,
+        stop.clone(),
+    )));
+    let (cfg2, kubo2, keys2) = (cfg.clone(), kubo.clone(), keys.clone());
+    let me = move || {
+        let (cfg, kubo, keys) = (cfg2.clone(), kubo2.clone(), keys2.clone());
+        async move { this_region(&cfg, &kubo, &keys).await }
+    };
+    tasks.push(tokio::spawn(duties::announce(pool.clone(), cluster.clone(), me, stop.clone())));
+    tasks.push(tokio::spawn(duties::collect_garbage(
+        pool.clone(),
+        cluster.clone(),
+        Duration::from_secs(c.gc_grace_secs),
+        Duration::from_secs(c.gc_interval_secs.max(1)),
+        stop.clone(),
+    )));
+    tasks.push(tokio::spawn(follow_token_keys(pool.clone(), cluster.clone(), keys.clone(), stop.clone())));
+    if c.discovery_zone.is_some() && !c.join {
+        let (cfg, cluster, kubo, keys, stop) = (cfg.clone(), cluster.clone(), kubo.clone(), keys.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let me = this_region(&cfg, &kubo, &keys).await;
+            discover_and_initialize(cfg, cluster, me, stop).await
+        }));
+    }
+    tasks.push(tokio::spawn(raft_metrics(cluster, stop)));
+    tasks
+}
+
+/// Keeps the other regions' token keys current from the region list.
+async fn follow_token_keys(pool: PgPool, cluster: Arc<Cluster>, keys: Arc<Keys>, stop: CancellationToken) {
+    let mut changed = cluster.subscribe();
+    loop {
+        if let Ok(regions) = regions::live_regions(&pool).await {
+            keys.set_peer_keys(regions.iter().map(|r| r.token_jwk.as_str()).filter(|j| !j.is_empty()));
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = changed.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+}
+
+/// Publishes the Raft figures as Prometheus gauges, once a second.
+async fn raft_metrics(cluster: Arc<Cluster>, stop: CancellationToken) {
+    loop {
+        let s = cluster.status();
+        metrics::gauge!("afreg_raft_term").set(s.term as f64);
+        metrics::gauge!("afreg_raft_is_leader").set(if s.role == Role::Leader { 1.0 } else { 0.0 });
+        metrics::gauge!("afreg_raft_last_log_index").set(s.last_log_index.unwrap_or(0) as f64);
+        metrics::gauge!("afreg_raft_last_applied").set(s.last_applied.unwrap_or(0) as f64);
+        if let Some(matched) = &s.matched {
+            for (id, m) in matched {
+                let lag = s.last_log_index.unwrap_or(0).saturating_sub(m.unwrap_or(0));
+                metrics::gauge!("afreg_raft_replication_lag_entries", "region_id" => id.to_string()).set(lag as f64);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// One region's own figures (`GET /status?scope=local`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LocalStatus {
+    pub name: String,
+    pub raft: RaftStatus,
+    pub pins: PinStats,
+}
+
+pub async fn local_status(cfg: &Config, pool: &PgPool, cluster: &Cluster) -> LocalStatus {
+    LocalStatus {
+        name: cfg.cluster.region.clone(),
+        raft: cluster.status(),
+        pins: pins::stats(pool).await.unwrap_or_default(),
+    }
+}
+
+/// One row of the cluster report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegionStatus {
+    pub id: u64,
+    pub name: String,
+    pub url: String,
+    pub reachable: bool,
+    pub role: Option<Role>,
+    pub term: Option<u64>,
+    pub leader: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// Entries the leader has that this region has not applied yet.
+    pub replication_lag: Option<u64>,
+    pub pin_backlog: Option<i64>,
+    pub pins_failing: Option<i64>,
+    /// Bytes this region fetched from the others to pin blobs.
+    pub replicated_bytes: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// Every live region's figures: this region's own, the others' asked over their public
+/// `/status?scope=local` (2 s each, in parallel; an unreachable region is reported so).
+pub async fn cluster_status(cfg: &Config, pool: &PgPool, cluster: &Cluster) -> Vec<RegionStatus> {
+    let me = local_status(cfg, pool, cluster).await;
+    let regions = regions::live_regions(pool).await.unwrap_or_default();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");
+    let fetches = regions.iter().map(|r| {
+        let (http, me) = (http.clone(), me.clone());
+        let (id, name, url) = (r.id as u64, r.name.clone(), r.api_url.clone());
+        let this = id == cluster.id;
+        async move {
+            let got: Result<LocalStatus, String> = if this {
+                Ok(me)
+            } else {
+                match http.get(format!("{}/status?scope=local", url.trim_end_matches('/'))).send().await {
+                    Ok(r) if r.status().is_success() => r.json().await.map_err(|e| e.to_string()),
+                    Ok(r) => Err(format!("HTTP {}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            (id, name, url, got)
+        }
+    });
+    let got = futures::future::join_all(fetches).await;
+    let leader_log = got
+        .iter()
+        .filter_map(|(_, _, _, r)| r.as_ref().ok())
+        .filter(|s| s.raft.role == Role::Leader)
+        .filter_map(|s| s.raft.last_log_index)
+        .max();
+    got.into_iter()
+        .map(|(id, name, url, r)| match r {
+            Ok(s) => RegionStatus {
+                id,
+                name,
+                url,
+                reachable: true,
+                role: Some(s.raft.role),
+                term: Some(s.raft.term),
+                leader: s.raft.leader,
+                last_applied: s.raft.last_applied,
+                replication_lag: leader_log.map(|l| l.saturating_sub(s.raft.last_applied.unwrap_or(0))),
+                pin_backlog: Some(s.pins.backlog),
+                pins_failing: Some(s.pins.failing),
+                replicated_bytes: Some(s.pins.replicated_bytes),
+                error: None,
+            },
+            Err(e) => RegionStatus {
+                id,
+                name,
+                url,
+                reachable: false,
+                role: None,
+                term: None,
+                leader: None,
+                last_applied: None,
+                replication_lag: None,
+                pin_backlog: None,
+                pins_failing: None,
+                replicated_bytes: None,
+                error: Some(e),
+            },
+        })
+        .collect()
+}

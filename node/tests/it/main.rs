@@ -1,0 +1,15 @@
+//! The regional node's integration tests: one binary, a module per area. Each test starts
+//! real PostgreSQL, Kubo and `afreg serve` processes (testkit), and real clients where a client
+//! is the point.
+
+mod auth_flow;
+mod bad_input;
+mod clients;
+mod cluster;
+mod conformance;
+mod data_safety;
+mod dependencies_down;
+mod harness;
+mod memory;
+mod storage;
+mod tls;

@@ -1,0 +1,71 @@
+//! The node streams blobs: pushing and pulling a 1 GiB blob through a real node, Postgres and
+//! Kubo leaves the node's peak RSS (VmHWM) under 150 MiB.
+
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use reqwest::{Client, StatusCode};
+use sha2::Digest as _;
+use testkit::{Action, peak_rss_kib, TestRegion};
+
+const GIB: u64 = 1024 * 1024 * 1024;
+const FRAME: usize = 1024 * 1024;
+const LIMIT_KIB: u64 = 150 * 1024;
+
+fn frames(seed: u64, total: u64) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    futures::stream::iter(testkit::pseudo_random_frames(seed, total, FRAME).map(Ok))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_push_and_pull_keeps_node_rss_flat() {
+    let region = TestRegion::start_with(testkit::afreg_bin(), |c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+    });
+    let base = region.node.url();
+    let c = Client::new();
+
+    // Push: POST, one streamed PATCH of the whole GiB, PUT with the digest hashed on the way.
+    let r = c.post(format!("{base}/v2/big/blob/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let loc = format!("{base}{}", r.headers()["location"].to_str().unwrap());
+    let hasher = Arc::new(Mutex::new(sha2::Sha256::new()));
+    let h = hasher.clone();
+    let body = frames(42, GIB).map(move |f| {
+        if let Ok(b) = &f {
+            h.lock().unwrap().update(b);
+        }
+        f
+    });
+    let r = c
+        .patch(&loc)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "{}", r.text().await.unwrap());
+    assert_eq!(r.headers()["range"], format!("0-{}", GIB - 1).as_str());
+    let digest = format!("sha256:{}", hex::encode(hasher.lock().unwrap().clone().finalize()));
+    let r = c.put(format!("{loc}?digest={digest}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+
+    // Pull it back, hashing as it streams.
+    let r = c.get(format!("{base}/v2/big/blob/blobs/{digest}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-length"], GIB.to_string().as_str());
+    let mut got = sha2::Sha256::new();
+    let mut n = 0u64;
+    let mut s = r.bytes_stream();
+    while let Some(b) = s.next().await {
+        let b = b.unwrap();
+        n += b.len() as u64;
+        got.update(&b);
+    }
+    assert_eq!(n, GIB);
+    assert_eq!(format!("sha256:{}", hex::encode(got.finalize())), digest);
+
+    let peak = peak_rss_kib(region.node.pid());
+    println!("node peak RSS after 1 GiB push and pull: {} MiB", peak / 1024);
+    assert!(peak > 0, "could not read the node's VmHWM");
+    assert!(peak < LIMIT_KIB, "node peak RSS {} KiB is over {} KiB", peak, LIMIT_KIB);
+}

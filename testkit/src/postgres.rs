@@ -1,0 +1,111 @@
+//! A test's own PostgreSQL server, started with the recipe `afreg up` uses
+//! (`afreg_deploy::local::postgres`), with durability off (`fsync=off`) and room for many
+//! connections; stopped as a crash (`-m immediate`).
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+
+use afreg_deploy::local::postgres::{self as recipe, StopMode};
+use tempfile::TempDir;
+
+use crate::{file_tail, free_port, run_stdout, shared_tempdir};
+
+/// A private PostgreSQL server on 127.0.0.1:`port` with a database `afreg`, trust auth, user
+/// `postgres`.
+pub struct Postgres {
+    /// The TCP port it listens on (kept across [`Postgres::stop`]/[`Postgres::start_again`]).
+    pub port: u16,
+    dir: TempDir,
+    bin: recipe::Postgres,
+    running: bool,
+}
+
+/// Server settings for tests: no fsync (a crash of the machine loses nothing a test needs),
+/// and connections for several nodes' pools.
+const SETTINGS: [(&str, &str); 2] = [("fsync", "off"), ("max_connections", "200")];
+
+impl Postgres {
+    /// initdb + start + `createdb afreg`. Panics (with the server log) on failure.
+    pub fn start() -> Postgres {
+        let bin = recipe::Postgres::find().unwrap_or_else(|e| panic!("testkit: {e}"));
+        let mut pg = Postgres { port: free_port(), dir: shared_tempdir("afreg-pg-"), bin, running: false };
+        pg.bin.initdb(&pg.data_dir()).unwrap_or_else(|e| panic!("testkit: {e}"));
+        pg.start_again();
+        pg.bin.ensure_database(pg.port).unwrap_or_else(|e| panic!("testkit: {e}"));
+        pg
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/afreg`
+    pub fn url(&self) -> String {
+        recipe::url(self.port)
+    }
+
+    /// The data directory (owned by `postgres`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        recipe::Postgres::log_of(&self.data_dir())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running
+    }
+
+    /// Stops the server at once (`pg_ctl stop -m immediate`): connections drop, the port closes.
+    pub fn stop(&mut self) {
+        if !self.running {
+            return;
+        }
+        let r = self.bin.stop(&self.data_dir(), StopMode::Immediate);
+        self.running = false;
+        if let Err(e) = r {
+            if !std::thread::panicking() {
+                panic!("testkit: {e}");
+            }
+        }
+    }
+
+    /// Starts the (stopped) server again on the same port and data directory; waits until it
+    /// accepts connections.
+    pub fn start_again(&mut self) {
+        if self.running {
+            return;
+        }
+        self.bin.start(&self.data_dir(), self.port, &SETTINGS).unwrap_or_else(|e| panic!("testkit: {e}"));
+        self.running = true;
+    }
+
+    /// Runs SQL through `psql` against database `afreg` (unaligned, tuples only, stop on error)
+    /// and returns its trimmed stdout. Panics on failure.
+    pub fn psql(&self, sql: &str) -> String {
+        run_stdout(self.bin.psql(self.port).args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql]))
+    }
+
+    /// Starts `psql` with `sql` in the background (e.g. a transaction that holds a table lock
+    /// for a while); the caller waits for the child.
+    pub fn psql_background(&self, sql: &str) -> Child {
+        self.bin
+            .psql(self.port)
+            .args(["-At", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn psql")
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- testkit: postgres on port {} log tail ({}) ---\n{}",
+                self.port,
+                self.log_path().display(),
+                file_tail(&self.log_path(), 20)
+            );
+        }
+        self.stop();
+    }
+}
