@@ -20,7 +20,6 @@
 //! `AFREG_BENCH_KEEP_LOGS=<dir>` keeps a copy of each region's node log.
 
 use std::io::Read;
-use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -376,7 +375,7 @@ fn main() {
     let load_before = sh("uptime");
     let nproc = sh("nproc");
 
-    let cluster = TestCluster::start(Path::new(env!("CARGO_BIN_EXE_afreg")), &["us", "eu", "asia"], |_, c| {
+    let cluster = TestCluster::start(testkit::afreg_bin(), &["us", "eu", "asia"], |_, c| {
         c.config.auth.anonymous = Action::ALL.to_vec()
     });
     let leader_before = cluster.wait_leader(Duration::from_secs(30));

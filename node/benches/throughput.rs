@@ -11,9 +11,8 @@
 //! Every transfer uses fresh pseudo-random bytes, so Kubo never finds the blocks already
 //! stored. `AFREG_BENCH_BYTES` changes the blob size (default 1 GiB).
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -22,15 +21,11 @@ use sha2::Digest as _;
 use testkit::TestRegion;
 use testkit::Action;
 
-const FRAME: usize = 1024 * 1024;
 
-fn frames(seed: u64, total: u64) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
-    futures::stream::iter(testkit::pseudo_random_frames(seed, total, FRAME).map(Ok))
-}
 
 fn sha256_of(seed: u64, total: u64) -> String {
     let mut h = sha2::Sha256::new();
-    futures::executor::block_on(frames(seed, total).for_each(|f| {
+    futures::executor::block_on(testkit::stream::frames(seed, total).for_each(|f| {
         h.update(f.unwrap());
         futures::future::ready(())
     }));
@@ -52,7 +47,7 @@ async fn drain(resp: reqwest::Response) -> u64 {
 }
 
 async fn kubo_add(c: &Client, kubo: &str, seed: u64, total: u64) -> (Duration, String) {
-    let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(frames(seed, total))).file_name("blob");
+    let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(testkit::stream::frames(seed, total))).file_name("blob");
     let t = Instant::now();
     let r = c
         .post(format!("{kubo}/api/v0/add?cid-version=1&raw-leaves=true&chunker=size-1048576&pin=false&quieter=true"))
@@ -147,7 +142,7 @@ async fn push_mono(c: &Client, base: &str, repo: &str, seed: u64, total: u64) ->
     let r = c
         .put(format!("{loc}{sep}digest={d}"))
         .header("content-type", "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(frames(seed, total)))
+        .body(reqwest::Body::wrap_stream(testkit::stream::frames(seed, total)))
         .send()
         .await
         .unwrap();
@@ -157,33 +152,9 @@ async fn push_mono(c: &Client, base: &str, repo: &str, seed: u64, total: u64) ->
 }
 
 async fn push_streamed(c: &Client, base: &str, repo: &str, seed: u64, total: u64) -> Duration {
-    let h = Arc::new(Mutex::new(sha2::Sha256::new()));
-    let h2 = h.clone();
-    let body = frames(seed, total).map(move |f| {
-        h2.lock().unwrap().update(f.as_ref().unwrap());
-        f
-    });
     let t = Instant::now();
-    let r = c.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let loc = r.headers()["location"].to_str().unwrap().to_owned();
-    let loc = if loc.starts_with("http") { loc } else { format!("{base}{loc}") };
-    let r = c
-        .patch(&loc)
-        .header("content-type", "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let loc = r.headers()["location"].to_str().unwrap().to_owned();
-    let loc = if loc.starts_with("http") { loc } else { format!("{base}{loc}") };
-    let d = format!("sha256:{}", hex::encode(h.lock().unwrap().clone().finalize()));
-    let sep = if loc.contains('?') { '&' } else { '?' };
-    let r = c.put(format!("{loc}{sep}digest={d}")).send().await.unwrap();
-    let took = t.elapsed();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    took
+    testkit::stream::push_streamed(c, base, repo, seed, total).await;
+    t.elapsed()
 }
 
 async fn pull(c: &Client, base: &str, repo: &str, d: &str, total: u64) -> Duration {
@@ -228,7 +199,7 @@ struct Times {
 async fn main() {
     let total: u64 = std::env::var("AFREG_BENCH_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30);
     let rounds: usize = std::env::var("AFREG_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let region = TestRegion::start_with(Path::new(env!("CARGO_BIN_EXE_afreg")), |c| {
+    let region = TestRegion::start_with(testkit::afreg_bin(), |c| {
         c.config.auth.anonymous = Action::ALL.to_vec();
         c.config.log.level = "warn".into();
     });

@@ -15,7 +15,8 @@
 //! - [`postgres`], [`kubo`], [`node`]: one real process each; [`region`] is the three of them.
 //! - [`cluster`]: several regions in one Raft group.
 //! - [`conformance`]: the OCI conformance suite and its JUnit report.
-//! - [`oci`]: the one OCI test client and image fixture.
+//! - [`oci`]: the one OCI test client and image fixture; [`stream`]: streamed pushes of
+//!   blobs too big to hold (async).
 
 pub mod cluster;
 pub mod conformance;
@@ -24,6 +25,7 @@ pub mod node;
 pub mod oci;
 pub mod postgres;
 pub mod region;
+pub mod stream;
 pub mod tools;
 
 pub use afreg_config::{Action, Config};

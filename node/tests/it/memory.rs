@@ -1,20 +1,13 @@
 //! The node streams blobs: pushing and pulling a 1 GiB blob through a real node, Postgres and
 //! Kubo leaves the node's peak RSS (VmHWM) under 150 MiB.
 
-use std::sync::{Arc, Mutex};
-
 use futures::StreamExt;
 use reqwest::{Client, StatusCode};
 use sha2::Digest as _;
 use testkit::{Action, peak_rss_kib, TestRegion};
 
 const GIB: u64 = 1024 * 1024 * 1024;
-const FRAME: usize = 1024 * 1024;
 const LIMIT_KIB: u64 = 150 * 1024;
-
-fn frames(seed: u64, total: u64) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
-    futures::stream::iter(testkit::pseudo_random_frames(seed, total, FRAME).map(Ok))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_push_and_pull_keeps_node_rss_flat() {
@@ -24,30 +17,9 @@ async fn one_gib_push_and_pull_keeps_node_rss_flat() {
     let base = region.node.url();
     let c = Client::new();
 
-    // Push: POST, one streamed PATCH of the whole GiB, PUT with the digest hashed on the way.
-    let r = c.post(format!("{base}/v2/big/blob/blobs/uploads/")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let loc = format!("{base}{}", r.headers()["location"].to_str().unwrap());
-    let hasher = Arc::new(Mutex::new(sha2::Sha256::new()));
-    let h = hasher.clone();
-    let body = frames(42, GIB).map(move |f| {
-        if let Ok(b) = &f {
-            h.lock().unwrap().update(b);
-        }
-        f
-    });
-    let r = c
-        .patch(&loc)
-        .header("content-type", "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(body))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED, "{}", r.text().await.unwrap());
-    assert_eq!(r.headers()["range"], format!("0-{}", GIB - 1).as_str());
-    let digest = format!("sha256:{}", hex::encode(hasher.lock().unwrap().clone().finalize()));
-    let r = c.put(format!("{loc}?digest={digest}")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    // Push: POST, one streamed PATCH of the whole GiB (202, Range 0-(1 GiB - 1)), PUT with the
+    // digest hashed on the way (201).
+    let digest = testkit::stream::push_streamed(&c, &base, "big/blob", 42, GIB).await;
 
     // Pull it back, hashing as it streams.
     let r = c.get(format!("{base}/v2/big/blob/blobs/{digest}")).send().await.unwrap();
