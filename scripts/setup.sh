@@ -79,7 +79,7 @@ if ! have oci-conformance "$CONFORMANCE_VERSION"; then
   echo "$CONFORMANCE_VERSION" > "$(stamp oci-conformance)"
 fi
 
-# ---- Node.js: Akash's own SDL parser, for sdl/validate.js (tests: node/tests/sdl.rs) --------
+# ---- Node.js: Akash's own SDL parser, for sdl/validate.js (tests: cli/tests/it/sdl.rs) --------
 # @akashnetwork/akashjs goes into $AFREG_NPM (default ~/.cache/afreg/npm); run the validator
 # with NODE_PATH=$AFREG_NPM/node_modules. --ignore-scripts: the package's root import pulls in
 # keytar, whose native build fails, and the SDL module needs no build step.
@@ -101,7 +101,7 @@ if [ "$akashjs_installed" != "$AKASHJS_VERSION" ]; then
     "@akashnetwork/akashjs@$AKASHJS_VERSION" >&2
 fi
 
-# ---- GeoDNS: PowerDNS and a GeoIP database writer (tests: node/tests/geodns.rs) -------------
+# ---- GeoDNS: PowerDNS and a GeoIP database writer (tests: cli/tests/it/geodns.rs) -------------
 # pdns-server with the bind backend (serves the rendered zone) and the geoip backend (gives the
 # LUA records' continent() its MaxMind database). The tests run their own pdns_server on a
 # loopback port with their own --config-dir; Debian's pdns service is never wanted here, so

@@ -7,7 +7,7 @@
 #   - release: the memory-ceiling and 1 GiB blob tests need an optimised node;
 #   - --test-threads=1: each test starts its own Postgres/Kubo/node processes, and the machine
 #     has 2 cores, so tests running side by side would starve each other into timeouts.
-# Extra arguments go to `cargo test` before `--`, e.g. `scripts/test.sh --test conformance`.
+# Extra arguments go to `cargo test` before `--`, e.g. `scripts/test.sh -p afreg-node --test it` (then `conformance` after `--` filters).
 # --no-fail-fast runs every test binary so one run reports every failure; the exit status is
 # still non-zero when anything fails.
 set -euo pipefail
