@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs every external piece afreg's tests and local cluster need, idempotently.
 #
-#   - PostgreSQL server and skopeo from Debian;
+#   - PostgreSQL server, skopeo, podman (with runc) and docker-compose (the Compose file check) from Debian;
 #   - Kubo (IPFS), crane, oras, regctl from their Go modules;
 #   - the OCI distribution-spec conformance suite, built with `go test -c`.
 #
@@ -15,7 +15,7 @@ mkdir -p "$TOOLS"
 log() { echo "setup: $*" >&2; }
 
 # ---- Debian packages -------------------------------------------------------------
-DEB_PKGS=(postgresql skopeo)
+DEB_PKGS=(postgresql skopeo podman runc docker-compose)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -138,6 +138,21 @@ if [ "$(cat "$PY_DIR/.afreg-packages" 2>/dev/null)" != "$PY_PKGS" ] \
   # shellcheck disable=SC2086
   "$PY_DIR/bin/pip" install -q --disable-pip-version-check $PY_PKGS >&2
   echo "$PY_PKGS" > "$PY_DIR/.afreg-packages"
+fi
+
+# ---- dockerd: Debian's docker.io, a real client for the tests (node/tests/it/clients.rs) ------------
+# The tests start their own dockerd (no iptables, no bridge, vfs, their own socket and data
+# root); Debian's docker service is never wanted, so it is not started by the install.
+if ! command -v dockerd >/dev/null; then
+  log "apt-get install docker.io (service not started)"
+  export DEBIAN_FRONTEND=noninteractive
+  policy_added=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy_added=1
+  fi
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends docker.io >&2
+  [ -z "$policy_added" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 log "tools ready in $TOOLS"

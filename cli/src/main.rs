@@ -1,6 +1,6 @@
 //! The `afreg` command: parses the command line and dispatches, nothing more. Each command is a
 //! module of its own and loads only what it needs: `serve`, `user`, `key`, `region` and
-//! `status` read the node's configuration; `sdl`, `dns`, `doctor` and `up` read the region
+//! `status` read the node's configuration; `sdl`, `compose`, `dns`, `doctor` and `up` read the region
 //! files and never the node's configuration (so an unrelated `AFREG_X__Y` in the shell cannot
 //! break them).
 
@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use afreg_node::config::Config;
 
 mod client;
+mod compose;
 mod dns;
 mod doctor;
 mod key;
@@ -53,6 +54,11 @@ enum Cmd {
     Sdl {
         #[command(subcommand)]
         cmd: sdl::SdlCmd,
+    },
+    /// One region as a Compose project (PostgreSQL, Kubo, afreg), for hosts off Akash.
+    Compose {
+        #[command(subcommand)]
+        cmd: compose::ComposeCmd,
     },
     /// GeoDNS: the PowerDNS configuration for the regions.
     Dns {
@@ -101,6 +107,7 @@ async fn main() {
         },
         Cmd::Status(args) => status::run(args, load).await,
         Cmd::Sdl { cmd } => sdl::run(cmd),
+        Cmd::Compose { cmd } => compose::run(cmd),
         Cmd::Dns { cmd } => dns::run(cmd),
         Cmd::Doctor(args) => doctor::run(args).await,
         Cmd::Up(args) => up::run(args).await,

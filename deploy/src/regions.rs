@@ -29,6 +29,9 @@ pub struct RegionFile {
     pub name: String,
     /// Raft node id. Never reused, even after the region is removed.
     pub raft_id: u64,
+    /// The registry's container image, as `scripts/image.sh --push` publishes it (its tag is
+    /// the crate version), e.g. `registry.alternatefutures.ai/afreg/afreg:0.1.0`.
+    pub image: String,
     pub hostnames: Hostnames,
     pub placement: Placement,
     pub resources: Resources,
@@ -186,6 +189,9 @@ pub fn validate(regions: &[RegionFile]) -> Result<(), RegionError> {
         }
         if !names.insert(r.name.as_str()) {
             return invalid(format!("region {} is defined twice", r.name));
+        }
+        if r.image.rsplit_once(':').is_none_or(|(repo, tag)| repo.is_empty() || tag.is_empty() || tag.contains('/')) {
+            return invalid(format!("region {}: image {:?} needs a repository and a tag", r.name, r.image));
         }
         if !r.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
             return invalid(format!("region name {:?}: use lower-case letters, digits and '-'", r.name));

@@ -18,6 +18,9 @@ mod tls;
 
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let metrics = crate::telemetry::init_metrics()?;
+    if let Some((cert, key)) = cfg.server.tls() {
+        wait_for_files(&[("server.tls_cert", cert), ("server.tls_key", key)]).await;
+    }
     let store = Store::connect(&cfg.database, Duration::from_secs(60)).await?;
     let kubo = Kubo::new(&cfg.kubo);
     if let Err(e) = kubo.id().await {
@@ -90,6 +93,28 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn store_close(_store: Store) {}
+
+/// Waits until every file exists and is not empty, saying every 10 s which it is waiting for:
+/// a fresh volume gets its certificate copied in after the node started, and a node that
+/// exits instead would only restart in a loop. Ends the process on SIGTERM meanwhile.
+async fn wait_for_files(files: &[(&str, &std::path::Path)]) {
+    let ready = |p: &std::path::Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
+    let mut stop = std::pin::pin!(signal());
+    for second in 0u64.. {
+        let missing: Vec<String> =
+            files.iter().filter(|(_, p)| !ready(p)).map(|(field, p)| format!("{field} {}", p.display())).collect();
+        if missing.is_empty() {
+            return;
+        }
+        if second % 10 == 0 {
+            tracing::warn!(event = "waiting_for_files", missing = %missing.join(", "), "waiting for these files before serving");
+        }
+        tokio::select! {
+            _ = &mut stop => std::process::exit(0),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
 
 async fn signal() {
     let ctrl_c = tokio::signal::ctrl_c();

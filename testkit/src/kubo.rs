@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use afreg_deploy::local::kubo::{self as recipe, KuboPorts};
+use afreg_deploy::local::kubo::{self as recipe, KuboPorts, Network};
+use afreg_deploy::swarm_key::SwarmKey;
 use afreg_deploy::local::wait_listening;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -23,6 +24,16 @@ pub struct Kubo {
     child: Option<Child>,
     peer_id: String,
     daemon_args: Vec<String>,
+    network: Network,
+}
+
+/// The private network every testkit Kubo joins (tests only): any two of them can peer, as the
+/// regions of a cluster do, and a daemon without it cannot.
+pub const TEST_SWARM_KEY: &str = "5ee2b0a1c7f3e9d84a6b21c0f9e7d3a5b8c4e6f0a2d1b3c5e7f9a0b2c4d6e8f0";
+
+/// [`TEST_SWARM_KEY`].
+pub fn test_network() -> Network {
+    Network::Private(SwarmKey::parse(TEST_SWARM_KEY).expect("a valid key"))
 }
 
 impl Kubo {
@@ -35,6 +46,12 @@ impl Kubo {
     /// (e.g. `Datastore.StorageMax`, `Peering.Peers`) and `daemon_args` are appended to
     /// `ipfs daemon` (e.g. `--enable-gc`).
     pub fn start_with(tweak: impl FnOnce(&mut Value), daemon_args: &[&str]) -> Kubo {
+        Self::start_in(test_network(), tweak, daemon_args)
+    }
+
+    /// Like [`Kubo::start_with`] in `network`: [`Network::Public`] is a stranger to the
+    /// cluster's private network.
+    pub fn start_in(network: Network, tweak: impl FnOnce(&mut Value), daemon_args: &[&str]) -> Kubo {
         let dir = tempfile::Builder::new().prefix("afreg-kubo-").tempdir_in("/tmp").expect("kubo temp dir");
         let ports = KuboPorts { api: free_port(), gateway: free_port(), swarm: free_port() };
         let mut k = Kubo {
@@ -45,8 +62,9 @@ impl Kubo {
             child: None,
             peer_id: String::new(),
             daemon_args: daemon_args.iter().map(|s| s.to_string()).collect(),
+            network,
         };
-        recipe::init(&k.repo_path(), ports, tweak).unwrap_or_else(|e| panic!("testkit: {e}"));
+        recipe::init(&k.repo_path(), ports, &k.network, tweak).unwrap_or_else(|e| panic!("testkit: {e}"));
         k.peer_id = recipe::peer_id(&k.repo_path()).unwrap_or_else(|e| panic!("testkit: {e}"));
         k.start_again();
         k
@@ -114,7 +132,7 @@ impl Kubo {
             return;
         }
         let log = open_log(&self.log_path());
-        let mut cmd = recipe::daemon(&self.repo_path(), &self.daemon_args);
+        let mut cmd = recipe::daemon(&self.repo_path(), &self.network, &self.daemon_args);
         cmd.stdout(log.try_clone().unwrap()).stderr(log);
         let mut child = cmd.spawn().expect("spawn ipfs daemon");
         let r = wait_listening(&mut child, self.api_port, Duration::from_secs(60), "ipfs daemon", &self.log_path());

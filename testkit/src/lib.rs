@@ -15,11 +15,13 @@
 //! - [`postgres`], [`kubo`], [`node`]: one real process each; [`region`] is the three of them.
 //! - [`cluster`]: several regions in one Raft group.
 //! - [`conformance`]: the OCI conformance suite and its JUnit report.
+//! - [`containers`]: podman and a dockerd of the test's own.
 //! - [`oci`]: the one OCI test client and image fixture; [`stream`]: streamed pushes of
 //!   blobs too big to hold (async).
 
 pub mod cluster;
 pub mod conformance;
+pub mod containers;
 pub mod kubo;
 pub mod node;
 pub mod oci;

@@ -20,10 +20,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use afreg_config::{random_secret, write_private, Action, BootstrapPeer, Config, LogFormat};
-use afreg_deploy::local::kubo::{self, KuboPorts};
+use afreg_deploy::local::kubo::{self, KuboPorts, Network};
 use afreg_deploy::local::postgres::{self, Postgres, StopMode};
 use afreg_deploy::local::{self as recipes, append_log, create_traversable_dir, is_root, tail, terminate};
 use afreg_deploy::regions::RegionFile;
+use afreg_deploy::swarm_key::SwarmKey;
 use anyhow::{anyhow, bail, Context as _};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -163,10 +164,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let data = prepare_data_dir(&args.data)?;
     let locals = locals_under(&data)?;
     let secret_file = ensure_secret(&data)?;
+    let network = Network::Private(ensure_swarm_key(&data)?);
 
     let mut running = Running::default();
     let started = tokio::select! {
-        r = start_all(&locals, &data, &secret_file, &mut running) => Some(r),
+        r = start_all(&locals, &data, &secret_file, &network, &mut running) => Some(r),
         _ = stop.recv() => None,
     };
     match started {
@@ -196,7 +198,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
 /// Starts every region's Postgres and Kubo, then every node; waits for the nodes and a leader;
 /// creates the admin user on the first run; writes `cluster.json`.
-async fn start_all(locals: &[LocalRegion], data: &Path, secret_file: &Path, running: &mut Running) -> anyhow::Result<()> {
+async fn start_all(
+    locals: &[LocalRegion],
+    data: &Path,
+    secret_file: &Path,
+    network: &Network,
+    running: &mut Running,
+) -> anyhow::Result<()> {
     for l in locals {
         create_traversable_dir(&l.dir)?;
         // Recorded before it starts: an interrupted start is still stopped.
@@ -205,7 +213,7 @@ async fn start_all(locals: &[LocalRegion], data: &Path, secret_file: &Path, runn
         blocking(move || start_postgres(&pg, port))
             .await
             .with_context(|| format!("region {}: PostgreSQL (log {})", l.name, Postgres::log_of(&l.pg_dir()).display()))?;
-        let kubo = start_kubo(l).await.with_context(|| format!("region {}: Kubo (log {})", l.name, l.kubo_log().display()))?;
+        let kubo = start_kubo(l, network).await.with_context(|| format!("region {}: Kubo (log {})", l.name, l.kubo_log().display()))?;
         running.kubos.push(kubo);
     }
     for l in locals {
@@ -267,6 +275,16 @@ fn check_ports_free(locals: &[LocalRegion]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The key of the regions' private IPFS network, created once (`<data>/swarm.key`, mode 0600).
+/// Every region's Kubo gets it; replacing the file and restarting rotates it.
+fn ensure_swarm_key(data: &Path) -> anyhow::Result<SwarmKey> {
+    let file = data.join(kubo::SWARM_KEY_FILE);
+    if !file.exists() {
+        SwarmKey::generate().write_new(&file)?;
+    }
+    Ok(SwarmKey::read(&file)?)
+}
+
 /// The one cluster secret of every region: 40 random characters, created once, mode 0600.
 fn ensure_secret(data: &Path) -> anyhow::Result<PathBuf> {
     let file = data.join("cluster-secret");
@@ -289,16 +307,20 @@ fn start_postgres(pg: &Path, port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The region's Kubo (its repository created on the first run), started in its own process
-/// group, once its API listens.
-async fn start_kubo(l: &LocalRegion) -> anyhow::Result<Proc> {
-    let (repo, ports, log) = (l.kubo_repo(), l.kubo, l.kubo_log());
+/// The region's Kubo (its repository created on the first run) in the cluster's private
+/// network, started in its own process group, once its API listens.
+async fn start_kubo(l: &LocalRegion, network: &Network) -> anyhow::Result<Proc> {
+    let (repo, ports, log, network) = (l.kubo_repo(), l.kubo, l.kubo_log(), network.clone());
     let child = blocking(move || {
         if !repo.exists() {
-            kubo::init(&repo, ports, |_| {})?;
+            kubo::init(&repo, ports, &network, |_| {})?;
+        } else if let Network::Private(key) = &network {
+            // The data directory's key is the one in force (a repository from before the
+            // private network gets it; a rotated key replaces the old one).
+            kubo::install_swarm_key(&repo, key)?;
         }
         let out = append_log(&log)?;
-        let mut c = kubo::daemon(&repo, &[]);
+        let mut c = kubo::daemon(&repo, &network, &[]);
         c.stdout(out.try_clone()?).stderr(out).process_group(0);
         let mut child = c.spawn().context("spawning `ipfs daemon` (is Kubo installed? run scripts/setup.sh)")?;
         if let Err(e) = recipes::wait_listening(&mut child, ports.api, START_TIMEOUT, "ipfs daemon", &log) {

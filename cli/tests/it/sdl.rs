@@ -120,10 +120,70 @@ fn committed_sdl_environments_parse_back_into_the_registry_config() {
             .collect();
         assert!(vars.iter().all(|(k, _)| k.starts_with("AFREG_")), "{}: {vars:?}", r.name);
         let parsed = afreg_config::Config::load_from(None, vars).unwrap_or_else(|e| panic!("{}: {e}", r.name));
-        assert_eq!(parsed, afreg_deploy::sdl::registry_config(r), "{}", r.name);
+        assert_eq!(parsed, afreg_deploy::sdl::registry_config(r, None), "{}", r.name);
         assert_eq!((parsed.cluster.id, parsed.cluster.region.as_str()), (r.raft_id, r.name.as_str()));
         assert_eq!(parsed.server.public_url, format!("https://{}", r.hostnames.regional));
     }
+}
+
+/// The services of one SDL file as Akash's parser reads them, by name.
+fn services_of(path: &Path) -> std::collections::BTreeMap<String, Value> {
+    let o = validate(&[path], true);
+    assert!(o.status.success(), "{}: {}", path.display(), text(&o.stderr));
+    let v: Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+    v["manifest"][0]["services"].as_array().unwrap().iter().map(|s| (s["name"].as_str().unwrap().to_owned(), s.clone())).collect()
+}
+
+fn env_of(service: &Value) -> Vec<String> {
+    service["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap().to_owned()).collect()
+}
+
+/// Rendered with an operator's secrets, every region's Kubo is in the private network (its
+/// key, `LIBP2P_FORCE_PNET=1`, and every private-network setting applied before the daemon
+/// starts) and its registry has the cluster secret; the committed files carry neither secret.
+#[test]
+fn rendered_sdl_puts_kubo_in_the_private_network_and_carries_secrets_only_when_asked() {
+    let secrets = tempfile::tempdir().unwrap();
+    let o = afreg().args(["sdl", "secrets", "--out"]).arg(secrets.path()).output().unwrap();
+    assert!(o.status.success(), "afreg sdl secrets: {}", text(&o.stderr));
+    let key = afreg_deploy::swarm_key::SwarmKey::read(&secrets.path().join("swarm.key")).unwrap();
+    let cluster_secret = std::fs::read_to_string(secrets.path().join("cluster-secret")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = afreg()
+        .args(["sdl", "render", "--regions"])
+        .arg(repo().join("regions"))
+        .arg("--out")
+        .arg(out.path())
+        .arg("--secrets")
+        .arg(secrets.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "afreg sdl render --secrets: {}", text(&o.stderr));
+    for name in yaml_files(out.path()) {
+        let deployable = services_of(&out.path().join(&name));
+        let kubo = &deployable["kubo"];
+        let env = env_of(kubo);
+        assert!(env.contains(&format!("AFREG_SWARM_KEY={}", key.hex())), "{name}: kubo env {env:?}");
+        assert!(env.contains(&"LIBP2P_FORCE_PNET=1".to_owned()), "{name}: kubo env {env:?}");
+        assert_eq!(kubo["command"], serde_json::json!(["/bin/sh", "-c"]), "{name}");
+        let script = kubo["args"][0].as_str().unwrap();
+        for (k, v) in afreg_deploy::local::kubo::private_network_settings() {
+            assert!(script.contains(&format!("ipfs config --json {k} '{v}'")), "{name}: the start script does not set {k} = {v}:\n{script}");
+        }
+        let swarm_key_written = script.find("swarm.key").expect("the script writes swarm.key");
+        assert!(swarm_key_written < script.find("exec ipfs daemon").unwrap(), "{name}: the key is written before the daemon starts");
+        let registry = env_of(&deployable["registry"]);
+        assert!(registry.contains(&format!("AFREG_CLUSTER__SECRET={}", cluster_secret.trim())), "{name}: no cluster secret");
+
+        let committed = services_of(&repo().join("sdl").join(&name));
+        assert!(env_of(&committed["kubo"]).contains(&"AFREG_SWARM_KEY=".to_owned()), "{name}: a committed SDL carries a swarm key");
+        assert!(env_of(&committed["registry"]).contains(&"AFREG_CLUSTER__SECRET=".to_owned()), "{name}: a committed SDL carries a secret");
+        let text = std::fs::read_to_string(repo().join("sdl").join(&name)).unwrap();
+        assert!(!text.contains(&key.hex()) && !text.contains(cluster_secret.trim()));
+    }
+    // Secrets are never written into the repository's sdl/.
+    let o = afreg().args(["sdl", "render", "--regions"]).arg(repo().join("regions")).arg("--secrets").arg(secrets.path()).output().unwrap();
+    assert!(!o.status.success(), "render --secrets into sdl/ must be refused");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! A region's Kubo on loopback: the `test` profile, then an offline, loopback-only
 //! configuration (no bootstrap peers, routing, MDNS, relays, NAT traversal, AutoConf, AutoTLS,
-//! announcements or providing). The regions' pinners peer the daemons with each other.
+//! announcements or providing) in the cluster's private network ([`SwarmKey`]), as production
+//! runs. The regions' pinners peer the daemons with each other.
 
 use std::fs;
 use std::path::Path;
@@ -9,6 +10,21 @@ use std::process::{Command, Stdio};
 use serde_json::{json, Value};
 
 use super::{build_then_rename, run, tool, ProcessError};
+use crate::swarm_key::SwarmKey;
+
+/// The file a private network's key lives in, in the repository's root.
+pub const SWARM_KEY_FILE: &str = "swarm.key";
+
+/// Which network a daemon joins.
+#[derive(Debug, Clone)]
+pub enum Network {
+    /// The cluster's private network: the key in the repository, and the daemon refuses to
+    /// start without it (`LIBP2P_FORCE_PNET=1`). Every region runs this way.
+    Private(SwarmKey),
+    /// The public IPFS network's protocol, with no key: only for tests of what a stranger can
+    /// reach.
+    Public,
+}
 
 /// The ports of one daemon, all on 127.0.0.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,41 +46,63 @@ pub fn ipfs(repo: &Path) -> Command {
     c
 }
 
-/// `ipfs daemon` of `repo` with `args` (e.g. `--enable-gc`), for the caller to spawn.
-pub fn daemon(repo: &Path, args: &[String]) -> Command {
+/// `ipfs daemon` of `repo` with `args` (e.g. `--enable-gc`), for the caller to spawn. In a
+/// private network it refuses to start without the key.
+pub fn daemon(repo: &Path, network: &Network, args: &[String]) -> Command {
     let mut c = ipfs(repo);
     c.arg("daemon").args(args);
+    if let Network::Private(_) = network {
+        c.env("LIBP2P_FORCE_PNET", "1");
+    }
     c
 }
 
-/// The settings every local daemon gets over the `test` profile.
-pub fn local_settings(ports: KuboPorts) -> [(&'static str, Value); 16] {
+/// The settings of a private network, in every region and every local daemon: no public
+/// bootstrap peers, no DHT or other routing, no content announcing, no local discovery, no
+/// relays, no NAT traversal; the websocket transport off (it shares the TCP listener, which a
+/// private network cannot). The regions dial each other themselves (the pinner peers them from
+/// the replicated region list).
+pub fn private_network_settings() -> [(&'static str, Value); 12] {
     [
-        ("Addresses.API", json!(format!("/ip4/127.0.0.1/tcp/{}", ports.api))),
-        ("Addresses.Gateway", json!(format!("/ip4/127.0.0.1/tcp/{}", ports.gateway))),
-        ("Addresses.Swarm", json!([format!("/ip4/127.0.0.1/tcp/{}", ports.swarm)])),
-        ("Addresses.Announce", json!([])),
-        ("Addresses.NoAnnounce", json!([])),
         ("Bootstrap", json!([])),
         ("Routing.Type", json!("none")),
+        ("Provide.Enabled", json!(false)),
         ("Discovery.MDNS.Enabled", json!(false)),
         ("AutoNAT.ServiceMode", json!("disabled")),
         ("Swarm.RelayClient.Enabled", json!(false)),
         ("Swarm.RelayService.Enabled", json!(false)),
         ("Swarm.Transports.Network.Relay", json!(false)),
+        ("Swarm.Transports.Network.Websocket", json!(false)),
         ("Swarm.DisableNatPortMap", json!(true)),
-        ("Provide.Enabled", json!(false)),
         ("AutoConf.Enabled", json!(false)),
         ("AutoTLS.Enabled", json!(false)),
     ]
 }
 
-/// A new repository in `repo` (which must not exist) with [`local_settings`], then `tweak` over
-/// the JSON config (e.g. `Datastore.StorageMax`); built as `repo.init` and renamed once
-/// configured, so an interrupted first run is never left with Kubo's public defaults.
-pub fn init(repo: &Path, ports: KuboPorts, tweak: impl FnOnce(&mut Value)) -> Result<(), ProcessError> {
+/// The settings every local daemon gets over the `test` profile: loopback addresses on its
+/// ports, nothing announced, and the private network's settings.
+pub fn local_settings(ports: KuboPorts) -> Vec<(&'static str, Value)> {
+    let mut s = vec![
+        ("Addresses.API", json!(format!("/ip4/127.0.0.1/tcp/{}", ports.api))),
+        ("Addresses.Gateway", json!(format!("/ip4/127.0.0.1/tcp/{}", ports.gateway))),
+        ("Addresses.Swarm", json!([format!("/ip4/127.0.0.1/tcp/{}", ports.swarm)])),
+        ("Addresses.Announce", json!([])),
+        ("Addresses.NoAnnounce", json!([])),
+    ];
+    s.extend(private_network_settings());
+    s
+}
+
+/// A new repository in `repo` (which must not exist) with [`local_settings`] and the network's
+/// key, then `tweak` over the JSON config (e.g. `Datastore.StorageMax`); built as `repo.init`
+/// and renamed once configured, so an interrupted first run is never left with Kubo's public
+/// defaults.
+pub fn init(repo: &Path, ports: KuboPorts, network: &Network, tweak: impl FnOnce(&mut Value)) -> Result<(), ProcessError> {
     build_then_rename(repo, |partial| {
         run(ipfs(partial).args(["init", "--profile=test", "--empty-repo"]), "ipfs init")?;
+        if let Network::Private(key) = network {
+            install_swarm_key(partial, key)?;
+        }
         let path = partial.join("config");
         let mut cfg = read_config(partial)?;
         for (key, value) in local_settings(ports) {
@@ -74,6 +112,16 @@ pub fn init(repo: &Path, ports: KuboPorts, tweak: impl FnOnce(&mut Value)) -> Re
         let text = serde_json::to_vec_pretty(&cfg).expect("a JSON value serializes");
         fs::write(&path, text).map_err(ProcessError::io(format!("writing {}", path.display())))
     })
+}
+
+/// Puts the network's key into `repo` (mode 0600), replacing any other.
+pub fn install_swarm_key(repo: &Path, key: &SwarmKey) -> Result<(), ProcessError> {
+    let path = repo.join(SWARM_KEY_FILE);
+    let what = || format!("writing {}", path.display());
+    if path.exists() {
+        fs::remove_file(&path).map_err(ProcessError::io(what()))?;
+    }
+    key.write_new(&path).map_err(|e| ProcessError::Io { what: what(), source: std::io::Error::other(e.to_string()) })
 }
 
 /// The repository's JSON config.

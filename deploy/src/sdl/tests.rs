@@ -35,9 +35,9 @@ fn is_global(to: &Yaml) -> bool {
 #[test]
 fn rendering_is_deterministic_and_has_the_three_services() {
     for r in regions() {
-        let a = render(&r).unwrap();
-        assert_eq!(a, render(&r).unwrap(), "region {}", r.name);
-        let doc = sdl(&r).unwrap();
+        let a = render(&r, None).unwrap();
+        assert_eq!(a, render(&r, None).unwrap(), "region {}", r.name);
+        let doc = sdl(&r, None).unwrap();
         assert_eq!(doc.keys(), ["version", "services", "profiles", "deployment", "endpoints"]);
         assert_eq!(doc.at("version").and_then(Yaml::as_str), Some("2.0"));
         assert_eq!(doc.at("services").unwrap().keys(), ["postgres", "kubo", "registry"]);
@@ -48,7 +48,7 @@ fn rendering_is_deterministic_and_has_the_three_services() {
 #[test]
 fn kubo_rpc_and_postgres_are_never_global() {
     for r in regions() {
-        let doc = sdl(&r).unwrap();
+        let doc = sdl(&r, None).unwrap();
         for (svc, e, to) in exposes(&doc) {
             let port = int(e.get("port"));
             if (svc == "kubo" && port == KUBO_API_PORT) || (svc == "postgres" && port == POSTGRES_PORT) {
@@ -66,7 +66,7 @@ fn kubo_rpc_and_postgres_are_never_global() {
 #[test]
 fn every_public_port_is_on_the_leased_ip_and_none_goes_through_the_http_ingress() {
     for r in regions() {
-        let doc = sdl(&r).unwrap();
+        let doc = sdl(&r, None).unwrap();
         let mut public = vec![];
         for (svc, e, to) in exposes(&doc) {
             if !is_global(to) {
@@ -92,7 +92,7 @@ fn every_public_port_is_on_the_leased_ip_and_none_goes_through_the_http_ingress(
 #[test]
 fn registry_serves_tls_and_reaches_its_backends_by_service_name() {
     for r in regions() {
-        let doc = sdl(&r).unwrap();
+        let doc = sdl(&r, None).unwrap();
         let env: Vec<&str> = doc.at("services.registry.env").unwrap().as_seq().iter().filter_map(Yaml::as_str).collect();
         for want in [
             format!("AFREG_SERVER__TLS_CERT={TLS_CERT}"),
@@ -107,16 +107,18 @@ fn registry_serves_tls_and_reaches_its_backends_by_service_name() {
         // The environment reads back, through the node's own loader, as the region's config.
         let vars = env.iter().map(|kv| kv.split_once('=').unwrap()).map(|(k, v)| (k.to_owned(), v.to_owned()));
         let parsed = afreg_config::Config::load_from(None, vars).unwrap_or_else(|e| panic!("{}: {e}", r.name));
-        assert_eq!(parsed, registry_config(&r), "{}: the SDL's environment is not the registry's config", r.name);
+        assert_eq!(parsed, registry_config(&r, None), "{}: the SDL's environment is not the registry's config", r.name);
         assert_eq!((parsed.cluster.id, parsed.cluster.region.as_str()), (r.raft_id, r.name.as_str()));
-        assert_eq!(doc.at("services.registry.image").and_then(Yaml::as_str), Some(registry_image().as_str()));
+        assert_eq!(doc.at("services.registry.image").and_then(Yaml::as_str), Some(r.image.as_str()));
+        // What scripts/image.sh builds: the afreg image at this crate's version.
+        assert!(r.image.ends_with(&format!("/afreg:{}", env!("CARGO_PKG_VERSION"))), "{}: image {}", r.name, r.image);
     }
 }
 
 #[test]
 fn data_lives_on_persistent_volumes_sized_from_the_region_file() {
     for r in regions() {
-        let doc = sdl(&r).unwrap();
+        let doc = sdl(&r, None).unwrap();
         for (svc, res) in [("postgres", &r.resources.postgres), ("kubo", &r.resources.kubo), ("registry", &r.resources.registry)] {
             let profile = doc.at(&format!("profiles.compute.{svc}.resources")).unwrap();
             assert_eq!(profile.at("memory.size").and_then(Yaml::as_str), Some(res.memory.as_str()));
@@ -142,7 +144,7 @@ fn data_lives_on_persistent_volumes_sized_from_the_region_file() {
 #[test]
 fn placement_and_pricing_come_from_the_region_file() {
     for r in regions() {
-        let doc = sdl(&r).unwrap();
+        let doc = sdl(&r, None).unwrap();
         let placement = doc.at(&format!("profiles.placement.{}", r.name)).unwrap();
         for (k, v) in &r.placement.attributes {
             assert_eq!(placement.at(&format!("attributes.{k}")).and_then(Yaml::as_str), Some(v.as_str()));
@@ -159,13 +161,13 @@ fn placement_and_pricing_come_from_the_region_file() {
 fn bad_resources_are_refused_with_the_field_named() {
     let mut r = regions().remove(0);
     r.resources.kubo.storage = "100 GB".into();
-    assert!(sdl(&r).unwrap_err().to_string().contains("resources.kubo.storage"));
+    assert!(sdl(&r, None).unwrap_err().to_string().contains("resources.kubo.storage"));
     let mut r = regions().remove(0);
     r.resources.postgres.cpu = 0.0;
-    assert!(sdl(&r).unwrap_err().to_string().contains("resources.postgres.cpu"));
+    assert!(sdl(&r, None).unwrap_err().to_string().contains("resources.postgres.cpu"));
     let mut r = regions().remove(0);
     r.local.internal = REGISTRY_PORT as u16;
-    assert!(sdl(&r).unwrap_err().to_string().contains("local.internal"));
+    assert!(sdl(&r, None).unwrap_err().to_string().contains("local.internal"));
     assert!(is_quantity("512Mi") && is_quantity("20Gi") && is_quantity("1000") && !is_quantity("0Gi") && !is_quantity("Gi"));
 }
 
@@ -174,7 +176,7 @@ fn render_dir_writes_one_file_per_region_and_removes_only_generated_strays() {
     let out = tempfile::tempdir().unwrap();
     std::fs::write(out.path().join("mars.yaml"), format!("{HEADER} from regions/mars.toml\n")).unwrap();
     std::fs::write(out.path().join("notes.yaml"), "hand-written\n").unwrap();
-    let written = render_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../regions"), out.path()).unwrap();
+    let written = render_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../regions"), out.path(), None).unwrap();
     let names: Vec<String> = written.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(names, ["us.yaml", "eu.yaml", "asia.yaml"]);
     assert!(!out.path().join("mars.yaml").exists(), "a stale generated file stays");

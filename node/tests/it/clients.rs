@@ -1,7 +1,8 @@
-//! Real registry clients — crane, oras, skopeo, regctl — against a real node (Postgres + Kubo)
-//! with auth on and no anonymous access, so every client goes through the token flow with a
-//! user created by `afreg user add`. Each client gets its own temporary HOME/DOCKER_CONFIG so
-//! no credentials leak between tests.
+//! Real registry clients — crane, oras, skopeo, regctl, and the container runtimes most users
+//! have, docker and podman — against real nodes (Postgres + Kubo) with auth on and no
+//! anonymous access, so every client goes through the token flow with a user created by
+//! `afreg user add`. Each client gets its own temporary HOME/DOCKER_CONFIG so no credentials
+//! leak between tests.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -267,4 +268,62 @@ fn regctl_copies_an_image_between_repositories() {
     assert_eq!(regctl_digest, src_digest, "regctl sees a different digest at the destination");
     let crane_digest = run_stdout(env.cmd("crane").args(["digest", &dst]));
     assert_eq!(crane_digest, src_digest, "digest at the destination differs from the source");
+}
+
+/// docker (a dockerd of the test's own) and podman each log in through the token flow, push
+/// afreg's own image to us, pull it from eu (logged in there), and run it with no network.
+#[test]
+fn docker_and_podman_push_to_one_region_and_pull_and_run_from_another() {
+    let cluster = testkit::cluster::TestCluster::start(bin(), &["us", "eu", "asia"], |_, c| {
+        c.config.auth.enabled = true;
+        c.config.auth.anonymous = vec![];
+    });
+    let (us, eu) = (cluster.region("us"), cluster.region("eu"));
+    us.node().add_user(USER, PASSWORD);
+    // The user reaches eu through the log: wait until eu issues it a token.
+    testkit::oci::within(std::time::Duration::from_secs(15), std::time::Duration::from_millis(100), "eu knows the user", || {
+        reqwest::blocking::Client::new()
+            .get(format!("{}/token?service=afreg&scope=repository:x:pull", eu.url()))
+            .basic_auth(USER, Some(PASSWORD))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    });
+
+    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = tempfile::tempdir().unwrap();
+    let archive = run_stdout(Command::new(repo_root.join("scripts/image.sh")).arg("--out").arg(out.path()).env("AFREG_BIN", bin()));
+    let archive = archive.lines().last().unwrap().to_owned();
+    let version = run_stdout(Command::new(bin()).arg("--version"));
+    let local = format!("localhost/afreg:{}", version.trim_start_matches("afreg "));
+
+    let podman = testkit::containers::Podman::new();
+    run_ok(podman.cmd().args(["load", "-i", &archive]));
+    let pushed = format!("{}/clients/afreg:podman", us.host());
+    let pulled = format!("{}/clients/afreg:podman", eu.host());
+    run_ok(podman.cmd().args(["tag", &local, &pushed]));
+    for host in [us.host(), eu.host()] {
+        run_ok(podman.cmd().args(["login", "--tls-verify=false", "-u", USER, "-p", PASSWORD, &host]));
+    }
+    run_ok(podman.cmd().args(["push", "--tls-verify=false", &pushed]));
+    run_ok(podman.cmd().args(["rmi", &pushed]));
+    run_ok(podman.cmd().args(["pull", "--tls-verify=false", &pulled]));
+    let ran = run_stdout(podman.cmd().args(["run", "--rm", "--network", "none", &pulled, "--version"]));
+    assert_eq!(ran, version, "podman ran the image pulled from eu");
+
+    // docker takes a docker-archive: podman writes one from the image it loaded.
+    let docker_archive = out.path().join("afreg.docker.tar");
+    run_ok(podman.cmd().args(["save", "--format", "docker-archive", "-o"]).arg(&docker_archive).arg(&local));
+    let dockerd = testkit::containers::Dockerd::start();
+    run_ok(dockerd.docker().arg("load").arg("-i").arg(&docker_archive));
+    let pushed = format!("{}/clients/afreg:docker", us.host());
+    let pulled = format!("{}/clients/afreg:docker", eu.host());
+    run_ok(dockerd.docker().args(["tag", &local, &pushed]));
+    for host in [us.host(), eu.host()] {
+        run_ok(dockerd.docker().args(["login", "-u", USER, "-p", PASSWORD, &host]));
+    }
+    run_ok(dockerd.docker().args(["push", &pushed]));
+    run_ok(dockerd.docker().args(["rmi", &pushed, &local]));
+    run_ok(dockerd.docker().args(["pull", &pulled]));
+    let ran = run_stdout(dockerd.docker().args(["run", "--rm", "--network", "none", &pulled, "--version"]));
+    assert_eq!(ran, version, "docker ran the image pulled from eu");
 }

@@ -11,5 +11,6 @@ mod data_safety;
 mod dependencies_down;
 mod harness;
 mod memory;
+mod private_swarm;
 mod storage;
 mod tls;
