@@ -3,7 +3,8 @@
 #
 #   - PostgreSQL server, skopeo, podman (with runc) and docker-compose (the Compose file check) from Debian;
 #   - Kubo (IPFS), crane, oras, regctl from their Go modules;
-#   - the OCI distribution-spec conformance suite, built with `go test -c`.
+#   - the OCI distribution-spec conformance suite, built with `go test -c`;
+#   - Pebble, Let's Encrypt's ACME test server, and its test certificates.
 #
 # Go-built tools land in $AFREG_TOOLS (default ~/.cache/afreg/bin) and are rebuilt only
 # when their pinned version changes, so a second run takes seconds.
@@ -39,6 +40,8 @@ CRANE_VERSION=v0.22.1
 ORAS_VERSION=v1.3.6
 REGCTL_VERSION=v0.11.7
 DISTRIBUTION_VERSION=v3.0.0
+# Let's Encrypt's ACME test server, for the automatic-TLS test.
+PEBBLE_VERSION=v2.10.3
 # The conformance module is not served at tag v1.1.1 by the Go module proxy (the tag is on
 # the root module, and nested-module zips are not published for it). This is the newest
 # served build of the classic Ginkgo suite, the one with the OCI_ROOT_URL/OCI_TEST_* variables.
@@ -66,6 +69,16 @@ go_install oras oras.land/oras/cmd/oras "$ORAS_VERSION"
 go_install regctl github.com/regclient/regclient/cmd/regctl "$REGCTL_VERSION"
 # The reference registry (distribution), the peer the throughput benchmark compares against.
 go_install registry github.com/distribution/distribution/v3/cmd/registry "$DISTRIBUTION_VERSION"
+
+go_install pebble github.com/letsencrypt/pebble/v2/cmd/pebble "$PEBBLE_VERSION"
+# Pebble's own HTTPS certificate (for localhost and 127.0.0.1) and its CA, from the module.
+if [ "$(cat "$TOOLS/pebble-certs/.version" 2>/dev/null)" != "$PEBBLE_VERSION" ]; then
+  src=$(go mod download -json "github.com/letsencrypt/pebble/v2@$PEBBLE_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -n "$src" ] || { log "pebble module download failed"; exit 1; }
+  rm -rf "$TOOLS/pebble-certs" && mkdir -p "$TOOLS/pebble-certs"
+  cp -r "$src/test/certs/." "$TOOLS/pebble-certs/" && chmod -R u+w "$TOOLS/pebble-certs"
+  echo "$PEBBLE_VERSION" > "$TOOLS/pebble-certs/.version"
+fi
 
 if ! have oci-conformance "$CONFORMANCE_VERSION"; then
   log "building the OCI conformance suite $CONFORMANCE_VERSION"

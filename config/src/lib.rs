@@ -91,6 +91,10 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `tls_cert`. Set both or neither.
     pub tls_key: Option<PathBuf>,
+    /// Instead of `tls_cert`/`tls_key`: the node obtains and renews its certificate itself
+    /// through ACME (TLS-ALPN-01 on `listen`, the region's own leased IP), and serves it on
+    /// both listeners.
+    pub acme: Option<AcmeConfig>,
 }
 
 impl Default for ServerConfig {
@@ -100,14 +104,50 @@ impl Default for ServerConfig {
             public_url: "http://127.0.0.1:5000".into(),
             tls_cert: None,
             tls_key: None,
+            acme: None,
+        }
+    }
+}
+
+/// Automatic TLS through an ACME certificate authority (Let's Encrypt, or any RFC 8555 CA).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's ACME directory.
+    pub directory_url: String,
+    /// Contact addresses for the account, e.g. `mailto:ops@example.org`.
+    pub contact: Vec<String>,
+    /// The names the certificate covers: the region's own and the global one.
+    pub domains: Vec<String>,
+    /// Where the account key and the certificate are kept, so a restart reuses them instead of
+    /// asking for a new certificate (on the persistent volume).
+    pub cache_dir: PathBuf,
+    /// A CA certificate (PEM) trusted for the ACME server's own HTTPS besides the public roots:
+    /// a private CA, or a test CA such as Pebble's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            directory_url: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            contact: vec![],
+            domains: vec![],
+            cache_dir: PathBuf::from("acme"),
+            ca_file: None,
         }
     }
 }
 
 impl ServerConfig {
-    /// `(certificate, key)` when TLS is configured.
+    /// `(certificate, key)` when TLS is configured with files.
     pub fn tls(&self) -> Option<(&std::path::Path, &std::path::Path)> {
         Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
+
+    /// Whether the listeners serve HTTPS (from files or through ACME).
+    pub fn https(&self) -> bool {
+        self.tls().is_some() || self.acme.is_some()
     }
 }
 
@@ -399,36 +439,10 @@ impl Config {
     /// container's. Strings are written as they are; other values as JSON, which the loader
     /// reads back (`[\"a\"]` is an array, `true` a bool).
     pub fn env_overrides(&self) -> Result<Vec<(String, String)>, ConfigError> {
-        let ours = toml::Table::try_from(self)?;
-        let defaults = toml::Table::try_from(Config::default())?;
+        let ours = toml::Value::try_from(self)?;
+        let defaults = toml::Value::try_from(Config::default())?;
         let mut out = vec![];
-        for (section, fields) in &ours {
-            let (Some(fields), default) = (fields.as_table(), defaults.get(section).and_then(|d| d.as_table())) else {
-                return Err(ConfigError::Invalid(format!("{section} is not a section")));
-            };
-            for (field, value) in fields {
-                if default.and_then(|d| d.get(field)) == Some(value) {
-                    continue;
-                }
-                let key = format!("{ENV_PREFIX}{}__{}", section.to_uppercase(), field.to_uppercase());
-                let text = match value {
-                    toml::Value::String(s) => s.clone(),
-                    toml::Value::Integer(i) => i.to_string(),
-                    toml::Value::Float(f) => f.to_string(),
-                    toml::Value::Boolean(b) => b.to_string(),
-                    toml::Value::Array(_) if is_string_array(value) => {
-                        let items: Vec<String> = value.as_array().into_iter().flatten().map(|v| format!("{:?}", v.as_str().unwrap_or(""))).collect();
-                        format!("[{}]", items.join(","))
-                    }
-                    other => {
-                        return Err(ConfigError::Invalid(format!(
-                            "{section}.{field} = {other} cannot be carried in an environment variable; set it in the file"
-                        )))
-                    }
-                };
-                out.push((key, text));
-            }
-        }
+        flatten(&[], &ours, Some(&defaults), &mut out)?;
         Ok(out)
     }
 
@@ -445,6 +459,15 @@ impl Config {
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return bad("server.tls_cert and server.tls_key must be set together");
+        }
+        if let Some(acme) = &self.server.acme {
+            if self.server.tls_cert.is_some() {
+                return bad("server.acme and server.tls_cert/tls_key are alternatives: set one");
+            }
+            if acme.domains.is_empty() {
+                return bad("server.acme.domains must name the certificate's host names");
+            }
+            url_ok("server.acme.directory_url", &acme.directory_url)?;
         }
         url_ok("server.public_url", &self.server.public_url)?;
         url_ok("kubo.api_url", &self.kubo.api_url)?;
@@ -523,6 +546,41 @@ fn merge_values(a: figment::value::Value, b: figment::value::Value) -> figment::
     }
 }
 
+/// The variables of every value under `path` that differs from `default` (tables recurse:
+/// `server.acme.domains` is `AFREG_SERVER__ACME__DOMAINS`).
+fn flatten(path: &[&str], value: &toml::Value, default: Option<&toml::Value>, out: &mut Vec<(String, String)>) -> Result<(), ConfigError> {
+    if default == Some(value) {
+        return Ok(());
+    }
+    let text = match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let mut p = path.to_vec();
+                p.push(k);
+                flatten(&p, v, default.and_then(|d| d.get(k)), out)?;
+            }
+            return Ok(());
+        }
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Array(a) if is_string_array(value) => {
+            let items: Vec<String> = a.iter().map(|v| format!("{:?}", v.as_str().unwrap_or(""))).collect();
+            format!("[{}]", items.join(","))
+        }
+        other => {
+            return Err(ConfigError::Invalid(format!(
+                "{} = {other} cannot be carried in an environment variable; set it in the file",
+                path.join(".")
+            )))
+        }
+    };
+    let key = path.iter().map(|p| p.to_uppercase()).collect::<Vec<_>>().join("__");
+    out.push((format!("{ENV_PREFIX}{key}"), text));
+    Ok(())
+}
+
 fn is_string_array(v: &toml::Value) -> bool {
     v.as_array().is_some_and(|a| a.iter().all(|x| x.is_str()))
 }
@@ -585,8 +643,17 @@ mod tests {
         c.cluster.election_timeout_max_ms = 2000;
         c.cluster.kubo_swarm_addrs = vec!["/dns4/registry-eu.example.org/tcp/4001".into()];
         c.cluster.bootstrap = vec![BootstrapPeer { id: 7, name: "eu".into(), url: "http://127.0.0.1:5100".into(), api_url: String::new() }];
+        let mut acme = AcmeConfig::default();
+        acme.domains = vec!["registry-eu.example.org".into(), "registry.example.org".into()];
+        acme.contact = vec!["mailto:ops@example.org".into()];
+        acme.cache_dir = "/data/acme".into();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
+        std::fs::write(&p, c.to_toml().unwrap()).unwrap();
+        assert_eq!(Config::load_from(Some(&p), []).unwrap(), c);
+        c.server.tls_cert = None;
+        c.server.tls_key = None;
+        c.server.acme = Some(acme);
         std::fs::write(&p, c.to_toml().unwrap()).unwrap();
         assert_eq!(Config::load_from(Some(&p), []).unwrap(), c);
 
@@ -597,6 +664,7 @@ mod tests {
         assert!(env.contains(&("AFREG_CLUSTER__ID".into(), "7".into())), "{env:?}");
         assert!(env.contains(&("AFREG_AUTH__ANONYMOUS".into(), "[\"pull\"]".into())), "{env:?}");
         assert!(!env.iter().any(|(k, _)| k == "AFREG_KUBO__CHUNKER"), "defaults are left out: {env:?}");
+        assert!(env.contains(&("AFREG_SERVER__ACME__CACHE_DIR".into(), "/data/acme".into())), "{env:?}");
         assert_eq!(Config::load_from(None, env).unwrap(), c);
     }
 }

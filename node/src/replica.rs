@@ -129,7 +129,7 @@ pub fn identity(cfg: &Config) -> Identity {
 async fn discover_and_initialize(cfg: Config, cluster: Arc<Cluster>, me: Region, stop: CancellationToken) {
     let Some(zone) = cfg.cluster.discovery_zone.clone() else { return };
     let ns = cfg.cluster.dns_server.map(NameServer::At).unwrap_or(NameServer::System);
-    let scheme = if cfg.server.tls().is_some() { "https" } else { "http" };
+    let scheme = if cfg.server.https() { "https" } else { "http" };
     loop {
         if cluster.raft.is_initialized().await.unwrap_or(true) {
             return;

@@ -44,11 +44,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let stop_internal = shutdown.clone();
     // With TLS configured, the internal endpoint uses the same certificate: the cluster secret
     // crosses the WAN only encrypted.
-    let internal_tls = cfg.server.tls().map(|(c, k)| (c.to_owned(), k.to_owned()));
+    let node_tls = tls::from_config(&cfg.server, shutdown.clone())?;
+    let internal_tls = node_tls.clone();
     let internal_server = tokio::spawn(async move {
         let stop = stop_internal.cancelled_owned();
         let r = match internal_tls {
-            Some((cert, key)) => tls::serve(internal_listener, internal, &cert, &key, stop).await,
+            Some(t) => tls::serve(internal_listener, internal, t, stop).await,
             None => axum::serve(internal_listener, internal).with_graceful_shutdown(stop).await.map_err(Into::into),
         };
         if let Err(e) = r {
@@ -68,15 +69,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     let app = http::router(AppState { registry, auth, metrics });
     let listener = tokio::net::TcpListener::bind(cfg.server.listen).await?;
-    tracing::info!(event = "listening", addr = %cfg.server.listen, public_url = %cfg.server.public_url, tls = cfg.server.tls().is_some(), "afreg node serving");
+    tracing::info!(event = "listening", addr = %cfg.server.listen, public_url = %cfg.server.public_url, tls = cfg.server.https(), "afreg node serving");
     let token = shutdown.clone();
     let stop = async move {
         signal().await;
         tracing::info!(event = "shutdown", "shutting down");
         token.cancel();
     };
-    match cfg.server.tls() {
-        Some((cert, key)) => tls::serve(listener, app, cert, key, stop).await?,
+    match node_tls {
+        Some(t) => tls::serve(listener, app, t, stop).await?,
         None => axum::serve(listener, app).with_graceful_shutdown(stop).await?,
     }
     shutdown.cancel();

@@ -115,14 +115,26 @@ impl Node {
     /// Like [`Node::start`] but returns an error (including the log tail) instead of panicking,
     /// for tests that expect the node to refuse to start.
     pub fn try_start(bin: &Path, cfg: NodeConfig) -> Result<Node, String> {
+        let mut node = Self::start_unready(bin, cfg);
+        node.wait_healthy(Duration::from_secs(30))?;
+        Ok(node)
+    }
+
+    /// Writes the config and spawns `afreg serve` without waiting for it (for a node whose
+    /// health the test checks itself, e.g. over HTTPS).
+    pub fn start_unready(bin: &Path, cfg: NodeConfig) -> Node {
         let dir = tempfile::Builder::new().prefix("afreg-node-").tempdir_in("/tmp").expect("node temp dir");
         let port = cfg.port.unwrap_or_else(free_port);
         let internal_port = cfg.internal_port.unwrap_or_else(free_port);
         let mut node = Node { bin: bin.to_path_buf(), cfg, dir, port, internal_port, child: None };
         node.write_config();
         node.spawn();
-        node.wait_healthy(Duration::from_secs(30))?;
-        Ok(node)
+        node
+    }
+
+    /// Spawns a stopped node again with the same config, without waiting for it.
+    pub fn spawn_again(&mut self) {
+        self.spawn();
     }
 
     fn write_config(&self) {

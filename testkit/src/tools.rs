@@ -150,7 +150,8 @@ pub(crate) fn shared_tempdir(prefix: &str) -> TempDir {
     dir
 }
 
-pub(crate) fn open_log(path: &Path) -> fs::File {
+/// A log file opened for appending; panics with its path on failure.
+pub fn open_log(path: &Path) -> fs::File {
     fs::OpenOptions::new()
         .create(true)
         .append(true)

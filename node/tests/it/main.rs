@@ -2,6 +2,7 @@
 //! real PostgreSQL, Kubo and `afreg serve` processes (testkit), and real clients where a client
 //! is the point.
 
+mod acme;
 mod auth_flow;
 mod bad_input;
 mod clients;

@@ -1,0 +1,193 @@
+//! Automatic TLS against Pebble, Let's Encrypt's ACME test server (a real ACME CA, validating
+//! for real): the node obtains its certificate through TLS-ALPN-01 on its own listener, a
+//! client trusting Pebble's root pulls over HTTPS, a restart reuses the cached certificate
+//! instead of asking for another, and a short validity forces a renewal that the node serves
+//! to new connections without a restart while a slow pull started before it runs to the end.
+
+use std::io::Read as _;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tempfile::TempDir;
+use testkit::{afreg_bin as bin, file_tail, free_port, open_log, sha256_digest, tools_dir, Action, Kubo, Node, NodeConfig, Postgres};
+
+/// Pebble on loopback, validating challenges against 127.0.0.1 (where `localhost` resolves).
+struct Pebble {
+    dir: TempDir,
+    child: Child,
+    port: u16,
+    management: u16,
+}
+
+impl Pebble {
+    /// Pebble issuing certificates valid for `validity`; its TLS-ALPN-01 checks dial `tls_port`.
+    fn start(tls_port: u16, validity: Duration) -> Pebble {
+        let certs = tools_dir().join("pebble-certs");
+        let dir = tempfile::tempdir().unwrap();
+        let (port, management) = (free_port(), free_port());
+        let config = json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{port}"),
+            "managementListenAddress": format!("127.0.0.1:{management}"),
+            "certificate": certs.join("localhost/cert.pem"),
+            "privateKey": certs.join("localhost/key.pem"),
+            "httpPort": free_port(),
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+            "profiles": {"default": {"description": "short-lived, to force renewals", "validityPeriod": validity.as_secs()}},
+        }});
+        let path = dir.path().join("pebble-config.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let log = open_log(&dir.path().join("pebble.log"));
+        let child = Command::new(tools_dir().join("pebble"))
+            .arg("-config")
+            .arg(&path)
+            // No random waits before validating, no nonces rejected on purpose: the test is of
+            // the node, not of its retry of Pebble's chaos.
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn pebble (scripts/setup.sh installs it)");
+        let p = Pebble { dir, child, port, management };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", p.port)).is_err() {
+            assert!(Instant::now() < deadline, "pebble did not listen:\n{}", p.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    fn log(&self) -> String {
+        file_tail(&self.dir.path().join("pebble.log"), 40)
+    }
+
+    /// The root that signs the certificates Pebble issues (a new one each run).
+    fn issuing_root(&self) -> Vec<u8> {
+        let ca = std::fs::read(tools_dir().join("pebble-certs/pebble.minica.pem")).unwrap();
+        let c = reqwest::blocking::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .no_proxy()
+            .build()
+            .unwrap();
+        c.get(format!("https://127.0.0.1:{}/roots/0", self.management)).send().unwrap().bytes().unwrap().to_vec()
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- pebble log ---\n{}", self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client for `https://localhost:PORT` trusting only `root`, reporting the peer certificate.
+/// It keeps no idle connection; a new client also has no TLS session to resume, so its first
+/// handshake is a full one, and the certificate it reports is the one served now.
+fn client(port: u16, root: &[u8]) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .pool_max_idle_per_host(0)
+        .add_root_certificate(reqwest::Certificate::from_pem(root).unwrap())
+        .tls_built_in_root_certs(false)
+        .tls_info(true)
+        .resolve("localhost", ([127, 0, 0, 1], port).into())
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// The leaf certificate (DER) a new connection to `url` is served, if the handshake succeeds.
+fn served_cert(c: &reqwest::blocking::Client, url: &str) -> Option<Vec<u8>> {
+    let r = c.get(format!("{url}/v2/")).send().ok()?;
+    r.extensions().get::<reqwest::tls::TlsInfo>()?.peer_certificate().map(<[u8]>::to_vec)
+}
+
+/// The certificate a new client is served once the node answers over HTTPS.
+fn wait_for_cert(port: u16, root: &[u8], url: &str, within: Duration, what: &str) -> Vec<u8> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(cert) = served_cert(&client(port, root), url) {
+            return cert;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn the_node_gets_renews_and_serves_its_certificate_through_acme() {
+    let port = free_port();
+    // Renewal comes at two thirds of the validity: about 20 s after issuance.
+    let pebble = Pebble::start(port, Duration::from_secs(30));
+    let (pg, kubo) = (Postgres::start(), Kubo::start());
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
+    cfg.port = Some(port);
+    cfg.config.auth.anonymous = Action::ALL.to_vec();
+    cfg.config.server.public_url = format!("https://localhost:{port}");
+    cfg.config.server.acme = Some(afreg_config::AcmeConfig {
+        directory_url: format!("https://127.0.0.1:{}/dir", pebble.port),
+        contact: vec!["mailto:ops@example.org".into()],
+        domains: vec!["localhost".into()],
+        cache_dir: data.path().join("acme"),
+        ca_file: Some(tools_dir().join("pebble-certs/pebble.minica.pem")),
+    });
+    let mut node = Node::start_unready(bin(), cfg);
+    let url = format!("https://localhost:{port}");
+    let root = pebble.issuing_root();
+    let c = client(port, &root);
+    let first = wait_for_cert(port, &root, &url, Duration::from_secs(60), "the first certificate");
+    let pid = node.pid();
+
+    // A restart serves the cached certificate: nothing new is issued.
+    node.stop();
+    node.spawn_again();
+    let after_restart = wait_for_cert(port, &root, &url, Duration::from_secs(30), "the node after a restart");
+    assert_eq!(after_restart, first, "a restart asked for a new certificate instead of reusing the cached one");
+
+    // A blob to pull slowly across the renewal.
+    let blob = testkit::random_bytes(12 * 1024 * 1024);
+    let digest = sha256_digest(&blob);
+    let r = c.post(format!("{url}/v2/acme/blob/blobs/uploads/?digest={digest}")).body(blob.clone()).send().unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    let mut pull = c.get(format!("{url}/v2/acme/blob/blobs/{digest}")).send().unwrap();
+    assert_eq!(pull.status(), 200);
+    let in_flight_cert = pull.extensions().get::<reqwest::tls::TlsInfo>().and_then(|t| t.peer_certificate()).unwrap().to_vec();
+    let pid_now = node.pid();
+
+    let mut got = Vec::with_capacity(blob.len());
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut renewed = None;
+    let mut last_check = Instant::now();
+    loop {
+        let n = pull.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if renewed.is_none() {
+            // Read slowly until a new connection is served another certificate.
+            if last_check.elapsed() > Duration::from_millis(500) {
+                renewed = served_cert(&client(port, &root), &url).filter(|cert| *cert != in_flight_cert);
+                last_check = Instant::now();
+            }
+            assert!(Instant::now() < deadline, "no renewed certificate within 120 s");
+            // 64 KiB every 150 ms: the 12 MiB take about 29 s, past the renewal.
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+    let renewed = renewed.expect("the pull ended before the renewal: make it slower");
+    assert_ne!(renewed, first);
+    assert_eq!(got.len(), blob.len(), "the in-flight pull was cut short by the renewal");
+    assert_eq!(sha256_digest(&got), digest);
+    assert_eq!(node.pid(), pid_now, "the renewal needed no restart");
+    assert_ne!(pid, pid_now, "(the restart above did restart)");
+}
