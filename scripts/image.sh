@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds afreg's container image offline and without a daemon, from the local release build:
 # one layer holding the stripped binary, the shared libraries `ldd` says it needs, CA
-# certificates and a non-root user (10001), on an empty OCI base; the entry point
+# certificates, a non-root user (10001) and busybox (a shell for `lease-shell` and
+# `podman exec`: copying certificates onto the volume, looking around), on an empty OCI base; the entry point
 # (`afreg serve`), user, working directory and ports are set as the Containerfile sets them.
 # crane assembles it through a registry of its own on loopback (crane mutate edits images in
 # a registry), and the result is written as an OCI archive tagged afreg:<crate version>.
@@ -56,6 +57,9 @@ for lib in $(ldd "$BIN" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// 
   cp -L "$lib" "$root$lib"
 done
 cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
+mkdir -p "$root/bin"
+cp /bin/busybox "$root/bin/busybox"
+for applet in sh cat ls mkdir rm cp mv kill ps env; do ln -s busybox "$root/bin/$applet"; done
 printf 'root:x:0:0:root:/root:/sbin/nologin\nafreg:x:10001:10001:afreg:/data:/sbin/nologin\n' > "$root/etc/passwd"
 printf 'root:x:0:\nafreg:x:10001:\n' > "$root/etc/group"
 chmod 1777 "$root/tmp"
@@ -76,6 +80,7 @@ ref=127.0.0.1:$port/afreg:$VERSION
 crane append --insecure --oci-empty-base -f "$layer" -t "$ref" >/dev/null
 crane mutate --insecure "$ref" -t "$ref" \
   --entrypoint /usr/local/bin/afreg --cmd serve --user 10001:10001 --workdir /data \
+  --env PATH=/usr/local/bin:/bin \
   --exposed-ports 5000/tcp,5100/tcp \
   -l org.opencontainers.image.title=afreg -l "org.opencontainers.image.version=$VERSION" >/dev/null
 

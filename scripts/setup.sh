@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs every external piece afreg's tests and local cluster need, idempotently.
 #
-#   - PostgreSQL server, skopeo, podman (with runc) and docker-compose (the Compose file check) from Debian;
+#   - PostgreSQL server, skopeo, podman (with runc), docker-compose (the Compose file check) and
+#     busybox-static (the image's shell) from Debian;
 #   - Kubo (IPFS), crane, oras, regctl from their Go modules;
 #   - the OCI distribution-spec conformance suite, built with `go test -c`;
 #   - Pebble, Let's Encrypt's ACME test server, and its test certificates.
@@ -16,7 +17,7 @@ mkdir -p "$TOOLS"
 log() { echo "setup: $*" >&2; }
 
 # ---- Debian packages -------------------------------------------------------------
-DEB_PKGS=(postgresql skopeo podman runc docker-compose)
+DEB_PKGS=(postgresql skopeo podman runc docker-compose busybox-static)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -33,6 +33,9 @@ fn the_image_runs_the_node_under_podman_and_serves_pushes_and_pulls() {
     assert_eq!(inspect("{{.Config.User}}"), "10001:10001", "the image runs as a non-root user");
     assert_eq!(inspect("{{json .Config.Entrypoint}}"), r#"["/usr/local/bin/afreg"]"#);
     assert_eq!(inspect("{{json .Config.Cmd}}"), r#"["serve"]"#);
+    // A shell for lease-shell: copying certificates onto the volume.
+    let shell = run_stdout(podman.cmd().args(["run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", &image, "-c", "echo shell; cat /etc/passwd"]));
+    assert!(shell.starts_with("shell") && shell.contains("afreg:x:10001"), "{shell}");
 
     // The node's state on a volume the image's user owns.
     let pg = Postgres::start();
