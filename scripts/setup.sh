@@ -16,6 +16,20 @@ TOOLS=${AFREG_TOOLS:-$HOME/.cache/afreg/bin}
 mkdir -p "$TOOLS"
 log() { echo "setup: $*" >&2; }
 
+# Installs Debian packages whose service must not start (the tests run their own instances):
+# when no policy-rc.d exists, one that refuses every start is in place for the install.
+apt_install_no_start() {
+  log "apt-get install $* (service not started)"
+  export DEBIAN_FRONTEND=noninteractive
+  local policy_added=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy_added=1
+  fi
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "$@" >&2
+  [ -z "$policy_added" ] || rm -f /usr/sbin/policy-rc.d
+}
+
 # ---- Debian packages -------------------------------------------------------------
 DEB_PKGS=(postgresql skopeo podman runc docker-compose busybox-static)
 missing=()
@@ -125,17 +139,7 @@ missing=()
 for p in "${PDNS_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "apt-get install ${missing[*]} (service not started)"
-  export DEBIAN_FRONTEND=noninteractive
-  policy_added=
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy_added=1
-  fi
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-  [ -z "$policy_added" ] || rm -f /usr/sbin/policy-rc.d
-fi
+[ ${#missing[@]} -eq 0 ] || apt_install_no_start "${missing[@]}"
 # mmdb-writer + netaddr (PyPI, pinned) in a venv, for scripts/make-test-mmdb.py.
 PY_DIR=${AFREG_PY:-$HOME/.cache/afreg/py}
 PY_PKGS="mmdb-writer==0.2.7 netaddr==1.3.0"
@@ -157,17 +161,7 @@ fi
 # ---- dockerd: Debian's docker.io, a real client for the tests (node/tests/it/clients.rs) ------------
 # The tests start their own dockerd (no iptables, no bridge, vfs, their own socket and data
 # root); Debian's docker service is never wanted, so it is not started by the install.
-if ! command -v dockerd >/dev/null; then
-  log "apt-get install docker.io (service not started)"
-  export DEBIAN_FRONTEND=noninteractive
-  policy_added=
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy_added=1
-  fi
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends docker.io >&2
-  [ -z "$policy_added" ] || rm -f /usr/sbin/policy-rc.d
-fi
+command -v dockerd >/dev/null || apt_install_no_start docker.io
 
 log "tools ready in $TOOLS"
 echo "$TOOLS"

@@ -63,16 +63,20 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// `afreg sdl render` of the committed region files into `out`, with `secrets` if given.
+fn render(out: &Path, secrets: Option<&Path>) -> Output {
+    let mut c = afreg();
+    c.args(["sdl", "render", "--regions"]).arg(repo().join("regions")).arg("--out").arg(out);
+    if let Some(s) = secrets {
+        c.arg("--secrets").arg(s);
+    }
+    c.output().unwrap()
+}
+
 #[test]
 fn committed_sdl_files_are_what_render_produces() {
     let out = tempfile::tempdir().unwrap();
-    let o = afreg()
-        .args(["sdl", "render", "--regions"])
-        .arg(repo().join("regions"))
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let o = render(out.path(), None);
     assert!(o.status.success(), "afreg sdl render failed: {}", text(&o.stderr));
     let fix = "re-run `cargo run -p afreg -- sdl render` at the repository root and commit sdl/";
     let committed = repo().join("sdl");
@@ -92,7 +96,7 @@ fn committed_sdl_files_are_what_render_produces() {
     }
     // Rendering again gives the same bytes.
     let again = tempfile::tempdir().unwrap();
-    let o = afreg().args(["sdl", "render", "--regions"]).arg(repo().join("regions")).arg("--out").arg(again.path()).output().unwrap();
+    let o = render(again.path(), None);
     assert!(o.status.success());
     for name in yaml_files(out.path()) {
         assert_eq!(std::fs::read(out.path().join(&name)).unwrap(), std::fs::read(again.path().join(&name)).unwrap(), "{name}");
@@ -149,15 +153,7 @@ fn rendered_sdl_puts_kubo_in_the_private_network_and_carries_secrets_only_when_a
     let key = afreg_deploy::swarm_key::SwarmKey::read(&secrets.path().join("swarm.key")).unwrap();
     let cluster_secret = std::fs::read_to_string(secrets.path().join("cluster-secret")).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let o = afreg()
-        .args(["sdl", "render", "--regions"])
-        .arg(repo().join("regions"))
-        .arg("--out")
-        .arg(out.path())
-        .arg("--secrets")
-        .arg(secrets.path())
-        .output()
-        .unwrap();
+    let o = render(out.path(), Some(secrets.path()));
     assert!(o.status.success(), "afreg sdl render --secrets: {}", text(&o.stderr));
     for name in yaml_files(out.path()) {
         let deployable = services_of(&out.path().join(&name));
