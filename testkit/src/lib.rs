@@ -16,9 +16,11 @@
 //! - [`cluster`]: several regions in one Raft group.
 //! - [`conformance`]: the OCI conformance suite and its JUnit report.
 //! - [`containers`]: podman and a dockerd of the test's own.
+//! - [`api`]: a raw client of a node's API (exact statuses, headers, error bodies).
 //! - [`oci`]: the one OCI test client and image fixture; [`stream`]: streamed pushes of
 //!   blobs too big to hold (async).
 
+pub mod api;
 pub mod cluster;
 pub mod conformance;
 pub mod containers;

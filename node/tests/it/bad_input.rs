@@ -11,10 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use reqwest::blocking::{Client, RequestBuilder};
-use reqwest::header::HeaderMap;
 use reqwest::Method;
 use serde_json::{json, Value};
+use testkit::api::{Api, Resp};
 use testkit::{Action, random_bytes, random_hex, sha256_digest, TestRegion};
 
 use testkit::afreg_bin as bin;
@@ -27,108 +26,21 @@ const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 // HTTP
 // ---------------------------------------------------------------------------------------------
 
-/// A response, read whole, with the request it answers (for assertion messages).
-struct Resp {
-    what: String,
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
+/// What these tests do on a node beyond [`Api`]'s requests.
+trait Pushes {
+    fn push_blob(&self, repo: &str, data: &[u8]) -> String;
+    fn start_upload(&self, repo: &str) -> String;
 }
 
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// `(code, message)` of the first entry of an OCI `{"errors":[…]}` body.
-    fn error(&self) -> (String, String) {
-        let v: Value = serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("{}: {} with a body that is not JSON ({e}): {:?}", self.what, self.status, self.text())
-        });
-        let first = &v["errors"][0];
-        match (first["code"].as_str(), first["message"].as_str()) {
-            (Some(c), Some(m)) => (c.to_owned(), m.to_owned()),
-            _ => panic!("{}: {} without an OCI errors body: {v}", self.what, self.status),
-        }
-    }
-
-    fn expect_status(&self, status: u16) -> &Self {
-        assert_eq!(self.status, status, "{}: expected {status}, got {}: {}", self.what, self.status, self.text());
-        self
-    }
-
-    /// Asserts the status and the OCI error code; returns the error message.
-    fn expect_error(&self, status: u16, code: &str) -> String {
-        self.expect_status(status);
-        let ct = self.header("content-type").unwrap_or("");
-        assert!(ct.starts_with("application/json"), "{}: error body has Content-Type {ct:?}", self.what);
-        let (c, m) = self.error();
-        assert_eq!(c, code, "{}: expected code {code}, got {c} ({m})", self.what);
-        m
-    }
+fn api(region: &TestRegion) -> Api {
+    Api::new(region.node.url(), Duration::from_secs(120))
 }
 
-struct Api {
-    client: Client,
-    base: String,
-}
-
-impl Api {
-    fn new(region: &TestRegion) -> Api {
-        let client = Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(120))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("reqwest client");
-        Api { client, base: region.node.url() }
-    }
-
-    /// `path` is absolute on the node (`/v2/...`) or a full URL.
-    fn url(&self, path: &str) -> String {
-        if path.starts_with("http") {
-            path.to_owned()
-        } else {
-            format!("{}{path}", self.base)
-        }
-    }
-
-    fn call(&self, method: Method, path: &str, f: impl FnOnce(RequestBuilder) -> RequestBuilder) -> Resp {
-        let what = format!("{method} {path}");
-        let resp = f(self.client.request(method, self.url(path)))
-            .send()
-            .unwrap_or_else(|e| panic!("{what}: request failed: {e:?}"));
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().unwrap_or_else(|e| panic!("{what}: reading the body failed: {e}")).to_vec();
-        Resp { what, status, headers, body }
-    }
-
-    fn get(&self, path: &str) -> Resp {
-        self.call(Method::GET, path, |r| r)
-    }
-
+impl Pushes for Api {
     /// Monolithic upload (`POST …/blobs/uploads/?digest=`); asserts 201.
     fn push_blob(&self, repo: &str, data: &[u8]) -> String {
-        let digest = sha256_digest(data);
-        let data = data.to_vec();
-        self.call(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"), |r| {
-            r.header("content-type", "application/octet-stream").body(data)
-        })
-        .expect_status(201);
-        digest
-    }
-
-    /// `PUT` a manifest under `reference`.
-    fn put_manifest(&self, repo: &str, reference: &str, body: &[u8]) -> Resp {
-        let body = body.to_vec();
-        self.call(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"), |r| {
-            r.header("content-type", OCI_MANIFEST).body(body)
-        })
+        self.post_blob(repo, data).expect_status(201);
+        sha256_digest(data)
     }
 
     /// `POST …/blobs/uploads/`; asserts 202 and returns the session's `Location` (absolute path).
@@ -242,7 +154,7 @@ fn open_region(f: impl FnOnce(&mut testkit::NodeConfig)) -> TestRegion {
 #[test]
 fn invalid_repository_names_and_tags_are_refused_and_store_nothing() {
     let region = open_region(|_| {});
-    let api = Api::new(&region);
+    let api = api(&region);
 
     // A manifest that is valid in every other respect for repository `tags/ok`.
     let config = b"{}".to_vec();
@@ -289,7 +201,7 @@ fn invalid_repository_names_and_tags_are_refused_and_store_nothing() {
 #[test]
 fn malformed_and_unsupported_digests_are_refused_and_store_nothing() {
     let region = open_region(|_| {});
-    let api = Api::new(&region);
+    let api = api(&region);
     let repo = "dig/repo";
     let existing = random_bytes(1000);
     let existing_d = api.push_blob(repo, &existing);
@@ -340,7 +252,7 @@ fn malformed_and_unsupported_digests_are_refused_and_store_nothing() {
 #[test]
 fn digest_mismatch_on_upload_stores_nothing_and_releases_pins() {
     let region = open_region(|_| {});
-    let api = Api::new(&region);
+    let api = api(&region);
     let repo = "mismatch/repo";
     let data = random_bytes(300 * 1024);
     let real = sha256_digest(&data);
@@ -409,7 +321,7 @@ fn digest_mismatch_on_upload_stores_nothing_and_releases_pins() {
 #[test]
 fn manifests_with_unknown_blobs_or_invalid_json_store_nothing() {
     let region = open_region(|_| {});
-    let api = Api::new(&region);
+    let api = api(&region);
     let config = b"{}".to_vec();
     let config_d = api.push_blob("man/repo", &config);
     let missing_layer = sha256_digest(&random_bytes(32));
@@ -465,7 +377,7 @@ fn manifests_with_unknown_blobs_or_invalid_json_store_nothing() {
 #[test]
 fn manifest_over_a_small_limit_is_413_and_the_limit_itself_is_accepted() {
     let region = open_region(|c| c.config.storage.max_manifest_bytes = 1024);
-    let api = Api::new(&region);
+    let api = api(&region);
     let repo = "limit/small";
     let config = b"{}".to_vec();
     let config_d = api.push_blob(repo, &config);
@@ -495,7 +407,7 @@ fn manifest_over_a_small_limit_is_413_and_the_limit_itself_is_accepted() {
 #[test]
 fn manifest_of_exactly_the_default_4_mib_limit_round_trips() {
     let region = open_region(|_| {});
-    let api = Api::new(&region);
+    let api = api(&region);
     let repo = "limit/default";
     let config = b"{}".to_vec();
     let config_d = api.push_blob(repo, &config);
@@ -536,7 +448,7 @@ fn manifest_of_exactly_the_default_4_mib_limit_round_trips() {
 #[test]
 fn wrong_content_range_is_416_and_keeps_the_session() {
     let region = open_region(|_| {});
-    let api = Api::new(&region);
+    let api = api(&region);
     let repo = "range/repo";
     let data = random_bytes(20);
     let session = api.start_upload(repo);
@@ -584,7 +496,7 @@ fn wrong_content_range_is_416_and_keeps_the_session() {
 #[test]
 fn unknown_upload_sessions_are_404_blob_upload_unknown() {
     let region = open_region(|_| {});
-    let api = Api::new(&region);
+    let api = api(&region);
     // A real session in another repository: its id is unknown to `a`.
     let elsewhere = api.start_upload("b");
     let elsewhere_id = elsewhere.rsplit('/').next().unwrap().to_owned();
@@ -673,7 +585,7 @@ fn expect_challenge(r: &Resp, realm: &str, scope: &str) {
 fn missing_expired_foreign_forged_and_tampered_tokens_are_401() {
     let region = private_region();
     region.node.add_user(USER, PASSWORD);
-    let api = Api::new(&region);
+    let api = api(&region);
     let realm = format!("{}/token", region.node.url());
     let repo = "mine/x";
     let push_scope = format!("repository:{repo}:pull,push");
@@ -737,7 +649,7 @@ fn insufficient_scope_is_403_and_a_wrong_password_gets_no_token() {
     let (user, password) = ("limited", "only-pulls-other");
     region.node.add_user_with_grants(user, password, &["other/*:pull"]);
     assert_eq!(region.pg.psql(&format!("SELECT pattern, actions FROM user_grants WHERE username = '{user}'")), "other/*|{pull}");
-    let api = Api::new(&region);
+    let api = api(&region);
 
     // Wrong password, unknown user: no token.
     for (u, p) in [(user, "wrong-password"), ("nobody", password)] {

@@ -5,116 +5,50 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::blocking::{Client, RequestBuilder};
-use reqwest::header::HeaderMap;
 use reqwest::Method;
-use serde_json::{json, Value};
-use testkit::{Action, random_bytes, sha256_digest, TestRegion};
+use serde_json::Value;
+use testkit::api::{Api, Resp};
+use testkit::oci::image_of;
+use testkit::{random_bytes, sha256_digest, Action, TestRegion};
 
 use testkit::afreg_bin as bin;
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// The most a request may take while a backend is down: the node must answer, not hang.
 const PROMPT: Duration = Duration::from_secs(15);
 /// How long a backend that is back may take before the node serves again.
 const RECOVERY: Duration = Duration::from_secs(30);
 
-struct Resp {
-    what: String,
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
-    elapsed: Duration,
+/// What an outage test asserts of an answer.
+trait Prompt {
+    fn expect_unavailable(&self, names: &str);
 }
 
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn expect_status(&self, status: u16) -> &Self {
-        assert_eq!(self.status, status, "{}: expected {status}, got {}: {}", self.what, self.status, self.text());
-        self
-    }
-
+impl Prompt for Resp {
     /// Asserts 503 UNAVAILABLE, answered within [`PROMPT`], with a message containing `names`.
     fn expect_unavailable(&self, names: &str) {
         eprintln!("{}: {} after {:?}", self.what, self.status, self.elapsed);
         assert!(self.elapsed < PROMPT, "{}: took {:?} to answer while a backend is down", self.what, self.elapsed);
-        self.expect_status(503);
-        let v: Value = serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("{}: 503 body is not JSON ({e}): {}", self.what, self.text()));
-        assert_eq!(v["errors"][0]["code"], "UNAVAILABLE", "{}: {v}", self.what);
-        let msg = v["errors"][0]["message"].as_str().unwrap_or("");
+        let msg = self.expect_error(503, "UNAVAILABLE");
         assert!(msg.contains(names), "{}: the message should name {names:?}: {msg:?}", self.what);
         assert!(self.header("retry-after").is_some(), "{}: 503 without Retry-After", self.what);
     }
 }
 
-struct Api {
-    client: Client,
-    base: String,
+/// Well above PROMPT, so a hang shows up as a slow answer rather than a client timeout.
+fn api(region: &TestRegion) -> Api {
+    Api::new(region.node.url(), Duration::from_secs(60))
 }
 
-impl Api {
-    fn new(region: &TestRegion) -> Api {
-        // Well above PROMPT, so a hang shows up as a slow answer rather than a client timeout.
-        let client = Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().expect("reqwest client");
-        Api { client, base: region.node.url() }
+/// Pushes a config, a layer and a manifest tagged `tag`; returns the manifest bytes.
+fn push_image(api: &Api, repo: &str, tag: &str) -> Vec<u8> {
+    let img = image_of(br#"{"architecture":"amd64","os":"linux"}"#.to_vec(), random_bytes(64 * 1024));
+    for (_, blob) in &img.blobs {
+        api.post_blob(repo, blob).expect_status(201);
     }
-
-    fn call(&self, method: Method, path: &str, f: impl FnOnce(RequestBuilder) -> RequestBuilder) -> Resp {
-        let what = format!("{method} {path}");
-        let started = Instant::now();
-        let resp = f(self.client.request(method, format!("{}{path}", self.base)))
-            .send()
-            .unwrap_or_else(|e| panic!("{what}: request failed after {:?}: {e:?}", started.elapsed()));
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().unwrap_or_else(|e| panic!("{what}: reading the body failed: {e}")).to_vec();
-        Resp { what, status, headers, body, elapsed: started.elapsed() }
-    }
-
-    fn get(&self, path: &str) -> Resp {
-        self.call(Method::GET, path, |r| r)
-    }
-
-    fn post_blob(&self, repo: &str, data: &[u8]) -> Resp {
-        let digest = sha256_digest(data);
-        let data = data.to_vec();
-        self.call(Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest={digest}"), |r| {
-            r.header("content-type", "application/octet-stream").body(data)
-        })
-    }
-
-    fn put_manifest(&self, repo: &str, tag: &str, body: &[u8]) -> Resp {
-        let body = body.to_vec();
-        self.call(Method::PUT, &format!("/v2/{repo}/manifests/{tag}"), |r| r.header("content-type", OCI_MANIFEST).body(body))
-    }
-
-    /// Pushes a config, a layer and a manifest tagged `tag`; returns the manifest bytes.
-    fn push_image(&self, repo: &str, tag: &str) -> Vec<u8> {
-        let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
-        let layer = random_bytes(64 * 1024);
-        self.post_blob(repo, &config).expect_status(201);
-        self.post_blob(repo, &layer).expect_status(201);
-        let m = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256_digest(&layer), "size": layer.len()}],
-        }))
-        .unwrap();
-        let r = self.put_manifest(repo, tag, &m);
-        r.expect_status(201);
-        assert_eq!(r.header("docker-content-digest"), Some(sha256_digest(&m).as_str()));
-        m
-    }
+    let r = api.put_manifest(repo, tag, &img.manifest);
+    r.expect_status(201);
+    assert_eq!(r.header("docker-content-digest"), Some(img.digest.as_str()));
+    img.manifest
 }
 
 /// Repeats `attempt` until it returns `Some`, for at most [`RECOVERY`]. `attempt` must itself
@@ -150,9 +84,9 @@ fn count(region: &TestRegion, sql: &str) -> i64 {
 #[test]
 fn postgres_down_is_a_prompt_503_and_nothing_acknowledged_is_lost() {
     let mut region = open_region();
-    let api = Api::new(&region);
+    let api = api(&region);
     let repo = "outage/pg";
-    let manifest = api.push_image(repo, "before");
+    let manifest = push_image(&api, repo, "before");
     let digest = sha256_digest(&manifest);
     api.get("/readyz").expect_status(200);
 
@@ -203,7 +137,7 @@ fn postgres_down_is_a_prompt_503_and_nothing_acknowledged_is_lost() {
     let blob_after = random_bytes(2000);
     let first = until_recovered("first push after PostgreSQL restarted", || unless_503(api.post_blob(repo, &blob_after)));
     first.expect_status(201);
-    let after = api.push_image(repo, "after");
+    let after = push_image(&api, repo, "after");
     let got = api.get(&format!("/v2/{repo}/manifests/after"));
     got.expect_status(200);
     assert!(got.body == after);
@@ -213,7 +147,7 @@ fn postgres_down_is_a_prompt_503_and_nothing_acknowledged_is_lost() {
 #[test]
 fn kubo_down_is_a_prompt_503_and_blobs_survive() {
     let mut region = open_region();
-    let api = Api::new(&region);
+    let api = api(&region);
     let repo = "outage/kubo";
     let blob = random_bytes(512 * 1024 + 17);
     let digest = sha256_digest(&blob);
