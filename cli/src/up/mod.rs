@@ -479,6 +479,7 @@ fn write_cluster_json(data: &Path, locals: &[LocalRegion], secret_file: &Path, p
         "regions": regions,
         "admin": {"username": "admin", "password": password},
         "cluster_secret_file": secret_file,
+        "swarm_key_file": data.join(kubo::SWARM_KEY_FILE),
     });
     let path = data.join("cluster.json");
     let mut f = fs::OpenOptions::new()

@@ -289,6 +289,14 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
         let cfg = fs::read_to_string(data.join(name).join("afreg.toml")).unwrap();
         assert!(cfg.contains(&format!("secret_file = \"{}\"", data.join("cluster-secret").display())), "{name}: one shared secret");
     }
+    // One private IPFS network: the swarm key (mode 0600) is in every region's Kubo repository.
+    let key_file = data.join("swarm.key");
+    assert_eq!(cluster["swarm_key_file"], key_file.display().to_string());
+    assert_eq!(fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600, "swarm.key mode");
+    let key = fs::read(&key_file).unwrap();
+    for r in &regions {
+        assert_eq!(fs::read(data.join(&r.name).join("kubo/swarm.key")).unwrap(), key, "{}: the cluster's swarm key", r.name);
+    }
     // Each region's config reads back through the node's loader as what `afreg up` meant.
     for r in &regions {
         let cfg = afreg_config::Config::load_from(Some(&data.join(&r.name).join("afreg.toml")), []).unwrap();

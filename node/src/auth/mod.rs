@@ -142,7 +142,7 @@ impl Auth {
         };
         let claims = match self.keys.verify(token) {
             Ok(c) => c,
-            Err(why) => return Err(self.challenge(need, mount_from, &why, ErrorCode::Unauthorized)),
+            Err(why) => return Err(self.challenge(need, mount_from, &why.to_string(), ErrorCode::Unauthorized)),
         };
         let (kind, name, action) = match need {
             Need::Login => return Ok(()),

@@ -156,7 +156,7 @@ impl Keys {
 
     /// Checks signature (by this region's key, or another region's by `kid`), expiry,
     /// not-before, audience and issuer.
-    pub fn verify(&self, token: &str) -> Result<Claims, String> {
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         let key = match kid.as_deref() {
@@ -166,12 +166,12 @@ impl Keys {
         jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_owned(),
-                jsonwebtoken::errors::ErrorKind::InvalidAudience => "token is for another service".to_owned(),
-                jsonwebtoken::errors::ErrorKind::InvalidIssuer => "token has an unknown issuer".to_owned(),
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => "token signature is invalid".to_owned(),
-                jsonwebtoken::errors::ErrorKind::ImmatureSignature => "token is not valid yet".to_owned(),
-                k => format!("invalid token: {k:?}"),
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => TokenError::OtherService,
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer => TokenError::UnknownIssuer,
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                k => TokenError::Invalid(format!("{k:?}")),
             })
     }
 
@@ -179,6 +179,24 @@ impl Keys {
     pub fn jwks(&self) -> serde_json::Value {
         serde_json::json!({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": self.kid, "n": self.n, "e": self.e}]})
     }
+}
+
+/// Why a bearer token is refused (the message goes into the 401's challenge and body).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("token expired")]
+    Expired,
+    #[error("token is for another service")]
+    OtherService,
+    #[error("token has an unknown issuer")]
+    UnknownIssuer,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    /// Malformed, or refused for another reason jsonwebtoken names.
+    #[error("invalid token: {0}")]
+    Invalid(String),
 }
 
 fn generate(path: &Path) -> anyhow::Result<()> {
@@ -217,12 +235,12 @@ mod tests {
         assert_eq!(again.kid, keys.kid);
         // Wrong audience.
         let other = Keys::load_or_create(&cfg(dir.path(), "other")).unwrap();
-        assert!(other.verify(&tok).unwrap_err().contains("another service"));
+        assert_eq!(other.verify(&tok).unwrap_err(), TokenError::OtherService);
         // Forged: a different key.
         let dir2 = tempfile::tempdir().unwrap();
         let forger = Keys::load_or_create(&cfg(dir2.path(), "afreg")).unwrap();
         let (forged, _) = forger.issue("alice", vec![]);
-        assert!(keys.verify(&forged).unwrap_err().contains("signature"));
+        assert_eq!(keys.verify(&forged).unwrap_err(), TokenError::BadSignature);
         // Tampered payload.
         let mut parts: Vec<&str> = tok.split('.').collect();
         let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"mallory"}"#);
