@@ -423,7 +423,9 @@ impl Config {
             }
             fig = fig.merge(Toml::file(p));
         }
-        fig = fig.merge(EnvVars(vars.into_iter().collect()));
+        for var in vars.into_iter().filter_map(|(k, v)| EnvVar::of(&k, v)) {
+            fig = fig.merge(var);
+        }
         let cfg: Config = fig.extract().map_err(Box::new)?;
         cfg.validate()?;
         Ok(cfg)
@@ -496,53 +498,34 @@ impl Config {
     }
 }
 
-/// `AFREG_SECTION__FIELD` variables as a figment provider, read as figment's own `Env` reads
-/// them (`SECTION__FIELD` is `section.field`; a value is parsed as a bool, a number, an array
+/// One `AFREG_SECTION__FIELD` variable as a figment provider, read as figment's own `Env` reads
+/// it (`SECTION__FIELD` is `section.field`; the value is parsed as a bool, a number, an array
 /// such as `["a","b"]`, or else a string) but from any list of variables, not only the
-/// process's, so that a container's environment can be checked before it is deployed. Errors
-/// name the variable.
-struct EnvVars(Vec<(String, String)>);
+/// process's, so that a container's environment can be checked before it is deployed. Each
+/// variable is merged on its own, so figment merges their tables; errors name the variable.
+struct EnvVar {
+    path: String,
+    value: String,
+}
 
-impl figment::Provider for EnvVars {
+impl EnvVar {
+    /// The variable, if it is configuration (`AFREG_` and a `__`).
+    fn of(key: &str, value: String) -> Option<EnvVar> {
+        let rest = key.strip_prefix(ENV_PREFIX).filter(|r| r.contains("__"))?;
+        Some(EnvVar { path: rest.to_lowercase().replace("__", "."), value })
+    }
+}
+
+impl figment::Provider for EnvVar {
     fn metadata(&self) -> figment::Metadata {
         figment::Metadata::named("environment variable")
             .interpolater(|_, keys| format!("{ENV_PREFIX}{}", keys.iter().map(|k| k.to_uppercase()).collect::<Vec<_>>().join("__")))
     }
 
     fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
-        let mut dict = figment::value::Dict::new();
-        for (key, value) in &self.0 {
-            let Some(rest) = key.strip_prefix(ENV_PREFIX).filter(|r| r.contains("__")) else { continue };
-            let path = rest.to_lowercase().replace("__", ".");
-            let value: figment::value::Value = value.parse().expect("parsing a figment value is infallible");
-            let nested = figment::util::nest(&path, value).into_dict().expect("nest makes a dict");
-            for (k, v) in nested {
-                let merged = match dict.remove(&k) {
-                    Some(old) => merge_values(old, v),
-                    None => v,
-                };
-                dict.insert(k, merged);
-            }
-        }
+        let value: figment::value::Value = self.value.parse().expect("parsing a figment value is infallible");
+        let dict = figment::util::nest(&self.path, value).into_dict().expect("nest makes a dict");
         Ok(figment::Profile::Default.collect(dict))
-    }
-}
-
-/// `b` over `a`, dictionaries merged key by key.
-fn merge_values(a: figment::value::Value, b: figment::value::Value) -> figment::value::Value {
-    use figment::value::Value;
-    match (a, b) {
-        (Value::Dict(tag, mut a), Value::Dict(_, b)) => {
-            for (k, v) in b {
-                let merged = match a.remove(&k) {
-                    Some(old) => merge_values(old, v),
-                    None => v,
-                };
-                a.insert(k, merged);
-            }
-            Value::Dict(tag, a)
-        }
-        (_, b) => b,
     }
 }
 

@@ -121,7 +121,7 @@ pub fn install_swarm_key(repo: &Path, key: &SwarmKey) -> Result<(), ProcessError
     if path.exists() {
         fs::remove_file(&path).map_err(ProcessError::io(what()))?;
     }
-    key.write_new(&path).map_err(|e| ProcessError::Io { what: what(), source: std::io::Error::other(e.to_string()) })
+    Ok(key.write_new(&path)?)
 }
 
 /// The repository's JSON config.
@@ -129,7 +129,7 @@ pub fn read_config(repo: &Path) -> Result<Value, ProcessError> {
     let path = repo.join("config");
     let what = || format!("reading {}", path.display());
     let bytes = fs::read(&path).map_err(ProcessError::io(what()))?;
-    serde_json::from_slice(&bytes).map_err(|e| ProcessError::Io { what: what(), source: e.into() })
+    serde_json::from_slice(&bytes).map_err(|e| ProcessError::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// The daemon's peer id (`Identity.PeerID` of its config).
@@ -138,7 +138,7 @@ pub fn peer_id(repo: &Path) -> Result<String, ProcessError> {
     cfg["Identity"]["PeerID"]
         .as_str()
         .map(str::to_owned)
-        .ok_or_else(|| ProcessError::Io { what: format!("{}: no Identity.PeerID", repo.display()), source: std::io::ErrorKind::InvalidData.into() })
+        .ok_or_else(|| ProcessError::Invalid(format!("{}: no Identity.PeerID", repo.join("config").display())))
 }
 
 /// Sets `a.b.c` in a JSON object, creating intermediate objects.

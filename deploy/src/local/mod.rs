@@ -30,6 +30,11 @@ pub enum ProcessError {
     Exited { what: String, status: ExitStatus, log: String },
     #[error("{what} did not listen on port {port} within {timeout:?}:\n{log}")]
     Timeout { what: String, port: u16, timeout: Duration, log: String },
+    /// A file the recipe reads or writes is not what it must be; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    SwarmKey(#[from] crate::swarm_key::SwarmKeyError),
 }
 
 impl ProcessError {
