@@ -92,8 +92,8 @@ pub struct ServerConfig {
     /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `tls_cert`. Set both or neither.
     pub tls_key: Option<PathBuf>,
     /// Instead of `tls_cert`/`tls_key`: the node obtains and renews its certificate itself
-    /// through ACME (TLS-ALPN-01 on `listen`, the region's own leased IP), and serves it on
-    /// both listeners.
+    /// through ACME (TLS-ALPN-01 on `listen`, or HTTP-01 on `acme.http_listen`), and serves it
+    /// on both listeners.
     pub acme: Option<AcmeConfig>,
 }
 
@@ -125,6 +125,31 @@ pub struct AcmeConfig {
     /// A CA certificate (PEM) trusted for the ACME server's own HTTPS besides the public roots:
     /// a private CA, or a test CA such as Pebble's.
     pub ca_file: Option<PathBuf>,
+    /// How the CA checks that the node controls `domains`. `tls-alpn-01` (on `server.listen`)
+    /// suits names that resolve to this region only. A global name that GeoDNS answers with
+    /// the nearest region needs `http-01`: the CA may be sent to any region, and every region
+    /// answers every region's challenges.
+    pub challenge: AcmeChallenge,
+    /// `http-01` only: where the node answers `/.well-known/acme-challenge/` in plain HTTP.
+    pub http_listen: SocketAddr,
+    /// `http-01` only: the public port of that listener, where the CA dials every region (80;
+    /// `http_listen` may differ behind a port mapping).
+    pub http_port: u16,
+    /// `http-01` only: other regions' host names (or IPv4 addresses), asked on `http_port` for a
+    /// challenge this node did not make. The regions in the replicated region list and those
+    /// that `cluster.discovery_zone` lists are asked too; this list is for a new cluster without
+    /// discovery, whose region list is not replicated yet.
+    pub peers: Vec<String>,
+}
+
+/// An ACME challenge type (RFC 8555 section 8.3, RFC 8737).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    #[serde(rename = "http-01")]
+    Http01,
 }
 
 impl Default for AcmeConfig {
@@ -135,6 +160,10 @@ impl Default for AcmeConfig {
             domains: vec![],
             cache_dir: PathBuf::from("acme"),
             ca_file: None,
+            challenge: AcmeChallenge::TlsAlpn01,
+            http_listen: "0.0.0.0:80".parse().unwrap(),
+            http_port: 80,
+            peers: vec![],
         }
     }
 }
@@ -470,6 +499,11 @@ impl Config {
                 return bad("server.acme.domains must name the certificate's host names");
             }
             url_ok("server.acme.directory_url", &acme.directory_url)?;
+            if let Some(p) = acme.peers.iter().find(|p| p.is_empty() || p.contains(['/', ':', '@', ' '])) {
+                return Err(ConfigError::Invalid(format!(
+                    "server.acme.peers: {p:?} is not a host name or IPv4 address (no scheme, port or path)"
+                )));
+            }
         }
         url_ok("server.public_url", &self.server.public_url)?;
         url_ok("kubo.api_url", &self.kubo.api_url)?;
@@ -602,6 +636,33 @@ mod tests {
         std::fs::write(&p, "[server]\ntls_cert = \"c.pem\"\n").unwrap();
         let e = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("server.tls_key"), "{e}");
+    }
+
+    #[test]
+    fn acme_http01_reads_from_the_environment_and_refuses_a_peer_that_is_not_a_host() {
+        let vars = |peers: &str| {
+            vec![
+                ("AFREG_SERVER__ACME__DOMAINS".to_owned(), r#"["registry-eu.example.org","registry.example.org"]"#.to_owned()),
+                ("AFREG_SERVER__ACME__CHALLENGE".to_owned(), "http-01".to_owned()),
+                ("AFREG_SERVER__ACME__PEERS".to_owned(), peers.to_owned()),
+            ]
+        };
+        let c = Config::load_from(None, vars(r#"["registry-us.example.org","192.0.2.1"]"#)).unwrap();
+        let acme = c.server.acme.unwrap();
+        assert_eq!(acme.challenge, AcmeChallenge::Http01);
+        assert_eq!((acme.http_listen.port(), acme.http_port), (80, 80));
+        assert_eq!(acme.peers, ["registry-us.example.org", "192.0.2.1"]);
+        for bad in [r#"["http://registry-us.example.org"]"#, r#"["registry-us.example.org:80"]"#, r#"[""]"#] {
+            let e = Config::load_from(None, vars(bad)).unwrap_err().to_string();
+            assert!(e.contains("server.acme.peers"), "{bad}: {e}");
+        }
+        let e = Config::load_from(None, vec![
+            ("AFREG_SERVER__ACME__DOMAINS".to_owned(), r#"["a.example.org"]"#.to_owned()),
+            ("AFREG_SERVER__ACME__CHALLENGE".to_owned(), "dns-01".to_owned()),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("AFREG_SERVER__ACME__CHALLENGE"), "{e}");
     }
 
     #[test]

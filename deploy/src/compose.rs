@@ -40,6 +40,14 @@ pub fn render(r: &RegionFile) -> Result<String, SdlError> {
             Yaml::Str(format!("{k}={v}"))
         })
         .collect();
+    let mut registry_ports = vec![
+        Yaml::Str(format!("{}:{}/tcp", sdl::REGISTRY_PUBLIC_PORT, sdl::REGISTRY_PORT)),
+        Yaml::Str(format!("{internal}:{internal}/tcp")),
+    ];
+    if r.acme.is_some() {
+        // The ACME CA's HTTP-01 checks (challenges only; the registry is on 443).
+        registry_ports.push(Yaml::Str(format!("{}:{}/tcp", sdl::ACME_HTTP_PUBLIC_PORT, sdl::ACME_HTTP_PORT)));
+    }
     let volume = |name: &str, path: &str| Yaml::Str(format!("{name}:{path}"));
     let services = Yaml::map([
         (
@@ -64,7 +72,6 @@ pub fn render(r: &RegionFile) -> Result<String, SdlError> {
                     "ports",
                     Yaml::seq([
                         Yaml::Str(format!("{0}:{0}/tcp", sdl::KUBO_SWARM_PORT)),
-                        Yaml::Str(format!("{0}:{0}/udp", sdl::KUBO_SWARM_PORT)),
                     ]),
                 ),
                 ("volumes", Yaml::seq([volume("kubo-data", "/data/ipfs")])),
@@ -76,13 +83,7 @@ pub fn render(r: &RegionFile) -> Result<String, SdlError> {
             Yaml::map([
                 ("image", Yaml::str(&r.image)),
                 ("environment", Yaml::Seq(registry_env)),
-                (
-                    "ports",
-                    Yaml::seq([
-                        Yaml::Str(format!("{}:{}/tcp", sdl::REGISTRY_PUBLIC_PORT, sdl::REGISTRY_PORT)),
-                        Yaml::Str(format!("{internal}:{internal}/tcp")),
-                    ]),
-                ),
+                ("ports", Yaml::Seq(registry_ports)),
                 ("volumes", Yaml::seq([volume("registry-data", sdl::REGISTRY_DATA)])),
                 ("depends_on", Yaml::seq([Yaml::str("postgres"), Yaml::str("kubo")])),
                 ("restart", Yaml::str("unless-stopped")),

@@ -44,6 +44,21 @@ pub struct RegionFile {
     /// Optional: HTTPS on port 443 when absent.
     #[serde(default)]
     pub endpoint: Endpoint,
+    /// The node's certificate from an ACME CA (HTTP-01 on port 80 of the leased IP, where every
+    /// region answers every region's challenges, so the global name is certified too). Absent:
+    /// the operator copies `tls.crt`/`tls.key` onto the registry's volume.
+    #[serde(default)]
+    pub acme: Option<RegionAcme>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RegionAcme {
+    /// The account's contacts, e.g. `mailto:ops@example.org`.
+    pub contact: Vec<String>,
+    /// The CA's ACME directory; absent: Let's Encrypt's production CA.
+    #[serde(default)]
+    pub directory_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

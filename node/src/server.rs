@@ -14,6 +14,7 @@ use crate::kubo::Kubo;
 use crate::registry::Registry;
 use crate::store::Store;
 
+mod http01;
 mod tls;
 
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
@@ -44,7 +45,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let stop_internal = shutdown.clone();
     // With TLS configured, the internal endpoint uses the same certificate: the cluster secret
     // crosses the WAN only encrypted.
-    let node_tls = tls::from_config(&cfg.server, shutdown.clone())?;
+    let (node_tls, http01) = tls::from_config(&cfg.server, shutdown.clone())?;
+    let http01 = match (http01, &cfg.server.acme) {
+        (Some(resolver), Some(acme)) => {
+            let responder = Arc::new(http01::Responder::new(resolver, acme, &cfg, store.pool().clone())?);
+            Some(http01::start(acme.http_listen, responder, shutdown.clone()).await?)
+        }
+        _ => None,
+    };
     let internal_tls = node_tls.clone();
     let internal_server = tokio::spawn(async move {
         let stop = stop_internal.cancelled_owned();
@@ -88,6 +96,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), internal_server).await;
+    if let Some(t) = http01 {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), cluster.raft.shutdown()).await;
     store_close(store).await;
     Ok(())

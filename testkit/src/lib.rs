@@ -24,6 +24,7 @@ pub mod api;
 pub mod cluster;
 pub mod conformance;
 pub mod containers;
+pub mod dns;
 pub mod kubo;
 pub mod node;
 pub mod oci;

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use afreg_deploy::discovery::{self, NameServer, Peer};
@@ -22,7 +22,8 @@ use hickory_resolver::proto::rr::RecordType;
 use hickory_resolver::TokioResolver;
 use tempfile::TempDir;
 use testkit::cluster::TestCluster;
-use testkit::{file_tail, free_port};
+use testkit::dns::PowerDns;
+use testkit::free_port;
 
 use testkit::afreg_bin as bin;
 
@@ -67,22 +68,20 @@ fn region_files(dir: &Path, port: u16, internal: u16) -> PathBuf {
     out
 }
 
-/// A running `pdns_server` with the configuration `afreg dns render` wrote.
-struct PowerDns {
-    dir: TempDir,
+/// PowerDNS serving the configuration `afreg dns render` wrote for the test's region files.
+struct GeoDns {
+    pdns: PowerDns,
     regions: PathBuf,
-    port: u16,
-    child: Child,
+    _files: TempDir,
 }
 
-impl PowerDns {
-    fn start(registry_port: u16, internal_port: u16) -> PowerDns {
-        let pdns = Path::new("/usr/sbin/pdns_server");
-        assert!(pdns.is_file(), "{} missing: run scripts/setup.sh (installs pdns-server)", pdns.display());
-        let dir = tempfile::Builder::new().prefix("afreg-geodns-").tempdir().unwrap();
-        let regions = region_files(dir.path(), registry_port, internal_port);
+impl GeoDns {
+    fn start(registry_port: u16, internal_port: u16) -> GeoDns {
+        let (dir, port) = PowerDns::prepare();
+        let files = tempfile::Builder::new().prefix("afreg-geodns-").tempdir().unwrap();
+        let regions = region_files(files.path(), registry_port, internal_port);
 
-        let mmdb = dir.path().join("geo.mmdb");
+        let mmdb = files.path().join("geo.mmdb");
         let py = std::env::var_os("AFREG_PY")
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
@@ -97,10 +96,9 @@ impl PowerDns {
             format!("{FROM_NA}/32=NA:US"),
         ]));
 
-        let port = free_port();
-        let conf = dir.path().join("pdns");
+        let conf = files.path().join("pdns");
         // The operator's own records, pulled in with --include.
-        let extra = dir.path().join("site.zone");
+        let extra = files.path().join("site.zone");
         fs::write(&extra, "www 30 IN A 192.0.2.80\n_acme-challenge.registry-eu 30 IN TXT \"token\"\n").unwrap();
         ok(Command::new(bin())
             .args(["dns", "render", "--zone", ZONE, "--local-address", "127.0.0.1", "--no-cache"])
@@ -118,45 +116,16 @@ impl PowerDns {
             .arg(&mmdb)
             .arg("--include")
             .arg(&extra));
-
-        let sock = dir.path().join("sock");
-        fs::create_dir_all(&sock).unwrap();
-        let log = fs::File::create(dir.path().join("pdns.log")).unwrap();
-        let child = Command::new(pdns)
-            .arg(format!("--config-dir={}", conf.display()))
-            .arg(format!("--socket-dir={}", sock.display()))
-            .args(["--daemon=no", "--guardian=no", "--disable-syslog", "--write-pid=no"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn pdns_server");
-        let mut p = PowerDns { dir, regions, port, child };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("pdns_server exited ({status}):\n{}", p.log_tail());
-            }
-            let up = std::net::TcpStream::connect_timeout(&p.addr(), Duration::from_secs(1)).is_ok();
-            if up && p.log_tail().contains("Done launching threads") {
-                return p;
-            }
-            assert!(Instant::now() < deadline, "pdns_server not ready within 20 s:\n{}", p.log_tail());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        GeoDns { pdns: PowerDns::launch(dir, port, &conf), regions, _files: files }
     }
 
     fn addr(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.port)
+        self.pdns.addr()
     }
 
     /// A resolver (no cache) asking this server from `source`.
     fn client(&self, source: Ipv4Addr) -> TokioResolver {
         discovery::resolver(NameServer::At(self.addr()), Some(IpAddr::V4(source))).unwrap()
-    }
-
-    fn log_tail(&self) -> String {
-        file_tail(&self.dir.path().join("pdns.log"), 30)
     }
 
     fn doctor(&self) -> Output {
@@ -166,16 +135,6 @@ impl PowerDns {
             .arg(&self.regions)
             .output()
             .unwrap()
-    }
-}
-
-impl Drop for PowerDns {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- pdns_server log tail ---\n{}", self.log_tail());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -222,7 +181,7 @@ async fn wait_answer(r: &TokioResolver, name: &str, want: Ipv4Addr, times: usize
 async fn continents_route_to_their_region_and_a_region_that_is_down_fails_over() {
     // All three nodes on one port (PowerDNS checks one URL on every candidate address).
     let (port, internal) = (free_port(), free_port());
-    let dns = PowerDns::start(port, internal);
+    let dns = GeoDns::start(port, internal);
     // The regions find each other through DNS: no static peer list, only the zone and the
     // server to ask (`_afreg-internal._tcp` SRV records, then each region's identity).
     let mut cluster = TestCluster::start(bin(), &["us", "eu", "asia"], |name, c| {
@@ -274,7 +233,7 @@ async fn continents_route_to_their_region_and_a_region_that_is_down_fails_over()
             true,
             vec![{
                 let mut c = ConnectionConfig::udp();
-                c.port = dns.port;
+                c.port = dns.addr().port();
                 c
             }],
         )]),

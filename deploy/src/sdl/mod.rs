@@ -7,13 +7,17 @@
 //! - `registry`, the afreg node, on a persistent volume holding its token signing key and its
 //!   TLS certificate.
 //!
-//! **Every public port is on the region's leased IP** (endpoint [`IP_ENDPOINT`]); nothing goes
-//! through the provider's HTTP ingress. The ingress (global port 80) caps request bodies at
+//! **Every public port is on the region's leased IP** (endpoint [`IP_ENDPOINT`]); no registry
+//! traffic goes through the provider's HTTP ingress (Akash adds it to a global port 80, which
+//! carries only ACME's HTTP-01 checks). The ingress caps request bodies at
 //! 100 MiB, and a docker client pushes a layer as one request body, so a layer over 100 MiB could
 //! never be pushed through it; a hostname resolves to one address, so pushes and pulls cannot
 //! be split between the ingress and another route either. The node therefore terminates TLS
-//! itself (`server.tls_cert`/`tls_key`) on 443 of the leased IP, where bodies are unbounded,
-//! and the same IP carries the internal (raft) port and Kubo's swarm port 4001 (TCP and QUIC)
+//! itself on 443 of the leased IP, where bodies are unbounded, with a certificate from ACME (a
+//! region file's `[acme]`: HTTP-01 answered on port 80 of the leased IP, which serves nothing
+//! else) or from files an operator copies onto its volume (`server.tls_cert`/`tls_key`),
+//! and the same IP carries the internal (raft) port and Kubo's swarm port 4001 (TCP only: a
+//! private network has no QUIC, which cannot use its pre-shared key)
 //! at stable port numbers. DNS points the regional hostname (and GeoDNS answers for the global
 //! one) at that IP.
 
@@ -113,6 +117,13 @@ pub const KUBO_IMAGE: &str = "ipfs/kubo:v0.39.0";
 pub const REGISTRY_DATA: &str = "/data";
 pub const TLS_CERT: &str = "/data/tls/tls.crt";
 pub const TLS_KEY: &str = "/data/tls/tls.key";
+/// With `[acme]`: the ACME account and certificate, on the volume so a new lease reuses them.
+pub const ACME_CACHE: &str = "/data/acme";
+/// With `[acme]`: the container port of the node's HTTP-01 responder (unprivileged: the image
+/// runs as a user), published as 80 on the leased IP.
+pub const ACME_HTTP_PORT: u64 = 8080;
+/// Where the CA dials HTTP-01.
+pub const ACME_HTTP_PUBLIC_PORT: u64 = 80;
 /// Ephemeral (root file system) storage of every container, beside its persistent volume.
 const EPHEMERAL_STORAGE: &str = "1Gi";
 /// The first line of every rendered file; [`render_dir`] only ever deletes files starting so.
@@ -279,7 +290,6 @@ fn kubo(secrets: Option<&Secrets>) -> Yaml {
             "expose",
             Yaml::seq([
                 expose(KUBO_SWARM_PORT, KUBO_SWARM_PORT, Some("tcp"), to_leased_ip()),
-                expose(KUBO_SWARM_PORT, KUBO_SWARM_PORT, Some("udp"), to_leased_ip()),
                 expose(KUBO_API_PORT, KUBO_API_PORT, None, to_registry()),
             ]),
         ),
@@ -306,8 +316,27 @@ pub fn registry_config(r: &RegionFile, secrets: Option<&Secrets>) -> Config {
     let mut c = Config::default();
     c.server.listen = ([0, 0, 0, 0], REGISTRY_PORT as u16).into();
     c.server.public_url = format!("https://{}", r.hostnames.regional);
-    c.server.tls_cert = Some(TLS_CERT.into());
-    c.server.tls_key = Some(TLS_KEY.into());
+    match &r.acme {
+        Some(a) => {
+            let mut acme = afreg_config::AcmeConfig {
+                contact: a.contact.clone(),
+                domains: vec![r.hostnames.regional.clone(), r.hostnames.global.clone()],
+                cache_dir: ACME_CACHE.into(),
+                challenge: afreg_config::AcmeChallenge::Http01,
+                http_listen: ([0, 0, 0, 0], ACME_HTTP_PORT as u16).into(),
+                http_port: ACME_HTTP_PUBLIC_PORT as u16,
+                ..Default::default()
+            };
+            if let Some(d) = &a.directory_url {
+                acme.directory_url = d.clone();
+            }
+            c.server.acme = Some(acme);
+        }
+        None => {
+            c.server.tls_cert = Some(TLS_CERT.into());
+            c.server.tls_key = Some(TLS_KEY.into());
+        }
+    }
     c.database.url = format!("postgres://postgres@postgres:{POSTGRES_PORT}/afreg");
     c.kubo.api_url = format!("http://kubo:{KUBO_API_PORT}");
     c.auth.signing_key = format!("{REGISTRY_DATA}/afreg-signing-key.pem").into();
@@ -329,18 +358,22 @@ pub(crate) fn registry_env(r: &RegionFile, secrets: Option<&Secrets>) -> Result<
 fn registry(r: &RegionFile, secrets: Option<&Secrets>) -> Result<Yaml, SdlError> {
     let internal = u64::from(r.local.internal);
     let env = registry_env(r, secrets)?.into_iter().map(|(k, v)| Yaml::Str(format!("{k}={v}")));
+    let mut ports = vec![
+        expose(REGISTRY_PORT, REGISTRY_PUBLIC_PORT, Some("tcp"), to_leased_ip()),
+        // The internal endpoint (raft RPC, forwarded writes) that the other regions dial.
+        expose(internal, internal, Some("tcp"), to_leased_ip()),
+    ];
+    if r.acme.is_some() {
+        // The CA's HTTP-01 checks, answered for every region. Only challenges are served there;
+        // the registry API stays on 443.
+        ports.push(expose(ACME_HTTP_PORT, ACME_HTTP_PUBLIC_PORT, Some("tcp"), to_leased_ip()));
+    }
     Ok(Yaml::map([
-        // The image runs `afreg serve`; the node waits for its certificate itself, saying so.
+        // The image runs `afreg serve`; with certificate files the node waits for them itself,
+        // saying so; with ACME it obtains them.
         ("image", Yaml::str(&r.image)),
         ("env", Yaml::seq(env)),
-        (
-            "expose",
-            Yaml::seq([
-                expose(REGISTRY_PORT, REGISTRY_PUBLIC_PORT, Some("tcp"), to_leased_ip()),
-                // The internal endpoint (raft RPC, forwarded writes) that the other regions dial.
-                expose(internal, internal, Some("tcp"), to_leased_ip()),
-            ]),
-        ),
+        ("expose", Yaml::seq(ports)),
         ("params", mount("registry-data", REGISTRY_DATA)),
     ]))
 }

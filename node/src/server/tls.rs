@@ -1,14 +1,15 @@
 //! HTTPS for `afreg serve`: rustls (ring) through axum-server on both listeners, with the same
 //! graceful shutdown as plain HTTP. The certificate comes from files (`server.tls_cert`/
 //! `tls_key`, re-read on SIGHUP after a renewal) or from ACME (`server.acme`): rustls-acme
-//! obtains it through TLS-ALPN-01 on the public listener, keeps the account and certificate in
+//! obtains it through TLS-ALPN-01 on the public listener (or HTTP-01, answered by `http01`),
+//! keeps the account and certificate in
 //! `cache_dir` so a restart reuses them, and renews it (at two thirds of its lifetime) in a task
 //! of its own; new handshakes get the new certificate, connections in flight keep theirs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use afreg_config::AcmeConfig;
+use afreg_config::{AcmeChallenge, AcmeConfig};
 use anyhow::Context as _;
 use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
@@ -16,6 +17,7 @@ use axum_server::Handle;
 use futures::StreamExt as _;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
+use rustls_acme::{ResolvesServerCertAcme, UseChallenge};
 use tokio_util::sync::CancellationToken;
 
 /// Where the listeners' certificate comes from.
@@ -80,9 +82,10 @@ async fn reload_on_sighup(config: RustlsConfig, cert: PathBuf, key: PathBuf) {
 }
 
 /// Starts ACME for `acme`: returns the server config both listeners use (its certificate
-/// resolver answers TLS-ALPN-01 challenges and serves the current certificate), and spawns the
-/// task that obtains, caches and renews the certificate until `stop`.
-pub fn start_acme(acme: &AcmeConfig, stop: CancellationToken) -> anyhow::Result<Tls> {
+/// resolver answers TLS-ALPN-01 challenges and serves the current certificate) and that
+/// resolver (which holds an HTTP-01 challenge's answer), and spawns the task that obtains,
+/// caches and renews the certificate until `stop`.
+pub fn start_acme(acme: &AcmeConfig, stop: CancellationToken) -> anyhow::Result<(Tls, Arc<ResolvesServerCertAcme>)> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca) = &acme.ca_file {
@@ -99,7 +102,12 @@ pub fn start_acme(acme: &AcmeConfig, stop: CancellationToken) -> anyhow::Result<
         .directory(&acme.directory_url)
         .contact(&acme.contact)
         .cache(rustls_acme::caches::DirCache::new(acme.cache_dir.clone()))
+        .challenge_type(match acme.challenge {
+            AcmeChallenge::TlsAlpn01 => UseChallenge::TlsAlpn01,
+            AcmeChallenge::Http01 => UseChallenge::Http01,
+        })
         .state();
+    let resolver = state.resolver();
     let mut server = (*state.challenge_rustls_config_with_provider(provider())).clone();
     // HTTP/1.1 for clients; `acme-tls/1` (already listed) for the CA's TLS-ALPN-01 check.
     server.alpn_protocols.insert(0, b"http/1.1".to_vec());
@@ -116,13 +124,18 @@ pub fn start_acme(acme: &AcmeConfig, stop: CancellationToken) -> anyhow::Result<
             }
         }
     });
-    Ok(Tls::Acme(Arc::new(server)))
+    Ok((Tls::Acme(Arc::new(server)), resolver))
 }
 
-/// The node's TLS, if any: ACME's or the files'.
-pub fn from_config(server: &afreg_config::ServerConfig, stop: CancellationToken) -> anyhow::Result<Option<Tls>> {
+/// The node's TLS, if any (ACME's or the files'), and with ACME over HTTP-01 the resolver
+/// holding this node's challenge.
+pub fn from_config(
+    server: &afreg_config::ServerConfig,
+    stop: CancellationToken,
+) -> anyhow::Result<(Option<Tls>, Option<Arc<ResolvesServerCertAcme>>)> {
     if let Some(acme) = &server.acme {
-        return start_acme(acme, stop).map(Some);
+        let (tls, resolver) = start_acme(acme, stop)?;
+        return Ok((Some(tls), (acme.challenge == AcmeChallenge::Http01).then_some(resolver)));
     }
-    Ok(server.tls().map(|(cert, key)| Tls::Files { cert: cert.to_owned(), key: key.to_owned() }))
+    Ok((server.tls().map(|(cert, key)| Tls::Files { cert: cert.to_owned(), key: key.to_owned() }), None))
 }

@@ -3,16 +3,23 @@
 //! client trusting Pebble's root pulls over HTTPS, a restart reuses the cached certificate
 //! instead of asking for another, and a short validity forces a renewal that the node serves
 //! to new connections without a restart while a slow pull started before it runs to the end.
+//!
+//! A global name that GeoDNS answers with another region is certified through HTTP-01: Pebble
+//! resolves names through a real DNS server (PowerDNS) that sends it to the other region, which
+//! answers the first region's challenge.
 
 use std::io::Read as _;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tempfile::TempDir;
+use testkit::dns::PowerDns;
 use testkit::{afreg_bin as bin, file_tail, free_port, open_log, sha256_digest, tools_dir, Action, Kubo, Node, NodeConfig, Postgres};
 
-/// Pebble on loopback, validating challenges against 127.0.0.1 (where `localhost` resolves).
+/// Pebble on loopback. It validates `localhost` at 127.0.0.1, and other names where `dns`
+/// (when given) resolves them.
 struct Pebble {
     dir: TempDir,
     child: Child,
@@ -21,8 +28,9 @@ struct Pebble {
 }
 
 impl Pebble {
-    /// Pebble issuing certificates valid for `validity`; its TLS-ALPN-01 checks dial `tls_port`.
-    fn start(tls_port: u16, validity: Duration) -> Pebble {
+    /// Pebble issuing certificates valid for `validity`; its TLS-ALPN-01 checks dial
+    /// `tls_port`, its HTTP-01 checks `http_port`.
+    fn start(tls_port: u16, http_port: u16, validity: Duration, dns: Option<SocketAddr>) -> Pebble {
         let certs = tools_dir().join("pebble-certs");
         let dir = tempfile::tempdir().unwrap();
         let (port, management) = (free_port(), free_port());
@@ -31,7 +39,7 @@ impl Pebble {
             "managementListenAddress": format!("127.0.0.1:{management}"),
             "certificate": certs.join("localhost/cert.pem"),
             "privateKey": certs.join("localhost/key.pem"),
-            "httpPort": free_port(),
+            "httpPort": http_port,
             "tlsPort": tls_port,
             "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
@@ -40,9 +48,12 @@ impl Pebble {
         let path = dir.path().join("pebble-config.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let log = open_log(&dir.path().join("pebble.log"));
-        let child = Command::new(tools_dir().join("pebble"))
-            .arg("-config")
-            .arg(&path)
+        let mut cmd = Command::new(tools_dir().join("pebble"));
+        cmd.arg("-config").arg(&path);
+        if let Some(dns) = dns {
+            cmd.arg("-dnsserver").arg(dns.to_string());
+        }
+        let child = cmd
             // No random waits before validating, no nonces rejected on purpose: the test is of
             // the node, not of its retry of Pebble's chaos.
             .env("PEBBLE_VA_NOSLEEP", "1")
@@ -125,7 +136,7 @@ fn wait_for_cert(port: u16, root: &[u8], url: &str, within: Duration, what: &str
 fn the_node_gets_renews_and_serves_its_certificate_through_acme() {
     let port = free_port();
     // Renewal comes at two thirds of the validity: about 20 s after issuance.
-    let pebble = Pebble::start(port, Duration::from_secs(30));
+    let pebble = Pebble::start(port, free_port(), Duration::from_secs(30), None);
     let (pg, kubo) = (Postgres::start(), Kubo::start());
     let data = tempfile::tempdir().unwrap();
     let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
@@ -138,6 +149,7 @@ fn the_node_gets_renews_and_serves_its_certificate_through_acme() {
         domains: vec!["localhost".into()],
         cache_dir: data.path().join("acme"),
         ca_file: Some(tools_dir().join("pebble-certs/pebble.minica.pem")),
+        ..Default::default()
     });
     let mut node = Node::start_unready(bin(), cfg);
     let url = format!("https://localhost:{port}");
@@ -190,4 +202,91 @@ fn the_node_gets_renews_and_serves_its_certificate_through_acme() {
     assert_eq!(sha256_digest(&got), digest);
     assert_eq!(node.pid(), pid_now, "the renewal needed no restart");
     assert_ne!(pid, pid_now, "(the restart above did restart)");
+}
+
+/// `https://{name}:{port}` at `ip`, trusting only `root`.
+fn client_at(name: &str, ip: Ipv4Addr, port: u16, root: &[u8]) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .pool_max_idle_per_host(0)
+        .add_root_certificate(reqwest::Certificate::from_pem(root).unwrap())
+        .tls_built_in_root_certs(false)
+        .resolve(name, (ip, port).into())
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_global_name_that_dns_sends_to_another_region_is_certified_through_http01() {
+    // Two regions on their own addresses; the global name resolves to eu only, so every check
+    // of us's order for it reaches eu.
+    const US: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 21);
+    const EU: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 22);
+    const GLOBAL: &str = "registry.test";
+    let dns = PowerDns::zone("test", &[("registry-us", US), ("registry-eu", EU), ("registry", EU)]);
+    // Every region answers HTTP-01 on the same port, as on port 80 in production.
+    let http_port = free_port();
+    let pebble = Pebble::start(free_port(), http_port, Duration::from_secs(3600), Some(dns.addr()));
+    let root = pebble.issuing_root();
+
+    let region = |name: &str, ip: Ipv4Addr, peer: Ipv4Addr| {
+        let (pg, kubo) = (Postgres::start(), Kubo::start());
+        let data = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
+        cfg.port = Some(port);
+        cfg.listen_ip = Some(ip);
+        cfg.config.auth.anonymous = Action::ALL.to_vec();
+        let host = format!("registry-{name}.test");
+        cfg.config.server.public_url = format!("https://{host}:{port}");
+        cfg.config.server.acme = Some(afreg_config::AcmeConfig {
+            directory_url: format!("https://127.0.0.1:{}/dir", pebble.port),
+            contact: vec!["mailto:ops@example.org".into()],
+            domains: vec![host.clone(), GLOBAL.into()],
+            cache_dir: data.path().join("acme"),
+            ca_file: Some(tools_dir().join("pebble-certs/pebble.minica.pem")),
+            challenge: afreg_config::AcmeChallenge::Http01,
+            http_listen: (ip, http_port).into(),
+            http_port,
+            // The other region by address: the test's names resolve only through `dns`.
+            peers: vec![peer.to_string()],
+        });
+        let node = Node::start_unready(bin(), cfg);
+        (node, host, port, pg, kubo, data)
+    };
+    let us = region("us", US, EU);
+    let eu = region("eu", EU, US);
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for (node, host, port, ..) in [&us, &eu] {
+        let ip = if host.contains("-us") { US } else { EU };
+        // Each region's certificate covers the global name and its regional one.
+        for name in [GLOBAL, host.as_str()] {
+            loop {
+                let r = client_at(name, ip, *port, &root).get(format!("https://{name}:{port}/v2/")).send();
+                match r {
+                    Ok(r) => {
+                        // The handshake verified the name; the registry answered behind it.
+                        let api = r.headers().get("docker-distribution-api-version").map(|v| v.to_str().unwrap().to_owned());
+                        assert_eq!(api.as_deref(), Some("registry/2.0"), "{name} at {ip}: {}", r.status());
+                        break;
+                    }
+                    Err(e) => assert!(
+                        Instant::now() < deadline,
+                        "{host} served no certificate for {name} within 90 s: {e}\n{}\n--- pebble ---\n{}",
+                        node.log_tail(40),
+                        pebble.log()
+                    ),
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+    // The HTTP-01 port serves challenges only.
+    let plain = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
+    let r = plain.get(format!("http://{US}:{http_port}/v2/")).send().unwrap();
+    assert_eq!(r.status(), 404);
+    let r = plain.get(format!("http://{US}:{http_port}/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0")).send().unwrap();
+    assert_eq!(r.status(), 404, "an unknown token is not answered");
 }
