@@ -275,6 +275,16 @@ pub struct AuthConfig {
     /// Actions granted on every repository to clients without credentials:
     /// `[]` for a private registry, `["pull"]` for anonymous pull.
     pub anonymous: Vec<Action>,
+    /// Password checks (argon2, about 19 MiB each) run at once; 0: the number of cores. More
+    /// wait up to 3 s for a turn, then get 429.
+    pub login_concurrency: usize,
+    /// Password checks a client address may ask for per minute (then 429 with Retry-After).
+    pub login_attempts_per_minute_per_client: u32,
+    /// Password checks per user name per minute, from any address.
+    pub login_attempts_per_minute_per_user: u32,
+    /// How long verified credentials are recognised (by a keyed hash) without another password
+    /// check or counting against the limits; 0 checks every time.
+    pub verified_cache_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -286,6 +296,10 @@ impl Default for AuthConfig {
             signing_key: PathBuf::from("afreg-signing-key.pem"),
             token_ttl_secs: 300,
             anonymous: vec![],
+            login_concurrency: 0,
+            login_attempts_per_minute_per_client: 60,
+            login_attempts_per_minute_per_user: 10,
+            verified_cache_secs: 60,
         }
     }
 }

@@ -86,7 +86,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     match node_tls {
         Some(t) => tls::serve(listener, app, t, stop).await?,
-        None => axum::serve(listener, app).with_graceful_shutdown(stop).await?,
+        None => {
+            axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .with_graceful_shutdown(stop)
+                .await?
+        }
     }
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;

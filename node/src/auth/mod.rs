@@ -2,6 +2,7 @@
 //! token; every API request is then checked against its token for the repository and action
 //! it touches. Passwords are argon2 hashes in Postgres and never appear in logs.
 
+pub mod login;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -80,6 +81,7 @@ pub struct Auth {
     pub keys: Arc<Keys>,
     store: Store,
     realm: String,
+    logins: login::LoginGuard,
 }
 
 pub struct IssuedToken {
@@ -89,7 +91,8 @@ pub struct IssuedToken {
 
 impl Auth {
     pub fn new(cfg: AuthConfig, keys: Arc<Keys>, store: Store, public_url: &str) -> Self {
-        Auth { realm: format!("{}/token", public_url.trim_end_matches('/')), cfg, keys, store }
+        let logins = login::LoginGuard::new(&cfg);
+        Auth { realm: format!("{}/token", public_url.trim_end_matches('/')), cfg, keys, store, logins }
     }
 
     fn anonymous(&self) -> Grants {
@@ -162,10 +165,11 @@ impl Auth {
         }
     }
 
-    /// The token endpoint: authenticates (Basic header or form credentials) and grants the
-    /// intersection of the requested scopes and the caller's grants.
+    /// The token endpoint: authenticates (Basic header or form credentials, from `client`)
+    /// and grants the intersection of the requested scopes and the caller's grants.
     pub async fn issue(
         &self,
+        client: std::net::IpAddr,
         credentials: Option<(String, String)>,
         service: Option<&str>,
         scopes: &[String],
@@ -179,15 +183,16 @@ impl Auth {
             None => (String::new(), self.anonymous()),
             Some((user, password)) => {
                 let found = self.store.user(&user).await?;
-                let ok = match &found {
-                    Some(u) => {
-                        let (h, p) = (u.password_hash.clone(), password);
-                        tokio::task::spawn_blocking(move || verify_password(&h, &p)).await.unwrap_or(false)
+                let checked = self.logins.check(client, &user, found.as_ref().map(|u| u.password_hash.as_str()), &password).await;
+                let ok = match checked {
+                    Ok(ok) => ok,
+                    Err(refused) => {
+                        tracing::warn!(event = "login_limited", user = %user, client = %client, reason = ?refused, "login refused before checking the password");
+                        return Err(refused.into());
                     }
-                    None => false,
                 };
                 if !ok {
-                    tracing::info!(event = "login_failed", user = %user, "invalid username or password");
+                    tracing::info!(event = "login_failed", user = %user, client = %client, "invalid username or password");
                     return Err(RegistryError::new(ErrorCode::Unauthorized, "invalid username or password"));
                 }
                 let grants = found

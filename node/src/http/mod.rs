@@ -20,6 +20,19 @@ use crate::auth::{Auth, Need};
 use crate::oci::{self, Action, Endpoint, ErrorCode, RegistryError};
 use crate::registry::Registry;
 
+/// The client's address: the TCP peer (the node terminates TLS itself; no proxy is trusted to
+/// say otherwise). Unspecified when the router is driven without a connection (unit tests).
+pub struct ClientAddr(pub std::net::IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        Ok(ClientAddr(peer.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))))
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,

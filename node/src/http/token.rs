@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use serde::Deserialize;
 
-use super::AppState;
+use super::{AppState, ClientAddr};
 use crate::auth::{basic_credentials, IssuedToken};
 use crate::oci::{ErrorCode, RegistryError};
 
@@ -22,11 +22,16 @@ fn token_response(t: IssuedToken) -> Response {
     .into_response()
 }
 
-pub async fn get_token(State(st): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> Result<Response, RegistryError> {
+pub async fn get_token(
+    State(st): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, RegistryError> {
     let q = super::handlers::Query::parse(q.as_deref());
     let scopes = q.all("scope");
     let creds = basic_credentials(&headers)?;
-    let t = st.auth.issue(creds, q.get("service"), &scopes).await?;
+    let t = st.auth.issue(client, creds, q.get("service"), &scopes).await?;
     Ok(token_response(t))
 }
 
@@ -41,7 +46,11 @@ pub struct TokenForm {
     password: Option<String>,
 }
 
-pub async fn post_token(State(st): State<AppState>, Form(f): Form<TokenForm>) -> Result<Response, RegistryError> {
+pub async fn post_token(
+    State(st): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    Form(f): Form<TokenForm>,
+) -> Result<Response, RegistryError> {
     let creds = match f.grant_type.as_str() {
         "password" => match (f.username, f.password) {
             (Some(u), Some(p)) => Some((u, p)),
@@ -52,7 +61,7 @@ pub async fn post_token(State(st): State<AppState>, Form(f): Form<TokenForm>) ->
         }
     };
     let scopes: Vec<String> = f.scope.into_iter().collect();
-    let t = st.auth.issue(creds, f.service.as_deref(), &scopes).await?;
+    let t = st.auth.issue(client, creds, f.service.as_deref(), &scopes).await?;
     Ok(token_response(t))
 }
 

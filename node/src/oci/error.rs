@@ -76,11 +76,17 @@ pub struct RegistryError {
     pub message: String,
     /// `WWW-Authenticate` challenge sent with 401s.
     pub challenge: Option<String>,
+    /// `Retry-After` (seconds) of a 429 or 503; 503s default to 5.
+    pub retry_after: Option<u64>,
 }
 
 impl RegistryError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, status: code.default_status(), message: message.into(), challenge: None }
+        Self { code, status: code.default_status(), message: message.into(), challenge: None, retry_after: None }
+    }
+    /// 429 TOOMANYREQUESTS, to be retried after `secs`.
+    pub fn too_many_requests(message: impl Into<String>, secs: u64) -> Self {
+        Self { retry_after: Some(secs), ..Self::new(ErrorCode::TooManyRequests, message) }
     }
     pub fn with_status(mut self, status: StatusCode) -> Self {
         self.status = status;
@@ -128,8 +134,9 @@ impl IntoResponse for RegistryError {
         if let Some(c) = self.challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        let retry_after = self.retry_after.or((self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(5));
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

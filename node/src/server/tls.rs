@@ -62,7 +62,7 @@ pub async fn serve(
     });
     let result = axum_server::from_tcp_rustls(listener.into_std()?, config)?
         .handle(handle)
-        .serve(app.into_make_service())
+        .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .await;
     if let Some(r) = reload {
         r.abort();

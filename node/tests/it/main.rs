@@ -11,6 +11,7 @@ mod conformance;
 mod data_safety;
 mod dependencies_down;
 mod harness;
+mod hostile;
 mod memory;
 mod private_swarm;
 mod storage;
