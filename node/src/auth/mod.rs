@@ -99,7 +99,9 @@ impl Auth {
         Grants(vec![("*".into(), self.cfg.anonymous.clone())])
     }
 
-    fn challenge(&self, need: &Need, also_pull: Option<&RepoName>, why: &str, code: ErrorCode) -> RegistryError {
+    /// A 401 with its `WWW-Authenticate` challenge; `error` is RFC 6750's `invalid_token` or
+    /// `insufficient_scope` when a token was presented.
+    fn challenge(&self, need: &Need, also_pull: Option<&RepoName>, why: &str, error: Option<&str>) -> RegistryError {
         let scope = match need {
             Need::Login => String::new(),
             Need::Catalog => ",scope=\"registry:catalog:*\"".into(),
@@ -112,8 +114,9 @@ impl Auth {
                 format!(",scope=\"repository:{r}:{actions}{from}\"")
             }
         };
-        let mut e = RegistryError::new(code, why.to_owned());
-        e.challenge = Some(format!("Bearer realm=\"{}\",service=\"{}\"{scope}", self.realm, self.cfg.service));
+        let mut e = RegistryError::new(ErrorCode::Unauthorized, why.to_owned());
+        let error = error.map(|e| format!(",error=\"{e}\"")).unwrap_or_default();
+        e.challenge = Some(format!("Bearer realm=\"{}\",service=\"{}\"{scope}{error}", self.realm, self.cfg.service));
         e
     }
 
@@ -141,27 +144,34 @@ impl Auth {
             if anon_ok {
                 return Ok(());
             }
-            return Err(self.challenge(need, mount_from, "authentication required", ErrorCode::Unauthorized));
+            return Err(self.challenge(need, mount_from, "authentication required", None));
         };
         let claims = match self.keys.verify(token) {
             Ok(c) => c,
-            Err(why) => return Err(self.challenge(need, mount_from, &why.to_string(), ErrorCode::Unauthorized)),
+            Err(why) => return Err(self.challenge(need, mount_from, &why.to_string(), Some("invalid_token"))),
         };
         let (kind, name, action) = match need {
             Need::Login => return Ok(()),
             Need::Catalog => ("registry", "catalog", "*"),
             Need::Repo(r, a) => ("repository", r.as_str(), a.as_str()),
         };
-        let entry = claims.access.iter().find(|e| e.kind == kind && e.name == name);
-        match entry {
-            Some(e) if e.actions.iter().any(|x| x == action || x == "*") => Ok(()),
-            _ if anon_ok => Ok(()),
+        // Every entry for the resource counts: a token may carry it in several.
+        let mut entries = claims.access.iter().filter(|e| e.kind == kind && e.name == name).peekable();
+        let listed = entries.peek().is_some();
+        let granted = entries.any(|e| e.actions.iter().any(|x| x == action || x == "*"));
+        match () {
+            _ if granted || anon_ok => Ok(()),
             // Asked for and refused, by a signed-in user: more tokens will not help.
-            Some(_) if !claims.sub.is_empty() => Err(RegistryError::new(
+            _ if listed && !claims.sub.is_empty() => Err(RegistryError::new(
                 ErrorCode::Denied,
                 format!("{} may not {action} {kind} {name}", claims.sub),
             )),
-            _ => Err(self.challenge(need, mount_from, &format!("token does not grant {action} on {kind} {name}"), ErrorCode::Unauthorized)),
+            _ => Err(self.challenge(
+                need,
+                mount_from,
+                &format!("token does not grant {action} on {kind} {name}"),
+                Some("insufficient_scope"),
+            )),
         }
     }
 
@@ -219,27 +229,38 @@ impl Auth {
                 "registry" if name == "catalog" && grants.catalog() => vec!["*".into()],
                 _ => vec![],
             };
-            access.push(Access { kind, name, actions: granted });
+            // One entry per resource, however many scopes named it.
+            match access.iter_mut().find(|a: &&mut Access| a.kind == kind && a.name == name) {
+                Some(a) => {
+                    for g in granted {
+                        if !a.actions.contains(&g) {
+                            a.actions.push(g);
+                        }
+                    }
+                }
+                None => access.push(Access { kind, name, actions: granted }),
+            }
         }
         let (token, claims) = self.keys.issue(&sub, access);
         Ok(IssuedToken { token, claims })
     }
 }
 
+/// The credentials of an `Authorization` header using `scheme` (matched case-insensitively,
+/// as RFC 9110 section 11.1 says).
+fn credentials<'a>(headers: &'a HeaderMap, scheme: &str) -> Option<&'a str> {
+    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim_start();
+    let (s, rest) = v.split_once(' ')?;
+    s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
+    credentials(headers, "Bearer")
 }
 
 /// Decodes an `Authorization: Basic` header.
 pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>, RegistryError> {
-    let Some(v) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-        return Ok(None);
-    };
-    let Some(b64) = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")) else {
+    let Some(b64) = credentials(headers, "Basic") else {
         return Ok(None);
     };
     let bad = || RegistryError::new(ErrorCode::Unauthorized, "malformed Basic credentials").with_status(StatusCode::UNAUTHORIZED);
@@ -281,6 +302,21 @@ mod tests {
         );
         assert_eq!(parse_scope("registry:catalog:*").unwrap().1, "catalog");
         assert!(parse_scope("nonsense").is_none());
+    }
+
+    #[test]
+    fn schemes_are_matched_case_insensitively() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(axum::http::header::AUTHORIZATION, v.parse().unwrap());
+            m
+        };
+        for v in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR  abc "] {
+            assert_eq!(bearer(&h(v)), Some("abc"), "{v}");
+        }
+        assert_eq!(bearer(&h("Basic abc")), None);
+        assert_eq!(bearer(&h("Bearerabc")), None);
+        assert_eq!(basic_credentials(&h("BASIC dTpw")).unwrap(), Some(("u".into(), "p".into())));
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub async fn handle(st: &AppState, ep: Endpoint, method: &Method, q: &Query, h: 
             let m = reg.get_manifest(&repo, &r, method == Method::GET).await?;
             let mut resp = if method == Method::GET { Body::from(m.body).into_response() } else { Body::empty().into_response() };
             let hs = resp.headers_mut();
-            hs.insert(header::CONTENT_TYPE, hv(&m.media_type));
+            hs.insert(header::CONTENT_TYPE, hv(oci::manifest::served_type(&m.media_type)));
             hs.insert(header::CONTENT_LENGTH, HeaderValue::from(m.size as u64));
             hs.insert(oci::DOCKER_CONTENT_DIGEST, hv(&m.digest));
             hs.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));

@@ -14,7 +14,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
+use axum::http::header;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::{Auth, Need};
 use crate::oci::{self, Action, Endpoint, ErrorCode, RegistryError};
@@ -55,6 +57,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         // A panic in a handler answers 500 instead of dropping the connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        // Stored bytes (manifests, blobs) are served from the registry's origin: never let a
+        // browser sniff them into a page or run anything in them.
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; sandbox"),
+        ))
 }
 
 /// What an endpoint needs from the caller's token.

@@ -51,6 +51,17 @@ fn kind_of(media_type: &str) -> Option<Kind> {
     }
 }
 
+/// The `Content-Type` a stored manifest is served with: its media type if it is a manifest
+/// media type, else `application/octet-stream` (a row stored before the media type was
+/// checked must not reach a browser as what it claimed).
+pub fn served_type(media_type: &str) -> &str {
+    if kind_of(media_type).is_some() {
+        media_type
+    } else {
+        "application/octet-stream"
+    }
+}
+
 /// Parses `body`, pushed with the `Content-Type` `content_type` (if any).
 pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, RegistryError> {
     #[derive(serde::Deserialize)]
@@ -76,8 +87,12 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
     let kind = match media_type.as_deref().and_then(kind_of) {
         Some(k) => k,
         None if media_type.is_some() && header.is_some() && peek.media_type.is_none() => {
-            // An unknown Content-Type on a manifest without mediaType: go by its shape.
-            shape(&peek.manifests, &peek.config)?
+            // An unknown Content-Type on a manifest without mediaType: go by its shape, and
+            // keep the shape's media type, never the pushed one, which is what the manifest is
+            // served as (a `text/html` one would be a page on the registry's origin).
+            let kind = shape(&peek.manifests, &peek.config)?;
+            let media_type = if kind == Kind::Index { OCI_INDEX } else { OCI_MANIFEST };
+            return parse(body, Some(media_type));
         }
         None if media_type.is_some() => {
             return Err(RegistryError::new(

@@ -17,12 +17,14 @@ pub struct ByteRange {
     pub end: u64,
 }
 
-/// Resolves a single-range `Range` header. `Ok(None)` means the whole blob; `Err(())` means
-/// unsatisfiable (416).
+/// Resolves a single-range `Range` header. `Ok(None)` means the whole blob (also for several
+/// ranges, which RFC 9110 section 14.2 lets a server answer with the whole representation);
+/// `Err(())` means unsatisfiable (416). A unit other than `bytes` is ignored (RFC 9110
+/// section 14.2: the whole blob).
 pub fn parse_range(header: &str, size: u64) -> Result<Option<ByteRange>, ()> {
-    let spec = header.trim().strip_prefix("bytes=").ok_or(())?;
+    let Some(spec) = header.trim().strip_prefix("bytes=") else { return Ok(None) };
     if spec.contains(',') {
-        return Err(());
+        return Ok(None);
     }
     let (a, b) = spec.split_once('-').ok_or(())?;
     let (start, end) = match (a.trim(), b.trim()) {
@@ -111,7 +113,7 @@ mod tests {
         assert_eq!(parse_range("bytes=50-1000", 100), Ok(Some(ByteRange { start: 50, end: 99 })));
         assert_eq!(parse_range("bytes=100-", 100), Err(()));
         assert_eq!(parse_range("bytes=5-2", 100), Err(()));
-        assert_eq!(parse_range("bytes=0-1,3-4", 100), Err(()));
-        assert_eq!(parse_range("items=0-1", 100), Err(()));
+        assert_eq!(parse_range("bytes=0-1,3-4", 100), Ok(None), "several ranges: the whole blob");
+        assert_eq!(parse_range("items=0-1", 100), Ok(None), "an unknown unit is ignored");
     }
 }

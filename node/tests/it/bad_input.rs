@@ -574,11 +574,21 @@ fn upload_with(api: &Api, repo: &str, token: &str) -> Resp {
     api.call(Method::POST, &format!("/v2/{repo}/blobs/uploads/"), |r| r.header("authorization", auth))
 }
 
-/// Asserts a 401 UNAUTHORIZED with a Bearer challenge for `scope`.
-fn expect_challenge(r: &Resp, realm: &str, scope: &str) {
+/// Asserts a 401 UNAUTHORIZED with a Bearer challenge for `scope` (and RFC 6750's `error`
+/// when a token was presented).
+fn expect_challenge_error(r: &Resp, realm: &str, scope: &str, error: Option<&str>) {
     r.expect_error(401, "UNAUTHORIZED");
-    let want = format!("Bearer realm=\"{realm}\",service=\"afreg\",scope=\"{scope}\"");
+    let error = error.map(|e| format!(",error=\"{e}\"")).unwrap_or_default();
+    let want = format!("Bearer realm=\"{realm}\",service=\"afreg\",scope=\"{scope}\"{error}");
     assert_eq!(r.header("www-authenticate"), Some(want.as_str()), "{}: challenge", r.what);
+}
+
+fn expect_challenge(r: &Resp, realm: &str, scope: &str) {
+    expect_challenge_error(r, realm, scope, None)
+}
+
+fn expect_invalid_token(r: &Resp, realm: &str, scope: &str) {
+    expect_challenge_error(r, realm, scope, Some("invalid_token"))
 }
 
 #[test]
@@ -606,17 +616,17 @@ fn missing_expired_foreign_forged_and_tampered_tokens_are_401() {
     // Expired (well past the node's leeway), otherwise perfect.
     let t = now();
     let expired = sign(&pem, &claims(USER, repo, "afreg", t - 3600, t - 600));
-    expect_challenge(&upload_with(&api, repo, &expired), &realm, &push_scope);
+    expect_invalid_token(&upload_with(&api, repo, &expired), &realm, &push_scope);
 
     // For another audience.
     let foreign = sign(&pem, &claims(USER, repo, "other", t, t + 300));
-    expect_challenge(&upload_with(&api, repo, &foreign), &realm, &push_scope);
+    expect_invalid_token(&upload_with(&api, repo, &foreign), &realm, &push_scope);
 
     // Signed with a key that is not the node's.
     let forger = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("generate RSA key");
     let forger_pem = rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(&forger, rsa::pkcs8::LineEnding::LF).unwrap();
     let forged = sign(forger_pem.as_bytes(), &claims(USER, repo, "afreg", t, t + 300));
-    expect_challenge(&upload_with(&api, repo, &forged), &realm, &push_scope);
+    expect_invalid_token(&upload_with(&api, repo, &forged), &realm, &push_scope);
 
     // A real token for pull only, with its payload rewritten to grant push.
     let pull_only = get_token(&api, USER, PASSWORD, &format!("repository:{repo}:pull"));
@@ -626,10 +636,10 @@ fn missing_expired_foreign_forged_and_tampered_tokens_are_401() {
     let parts: Vec<&str> = pull_only.split('.').collect();
     let new_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&payload).unwrap());
     let tampered = format!("{}.{new_payload}.{}", parts[0], parts[2]);
-    expect_challenge(&upload_with(&api, repo, &tampered), &realm, &push_scope);
+    expect_invalid_token(&upload_with(&api, repo, &tampered), &realm, &push_scope);
 
     // Garbage.
-    expect_challenge(&upload_with(&api, repo, "not.a.jwt"), &realm, &push_scope);
+    expect_invalid_token(&upload_with(&api, repo, "not.a.jwt"), &realm, &push_scope);
 
     assert_unchanged(&region, &before, "requests with missing or invalid tokens");
     assert_eq!(count(&region, "SELECT count(*) FROM uploads"), 0);

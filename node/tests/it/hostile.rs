@@ -139,3 +139,68 @@ fn one_address_guessing_many_user_names_is_limited_and_unknown_names_cost_the_sa
     assert!((60..=70).contains(&checked), "{checked} of 80 names checked from one address: {statuses:?}");
     assert!(statuses[75..].iter().all(|s| *s == 429), "{statuses:?}");
 }
+
+/// A token for `scopes` (each a `scope=` parameter) with `user`'s credentials.
+fn token(c: &reqwest::blocking::Client, url: &str, user: &str, password: &str, scopes: &[&str]) -> String {
+    let q: String = scopes.iter().map(|s| format!("&scope={s}")).collect();
+    let r = c.get(format!("{url}/token?service=afreg{q}")).basic_auth(user, Some(password)).send().unwrap();
+    assert_eq!(r.status(), 200);
+    r.json::<serde_json::Value>().unwrap()["token"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn stored_bytes_are_served_safely_and_tokens_are_read_as_the_spec_says() {
+    let region = TestRegion::start_with(testkit::afreg_bin(), |c| c.config.auth.anonymous = vec![]);
+    region.node.add_user_with_grants("eve", "eves-passw0rd", &["site/*:pull,push"]);
+    let url = region.node.url();
+    let c = client_from(Ipv4Addr::new(127, 0, 0, 1));
+
+    // Pull and push asked for in two scope entries for one repository: a push is allowed.
+    let t = token(&c, &url, "eve", "eves-passw0rd", &["repository:site/page:pull", "repository:site/page:push"]);
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let digest = testkit::sha256_digest(config);
+    let r = c.post(format!("{url}/v2/site/page/blobs/uploads/?digest={digest}")).bearer_auth(&t).body(config.to_vec()).send().unwrap();
+    assert_eq!(r.status(), 201, "a push with pull and push in separate scope entries: {}", r.text().unwrap());
+
+    // The scheme in any case.
+    for scheme in ["bearer", "BEARER"] {
+        let r = c.head(format!("{url}/v2/site/page/blobs/{digest}")).header("authorization", format!("{scheme} {t}")).send().unwrap();
+        assert_eq!(r.status(), 200, "Authorization: {scheme} …");
+    }
+
+    // A manifest without mediaType pushed as text/html, with a script in an annotation.
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{digest}","size":{}}},"layers":[],"annotations":{{"x":"<html><script>alert(document.cookie)</script></html>"}}}}"#,
+        config.len()
+    );
+    let r = c.put(format!("{url}/v2/site/page/manifests/v1")).bearer_auth(&t).header("content-type", "text/html").body(manifest).send().unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    let r = c.get(format!("{url}/v2/site/page/manifests/v1")).bearer_auth(&t).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/vnd.oci.image.manifest.v1+json", "served as what it was pushed as");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    let r = c.get(format!("{url}/v2/site/page/blobs/{digest}")).bearer_auth(&t).send().unwrap();
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff", "blobs too");
+
+    // Several ranges: the whole blob, 200.
+    let r = c.get(format!("{url}/v2/site/page/blobs/{digest}")).bearer_auth(&t).header("range", "bytes=0-1,4-5").send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().as_ref(), config);
+
+    // Challenges say why a token was not enough (RFC 6750).
+    let pull = token(&c, &url, "eve", "eves-passw0rd", &["repository:site/page:pull"]);
+    let anon = c.get(format!("{url}/token?service=afreg&scope=repository:site/page:pull")).send().unwrap().json::<serde_json::Value>().unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = c.post(format!("{url}/v2/site/page/blobs/uploads/")).bearer_auth("not.a.token").send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains(r#"error="invalid_token""#), "{:?}", r.headers());
+    let r = c.post(format!("{url}/v2/site/page/blobs/uploads/")).bearer_auth(&anon).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains(r#"error="insufficient_scope""#), "{:?}", r.headers());
+    // A signed-in user's pull token, used to push: refused (DENIED, no challenge to retry).
+    let r = c.post(format!("{url}/v2/site/page/blobs/uploads/")).bearer_auth(&pull).send().unwrap();
+    assert_eq!(r.status(), 403);
+}
