@@ -332,6 +332,10 @@ pub struct ClusterConfig {
     pub discovery_zone: Option<String>,
     /// The DNS server for `discovery_zone` (`IP:PORT`); unset means the system resolver.
     pub dns_server: Option<SocketAddr>,
+    /// Let discovery send the cluster secret over plain HTTP to a non-loopback address (a
+    /// private network without TLS); logged as a warning each time. Off: only over HTTPS, or
+    /// to loopback.
+    pub allow_insecure_discovery: bool,
     /// Set on a region that an operator adds with `afreg region add`: it waits to be joined
     /// and never initializes a cluster of its own.
     pub join: bool,
@@ -380,6 +384,7 @@ impl Default for ClusterConfig {
             bootstrap: vec![],
             discovery_zone: None,
             dns_server: None,
+            allow_insecure_discovery: false,
             join: false,
             kubo_swarm_addrs: vec![],
             // They hold over 100–300 ms WAN round trips.

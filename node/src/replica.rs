@@ -134,7 +134,7 @@ async fn discover_and_initialize(cfg: Config, cluster: Arc<Cluster>, me: Region,
         if cluster.raft.is_initialized().await.unwrap_or(true) {
             return;
         }
-        match discover_members(&zone, ns, scheme, cluster.secret()).await {
+        match discover_members(&zone, ns, scheme, cfg.cluster.allow_insecure_discovery, cluster.secret()).await {
             Ok(mut members) if members.contains_key(&cluster.id) => {
                 members.insert(cluster.id, me.clone());
                 match cluster.initialize(members).await {
@@ -165,12 +165,35 @@ enum MembersError {
     Ask { url: String, source: reqwest::Error },
     #[error("{targets} SRV targets answered as {regions} distinct regions (health checks settling?)")]
     Duplicates { targets: usize, regions: usize },
+    /// Discovery will not send the cluster secret there.
+    #[error("{0}")]
+    Untrusted(String),
+}
+
+/// Whether discovery may send the cluster secret to `host` (an SRV target of `zone`) at `addr`
+/// over `scheme`: the target must lie inside the zone (a spoofed or misconfigured record must
+/// not collect the secret), and plain HTTP only reaches loopback unless `allow_insecure`.
+fn may_send_secret(host: &str, zone: &str, scheme: &str, addr: std::net::IpAddr, allow_insecure: bool) -> Result<(), String> {
+    let (host, zone) = (host.trim_end_matches('.').to_ascii_lowercase(), zone.trim_end_matches('.').to_ascii_lowercase());
+    if host != zone && !host.ends_with(&format!(".{zone}")) {
+        return Err(format!("SRV target {host} is outside the discovery zone {zone}: not sending it the cluster secret"));
+    }
+    if scheme == "http" && !addr.is_loopback() {
+        if !allow_insecure {
+            return Err(format!(
+                "{host} ({addr}) would get the cluster secret over plain HTTP: enable TLS, or set cluster.allow_insecure_discovery"
+            ));
+        }
+        tracing::warn!(event = "insecure_discovery", host = %host, addr = %addr, "sending the cluster secret over plain HTTP (cluster.allow_insecure_discovery)");
+    }
+    Ok(())
 }
 
 async fn discover_members(
     zone: &str,
     ns: NameServer,
     scheme: &str,
+    allow_insecure: bool,
     secret: &ClusterSecret,
 ) -> Result<BTreeMap<u64, Region>, MembersError> {
     let resolver = discovery::resolver(ns, None)?;
@@ -185,6 +208,7 @@ async fn discover_members(
             .first()
             .copied()
             .ok_or_else(|| MembersError::NoAddress(p.host.clone()))?;
+        may_send_secret(&p.host, zone, scheme, addr, allow_insecure).map_err(MembersError::Untrusted)?;
         let url = format!("{scheme}://{}:{}/internal/identity", p.host, p.port);
         let ask = |source| MembersError::Ask { url: url.clone(), source };
         let http = reqwest::Client::builder()
@@ -396,4 +420,24 @@ pub async fn cluster_status(cfg: &Config, pool: &PgPool, cluster: &Cluster) -> V
             },
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_send_secret;
+    use std::net::IpAddr;
+
+    #[test]
+    fn the_secret_goes_only_inside_the_zone_and_never_in_clear_text_beyond_loopback() {
+        let lo: IpAddr = "127.0.0.11".parse().unwrap();
+        let far: IpAddr = "203.0.113.7".parse().unwrap();
+        assert!(may_send_secret("registry-eu.example.org", "example.org", "https", far, false).is_ok());
+        assert!(may_send_secret("Registry-EU.Example.org.", "example.org", "https", far, false).is_ok());
+        assert!(may_send_secret("registry-eu.example.org", "example.org", "http", lo, false).is_ok());
+        for outside in ["evil.org", "example.org.evil.org", "badexample.org"] {
+            assert!(may_send_secret(outside, "example.org", "https", far, false).unwrap_err().contains("outside"), "{outside}");
+        }
+        assert!(may_send_secret("registry-eu.example.org", "example.org", "http", far, false).unwrap_err().contains("plain HTTP"));
+        assert!(may_send_secret("registry-eu.example.org", "example.org", "http", far, true).is_ok());
+    }
 }

@@ -61,6 +61,11 @@ impl PowerDns {
     /// A server authoritative for `zone` with the A records `records` (names relative to the
     /// zone), from the bind backend, nothing cached.
     pub fn zone(zone: &str, records: &[(&str, Ipv4Addr)]) -> PowerDns {
+        Self::zone_with(zone, records, "")
+    }
+
+    /// As [`PowerDns::zone`], with `extra` zone-file lines (SRV records, say) appended.
+    pub fn zone_with(zone: &str, records: &[(&str, Ipv4Addr)], extra: &str) -> PowerDns {
         let (dir, port) = Self::prepare();
         let conf = dir.path().join("conf");
         std::fs::create_dir_all(&conf).unwrap();
@@ -68,6 +73,7 @@ impl PowerDns {
         for (name, ip) in records {
             writeln!(z, "{name} 30 IN A {ip}").unwrap();
         }
+        z.push_str(extra);
         std::fs::write(conf.join("zone"), z).unwrap();
         std::fs::write(conf.join("named.conf"), format!("zone \"{zone}\" {{ type master; file \"{}\"; }};\n", conf.join("zone").display()))
             .unwrap();

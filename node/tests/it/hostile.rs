@@ -204,3 +204,39 @@ fn stored_bytes_are_served_safely_and_tokens_are_read_as_the_spec_says() {
     let r = c.post(format!("{url}/v2/site/page/blobs/uploads/")).bearer_auth(&pull).send().unwrap();
     assert_eq!(r.status(), 403);
 }
+
+#[test]
+fn discovery_does_not_send_the_cluster_secret_to_a_target_outside_its_zone() {
+    // Whoever listens at the SRV target: it records every request head it is sent.
+    let evil = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = evil.local_addr().unwrap().port();
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let heard = heard.clone();
+        std::thread::spawn(move || {
+            for conn in evil.incoming() {
+                let Ok(mut conn) = conn else { return };
+                conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut buf = [0u8; 4096];
+                let n = std::io::Read::read(&mut conn, &mut buf).unwrap_or(0);
+                heard.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+    }
+    // The discovery zone is reg.test; its SRV record names evil.test, outside it.
+    let dns = testkit::dns::PowerDns::zone_with(
+        "test",
+        &[("evil", Ipv4Addr::LOCALHOST)],
+        &format!("_afreg-internal._tcp.reg 30 IN SRV 10 10 {port} evil.test.\n"),
+    );
+    let (pg, kubo) = (testkit::Postgres::start(), testkit::Kubo::start());
+    let mut cfg = testkit::NodeConfig::new(pg.url(), kubo.api_url());
+    cfg.config.cluster.discovery_zone = Some("reg.test".into());
+    cfg.config.cluster.dns_server = Some(dns.addr());
+    let node = testkit::Node::start_unready(testkit::afreg_bin(), cfg);
+    // Several discovery rounds (one every 2 s), and nothing was sent…
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(heard.lock().unwrap().is_empty(), "the SRV target outside the zone was sent: {:?}", heard.lock().unwrap());
+    // …because discovery refused it, saying why.
+    assert!(node.log_tail(400).contains("outside the discovery zone"), "{}", node.log_tail(40));
+}
