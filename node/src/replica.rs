@@ -358,10 +358,10 @@ pub struct RegionStatus {
 
 /// Every live region's figures: this region's own, the others' asked over their public
 /// `/status?scope=local` (2 s each, in parallel; an unreachable region is reported so).
-pub async fn cluster_status(cfg: &Config, pool: &PgPool, cluster: &Cluster) -> Vec<RegionStatus> {
+/// `http` is shared by every call (its requests time out after 2 s).
+pub async fn cluster_status(cfg: &Config, pool: &PgPool, cluster: &Cluster, http: &reqwest::Client) -> Vec<RegionStatus> {
     let me = local_status(cfg, pool, cluster).await;
     let regions = regions::live_regions(pool).await.unwrap_or_default();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");
     let fetches = regions.iter().map(|r| {
         let (http, me) = (http.clone(), me.clone());
         let (id, name, url) = (r.id as u64, r.name.clone(), r.api_url.clone());

@@ -75,7 +75,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let kubo_gc = tokio::spawn(collect_kubo_garbage(registry.kubo.clone(), cfg.kubo.gc_interval_secs, shutdown.clone()));
     let upkeep = tokio::spawn(metrics_upkeep(metrics.clone(), shutdown.clone()));
 
-    let app = http::router(AppState { registry, auth, metrics });
+    let app = http::router(AppState { registry, auth, metrics, status: Arc::new(http::StatusCache::new()?) });
     let listener = tokio::net::TcpListener::bind(cfg.server.listen).await?;
     tracing::info!(event = "listening", addr = %cfg.server.listen, public_url = %cfg.server.public_url, tls = cfg.server.https(), "afreg node serving");
     let token = shutdown.clone();

@@ -40,6 +40,48 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub auth: Arc<Auth>,
     pub metrics: PrometheusHandle,
+    pub status: Arc<StatusCache>,
+}
+
+/// `/status` is public and the cluster view asks every other region, so it is computed at most
+/// once a second, whatever the request rate, with one HTTP client. The local view (one small
+/// query, no network) is what the other regions and failover monitors poll, so it is kept
+/// fresher: at most ten computations a second. The lock is held
+/// while the figures are gathered (each region's answer bounded by 2 s) on purpose: requests
+/// that arrive meanwhile wait for that one computation instead of starting their own.
+pub struct StatusCache {
+    http: reqwest::Client,
+    local: tokio::sync::Mutex<Option<(Instant, serde_json::Value)>>,
+    cluster: tokio::sync::Mutex<Option<(Instant, serde_json::Value)>>,
+}
+
+/// How long a computed `/status` is served again: the cluster view, the local one.
+const STATUS_FRESH: Duration = Duration::from_secs(1);
+const LOCAL_STATUS_FRESH: Duration = Duration::from_millis(100);
+
+impl StatusCache {
+    pub fn new() -> anyhow::Result<StatusCache> {
+        Ok(StatusCache {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?,
+            local: Default::default(),
+            cluster: Default::default(),
+        })
+    }
+}
+
+/// The label value of an HTTP method: one of a fixed set, so a client cannot grow the
+/// metrics' label values with method tokens of its own.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -121,9 +163,9 @@ async fn v2(State(st): State<AppState>, method: Method, uri: Uri, headers: Heade
     resp.headers_mut().insert(k, HeaderValue::from_static(v));
     let status = resp.status().as_u16().to_string();
     let elapsed = started.elapsed();
-    metrics::counter!("afreg_http_requests_total", "route" => route, "method" => method.to_string(), "status" => status.clone())
+    metrics::counter!("afreg_http_requests_total", "route" => route, "method" => method_label(&method), "status" => status.clone())
         .increment(1);
-    metrics::histogram!("afreg_http_request_duration_seconds", "route" => route, "method" => method.to_string())
+    metrics::histogram!("afreg_http_request_duration_seconds", "route" => route, "method" => method_label(&method))
         .record(elapsed.as_secs_f64());
     tracing::info!(event = "request", method = %method, route, repository = %repo, status = %status,
         duration_ms = elapsed.as_millis() as u64, "request");
@@ -144,12 +186,21 @@ fn linearizable(q: &handlers::Query, h: &HeaderMap) -> bool {
 async fn status(State(st): State<AppState>, uri: Uri) -> Response {
     let q = handlers::Query::parse(uri.query());
     let reg = &st.registry;
-    if q.get("scope") == Some("local") {
-        let s = crate::replica::local_status(&reg.cfg, reg.store.pool(), &reg.cluster).await;
-        return axum::Json(s).into_response();
+    let local = q.get("scope") == Some("local");
+    let mut cached = if local { st.status.local.lock().await } else { st.status.cluster.lock().await };
+    let fresh = if local { LOCAL_STATUS_FRESH } else { STATUS_FRESH };
+    if let Some((_, v)) = cached.as_ref().filter(|(at, _)| at.elapsed() < fresh) {
+        return axum::Json(v.clone()).into_response();
     }
-    let regions = crate::replica::cluster_status(&reg.cfg, reg.store.pool(), &reg.cluster).await;
-    axum::Json(serde_json::json!({"region": reg.cfg.cluster.region, "id": reg.cluster.id, "regions": regions})).into_response()
+    metrics::counter!("afreg_status_computed_total", "scope" => if local { "local" } else { "cluster" }).increment(1);
+    let v = if local {
+        serde_json::to_value(crate::replica::local_status(&reg.cfg, reg.store.pool(), &reg.cluster).await).unwrap_or_default()
+    } else {
+        let regions = crate::replica::cluster_status(&reg.cfg, reg.store.pool(), &reg.cluster, &st.status.http).await;
+        serde_json::json!({"region": reg.cfg.cluster.region, "id": reg.cluster.id, "regions": regions})
+    };
+    *cached = Some((Instant::now(), v.clone()));
+    axum::Json(v).into_response()
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {

@@ -240,3 +240,50 @@ fn discovery_does_not_send_the_cluster_secret_to_a_target_outside_its_zone() {
     // …because discovery refused it, saying why.
     assert!(node.log_tail(400).contains("outside the discovery zone"), "{}", node.log_tail(40));
 }
+
+/// The value of the first sample of `metric` with all of `labels` in Prometheus text.
+fn metric_value(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|x| l.contains(x)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_flood_of_status_requests_is_computed_once_a_second_and_methods_do_not_grow_the_metrics() {
+    let region = TestRegion::start_with(testkit::afreg_bin(), |_| {});
+    let url = region.node.url();
+    let c = client_from(Ipv4Addr::new(127, 0, 0, 1));
+    let computed = |c: &reqwest::blocking::Client| {
+        metric_value(&c.get(format!("{url}/metrics")).send().unwrap().text().unwrap(), "afreg_status_computed_total", &["scope=\"cluster\""])
+    };
+    let before = computed(&c);
+    // 200 requests from 8 clients, within about a second.
+    let started = Instant::now();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let c = client_from(Ipv4Addr::new(127, 0, 0, 1));
+                for _ in 0..25 {
+                    assert_eq!(c.get(format!("{url}/status")).send().unwrap().status(), 200);
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let secs = started.elapsed().as_secs_f64();
+    let times = computed(&c) - before;
+    assert!(times <= secs.ceil() + 1.0, "/status computed {times} times for 200 requests in {secs:.2} s");
+
+    // Made-up methods are counted under one label value.
+    for m in ["BREW", "PROPFIND", "X-ANYTHING"] {
+        let r = c.request(reqwest::Method::from_bytes(m.as_bytes()).unwrap(), format!("{url}/v2/a/b/manifests/x")).send().unwrap();
+        assert!(r.status().is_client_error(), "{m}: {}", r.status());
+    }
+    let text = c.get(format!("{url}/metrics")).send().unwrap().text().unwrap();
+    for m in ["BREW", "PROPFIND", "X-ANYTHING"] {
+        assert!(!text.contains(&format!("method=\"{m}\"")), "{m} became a label value");
+    }
+    assert!(metric_value(&text, "afreg_http_requests_total", &["method=\"other\""]) >= 3.0);
+}
