@@ -247,6 +247,9 @@ pub struct StorageConfig {
     pub upload_ttl_secs: u64,
     /// How often the stale-upload sweeper runs.
     pub upload_sweep_interval_secs: u64,
+    /// Most entries in one page of the tag list or the catalog: the page size when the client
+    /// gives no `n`, and the cap on a larger one (the rest follows the `Link` header).
+    pub max_page_entries: u32,
 }
 
 impl Default for StorageConfig {
@@ -255,6 +258,7 @@ impl Default for StorageConfig {
             max_manifest_bytes: 4 * 1024 * 1024,
             upload_ttl_secs: 24 * 3600,
             upload_sweep_interval_secs: 600,
+            max_page_entries: 1000,
         }
     }
 }
@@ -500,6 +504,9 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if !self.kubo.chunker.starts_with("size-") {
             return bad("kubo.chunker must be of the form size-N");
+        }
+        if self.storage.max_page_entries == 0 {
+            return bad("storage.max_page_entries must be positive");
         }
         if self.storage.max_manifest_bytes == 0 {
             return bad("storage.max_manifest_bytes must be positive");

@@ -57,14 +57,16 @@ pub async fn handle(st: &AppState, ep: Endpoint, method: &Method, q: &Query, h: 
         (Endpoint::Base, _) => Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
 
         (Endpoint::Catalog, _) => {
-            let page = reg.catalog(q.n()?, q.get("last")).await?;
-            let link = page.more.then(|| next_link("/v2/_catalog", q.n().ok().flatten(), page.items.last()));
+            let n = page_size(q, reg.cfg.storage.max_page_entries)?;
+            let page = reg.catalog(Some(n), q.get("last")).await?;
+            let link = page.more.then(|| next_link("/v2/_catalog", Some(n), page.items.last()));
             Ok(json_page(serde_json::json!({"repositories": page.items}), link))
         }
 
         (Endpoint::Tags(repo), _) => {
-            let page = reg.tags(&repo, q.n()?, q.get("last")).await?;
-            let link = page.more.then(|| next_link(&format!("/v2/{repo}/tags/list"), q.n().ok().flatten(), page.items.last()));
+            let n = page_size(q, reg.cfg.storage.max_page_entries)?;
+            let page = reg.tags(&repo, Some(n), q.get("last")).await?;
+            let link = page.more.then(|| next_link(&format!("/v2/{repo}/tags/list"), Some(n), page.items.last()));
             Ok(json_page(serde_json::json!({"name": repo.as_str(), "tags": page.items}), link))
         }
 
@@ -248,6 +250,11 @@ fn upload_accepted(repo: &RepoName, s: &UploadStatus, status: StatusCode) -> Res
     hs.insert(oci::DOCKER_UPLOAD_UUID, hv(&s.id.to_string()));
     hs.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
     resp
+}
+
+/// The page size of a list: the client's `n`, at most `max`; `max` when absent.
+fn page_size(q: &Query, max: u32) -> Result<u32> {
+    Ok(q.n()?.unwrap_or(max).min(max))
 }
 
 fn next_link(path: &str, n: Option<u32>, last: Option<&String>) -> String {

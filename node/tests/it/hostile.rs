@@ -287,3 +287,42 @@ fn a_flood_of_status_requests_is_computed_once_a_second_and_methods_do_not_grow_
     }
     assert!(metric_value(&text, "afreg_http_requests_total", &["method=\"other\""]) >= 3.0);
 }
+
+#[test]
+fn lists_are_paged_at_the_configured_size_when_n_is_absent_or_larger() {
+    let region = TestRegion::start_with(testkit::afreg_bin(), |c| {
+        c.config.auth.anonymous = testkit::Action::ALL.to_vec();
+        c.config.storage.max_page_entries = 3;
+    });
+    let url = region.node.url();
+    let c = client_from(Ipv4Addr::new(127, 0, 0, 1));
+    let img = testkit::oci::new_image(1000);
+    for repo in ["p/a", "p/b", "p/c", "p/d"] {
+        testkit::oci::push(&c, &url, repo, "t0", &img).unwrap();
+    }
+    for tag in ["t1", "t2", "t3", "t4"] {
+        testkit::oci::push(&c, &url, "p/a", tag, &img).unwrap();
+    }
+    // (status, entries, Link) of one page.
+    let page = |path: &str, key: &str| {
+        let r = c.get(format!("{url}{path}")).send().unwrap();
+        let link = r.headers().get("link").map(|l| l.to_str().unwrap().to_owned());
+        let v: serde_json::Value = r.json().unwrap();
+        let items: Vec<String> = v[key].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect();
+        (items, link)
+    };
+    for path in ["/v2/p/a/tags/list", "/v2/p/a/tags/list?n=1000"] {
+        let (tags, link) = page(path, "tags");
+        assert_eq!(tags, ["t0", "t1", "t2"], "{path}");
+        let next = link.unwrap_or_else(|| panic!("{path}: no Link to the rest"));
+        let next = next.trim_start_matches('<').split('>').next().unwrap().to_owned();
+        let (rest, link) = page(&next, "tags");
+        assert_eq!(rest, ["t3", "t4"], "{next}");
+        assert!(link.is_none());
+    }
+    let (repos, link) = page("/v2/_catalog", "repositories");
+    assert_eq!(repos, ["p/a", "p/b", "p/c"]);
+    assert!(link.is_some_and(|l| l.contains("n=3") && l.contains("last=p%2Fc")));
+    // A smaller n is the client's choice.
+    assert_eq!(page("/v2/p/a/tags/list?n=2", "tags").0, ["t0", "t1"]);
+}
