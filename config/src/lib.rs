@@ -95,6 +95,29 @@ pub struct ServerConfig {
     /// through ACME (TLS-ALPN-01 on `listen`, or HTTP-01 on `acme.http_listen`), and serves it
     /// on both listeners.
     pub acme: Option<AcmeConfig>,
+    /// Where `/metrics` (Prometheus) is served, on a listener of its own: loopback by
+    /// default, so the figures are not public. The public port does not serve it.
+    pub metrics_listen: SocketAddr,
+    /// Connections each listener (public and internal) holds open at once; more are closed
+    /// as soon as they are accepted.
+    pub max_connections: usize,
+    /// Connections one client address may hold open on a listener at once.
+    pub max_connections_per_client: usize,
+    /// A request's line and headers must arrive within this long of the connection's (or the
+    /// previous response's) start, or the connection is closed: also the idle keep-alive bound
+    /// and the TLS handshake's.
+    pub header_read_timeout_secs: u64,
+    /// A request body that sends nothing for this long fails (the connection is closed), and
+    /// so does a response the client stops reading for this long.
+    pub body_idle_timeout_secs: u64,
+    /// On SIGTERM, requests in flight get this long to finish before the node stops anyway.
+    pub drain_secs: u64,
+    /// Requests a client address may make per second (burst: ten times that), then 429
+    /// `TOOMANYREQUESTS`; 0 turns the limit off.
+    pub requests_per_second_per_client: u32,
+    /// Requests per second with one bearer token, from any address (burst: ten times that);
+    /// 0 turns the limit off.
+    pub requests_per_second_per_token: u32,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +128,14 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             acme: None,
+            metrics_listen: "127.0.0.1:9102".parse().unwrap(),
+            max_connections: 4096,
+            max_connections_per_client: 256,
+            header_read_timeout_secs: 30,
+            body_idle_timeout_secs: 60,
+            drain_secs: 20,
+            requests_per_second_per_client: 500,
+            requests_per_second_per_token: 500,
         }
     }
 }
@@ -247,9 +278,15 @@ pub struct StorageConfig {
     pub upload_ttl_secs: u64,
     /// How often the stale-upload sweeper runs.
     pub upload_sweep_interval_secs: u64,
-    /// Most entries in one page of the tag list or the catalog: the page size when the client
+    /// Most entries in one page of the tag list, the catalog or a referrers index: the page size when the client
     /// gives no `n`, and the cap on a larger one (the rest follows the `Link` header).
     pub max_page_entries: u32,
+    /// Largest blob accepted, in bytes, whether pushed in one request or in chunks; a larger
+    /// one gets 413 `SIZE_INVALID` and nothing of it is kept.
+    pub max_blob_bytes: u64,
+    /// Upload sessions one user (or, without auth, one client address) may have open at once;
+    /// another gets 429 `TOOMANYREQUESTS` until one finishes, is cancelled or expires.
+    pub max_uploads_per_user: u32,
 }
 
 impl Default for StorageConfig {
@@ -259,6 +296,8 @@ impl Default for StorageConfig {
             upload_ttl_secs: 24 * 3600,
             upload_sweep_interval_secs: 600,
             max_page_entries: 1000,
+            max_blob_bytes: 16 * 1024 * 1024 * 1024,
+            max_uploads_per_user: 256,
         }
     }
 }
@@ -507,6 +546,19 @@ impl Config {
         }
         if self.storage.max_page_entries == 0 {
             return bad("storage.max_page_entries must be positive");
+        }
+        let sv = &self.server;
+        if sv.max_connections == 0 || sv.max_connections_per_client == 0 {
+            return bad("server.max_connections and max_connections_per_client must be positive");
+        }
+        if sv.header_read_timeout_secs == 0 || sv.body_idle_timeout_secs == 0 {
+            return bad("server.header_read_timeout_secs and body_idle_timeout_secs must be positive");
+        }
+        if sv.metrics_listen == sv.listen || sv.metrics_listen == self.cluster.listen {
+            return bad("server.metrics_listen must differ from server.listen and cluster.listen");
+        }
+        if self.storage.max_blob_bytes == 0 || self.storage.max_uploads_per_user == 0 {
+            return bad("storage.max_blob_bytes and max_uploads_per_user must be positive");
         }
         if self.storage.max_manifest_bytes == 0 {
             return bad("storage.max_manifest_bytes must be positive");

@@ -112,6 +112,8 @@ pub struct LocalPorts {
     pub kubo_api: u16,
     pub kubo_swarm: u16,
     pub kubo_gateway: u16,
+    /// The node's Prometheus `/metrics` listener (loopback).
+    pub metrics: u16,
 }
 
 /// The public registry endpoint of a region: `{scheme}://{hostnames.regional}:{port}`. The SRV

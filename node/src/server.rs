@@ -15,10 +15,15 @@ use crate::registry::Registry;
 use crate::store::Store;
 
 mod http01;
+mod listener;
 mod tls;
 
+use listener::Limits;
+
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    raise_open_files_limit();
     let metrics = crate::telemetry::init_metrics()?;
+    let limits = Limits::from_config(&cfg.server);
     if let Some((cert, key)) = cfg.server.tls() {
         wait_for_files(&[("server.tls_cert", cert), ("server.tls_key", key)]).await;
     }
@@ -49,21 +54,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let http01 = match (http01, &cfg.server.acme) {
         (Some(resolver), Some(acme)) => {
             let responder = Arc::new(http01::Responder::new(resolver, acme, &cfg, store.pool().clone())?);
-            Some(http01::start(acme.http_listen, responder, shutdown.clone()).await?)
+            Some(http01::start(acme.http_listen, responder, limits, shutdown.clone()).await?)
         }
         _ => None,
     };
     let internal_tls = node_tls.clone();
     let internal_server = tokio::spawn(async move {
         let stop = stop_internal.cancelled_owned();
-        let r = match internal_tls {
-            Some(t) => tls::serve(internal_listener, internal, t, stop).await,
-            None => axum::serve(internal_listener, internal).with_graceful_shutdown(stop).await.map_err(Into::into),
-        };
-        if let Err(e) = r {
+        if let Err(e) = listener::serve("internal", internal_listener, internal, internal_tls, limits, stop).await {
             tracing::error!(event = "internal_server_failed", error = %e, "internal server stopped");
         }
     });
+    let metrics_server = spawn_metrics(cfg.server.metrics_listen, metrics.clone(), limits, shutdown.clone()).await?;
     let duties =
         crate::replica::spawn_duties(&cfg, store.pool().clone(), cluster.clone(), kubo.clone(), keys, shutdown.clone());
 
@@ -75,7 +77,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let kubo_gc = tokio::spawn(collect_kubo_garbage(registry.kubo.clone(), cfg.kubo.gc_interval_secs, shutdown.clone()));
     let upkeep = tokio::spawn(metrics_upkeep(metrics.clone(), shutdown.clone()));
 
-    let app = http::router(AppState { registry, auth, metrics, status: Arc::new(http::StatusCache::new()?) });
+    let app = http::router(AppState { registry, auth, status: Arc::new(http::StatusCache::new()?) });
     let listener = tokio::net::TcpListener::bind(cfg.server.listen).await?;
     tracing::info!(event = "listening", addr = %cfg.server.listen, public_url = %cfg.server.public_url, tls = cfg.server.https(), "afreg node serving");
     let token = shutdown.clone();
@@ -84,15 +86,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(event = "shutdown", "shutting down");
         token.cancel();
     };
-    match node_tls {
-        Some(t) => tls::serve(listener, app, t, stop).await?,
-        None => {
-            axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .with_graceful_shutdown(stop)
-                .await?
-        }
-    }
+    listener::serve("public", listener, app, node_tls, limits, stop).await?;
     shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), metrics_server).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), kubo_gc).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), upkeep).await;
@@ -109,6 +105,39 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 }
 
 async fn store_close(_store: Store) {}
+
+/// Serves Prometheus `/metrics` on `server.metrics_listen`, a listener of its own (loopback
+/// by default), so the figures are not on the public port.
+async fn spawn_metrics(
+    addr: std::net::SocketAddr,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    limits: Limits,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("server.metrics_listen {addr}: {e}"))?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(event = "metrics_not_loopback", addr = %addr, "/metrics is served beyond loopback: keep that address off the public network");
+    }
+    let app = axum::Router::new().route("/metrics", axum::routing::get(move || async move { handle.render() }));
+    tracing::info!(event = "metrics_listening", addr = %addr, "Prometheus /metrics serving");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = listener::serve("metrics", listener, app, None, limits, stop.cancelled_owned()).await {
+            tracing::error!(event = "metrics_server_failed", error = %e, "metrics listener stopped");
+        }
+    }))
+}
+
+/// The connection caps assume the process may open that many files: raise the soft limit to
+/// the hard one (what Go's runtime does at start), and say so when even that is lower.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < 8192 => tracing::warn!(event = "open_files_limit", limit = n,
+            "the open-files limit is low for server.max_connections; raise the hard limit (ulimit -Hn)"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(event = "open_files_limit", error = %e, "could not raise the open-files limit"),
+    }
+}
 
 /// Waits until every file exists and is not empty, saying every 10 s which it is waiting for:
 /// a fresh volume gets its certificate copied in after the node started, and a node that

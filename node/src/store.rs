@@ -185,16 +185,28 @@ impl Store {
     }
 
     /// Manifests in `repo` whose subject is `subject`, optionally of one artifact type.
-    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<ReferrerRow>> {
+    /// One page of `subject`'s referrers in digest order: at most `limit`, after `last`.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        last: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ReferrerRow>> {
         let rows = sqlx::query(
             "SELECT m.digest, m.media_type, m.size, m.artifact_type, m.annotations
                FROM repositories r JOIN manifests m ON m.repository_id = r.id
               WHERE r.name = $1 AND m.subject = $2 AND ($3::text IS NULL OR m.artifact_type = $3)
-              ORDER BY m.created_at, m.digest",
+                AND ($4::text IS NULL OR m.digest > $4)
+              ORDER BY m.digest
+              LIMIT $5",
         )
         .bind(repo.as_str())
         .bind(subject.as_str())
         .bind(artifact_type)
+        .bind(last)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -211,13 +223,28 @@ impl Store {
 
     // ---- upload sessions -------------------------------------------------------------
 
-    pub async fn create_upload(&self, id: Uuid, repo: &RepoName) -> Result<()> {
-        sqlx::query("INSERT INTO uploads (id, repository) VALUES ($1, $2)")
+    /// Opens an upload session for `owner` unless it has `max` open already (false). The
+    /// owner's advisory lock, for this transaction only, makes the count and the insert one
+    /// step, so concurrent starts cannot pass the limit together.
+    pub async fn create_upload(&self, id: Uuid, repo: &RepoName, owner: &str, max: u32) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('afreg.upload_owner:' || $1, 0))")
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        let open: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM uploads WHERE owner = $1").bind(owner).fetch_one(&mut *tx).await?;
+        if open >= max as i64 {
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO uploads (id, repository, owner) VALUES ($1, $2, $3)")
             .bind(id)
             .bind(repo.as_str())
-            .execute(&self.pool)
+            .bind(owner)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn upload(&self, id: Uuid, repo: &RepoName) -> Result<Option<UploadRow>> {

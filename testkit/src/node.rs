@@ -73,7 +73,7 @@ impl NodeConfig {
 
     /// The configuration of a node listening on `port` (public) and `internal_port`
     /// (cluster), with its files in `dir`.
-    pub fn to_config(&self, port: u16, internal_port: u16, dir: &Path) -> Config {
+    pub fn to_config(&self, port: u16, internal_port: u16, metrics_port: u16, dir: &Path) -> Config {
         let mut c = self.config.clone();
         let d = Config::default();
         let ip = self.ip();
@@ -82,6 +82,9 @@ impl NodeConfig {
             c.server.public_url = format!("http://{ip}:{port}");
         }
         c.cluster.listen = (ip, internal_port).into();
+        if c.server.metrics_listen == d.server.metrics_listen {
+            c.server.metrics_listen = (ip, metrics_port).into();
+        }
         if c.cluster.advertise_url == d.cluster.advertise_url {
             c.cluster.advertise_url = format!("http://{ip}:{internal_port}");
         }
@@ -102,6 +105,7 @@ pub struct Node {
     dir: TempDir,
     port: u16,
     internal_port: u16,
+    metrics_port: u16,
     child: Option<Child>,
 }
 
@@ -126,7 +130,8 @@ impl Node {
         let dir = tempfile::Builder::new().prefix("afreg-node-").tempdir_in("/tmp").expect("node temp dir");
         let port = cfg.port.unwrap_or_else(free_port);
         let internal_port = cfg.internal_port.unwrap_or_else(free_port);
-        let mut node = Node { bin: bin.to_path_buf(), cfg, dir, port, internal_port, child: None };
+        let metrics_port = free_port();
+        let mut node = Node { bin: bin.to_path_buf(), cfg, dir, port, internal_port, metrics_port, child: None };
         node.write_config();
         node.spawn();
         node
@@ -138,7 +143,7 @@ impl Node {
     }
 
     fn write_config(&self) {
-        let cfg = self.cfg.to_config(self.port, self.internal_port, self.dir.path());
+        let cfg = self.cfg.to_config(self.port, self.internal_port, self.metrics_port, self.dir.path());
         fs::write(self.config_path(), cfg.to_toml().expect("serialise config")).expect("write node config");
     }
 
@@ -217,6 +222,11 @@ impl Node {
     }
 
     /// `http://IP:PORT` of the internal (cluster) listener.
+    /// The node's Prometheus endpoint (`server.metrics_listen`), e.g. `http://127.0.0.1:PORT/metrics`.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}:{}/metrics", self.cfg.ip(), self.metrics_port)
+    }
+
     pub fn internal_url(&self) -> String {
         format!("http://{}:{}", self.cfg.ip(), self.internal_port)
     }

@@ -99,7 +99,7 @@ fn node_config_renders_every_section() {
     cfg.config.auth.token_ttl_secs = 120;
     cfg.config.auth.anonymous = vec![];
     cfg.config.storage.upload_ttl_secs = 5;
-    let config = cfg.to_config(4242, 4243, dir.path());
+    let config = cfg.to_config(4242, 4243, 4244, dir.path());
     let text = config.to_toml().unwrap();
     // What the node reads back is what testkit meant.
     let file = dir.path().join("afreg.toml");
@@ -108,6 +108,7 @@ fn node_config_renders_every_section() {
     let back: toml::Table = text.parse().unwrap();
     assert_eq!(back["server"]["listen"].as_str(), Some("127.0.0.1:4242"));
     assert_eq!(back["server"]["public_url"].as_str(), Some("http://127.0.0.1:4242"));
+    assert_eq!(back["server"]["metrics_listen"].as_str(), Some("127.0.0.1:4244"));
     assert_eq!(back["database"]["url"].as_str(), Some("postgres://x/afreg"));
     assert_eq!(back["kubo"]["api_url"].as_str(), Some("http://127.0.0.1:1"));
     assert_eq!(back["kubo"]["chunker"].as_str(), Some("size-262144"));

@@ -57,6 +57,7 @@ struct LocalRegion {
     dir: PathBuf,
     registry: u16,
     internal: u16,
+    metrics: u16,
     postgres: u16,
     kubo: KuboPorts,
 }
@@ -73,6 +74,7 @@ impl LocalRegion {
             dir: data.join(&r.name),
             registry: p(r.local.registry)?,
             internal: p(r.local.internal)?,
+            metrics: p(r.local.metrics)?,
             postgres: p(r.local.postgres)?,
             kubo: KuboPorts { api: p(r.local.kubo_api)?, gateway: p(r.local.kubo_gateway)?, swarm: p(r.local.kubo_swarm)? },
         })
@@ -98,10 +100,11 @@ impl LocalRegion {
     fn log(&self) -> PathBuf {
         self.dir.join("afreg.log")
     }
-    fn ports(&self) -> [(u16, &'static str); 6] {
+    fn ports(&self) -> [(u16, &'static str); 7] {
         [
             (self.registry, "registry"),
             (self.internal, "internal"),
+            (self.metrics, "metrics"),
             (self.postgres, "postgres"),
             (self.kubo.api, "kubo_api"),
             (self.kubo.swarm, "kubo_swarm"),
@@ -115,6 +118,7 @@ impl LocalRegion {
         let mut c = Config::default();
         c.server.listen = ([127, 0, 0, 1], self.registry).into();
         c.server.public_url = self.url();
+        c.server.metrics_listen = ([127, 0, 0, 1], self.metrics).into();
         c.database.url = postgres::url(self.postgres);
         c.kubo.api_url = kubo::api_url(self.kubo.api);
         c.auth.signing_key = self.dir.join("signing-key.pem");

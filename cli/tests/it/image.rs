@@ -46,7 +46,7 @@ fn the_image_runs_the_node_under_podman_and_serves_pushes_and_pulls() {
     let (port, internal) = (free_port(), free_port());
     let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
     cfg.config.auth.anonymous = Action::ALL.to_vec();
-    let env = cfg.to_config(port, internal, Path::new("/data")).env_overrides().unwrap();
+    let env = cfg.to_config(port, internal, free_port(), Path::new("/data")).env_overrides().unwrap();
 
     let name = format!("afreg-test-{}", testkit::random_hex(8));
     let mut run = podman.cmd();

@@ -27,7 +27,7 @@ fn shifted_ports(shift: u16) -> Vec<u16> {
         .iter()
         .flat_map(|r| {
             let p = &r.local;
-            [p.registry, p.internal, p.postgres, p.kubo_api, p.kubo_swarm, p.kubo_gateway]
+            [p.registry, p.internal, p.postgres, p.kubo_api, p.kubo_swarm, p.kubo_gateway, p.metrics]
         })
         .map(|p| p + shift)
         .collect()
@@ -37,7 +37,7 @@ fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// A shift that leaves all 18 ports free. Kept in 6000..10000: the registry and internal ports
+/// A shift that leaves all 21 ports free. Kept in 6000..10000: the registry and internal ports
 /// land below the kernel's ephemeral range, Postgres and Kubo above it (and under 65536).
 fn pick_port_shift() -> u16 {
     for _ in 0..200 {

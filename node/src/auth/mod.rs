@@ -120,16 +120,22 @@ impl Auth {
         e
     }
 
-    /// Checks the request's bearer token (or anonymous access) against what it needs.
-    pub fn authorize(&self, headers: &HeaderMap, need: &Need) -> Result<(), RegistryError> {
+    /// Checks the request's bearer token (or anonymous access) against what it needs; returns
+    /// the signed-in user the token names, if any.
+    pub fn authorize(&self, headers: &HeaderMap, need: &Need) -> Result<Option<String>, RegistryError> {
         self.authorize_mount(headers, need, None)
     }
 
     /// As [`Auth::authorize`]; `mount_from` names the source of a cross-repository mount, whose
     /// pull scope a challenge then asks for too.
-    pub fn authorize_mount(&self, headers: &HeaderMap, need: &Need, mount_from: Option<&RepoName>) -> Result<(), RegistryError> {
+    pub fn authorize_mount(
+        &self,
+        headers: &HeaderMap,
+        need: &Need,
+        mount_from: Option<&RepoName>,
+    ) -> Result<Option<String>, RegistryError> {
         if !self.cfg.enabled {
-            return Ok(());
+            return Ok(None);
         }
         let anon = self.anonymous();
         let anon_ok = match need {
@@ -142,7 +148,7 @@ impl Auth {
         };
         let Some(token) = bearer(headers) else {
             if anon_ok {
-                return Ok(());
+                return Ok(None);
             }
             return Err(self.challenge(need, mount_from, "authentication required", None));
         };
@@ -150,8 +156,9 @@ impl Auth {
             Ok(c) => c,
             Err(why) => return Err(self.challenge(need, mount_from, &why.to_string(), Some("invalid_token"))),
         };
+        let user = (!claims.sub.is_empty()).then(|| claims.sub.clone());
         let (kind, name, action) = match need {
-            Need::Login => return Ok(()),
+            Need::Login => return Ok(user),
             Need::Catalog => ("registry", "catalog", "*"),
             Need::Repo(r, a) => ("repository", r.as_str(), a.as_str()),
         };
@@ -160,7 +167,7 @@ impl Auth {
         let listed = entries.peek().is_some();
         let granted = entries.any(|e| e.actions.iter().any(|x| x == action || x == "*"));
         match () {
-            _ if granted || anon_ok => Ok(()),
+            _ if granted || anon_ok => Ok(user),
             // Asked for and refused, by a signed-in user: more tokens will not help.
             _ if listed && !claims.sub.is_empty() => Err(RegistryError::new(
                 ErrorCode::Denied,

@@ -51,7 +51,16 @@ fn body_stream(body: Body) -> impl futures::Stream<Item = std::result::Result<by
     body.into_data_stream().map_err(|e| std::io::Error::other(format!("upload body: {e}")))
 }
 
-pub async fn handle(st: &AppState, ep: Endpoint, method: &Method, q: &Query, h: &HeaderMap, body: Body) -> Result<Response> {
+/// Serves an authorized request; `owner` is who opens upload sessions (a user or an address).
+pub async fn handle(
+    st: &AppState,
+    ep: Endpoint,
+    method: &Method,
+    q: &Query,
+    h: &HeaderMap,
+    body: Body,
+    owner: &str,
+) -> Result<Response> {
     let reg = &st.registry;
     match (ep, method.clone()) {
         (Endpoint::Base, _) => Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
@@ -121,7 +130,7 @@ pub async fn handle(st: &AppState, ep: Endpoint, method: &Method, q: &Query, h: 
             Ok(StatusCode::ACCEPTED.into_response())
         }
 
-        (Endpoint::UploadStart(repo), _) => start_upload(st, &repo, q, h, body).await,
+        (Endpoint::UploadStart(repo), _) => start_upload(st, &repo, q, h, body, owner).await,
         (Endpoint::Upload(repo, id), Method::GET) => Ok(upload_accepted(&repo, &reg.upload_status(&repo, &id).await?, StatusCode::NO_CONTENT)),
         (Endpoint::Upload(repo, id), Method::PATCH) => {
             let cr = content_range(h)?;
@@ -141,10 +150,20 @@ pub async fn handle(st: &AppState, ep: Endpoint, method: &Method, q: &Query, h: 
 
         (Endpoint::Referrers(repo, d), _) => {
             let filter = q.get("artifactType").filter(|t| !t.is_empty());
-            let body = reg.referrers(&repo, &d, filter).await?;
+            let n = page_size(q, reg.cfg.storage.max_page_entries)?;
+            let (body, more) = reg.referrers(&repo, &d, filter, n, q.get("last")).await?;
             let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, oci::manifest::OCI_INDEX)], body).into_response();
             if filter.is_some() {
                 resp.headers_mut().insert(oci::OCI_FILTERS_APPLIED, HeaderValue::from_static("artifactType"));
+            }
+            if let Some(last) = more {
+                let mut link = next_link(&format!("/v2/{repo}/referrers/{d}"), Some(n), Some(&last));
+                if let Some(t) = filter {
+                    // The next page keeps the filter: `…&artifactType=…>; rel="next"`.
+                    let t = url::form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>();
+                    link = link.replacen(">; rel=", &format!("&artifactType={t}>; rel="), 1);
+                }
+                resp.headers_mut().insert(header::LINK, hv(&link));
             }
             Ok(resp)
         }
@@ -215,7 +234,7 @@ async fn get_blob(st: &AppState, repo: &RepoName, d: &Digest, with_body: bool, h
     Ok(resp)
 }
 
-async fn start_upload(st: &AppState, repo: &RepoName, q: &Query, h: &HeaderMap, body: Body) -> Result<Response> {
+async fn start_upload(st: &AppState, repo: &RepoName, q: &Query, h: &HeaderMap, body: Body, owner: &str) -> Result<Response> {
     let reg = &st.registry;
     if let Some(mount) = q.get("mount") {
         let digest: Digest = mount.parse()?;
@@ -227,10 +246,10 @@ async fn start_upload(st: &AppState, repo: &RepoName, q: &Query, h: &HeaderMap, 
             }
         }
     } else if let Some(digest) = q.digest()? {
-        reg.upload_monolithic(repo, &digest, body_stream(body)).await?;
+        reg.upload_monolithic(repo, &digest, header_u64(h, header::CONTENT_LENGTH), body_stream(body)).await?;
         return Ok(blob_created(repo, &digest));
     }
-    let status = reg.start_upload(repo).await?;
+    let status = reg.start_upload(repo, owner).await?;
     Ok(upload_accepted(repo, &status, StatusCode::ACCEPTED))
 }
 

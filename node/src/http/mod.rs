@@ -1,8 +1,10 @@
 //! The public HTTP server: `/v2/…` (parsed into an `Endpoint`, authorized, then dispatched
-//! with one flat `match`), the token service, JWKS, health, readiness and Prometheus metrics.
+//! with one flat `match`), the token service, JWKS, health, readiness and status (Prometheus
+//! metrics have a listener of their own).
 //! Every `/v2/` request is counted, timed and logged here, in one place.
 
 mod handlers;
+mod limits;
 mod token;
 
 use std::sync::Arc;
@@ -15,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use axum::http::header;
-use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::{Auth, Need};
@@ -39,7 +40,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub auth: Arc<Auth>,
-    pub metrics: PrometheusHandle,
     pub status: Arc<StatusCache>,
 }
 
@@ -85,6 +85,7 @@ fn method_label(m: &Method) -> &'static str {
 }
 
 pub fn router(state: AppState) -> Router {
+    let rates = Arc::new(limits::RequestLimits::new(&state.registry.cfg.server));
     Router::new()
         .route("/v2", any(v2))
         .route("/v2/", any(v2))
@@ -95,8 +96,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
-        .route("/metrics", get(|State(s): State<AppState>| async move { s.metrics.render() }))
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(rates, limits::limit))
         // A panic in a handler answers 500 instead of dropping the connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         // Stored bytes (manifests, blobs) are served from the registry's origin: never let a
@@ -120,7 +121,7 @@ fn need(ep: &Endpoint, method: &Method) -> Need {
     Need::Repo(ep.repo().expect("repository endpoint").clone(), action)
 }
 
-async fn v2(State(st): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+async fn v2(State(st): State<AppState>, client: ClientAddr, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let path = percent_encoding::percent_decode_str(uri.path()).decode_utf8_lossy().into_owned();
     let rest = path.strip_prefix("/v2").unwrap_or("").trim_start_matches('/');
@@ -145,12 +146,17 @@ async fn v2(State(st): State<AppState>, method: Method, uri: Uri, headers: Heade
             (Endpoint::UploadStart(_), Some(_), Some(from)) => Some(from.parse::<oci::RepoName>()?),
             _ => None,
         };
-        st.auth.authorize_mount(&headers, &need(&ep, &method), mount_from.as_ref())?;
+        let user = st.auth.authorize_mount(&headers, &need(&ep, &method), mount_from.as_ref())?;
+        // Whose upload sessions these are (storage.max_uploads_per_user).
+        let owner = match user {
+            Some(u) => format!("user:{u}"),
+            None => format!("address:{}", client.0),
+        };
         if linearizable(&query, &headers) && matches!(method, Method::GET | Method::HEAD) {
             // Read index through the leader: this region first applies everything committed.
             st.registry.cluster.read_barrier().await?;
         }
-        handlers::handle(&st, ep, &method, &query, &headers, body).await
+        handlers::handle(&st, ep, &method, &query, &headers, body, &owner).await
     }
     .await;
     let mut resp = result.unwrap_or_else(|e| {

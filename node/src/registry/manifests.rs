@@ -121,11 +121,22 @@ impl Registry {
     }
 
     /// The referrers index for `subject`, as an OCI image index body.
-    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<u8>, RegistryError> {
-        let rows = self.store.referrers(repo, subject, artifact_type).await?;
+    /// One page of the referrers index (at most `n` descriptors, in digest order, after
+    /// `last`), and the last digest on it when more follow.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+        n: u32,
+        last: Option<&str>,
+    ) -> Result<(Vec<u8>, Option<String>), RegistryError> {
+        let mut rows = self.store.referrers(repo, subject, artifact_type, last, n as i64 + 1).await?;
+        let more = rows.len() > n as usize;
+        rows.truncate(n as usize);
         let manifests: Vec<serde_json::Value> = rows.iter().map(descriptor).collect();
         let index = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
-        Ok(serde_json::to_vec(&index).expect("json"))
+        Ok((serde_json::to_vec(&index).expect("json"), more.then(|| rows.last().map(|r| r.digest.clone())).flatten()))
     }
 }
 

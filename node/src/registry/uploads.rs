@@ -43,31 +43,51 @@ fn range_error(msg: String) -> RegistryError {
     RegistryError::new(ErrorCode::BlobUploadInvalid, msg).with_status(axum::http::StatusCode::RANGE_NOT_SATISFIABLE)
 }
 
-/// Counts and hashes the bytes of a body stream as they pass, and records bytes in.
-fn tap<S>(body: S, hasher: Hasher) -> (impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, Arc<StdMutex<(u64, Hasher)>>)
+/// What [`tap`] saw: the bytes counted and hashed so far, and whether the body went past its
+/// limit (and was cut off there).
+struct Tapped {
+    n: u64,
+    hasher: Hasher,
+    over: bool,
+}
+
+/// Counts and hashes the bytes of a body stream as they pass, and records bytes in. A body
+/// that goes past `limit` bytes ends in an error there, so nothing past the limit is stored.
+fn tap<S>(body: S, hasher: Hasher, limit: u64) -> (impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, Arc<StdMutex<Tapped>>)
 where
     S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 {
-    let state = Arc::new(StdMutex::new((0u64, hasher)));
+    let state = Arc::new(StdMutex::new(Tapped { n: 0, hasher, over: false }));
     let s2 = state.clone();
-    let stream = body.map_ok(move |b| {
+    let stream = body.map(move |b| {
+        let b = b?;
         let mut g = s2.lock().unwrap();
-        g.0 += b.len() as u64;
-        g.1.update(&b);
+        if g.n + b.len() as u64 > limit {
+            g.over = true;
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the blob is larger than storage.max_blob_bytes"));
+        }
+        g.n += b.len() as u64;
+        g.hasher.update(&b);
         metrics::counter!("afreg_bytes_in_total").increment(b.len() as u64);
-        b
+        Ok(b)
     });
     (stream, state)
 }
 
-fn take(state: Arc<StdMutex<(u64, Hasher)>>) -> (u64, Hasher) {
+fn take(state: Arc<StdMutex<Tapped>>) -> Tapped {
     match Arc::try_unwrap(state) {
         Ok(m) => m.into_inner().unwrap(),
         Err(a) => {
             let g = a.lock().unwrap();
-            (g.0, g.1.clone())
+            Tapped { n: g.n, hasher: g.hasher.clone(), over: g.over }
         }
     }
+}
+
+/// 413 `SIZE_INVALID`: the blob would be larger than `storage.max_blob_bytes`.
+fn too_large(max: u64) -> RegistryError {
+    RegistryError::new(ErrorCode::SizeInvalid, format!("the blob is larger than this registry accepts ({max} bytes)"))
+        .with_status(axum::http::StatusCode::PAYLOAD_TOO_LARGE)
 }
 
 fn upload_id(s: &str) -> Result<Uuid, RegistryError> {
@@ -107,15 +127,29 @@ impl Registry {
     }
 
     /// `POST …/blobs/uploads/?digest=` with the whole blob as the body.
-    pub async fn upload_monolithic<S>(&self, repo: &RepoName, digest: &Digest, body: S) -> Result<(), RegistryError>
+    pub async fn upload_monolithic<S>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        content_length: Option<u64>,
+        body: S,
+    ) -> Result<(), RegistryError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
         let started = std::time::Instant::now();
-        let (stream, state) = tap(body, Hasher::new(digest.algorithm()));
-        let added = self.kubo.add(stream).await?;
-        let (size, hasher) = take(state);
-        let got = hasher.finish();
+        let max = self.cfg.storage.max_blob_bytes;
+        if content_length.is_some_and(|n| n > max) {
+            return Err(too_large(max));
+        }
+        let (stream, state) = tap(body, Hasher::new(digest.algorithm()), max);
+        let added = self.kubo.add(stream).await;
+        let tapped = take(state);
+        if tapped.over {
+            return Err(too_large(max));
+        }
+        let added = added?;
+        let (size, got) = (tapped.n, tapped.hasher.finish());
         if &got != digest {
             self.release_cid(&added.cid).await;
             return Err(digest_mismatch(digest, &got));
@@ -185,9 +219,17 @@ impl Registry {
         }
     }
 
-    pub async fn start_upload(&self, repo: &RepoName) -> Result<UploadStatus, RegistryError> {
+    /// Opens an upload session for `owner` (a user, or a client address), within
+    /// `storage.max_uploads_per_user`.
+    pub async fn start_upload(&self, repo: &RepoName, owner: &str) -> Result<UploadStatus, RegistryError> {
         let id = Uuid::new_v4();
-        self.store.create_upload(id, repo).await?;
+        let max = self.cfg.storage.max_uploads_per_user;
+        if !self.store.create_upload(id, repo, owner, max).await? {
+            return Err(RegistryError::too_many_requests(
+                format!("{max} uploads are open for this user already; finish or cancel one first"),
+                10,
+            ));
+        }
         metrics::gauge!("afreg_upload_sessions_open").increment(1.0);
         Ok(UploadStatus { id, size: 0 })
     }
@@ -242,14 +284,27 @@ impl Registry {
         if content_length == Some(0) {
             return Ok(offset);
         }
+        let max = self.cfg.storage.max_blob_bytes;
+        let room = max.saturating_sub(offset);
+        let declared = content_range.map(|(s, e)| e - s + 1).or(content_length);
+        if declared.is_some_and(|n| n > room) {
+            return Err(too_large(max));
+        }
         // Hash speculatively on a copy: the chunk counts only once it is recorded.
         let base = match state.hash.take() {
             Some((n, h)) if n == offset => h,
             _ => self.rehash(row, Algorithm::Sha256).await?,
         };
-        let (stream, tapped) = tap(body, base.clone());
+        let (stream, tapped) = tap(body, base.clone(), room);
         let added = self.kubo.add(stream).await;
-        let (len, hasher) = take(tapped);
+        let Tapped { n: len, hasher, over } = take(tapped);
+        if over {
+            state.hash = Some((offset, base));
+            if let Ok(a) = &added {
+                self.release_cid(&a.cid).await;
+            }
+            return Err(too_large(max));
+        }
         let added = match added {
             Ok(a) => a,
             Err(e) => {

@@ -146,6 +146,7 @@ async fn elsewhere() -> Response {
 pub async fn start(
     listen: SocketAddr,
     responder: Arc<Responder>,
+    limits: super::listener::Limits,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let app = Router::new()
@@ -157,7 +158,7 @@ pub async fn start(
         .map_err(|e| anyhow::anyhow!("server.acme.http_listen {listen}: {e}"))?;
     tracing::info!(event = "acme_http01_listening", addr = %listen, "answering ACME HTTP-01 challenges for every region");
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+        if let Err(e) = super::listener::serve("acme", listener, app, None, limits, stop.cancelled_owned()).await {
             tracing::error!(event = "acme_http01_failed", error = %e, "ACME HTTP-01 responder stopped");
         }
     }))

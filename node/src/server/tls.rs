@@ -1,5 +1,5 @@
-//! HTTPS for `afreg serve`: rustls (ring) through axum-server on both listeners, with the same
-//! graceful shutdown as plain HTTP. The certificate comes from files (`server.tls_cert`/
+//! HTTPS for `afreg serve`: rustls (ring) through axum-server on both listeners (served by
+//! `listener`). The certificate comes from files (`server.tls_cert`/
 //! `tls_key`, re-read on SIGHUP after a renewal) or from ACME (`server.acme`): rustls-acme
 //! obtains it through TLS-ALPN-01 on the public listener (or HTTP-01, answered by `http01`),
 //! keeps the account and certificate in
@@ -11,9 +11,7 @@ use std::sync::Arc;
 
 use afreg_config::{AcmeChallenge, AcmeConfig};
 use anyhow::Context as _;
-use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
-use axum_server::Handle;
 use futures::StreamExt as _;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
@@ -33,18 +31,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown` completes, then drains connections
-/// (like `axum::serve(..).with_graceful_shutdown`).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    tls: Tls,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// The rustls config of `tls` for a listener, and with certificate files the task that re-reads
+/// them on SIGHUP (to abort when the listener stops).
+pub async fn rustls_config(tls: Tls) -> anyhow::Result<(RustlsConfig, Option<tokio::task::JoinHandle<()>>)> {
     // rustls needs one process-wide crypto provider; installing ring explicitly keeps it the
     // one if another dependency ever enables aws-lc-rs. An Err means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (config, reload) = match tls {
+    Ok(match tls {
         Tls::Files { cert, key } => {
             let config = RustlsConfig::from_pem_file(&cert, &key).await.with_context(|| {
                 format!("TLS: cannot load server.tls_cert {} / server.tls_key {}", cert.display(), key.display())
@@ -53,21 +46,7 @@ pub async fn serve(
             (config, Some(reload))
         }
         Tls::Acme(server_config) => (RustlsConfig::from_config(server_config), None),
-    };
-    let handle = Handle::new();
-    let h = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        h.graceful_shutdown(None);
-    });
-    let result = axum_server::from_tcp_rustls(listener.into_std()?, config)?
-        .handle(handle)
-        .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .await;
-    if let Some(r) = reload {
-        r.abort();
-    }
-    Ok(result?)
+    })
 }
 
 /// Re-reads the certificate and key on SIGHUP; a bad pair is logged and the old one kept.

@@ -465,7 +465,7 @@ fn status_reports_every_region_and_metrics_carry_the_raft_figures() {
     }
     assert_eq!(table.lines().filter(|l| l.contains(" leader ")).count(), 1, "{table}");
     within(Duration::from_secs(5), POLL, "raft gauges exported", || {
-        let m = client().get(format!("{}/metrics", us.url())).send().unwrap().text().unwrap();
+        let m = client().get(us.node().metrics_url()).send().unwrap().text().unwrap();
         ["afreg_raft_term", "afreg_raft_is_leader", "afreg_raft_last_applied", "afreg_pin_backlog"].iter().all(|k| m.contains(k))
     });
 }

@@ -426,7 +426,7 @@ fn unknown_upload_ids_leave_nothing_in_memory() {
         let r = c.put(format!("{url}/v2/ghost/blobs/uploads/{id}?digest={}", sha256_digest(b"x"))).body("x").send().unwrap();
         assert_eq!(r.status().as_u16(), 404);
     }
-    let metrics = c.get(format!("{url}/metrics")).send().unwrap().text().unwrap();
+    let metrics = c.get(region.node.metrics_url()).send().unwrap().text().unwrap();
     let line = metrics
         .lines()
         .find(|l| l.starts_with("afreg_upload_sessions_in_memory "))

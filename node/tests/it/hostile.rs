@@ -253,9 +253,10 @@ fn metric_value(text: &str, metric: &str, labels: &[&str]) -> f64 {
 fn a_flood_of_status_requests_is_computed_once_a_second_and_methods_do_not_grow_the_metrics() {
     let region = TestRegion::start_with(testkit::afreg_bin(), |_| {});
     let url = region.node.url();
+    let metrics = region.node.metrics_url();
     let c = client_from(Ipv4Addr::new(127, 0, 0, 1));
     let computed = |c: &reqwest::blocking::Client| {
-        metric_value(&c.get(format!("{url}/metrics")).send().unwrap().text().unwrap(), "afreg_status_computed_total", &["scope=\"cluster\""])
+        metric_value(&c.get(&metrics).send().unwrap().text().unwrap(), "afreg_status_computed_total", &["scope=\"cluster\""])
     };
     let before = computed(&c);
     // 200 requests from 8 clients, within about a second.
@@ -281,7 +282,7 @@ fn a_flood_of_status_requests_is_computed_once_a_second_and_methods_do_not_grow_
         let r = c.request(reqwest::Method::from_bytes(m.as_bytes()).unwrap(), format!("{url}/v2/a/b/manifests/x")).send().unwrap();
         assert!(r.status().is_client_error(), "{m}: {}", r.status());
     }
-    let text = c.get(format!("{url}/metrics")).send().unwrap().text().unwrap();
+    let text = c.get(&metrics).send().unwrap().text().unwrap();
     for m in ["BREW", "PROPFIND", "X-ANYTHING"] {
         assert!(!text.contains(&format!("method=\"{m}\"")), "{m} became a label value");
     }

@@ -12,6 +12,7 @@ mod data_safety;
 mod dependencies_down;
 mod harness;
 mod hostile;
+mod limits;
 mod memory;
 mod private_swarm;
 mod storage;

@@ -62,7 +62,7 @@ async fn node_serves_https_with_the_configured_certificate() {
     cfg.config.server.tls_cert = Some(cert.clone());
     cfg.config.server.tls_key = Some(key.clone());
     let config = dir.path().join("afreg.toml");
-    std::fs::write(&config, cfg.to_config(port, testkit::free_port(), dir.path()).to_toml().unwrap()).unwrap();
+    std::fs::write(&config, cfg.to_config(port, testkit::free_port(), testkit::free_port(), dir.path()).to_toml().unwrap()).unwrap();
     let log = dir.path().join("afreg.log");
     let out = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new(testkit::afreg_bin());
