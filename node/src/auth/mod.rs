@@ -225,6 +225,9 @@ impl Auth {
         for scope in scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
             let Some((kind, name, wanted)) = parse_scope(scope) else { continue };
             let granted: Vec<String> = match kind.as_str() {
+                // Only a valid repository name is granted anything: a pattern such as `team/*`
+                // matches text, and `team/../x` or `team//x` begin with `team/` too.
+                "repository" if name.parse::<RepoName>().is_err() => vec![],
                 "repository" => {
                     let allowed = grants.allowed(&name);
                     wanted

@@ -699,3 +699,202 @@ fn insufficient_scope_is_403_and_a_wrong_password_gets_no_token() {
     let basic = format!("Basic {}", STANDARD.encode(format!("{user}:nope")));
     api.call(Method::GET, "/token?service=afreg", |r| r.header("authorization", basic)).expect_error(401, "UNAUTHORIZED");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Attacks on tokens and grants
+// ---------------------------------------------------------------------------------------------
+
+/// A request written on the socket as given (no client normalizes `..` or `%2e` away):
+/// the status code.
+fn raw_status(region: &TestRegion, method: &str, path: &str, token: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(region.node.host()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
+/// The node's public key as an attacker gets it (its JWKS), in PEM: SPKI and PKCS#1.
+fn public_key_pems(api: &Api) -> Vec<String> {
+    use rsa::pkcs1::EncodeRsaPublicKey;
+    use rsa::pkcs8::EncodePublicKey;
+    let jwks: Value = serde_json::from_slice(&api.get("/token/jwks.json").body).unwrap();
+    let k = &jwks["keys"][0];
+    let n = rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(k["n"].as_str().unwrap()).unwrap());
+    let e = rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(k["e"].as_str().unwrap()).unwrap());
+    let public = rsa::RsaPublicKey::new(n, e).unwrap();
+    vec![
+        public.to_public_key_pem(rsa::pkcs8::LineEnding::LF).unwrap(),
+        public.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).unwrap(),
+    ]
+}
+
+#[test]
+fn forged_algorithms_and_claims_are_401() {
+    let region = private_region();
+    region.node.add_user(USER, PASSWORD);
+    let api = api(&region);
+    let realm = format!("{}/token", region.node.url());
+    let repo = "mine/x";
+    let push_scope = format!("repository:{repo}:pull,push");
+    let pem = std::fs::read(region.node.dir().join("key.pem")).unwrap();
+    let t = now();
+    let good = claims(USER, repo, "afreg", t, t + 300);
+    let before = stored(&region);
+
+    // alg "none", with and without a signature part.
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&good).unwrap());
+    for none in [format!("{header}.{payload}."), format!("{header}.{payload}")] {
+        expect_invalid_token(&upload_with(&api, repo, &none), &realm, &push_scope);
+    }
+    // HS256 keyed with the node's public RSA key (the algorithm-confusion attack).
+    for public in public_key_pems(&api) {
+        let hs = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &good,
+            &jsonwebtoken::EncodingKey::from_secret(public.as_bytes()),
+        )
+        .unwrap();
+        expect_invalid_token(&upload_with(&api, repo, &hs), &realm, &push_scope);
+    }
+    // Not valid yet (well past the leeway), and from another issuer: signed with the node's key.
+    let mut later = good.clone();
+    later["nbf"] = json!(t + 3600);
+    later["iat"] = json!(t + 3600);
+    later["exp"] = json!(t + 7200);
+    expect_invalid_token(&upload_with(&api, repo, &sign(&pem, &later)), &realm, &push_scope);
+    let mut other_issuer = good.clone();
+    other_issuer["iss"] = json!("evil");
+    expect_invalid_token(&upload_with(&api, repo, &sign(&pem, &other_issuer)), &realm, &push_scope);
+    // Without the claims the node requires.
+    for missing in ["exp", "aud", "iss"] {
+        let mut c = good.clone();
+        c.as_object_mut().unwrap().remove(missing);
+        expect_invalid_token(&upload_with(&api, repo, &sign(&pem, &c)), &realm, &push_scope);
+    }
+    assert_unchanged(&region, &before, "forged tokens");
+    // The control: the same claims, RS256 with the node's key, are accepted.
+    upload_with(&api, repo, &sign(&pem, &good)).expect_status(202);
+}
+
+#[test]
+fn tokens_are_bound_to_their_repository_and_actions_and_grant_patterns_cannot_be_stretched() {
+    let region = private_region();
+    let (user, password) = ("teamer", "team-passw0rd");
+    region.node.add_user_with_grants(user, password, &["team/*:pull,push"]);
+    region.node.add_user_with_grants("root", "root-passw0rd", &["*:pull,push,delete"]);
+    let api = api(&region);
+    let img = testkit::oci::new_image(100);
+    let root = get_token(&api, "root", "root-passw0rd", "repository:team/a:pull,push,delete");
+    let c = testkit::oci::client();
+    let with = |t: &str| {
+        let t = t.to_owned();
+        move |r: reqwest::blocking::RequestBuilder| r.header("authorization", format!("Bearer {t}"))
+    };
+    for (d, data) in &img.blobs {
+        let r = c.post(format!("{}/v2/team/a/blobs/uploads/?digest={d}", region.node.url())).bearer_auth(&root).body(data.clone()).send().unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let r = c
+        .put(format!("{}/v2/team/a/manifests/v1", region.node.url()))
+        .bearer_auth(&root)
+        .header("content-type", OCI_MANIFEST)
+        .body(img.manifest.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let before = stored(&region);
+
+    // A token for team/a used on team/b: not granted there.
+    let a = get_token(&api, user, password, "repository:team/a:pull,push");
+    let r = api.call(Method::POST, "/v2/team/b/blobs/uploads/", with(&a));
+    r.expect_error(401, "UNAUTHORIZED");
+    assert!(r.header("www-authenticate").unwrap().contains("insufficient_scope"));
+    // A pull token used to push or to delete.
+    let pull = get_token(&api, user, password, "repository:team/a:pull");
+    api.call(Method::POST, "/v2/team/a/blobs/uploads/", with(&pull)).expect_error(403, "DENIED");
+    api.call(Method::DELETE, &format!("/v2/team/a/manifests/{}", img.digest), with(&pull)).expect_error(403, "DENIED");
+    api.call(Method::DELETE, &format!("/v2/team/a/blobs/{}", img.blobs[1].0), with(&pull)).expect_error(403, "DENIED");
+    // Delete was never granted to this user, whatever the token asks for.
+    let all = get_token(&api, user, password, "repository:team/a:*");
+    assert_eq!(jwt_payload(&all)["access"][0]["actions"], json!(["pull", "push"]));
+    api.call(Method::DELETE, &format!("/v2/team/a/manifests/{}", img.digest), with(&all)).expect_error(403, "DENIED");
+
+    // team/* does not reach team2/x, nor names that only look inside team/.
+    for name in ["team2/x", "team/../x", "team/./x", "team//x", "TEAM/x", "Team/x", "team/X"] {
+        let t = get_token(&api, user, password, &format!("repository:{name}:pull,push"));
+        let access = jwt_payload(&t)["access"].clone();
+        assert!(
+            access.as_array().unwrap().iter().all(|a| a["actions"].as_array().unwrap().is_empty()),
+            "scope {name} was granted: {access}"
+        );
+    }
+    let overlong = format!("team/{}", "a".repeat(300));
+    let t = get_token(&api, user, password, &format!("repository:{overlong}:push"));
+    assert!(jwt_payload(&t)["access"][0]["actions"].as_array().unwrap().is_empty(), "an overlong name was granted");
+    // On the wire, with a token that does carry push on team/ names: the path forms that
+    // would resolve elsewhere are refused as names, not routed.
+    let push = get_token(&api, user, password, "repository:team/a:pull,push");
+    for path in [
+        "/v2/team/../x/blobs/uploads/",
+        "/v2/team/%2e%2e/x/blobs/uploads/",
+        "/v2/team/%2E%2E/x/blobs/uploads/",
+        "/v2/team/a/%2e%2e/%2e%2e/x/blobs/uploads/",
+        "/v2/TEAM/a/blobs/uploads/",
+        &format!("/v2/{overlong}/blobs/uploads/"),
+    ] {
+        let status = raw_status(&region, "POST", path, &push);
+        assert!(status == 400 || status == 404 || status == 401, "{path}: {status}");
+        assert_ne!(status / 100, 2, "{path} was accepted");
+    }
+    assert_unchanged(&region, &before, "stretched grants");
+    assert_eq!(count(&region, "SELECT count(*) FROM repositories WHERE name <> 'team/a'"), 0);
+}
+
+#[test]
+fn blobs_and_upload_sessions_are_reachable_only_through_their_own_repository() {
+    let region = private_region();
+    region.node.add_user_with_grants("teamer", "team-passw0rd", &["team/*:pull,push"]);
+    region.node.add_user_with_grants("root", "root-passw0rd", &["*:pull,push"]);
+    let api = api(&region);
+    let secret = random_bytes(1000);
+    let d = sha256_digest(&secret);
+    let root = get_token(&api, "root", "root-passw0rd", "repository:secret/x:pull,push");
+    api.call(Method::POST, &format!("/v2/secret/x/blobs/uploads/?digest={d}"), |r| r.bearer_auth(&root).body(secret.clone()))
+        .expect_status(201);
+    // Team members push something of their own to team/b.
+    let mine = random_bytes(500);
+    let md = sha256_digest(&mine);
+    let t = get_token(&api, "teamer", "team-passw0rd", "repository:team/a:pull,push repository:team/b:pull,push");
+    api.call(Method::POST, &format!("/v2/team/b/blobs/uploads/?digest={md}"), |r| r.bearer_auth(&t).body(mine.clone()))
+        .expect_status(201);
+    let before = stored(&region);
+
+    // Read through a repository that never linked it: unknown, though the caller may pull there.
+    api.call(Method::GET, &format!("/v2/team/a/blobs/{d}"), |r| r.bearer_auth(&t)).expect_error(404, "BLOB_UNKNOWN");
+    api.call(Method::HEAD, &format!("/v2/team/a/blobs/{d}"), |r| r.bearer_auth(&t)).expect_status(404);
+    api.call(Method::GET, &format!("/v2/team/a/blobs/{md}"), |r| r.bearer_auth(&t)).expect_error(404, "BLOB_UNKNOWN");
+    // Mount from a repository the caller may not read: no mount, a plain upload session instead.
+    // (team/b the caller may read, but it never linked the secret.)
+    for from in ["secret/x", "team/b"] {
+        let r = api.call(Method::POST, &format!("/v2/team/a/blobs/uploads/?mount={d}&from={from}"), |r| r.bearer_auth(&t));
+        r.expect_status(202);
+        api.call(Method::DELETE, r.header("location").unwrap(), |r| r.bearer_auth(&t)).expect_status(204);
+    }
+    assert_unchanged(&region, &before, "reads and mounts through repositories that never linked the blob");
+
+    // An upload session opened in team/a, used under team/b (where the caller may push too).
+    let r = api.call(Method::POST, "/v2/team/a/blobs/uploads/", |r| r.bearer_auth(&t));
+    r.expect_status(202);
+    let id = r.header("location").unwrap().rsplit('/').next().unwrap().to_owned();
+    let elsewhere = format!("/v2/team/b/blobs/uploads/{id}");
+    api.call(Method::GET, &elsewhere, |r| r.bearer_auth(&t)).expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    api.call(Method::PATCH, &elsewhere, |r| r.bearer_auth(&t).body(mine.clone())).expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    api.call(Method::PUT, &format!("{elsewhere}?digest={md}"), |r| r.bearer_auth(&t).body(mine.clone()))
+        .expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    api.call(Method::DELETE, &elsewhere, |r| r.bearer_auth(&t)).expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(count(&region, &format!("SELECT size FROM uploads WHERE id = '{id}'")), 0, "the session in team/a is untouched");
+}

@@ -341,8 +341,32 @@ fn a_fourth_region_joins_and_leaves_under_load_without_losing_a_write() {
         within(Duration::from_secs(20), POLL, &format!("ap serves {tag}"), || get_manifest(&c, &ap.url(), "load/app", tag, "").1 == *manifest);
     }
 
+    // A token ap issued is honoured by the other regions while ap is a member...
+    let ap_token = c
+        .get(format!("{}/token?service=afreg&scope=repository:load/app:pull", ap.url()))
+        .send()
+        .unwrap()
+        .json::<serde_json::Value>()
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (tag0, _) = &sample[0];
+    let with_ap_token = |url: &str| {
+        c.get(format!("{url}/v2/load/app/manifests/{tag0}")).bearer_auth(&ap_token).send().unwrap()
+    };
+    within(Duration::from_secs(10), POLL, "us honours a token ap issued", || with_ap_token(&us.url()).status() == 200);
+
     let out = us.node().cli(&["region", "remove", "--id", "4"], None);
     assert!(out.status.success(), "region remove: {}", String::from_utf8_lossy(&out.stderr));
+    // ...and refused once ap is removed (its key leaves every region's trust).
+    for r in &cluster.regions {
+        within(Duration::from_secs(10), POLL, &format!("{} refuses the removed region's token", r.name), || {
+            let resp = with_ap_token(&r.url());
+            resp.status() == 401
+                && resp.headers().get("www-authenticate").is_some_and(|h| h.to_str().unwrap().contains("invalid_token"))
+        });
+    }
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     let refused = load.join().expect("load thread");
