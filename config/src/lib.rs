@@ -118,6 +118,9 @@ pub struct ServerConfig {
     /// Requests per second with one bearer token, from any address (burst: ten times that);
     /// 0 turns the limit off.
     pub requests_per_second_per_token: u32,
+    /// A 429 is answered after about this long (0.5 to 1.5 times, at random): a client that ignores `Retry-After` cannot loop
+    /// refusals at full speed (each costs it this long, and its connections are capped).
+    pub refusal_delay_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +139,7 @@ impl Default for ServerConfig {
             drain_secs: 20,
             requests_per_second_per_client: 500,
             requests_per_second_per_token: 500,
+            refusal_delay_ms: 1000,
         }
     }
 }

@@ -7,11 +7,14 @@
 //! - each client address and each user name gets `auth.login_attempts_per_minute_*` checks
 //!   (governor's GCRA, burst = the minute's allowance), then 429 with `Retry-After`;
 //! - an unknown user is checked against a dummy hash, so it costs what a known one does;
+//! - the limits are checked before the user is looked up, so a refused attempt costs no
+//!   database query, and only the first refusal per address a minute is logged;
 //! - credentials verified in the last `auth.verified_cache_secs` are recognised by a keyed
-//!   hash (HMAC-SHA256 under a key made at start, never stored) of the user, the stored hash and
-//!   the password, without argon2 and without counting against the limits: clients that send
-//!   the same credentials for every token (docker does, per repository) are not slowed, and a
-//!   changed password no longer matches. The password itself is kept nowhere.
+//!   hash (HMAC-SHA256 under a key made at start, never stored) of the user and the password,
+//!   bound to a keyed hash of the stored hash they matched, without argon2 and without counting
+//!   against the limits: clients that send the same credentials for every token (docker does,
+//!   per repository) are not slowed, and a changed password no longer matches. The password
+//!   itself is kept nowhere.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -38,12 +41,22 @@ pub struct LoginGuard {
     checks: Semaphore,
     per_client: DefaultKeyedRateLimiter<IpAddr>,
     per_user: DefaultKeyedRateLimiter<String>,
-    verified: Mutex<std::collections::HashMap<[u8; 32], Instant>>,
+    /// Recently verified credentials: keyed hash of (user, password) → keyed hash of the stored
+    /// hash they matched, and when.
+    verified: Mutex<std::collections::HashMap<[u8; 32], ([u8; 32], Instant)>>,
+    /// One logged refusal per client address a minute.
+    warned: DefaultKeyedRateLimiter<IpAddr>,
     verified_for: Duration,
     key: [u8; 32],
     /// What an unknown user's password is checked against.
     dummy_hash: String,
     last_sweep: Mutex<Instant>,
+}
+
+/// A login admitted by [`LoginGuard::admit`], to be finished by [`LoginGuard::verify`].
+pub struct Admission {
+    key: [u8; 32],
+    counted: bool,
 }
 
 /// Why a login was not checked.
@@ -82,6 +95,7 @@ impl LoginGuard {
             per_client: RateLimiter::keyed(per_minute(cfg.login_attempts_per_minute_per_client)),
             per_user: RateLimiter::keyed(per_minute(cfg.login_attempts_per_minute_per_user)),
             verified: Mutex::default(),
+            warned: RateLimiter::keyed(per_minute(1)),
             verified_for: Duration::from_secs(cfg.verified_cache_secs),
             key: rand::random(),
             dummy_hash: super::hash_password(&hex::encode(rand::random::<[u8; 16]>())),
@@ -89,30 +103,59 @@ impl LoginGuard {
         }
     }
 
-    fn cache_key(&self, user: &str, stored_hash: &str, password: &str) -> [u8; 32] {
+    fn mac(&self, parts: &[&str]) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("any key length");
-        for part in [user, stored_hash, password] {
+        for part in parts {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part.as_bytes());
         }
         mac.finalize().into_bytes().into()
     }
 
-    /// Whether `password` is `user`'s: `stored_hash` is the user's argon2 hash, `None` for an
-    /// unknown user (checked against a dummy hash all the same, and never true).
-    pub async fn check(&self, client: IpAddr, user: &str, stored_hash: Option<&str>, password: &str) -> Result<bool, Refused> {
-        let key = self.cache_key(user, stored_hash.unwrap_or(""), password);
-        if stored_hash.is_some() && !self.verified_for.is_zero() {
-            if let Some(at) = self.verified.lock().unwrap().get(&key) {
-                if at.elapsed() < self.verified_for {
+    /// The first step, before the user is looked up: credentials verified recently pass
+    /// uncounted (the second step confirms them against the stored hash); anything else
+    /// counts against the limits here, so a refused attempt costs no database query.
+    pub fn admit(&self, client: IpAddr, user: &str, password: &str) -> Result<Admission, Refused> {
+        self.sweep();
+        let key = self.mac(&[user, password]);
+        let recent = !self.verified_for.is_zero()
+            && self.verified.lock().unwrap().get(&key).is_some_and(|(_, at)| at.elapsed() < self.verified_for);
+        if !recent {
+            self.count(client, user)?;
+        }
+        Ok(Admission { key, counted: !recent })
+    }
+
+    fn count(&self, client: IpAddr, user: &str) -> Result<(), Refused> {
+        let limited = |who, e: governor::NotUntil<_>| Refused::Limited { who, retry_after: e.wait_time_from(DefaultClock::default().now()) };
+        self.per_client.check_key(&client).map_err(|e| limited("client", e))?;
+        self.per_user.check_key(&user.to_owned()).map_err(|e| limited("user name", e))?;
+        Ok(())
+    }
+
+    /// The second step: whether `password` is `user`'s. `stored_hash` is the user's argon2
+    /// hash, `None` for an unknown user (checked against a dummy hash all the same, and never
+    /// true). Recently verified credentials whose stored hash is unchanged pass without argon2.
+    pub async fn verify(
+        &self,
+        admission: Admission,
+        client: IpAddr,
+        user: &str,
+        stored_hash: Option<&str>,
+        password: &str,
+    ) -> Result<bool, Refused> {
+        let hash_mark = self.mac(&[stored_hash.unwrap_or("")]);
+        if stored_hash.is_some() && !admission.counted {
+            if let Some((mark, at)) = self.verified.lock().unwrap().get(&admission.key) {
+                if *mark == hash_mark && at.elapsed() < self.verified_for {
                     return Ok(true);
                 }
             }
         }
-        self.sweep();
-        let limited = |who, e: governor::NotUntil<_>| Refused::Limited { who, retry_after: e.wait_time_from(DefaultClock::default().now()) };
-        self.per_client.check_key(&client).map_err(|e| limited("client", e))?;
-        self.per_user.check_key(&user.to_owned()).map_err(|e| limited("user name", e))?;
+        if !admission.counted {
+            // Recognised a moment ago, but the stored hash changed (or the user is gone).
+            self.count(client, user)?;
+        }
         let _slot = tokio::time::timeout(QUEUE_WAIT, self.checks.acquire()).await.map_err(|_| Refused::Busy)?.expect("never closed");
         let (hash, password) = (stored_hash.unwrap_or(&self.dummy_hash).to_owned(), password.to_owned());
         let matched = tokio::task::spawn_blocking(move || super::verify_password(&hash, &password)).await.unwrap_or(false);
@@ -120,14 +163,26 @@ impl LoginGuard {
         if ok && !self.verified_for.is_zero() {
             let mut v = self.verified.lock().unwrap();
             if v.len() >= MAX_VERIFIED {
-                v.retain(|_, at| at.elapsed() < self.verified_for);
+                v.retain(|_, (_, at)| at.elapsed() < self.verified_for);
                 if v.len() >= MAX_VERIFIED {
                     v.clear();
                 }
             }
-            v.insert(key, Instant::now());
+            v.insert(admission.key, (hash_mark, Instant::now()));
         }
         Ok(ok)
+    }
+
+    /// Both steps at once, for a caller that has the stored hash already.
+    pub async fn check(&self, client: IpAddr, user: &str, stored_hash: Option<&str>, password: &str) -> Result<bool, Refused> {
+        let admission = self.admit(client, user, password)?;
+        self.verify(admission, client, user, stored_hash, password).await
+    }
+
+    /// Whether a refusal for `client` should be logged: the first in a minute is, the rest
+    /// are only counted, so a brute force cannot flood the log.
+    pub fn log_refusal(&self, client: IpAddr) -> bool {
+        self.warned.check_key(&client).is_ok()
     }
 
     fn sweep(&self) {
@@ -136,7 +191,8 @@ impl LoginGuard {
             *last = Instant::now();
             self.per_client.retain_recent();
             self.per_user.retain_recent();
-            self.verified.lock().unwrap().retain(|_, at| at.elapsed() < self.verified_for);
+            self.warned.retain_recent();
+            self.verified.lock().unwrap().retain(|_, (_, at)| at.elapsed() < self.verified_for);
         }
     }
 }
@@ -187,6 +243,18 @@ mod tests {
         // A changed password (another stored hash) is checked again, and limited.
         let new_hash = super::super::hash_password("right");
         assert!(matches!(g.check(ip, "admin", Some(&new_hash), "right").await, Err(Refused::Limited { .. })));
+    }
+
+    #[test]
+    fn past_the_limit_an_attempt_is_refused_before_the_user_is_looked_up() {
+        let g = guard(2, 100);
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        g.admit(ip, "admin", "a").unwrap();
+        g.admit(ip, "admin", "b").unwrap();
+        // No stored hash is needed to refuse the third: the caller never queries the database.
+        assert!(matches!(g.admit(ip, "admin", "c"), Err(Refused::Limited { who: "client", .. })));
+        assert!(g.log_refusal(ip), "the first refusal of a minute is logged");
+        assert!(!g.log_refusal(ip), "the next ones are only counted");
     }
 
     #[tokio::test]

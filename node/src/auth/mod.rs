@@ -199,15 +199,23 @@ impl Auth {
         let (sub, grants) = match credentials {
             None => (String::new(), self.anonymous()),
             Some((user, password)) => {
-                let found = self.store.user(&user).await?;
-                let checked = self.logins.check(client, &user, found.as_ref().map(|u| u.password_hash.as_str()), &password).await;
-                let ok = match checked {
-                    Ok(ok) => ok,
-                    Err(refused) => {
-                        tracing::warn!(event = "login_limited", user = %user, client = %client, reason = ?refused, "login refused before checking the password");
-                        return Err(refused.into());
+                let refused = |r: login::Refused| -> RegistryError {
+                    let reason = match r {
+                        login::Refused::Limited { who, .. } => who,
+                        login::Refused::Busy => "busy",
+                    };
+                    metrics::counter!("afreg_logins_refused_total", "reason" => reason).increment(1);
+                    if self.logins.log_refusal(client) {
+                        tracing::warn!(event = "login_limited", user = %user, client = %client, reason = ?r,
+                            "login refused before checking the password (further refusals for this address this minute are only counted, in afreg_logins_refused_total)");
                     }
+                    r.into()
                 };
+                let admission = self.logins.admit(client, &user, &password).map_err(refused)?;
+                let found = self.store.user(&user).await?;
+                let checked =
+                    self.logins.verify(admission, client, &user, found.as_ref().map(|u| u.password_hash.as_str()), &password).await;
+                let ok = checked.map_err(refused)?;
                 if !ok {
                     tracing::info!(event = "login_failed", user = %user, client = %client, "invalid username or password");
                     return Err(RegistryError::new(ErrorCode::Unauthorized, "invalid username or password"));

@@ -27,6 +27,7 @@ pub struct RequestLimits {
     per_token: Option<DefaultKeyedRateLimiter<u64>>,
     keys: std::collections::hash_map::RandomState,
     last_sweep: Mutex<Instant>,
+    refusal_delay: Duration,
 }
 
 fn limiter<K: Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKeyedRateLimiter<K>> {
@@ -42,6 +43,7 @@ impl RequestLimits {
             per_token: limiter(cfg.requests_per_second_per_token),
             keys: Default::default(),
             last_sweep: Mutex::new(Instant::now()),
+            refusal_delay: Duration::from_millis(cfg.refusal_delay_ms),
         }
     }
 
@@ -77,14 +79,25 @@ impl RequestLimits {
     }
 }
 
-/// The middleware: refuses a request over either limit before it is routed.
+/// The middleware: refuses a request over either limit before it is routed, and answers
+/// every 429 (these, and the login and upload-session limits') only after about
+/// `server.refusal_delay_ms`, so refusals cannot be looped at full speed.
 pub async fn limit(State(limits): State<std::sync::Arc<RequestLimits>>, client: super::ClientAddr, req: Request, next: Next) -> Response {
     let auth = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    if let Err(e) = limits.check(client.0, auth) {
-        metrics::counter!("afreg_requests_limited_total").increment(1);
-        return e.into_response();
+    let resp = match limits.check(client.0, auth) {
+        Err(e) => {
+            metrics::counter!("afreg_requests_limited_total").increment(1);
+            e.into_response()
+        }
+        Ok(()) => next.run(req).await,
+    };
+    if resp.status() == axum::http::StatusCode::TOO_MANY_REQUESTS {
+        // Between half and one and a half times the delay, at random: refusals of a burst come
+        // back spread out, not as one synchronized wave (nor does the next burst arrive as one).
+        let d = limits.refusal_delay.mul_f64(0.5 + rand::random::<f64>());
+        tokio::time::sleep(d).await;
     }
-    next.run(req).await
+    resp
 }
 
 #[cfg(test)]
