@@ -202,6 +202,9 @@ async fn main() {
     let region = TestRegion::start_with(testkit::afreg_bin(), |c| {
         c.config.auth.anonymous = Action::ALL.to_vec();
         c.config.log.level = "warn".into();
+        // Throughput, not the request-rate limits: the reference registry has none.
+        c.config.server.requests_per_second_per_client = 0;
+        c.config.server.requests_per_second_per_token = 0;
     });
     let peer = Peer::start();
     let base = region.node.url();
