@@ -2,8 +2,8 @@
 //! with one flat `match`), the token service, JWKS, health, readiness and Prometheus metrics.
 //! Every `/v2/` request is counted, timed and logged here, in one place.
 
-mod handlers;
-mod token;
+pub(crate) mod handlers;
+pub(crate) mod token;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
