@@ -238,16 +238,18 @@ pub fn grant_scopes(grants: &Grants, scopes: &[String]) -> Vec<Access> {
             "registry" if name == "catalog" && grants.catalog() => vec!["*".into()],
             _ => vec![],
         };
-        // One entry per resource, however many scopes named it.
-        match access.iter_mut().find(|a: &&mut Access| a.kind == kind && a.name == name) {
-            Some(a) => {
-                for g in granted {
-                    if !a.actions.contains(&g) {
-                        a.actions.push(g);
-                    }
-                }
+        // One entry per resource, however many scopes named it, each action in it once.
+        let i = match access.iter().position(|a: &Access| a.kind == kind && a.name == name) {
+            Some(i) => i,
+            None => {
+                access.push(Access { kind, name, actions: vec![] });
+                access.len() - 1
             }
-            None => access.push(Access { kind, name, actions: granted }),
+        };
+        for g in granted {
+            if !access[i].actions.contains(&g) {
+                access[i].actions.push(g);
+            }
         }
     }
     access
@@ -309,6 +311,18 @@ mod tests {
         );
         assert_eq!(parse_scope("registry:catalog:*").unwrap().1, "catalog");
         assert!(parse_scope("nonsense").is_none());
+    }
+
+    #[test]
+    fn granted_actions_are_listed_once() {
+        // Found by fuzz/ (target token_request): a repeated action within one scope, or `*`
+        // beside an action, listed that action twice.
+        let g = Grants(vec![("*".into(), vec![Action::Pull, Action::Push])]);
+        let scopes = ["repository:a:pull,pull repository:b:*,push,pull".to_string(), "repository:a:pull".into()];
+        let access = grant_scopes(&g, &scopes);
+        assert_eq!(access.len(), 2);
+        assert_eq!((access[0].name.as_str(), access[0].actions.clone()), ("a", vec!["pull".to_string()]));
+        assert_eq!((access[1].name.as_str(), access[1].actions.clone()), ("b", vec!["pull".to_string(), "push".into()]));
     }
 
     #[test]
