@@ -16,7 +16,8 @@
 #   - cargo-fuzz's defaults otherwise: optimised, with debug assertions and overflow checks.
 #   - The committed seeds (fuzz/corpus/TARGET) are only read; what libFuzzer finds goes to
 #     $AFREG_FUZZ_CORPUS/TARGET (default ~/.cache/afreg/fuzz-corpus), kept between runs so
-#     each run starts from the coverage the last one reached, and the work tree stays clean.
+#     each run starts from the coverage the last one reached (minimized past
+#     $AFREG_FUZZ_CORPUS_MAX inputs, default 4000), and the work tree stays clean.
 #   - The build goes to $CARGO_TARGET_DIR, else ~/.cache/afreg/fuzz-target, so CI caches it
 #     (cargo-fuzz builds for an explicit --target, so it never touches the workspace's own
 #     target/release even when both share one directory).
@@ -33,6 +34,7 @@ shift $(( $# > 0 ? 1 : 0 ))
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/afreg/fuzz-target}
 export PATH="${AFREG_TOOLS:-$HOME/.cache/afreg/bin}:$PATH"
 corpus_root=${AFREG_FUZZ_CORPUS:-$HOME/.cache/afreg/fuzz-corpus}
+max_kept=${AFREG_FUZZ_CORPUS_MAX:-4000}
 command -v cargo-fuzz >/dev/null || { echo "fuzz: cargo-fuzz is not installed: run scripts/setup.sh" >&2; exit 1; }
 toolchain=()
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then toolchain=(+nightly); fi
@@ -43,7 +45,7 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo "${toolchain[@]}" fuzz list)
 
 started=$SECONDS
-echo "fuzz: building ${#targets[@]} targets (cargo ${toolchain[*]:-} fuzz build ${build_flags[*]}) into $CARGO_TARGET_DIR"
+echo "fuzz: building ${targets[*]} (cargo ${toolchain[*]:-} fuzz build ${build_flags[*]}) into $CARGO_TARGET_DIR"
 cargo "${toolchain[@]}" fuzz build "${build_flags[@]}"
 echo "fuzz: built in $((SECONDS - started)) s"
 
@@ -62,6 +64,13 @@ for t in "${targets[@]}"; do
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logs/$t" | tail -n 1)
   if [ "$rc" -eq 0 ]; then
     echo "fuzz: $t: ok, ${execs:-?} executions in $((SECONDS - t0)) s"
+    # Keep the kept corpus small enough to load quickly: past $max_kept inputs, minimize it.
+    if [ "$(find "$corpus_root/$t" -type f | wc -l)" -gt "$max_kept" ]; then
+      rm -rf "$corpus_root/$t.min" && mkdir "$corpus_root/$t.min"
+      if cargo "${toolchain[@]}" fuzz run "${build_flags[@]}" "$t" "$corpus_root/$t.min" "$corpus_root/$t" -- -merge=1 >"$logs/$t.min" 2>&1; then
+        rm -rf "$corpus_root/$t" && mv "$corpus_root/$t.min" "$corpus_root/$t"
+      fi
+    fi
   else
     failed+=("$t")
     echo "fuzz: $t: FAILED (exit $rc) after ${execs:-?} executions in $((SECONDS - t0)) s:"
@@ -70,5 +79,5 @@ for t in "${targets[@]}"; do
       grep -A1 -E '^(Failing input|Reproduce with):' "$logs/$t"; } | grep -v -e '^--$' -e '^$' | sed "s/^/fuzz: $t: /"
   fi
 done
-echo "fuzz: ${#targets[@]} targets, $(( ${#targets[@]} - ${#failed[@]} )) passed, ${#failed[@]} failed, in $((SECONDS - started)) s"
+echo "fuzz: done in $((SECONDS - started)) s: $(( ${#targets[@]} - ${#failed[@]} )) of ${#targets[@]} targets passed"
 [ ${#failed[@]} -eq 0 ] || { echo "fuzz: failed: ${failed[*]} (inputs in fuzz/artifacts/)" >&2; exit 1; }
