@@ -5,10 +5,11 @@
 #     busybox-static (the image's shell) from Debian;
 #   - Kubo (IPFS), crane, oras, regctl from their Go modules;
 #   - the OCI distribution-spec conformance suite, built with `go test -c`;
-#   - Pebble, Let's Encrypt's ACME test server, and its test certificates.
+#   - Pebble, Let's Encrypt's ACME test server, and its test certificates;
+#   - cargo-fuzz (scripts/fuzz.sh), from crates.io.
 #
-# Go-built tools land in $AFREG_TOOLS (default ~/.cache/afreg/bin) and are rebuilt only
-# when their pinned version changes, so a second run takes seconds.
+# Go-built tools and cargo-fuzz land in $AFREG_TOOLS (default ~/.cache/afreg/bin) and are
+# rebuilt only when their pinned version changes, so a second run takes seconds.
 # Print the tools directory on stdout's last line so callers can `PATH=$(...):$PATH`.
 set -euo pipefail
 
@@ -105,6 +106,19 @@ if ! have oci-conformance "$CONFORMANCE_VERSION"; then
   (cd "$work" && go test -c -o "$TOOLS/oci-conformance" . >&2)
   rm -rf "$work"
   echo "$CONFORMANCE_VERSION" > "$(stamp oci-conformance)"
+fi
+
+# ---- cargo-fuzz: the libFuzzer driver of scripts/fuzz.sh (fuzz/) ---------------------------
+# Built from crates.io with its own lock file into $TOOLS, in a scratch target dir (not the
+# project's), and rebuilt only when the pinned version changes. Honours CARGO_BUILD_JOBS.
+CARGO_FUZZ_VERSION=0.13.2
+if ! have cargo-fuzz "$CARGO_FUZZ_VERSION"; then
+  log "cargo install cargo-fuzz $CARGO_FUZZ_VERSION"
+  work=$(mktemp -d)
+  cargo install --locked --quiet --version "$CARGO_FUZZ_VERSION" --root "$work" --target-dir "$work/target" cargo-fuzz >&2
+  mv "$work/bin/cargo-fuzz" "$TOOLS/cargo-fuzz"
+  rm -rf "$work"
+  echo "$CARGO_FUZZ_VERSION" > "$(stamp cargo-fuzz)"
 fi
 
 # ---- Node.js: Akash's own SDL parser, for sdl/validate.js (tests: cli/tests/it/sdl.rs) --------

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command: every unit and integration test, in release mode.
+# The project's test command: every unit and integration test, in release mode, then a brief
+# fuzz run of each parser of client input (scripts/fuzz.sh).
 #
 # The integration tests start real PostgreSQL, Kubo and afreg processes (and run crane, oras,
 # skopeo, regctl and the OCI conformance suite against them), so this first runs setup.sh,
@@ -24,7 +25,21 @@ set +e
 cargo test --workspace --release --no-fail-fast "$@" -- --test-threads=1 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-# One closing line over every test binary (cargo's own last lines are its doc-test runs).
+# Then a brief fuzz run of every parser of client input (scripts/fuzz.sh, the targets in fuzz/):
+# AFREG_FUZZ_SECONDS per target (default 15; 0 skips it), on a full run only (no arguments).
+# Its build has a target dir of its own, kept between runs like the workspace's
+# (AFREG_FUZZ_TARGET_DIR, default ~/.cache/afreg/fuzz-target). Each target counts as a test.
+fuzz_secs=${AFREG_FUZZ_SECONDS:-15}
+if [ $# -eq 0 ] && [ "$fuzz_secs" != 0 ]; then
+  set +e
+  CARGO_TARGET_DIR="${AFREG_FUZZ_TARGET_DIR:-$HOME/.cache/afreg/fuzz-target}" scripts/fuzz.sh "$fuzz_secs" 2>&1 | tee -a "$log"
+  fuzz_status=${PIPESTATUS[0]}
+  set -e
+  [ "$status" -ne 0 ] || status=$fuzz_status
+fi
+# One closing line over every test binary and fuzz target (cargo's own last lines are its
+# doc-test runs).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+     /^fuzz: [a-z0-9_]+: ok,/ { p++ } /^fuzz: [a-z0-9_]+: FAILED/ { f++ }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

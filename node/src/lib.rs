@@ -27,3 +27,11 @@ pub mod replica;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+
+/// The HTTP layer's private parsers, re-exported for the fuzz targets in `fuzz/` only: not an
+/// API, and not stable.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http::handlers::Query;
+    pub use crate::http::token::TokenForm;
+}

@@ -70,7 +70,7 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
 }
 
 /// A scope as clients request it: `repository:NAME:pull,push` or `registry:catalog:*`.
-fn parse_scope(s: &str) -> Option<(String, String, Vec<String>)> {
+pub fn parse_scope(s: &str) -> Option<(String, String, Vec<String>)> {
     let (kind, rest) = s.split_once(':')?;
     let (name, actions) = rest.rsplit_once(':')?;
     Some((kind.to_owned(), name.to_owned(), actions.split(',').map(str::to_owned).collect()))
@@ -229,39 +229,48 @@ impl Auth {
                 (user, Grants(grants))
             }
         };
-        let mut access = vec![];
-        for scope in scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
-            let Some((kind, name, wanted)) = parse_scope(scope) else { continue };
-            let granted: Vec<String> = match kind.as_str() {
-                // Only a valid repository name is granted anything: a pattern such as `team/*`
-                // matches text, and `team/../x` or `team//x` begin with `team/` too.
-                "repository" if name.parse::<RepoName>().is_err() => vec![],
-                "repository" => {
-                    let allowed = grants.allowed(&name);
-                    wanted
-                        .iter()
-                        .filter(|w| w.as_str() == "*" || Action::parse(w).is_some_and(|a| allowed.contains(&a)))
-                        .flat_map(|w| if w == "*" { allowed.iter().map(|a| a.as_str().to_owned()).collect() } else { vec![w.clone()] })
-                        .collect()
-                }
-                "registry" if name == "catalog" && grants.catalog() => vec!["*".into()],
-                _ => vec![],
-            };
-            // One entry per resource, however many scopes named it.
-            match access.iter_mut().find(|a: &&mut Access| a.kind == kind && a.name == name) {
-                Some(a) => {
-                    for g in granted {
-                        if !a.actions.contains(&g) {
-                            a.actions.push(g);
-                        }
-                    }
-                }
-                None => access.push(Access { kind, name, actions: granted }),
-            }
-        }
+        let access = grant_scopes(&grants, scopes);
         let (token, claims) = self.keys.issue(&sub, access);
         Ok(IssuedToken { token, claims })
     }
+}
+
+/// What a token request gets: for each requested scope (`scopes` as sent, each possibly several
+/// separated by spaces), the actions `grants` allow of those it asks for, one entry per resource.
+pub fn grant_scopes(grants: &Grants, scopes: &[String]) -> Vec<Access> {
+    let mut access = vec![];
+    for scope in scopes.iter().flat_map(|s| s.split(' ')).filter(|s| !s.is_empty()) {
+        let Some((kind, name, wanted)) = parse_scope(scope) else { continue };
+        let granted: Vec<String> = match kind.as_str() {
+            // Only a valid repository name is granted anything: a pattern such as `team/*`
+            // matches text, and `team/../x` or `team//x` begin with `team/` too.
+            "repository" if name.parse::<RepoName>().is_err() => vec![],
+            "repository" => {
+                let allowed = grants.allowed(&name);
+                wanted
+                    .iter()
+                    .filter(|w| w.as_str() == "*" || Action::parse(w).is_some_and(|a| allowed.contains(&a)))
+                    .flat_map(|w| if w == "*" { allowed.iter().map(|a| a.as_str().to_owned()).collect() } else { vec![w.clone()] })
+                    .collect()
+            }
+            "registry" if name == "catalog" && grants.catalog() => vec!["*".into()],
+            _ => vec![],
+        };
+        // One entry per resource, however many scopes named it, each action in it once.
+        let i = match access.iter().position(|a: &Access| a.kind == kind && a.name == name) {
+            Some(i) => i,
+            None => {
+                access.push(Access { kind, name, actions: vec![] });
+                access.len() - 1
+            }
+        };
+        for g in granted {
+            if !access[i].actions.contains(&g) {
+                access[i].actions.push(g);
+            }
+        }
+    }
+    access
 }
 
 /// The credentials of an `Authorization` header using `scheme` (matched case-insensitively,
@@ -320,6 +329,18 @@ mod tests {
         );
         assert_eq!(parse_scope("registry:catalog:*").unwrap().1, "catalog");
         assert!(parse_scope("nonsense").is_none());
+    }
+
+    #[test]
+    fn granted_actions_are_listed_once() {
+        // Found by fuzz/ (target token_request): a repeated action within one scope, or `*`
+        // beside an action, listed that action twice.
+        let g = Grants(vec![("*".into(), vec![Action::Pull, Action::Push])]);
+        let scopes = ["repository:a:pull,pull repository:b:*,push,pull".to_string(), "repository:a:pull".into()];
+        let access = grant_scopes(&g, &scopes);
+        assert_eq!(access.len(), 2);
+        assert_eq!((access[0].name.as_str(), access[0].actions.clone()), ("a", vec!["pull".to_string()]));
+        assert_eq!((access[1].name.as_str(), access[1].actions.clone()), ("b", vec!["pull".to_string(), "push".into()]));
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! metrics have a listener of their own).
 //! Every `/v2/` request is counted, timed and logged here, in one place.
 
-mod handlers;
+pub(crate) mod handlers;
 mod limits;
-mod token;
+pub(crate) mod token;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

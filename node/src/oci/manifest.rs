@@ -73,7 +73,10 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
         manifests: Option<serde::de::IgnoredAny>,
         config: Option<serde::de::IgnoredAny>,
     }
-    let peek: Peek = serde_json::from_slice(body).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+    // JSON text is UTF-8 (RFC 8259 section 8.1), and serde_json does not check the strings it
+    // skips (unknown fields), so a body with other bytes there would be stored as JSON.
+    let text = std::str::from_utf8(body).map_err(|e| invalid(format!("not valid JSON: not UTF-8: {e}")))?;
+    let peek: Peek = serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
     if peek.schema_version != Some(2) {
         return Err(invalid("schemaVersion must be 2"));
     }
@@ -192,6 +195,22 @@ mod tests {
         let p = parse(&serde_json::to_vec(&body).unwrap(), Some(DOCKER_LIST)).unwrap();
         assert_eq!(p.children.len(), 1);
         assert!(p.blobs.is_empty());
+    }
+
+    #[test]
+    fn rejects_bytes_that_are_not_utf8_even_where_unread() {
+        // Found by fuzz/ (target manifest): the invalid bytes sit in a field nothing reads.
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","x":"?","config":{{"mediaType":"a/b","digest":"{}","size":2}},"layers":[]}}"#,
+            dg('a')
+        );
+        let mut body = body.into_bytes();
+        let at = body.iter().position(|&b| b == b'?').unwrap();
+        body[at] = 0xff;
+        assert!(serde_json::from_slice::<serde_json::Value>(&body).is_err(), "the fixture is not JSON");
+        let e = parse(&body, Some(OCI_MANIFEST)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::ManifestInvalid);
+        assert!(e.message.contains("not UTF-8"), "{}", e.message);
     }
 
     #[test]

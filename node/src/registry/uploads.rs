@@ -35,8 +35,9 @@ pub fn parse_content_range(h: &str) -> Option<(u64, u64)> {
     let h = h.trim();
     let h = h.strip_prefix("bytes ").or_else(|| h.strip_prefix("bytes=")).unwrap_or(h);
     let (a, b) = h.split_once('-')?;
-    let (a, b) = (a.trim().parse().ok()?, b.split('/').next()?.trim().parse().ok()?);
-    (a <= b).then_some((a, b))
+    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.split('/').next()?.trim().parse().ok()?);
+    // The chunk's length, `b - a + 1`, must be a u64 too.
+    (a <= b && b - a < u64::MAX).then_some((a, b))
 }
 
 fn range_error(msg: String) -> RegistryError {
@@ -476,5 +477,9 @@ mod tests {
         assert_eq!(parse_content_range("bytes 100-199/*"), Some((100, 199)));
         assert_eq!(parse_content_range("9-1"), None);
         assert_eq!(parse_content_range("x"), None);
+        // Found by fuzz/ (target range): the length of 0-(2^64-1) overflows a u64.
+        assert_eq!(parse_content_range("0-18446744073709551615"), None);
+        assert_eq!(parse_content_range("1-18446744073709551615"), Some((1, u64::MAX)));
+        assert_eq!(parse_content_range("0-18446744073709551614"), Some((0, u64::MAX - 1)));
     }
 }
