@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use testkit::{rss_kib, TestRegion};
 
-fn client_from(source: Ipv4Addr) -> reqwest::blocking::Client {
+pub(super) fn client_from(source: Ipv4Addr) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .local_address(IpAddr::V4(source))
         .no_proxy()
@@ -243,7 +243,7 @@ fn discovery_does_not_send_the_cluster_secret_to_a_target_outside_its_zone() {
 }
 
 /// The value of the first sample of `metric` with all of `labels` in Prometheus text.
-fn metric_value(text: &str, metric: &str, labels: &[&str]) -> f64 {
+pub(super) fn metric_value(text: &str, metric: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(metric) && labels.iter().all(|x| l.contains(x)))
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())

@@ -12,14 +12,7 @@ use std::time::{Duration, Instant};
 use testkit::oci::within;
 use testkit::{sha256_digest, Action, TestRegion};
 
-fn client_from(source: Ipv4Addr) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .local_address(IpAddr::V4(source))
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
-}
+use super::hostile::{client_from, metric_value};
 
 /// A TCP connection to `addr` from `source`.
 fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> TcpStream {
@@ -148,11 +141,7 @@ fn a_stalled_body_and_an_unread_response_are_dropped_and_shutdown_drains_within_
     let digest = sha256_digest(&blob);
     testkit::oci::upload_blob(&c, &url, "slow/app", &digest, &blob).unwrap();
     let open = |c: &reqwest::blocking::Client| {
-        let text = c.get(region.node.metrics_url()).send().unwrap().text().unwrap();
-        text.lines()
-            .find(|l| l.starts_with("afreg_connections_open{") && l.contains("listener=\"public\""))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
+        metric_value(&c.get(region.node.metrics_url()).send().unwrap().text().unwrap(), "afreg_connections_open", &["listener=\"public\""])
     };
     let reader = || {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -515,13 +504,7 @@ fn under_a_login_brute_force_and_1500_half_open_connections_other_clients_are_se
     // are gone), so one quiet moment does not set it.
     let metrics = region.node.metrics_url();
     within(Duration::from_secs(40), Duration::from_millis(200), "the attack's connections closed", || {
-        let text = honest.get(&metrics).send().unwrap().text().unwrap();
-        let open = text
-            .lines()
-            .find(|l| l.starts_with("afreg_connections_open{") && l.contains("listener=\"public\""))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        open <= 2.0
+        metric_value(&honest.get(&metrics).send().unwrap().text().unwrap(), "afreg_connections_open", &["listener=\"public\""]) <= 2.0
     });
     idle.extend(manifest_gets(&honest, &url, WINDOW));
     let idle_p99 = p99(idle.clone());
