@@ -10,9 +10,11 @@
 #
 # Choices:
 #   - `-s none`, no sanitizer: the fuzzed code is safe Rust (afreg-node has no `unsafe`), so
-#     AddressSanitizer would only instrument code that cannot corrupt memory, at the cost of an
-#     instrumented build of every dependency and slower executions. A panic, which is what a
-#     broken invariant or an overflow is, is caught without it.
+#     AddressSanitizer would only instrument code that cannot corrupt memory. Measured here
+#     (2 cores, -j1): its cold build took 15.6 min against 11.6, and in 20 s it ran 3 to 6 times
+#     fewer inputs (router 0.57 M against 3.6 M, manifest 0.39 M against 2.3 M, token_request
+#     0.37 M against 1.1 M) in 500 MB instead of 30. A panic, which is what a broken invariant
+#     or an arithmetic overflow is, is caught without it.
 #   - cargo-fuzz's defaults otherwise: optimised, with debug assertions and overflow checks.
 #   - The committed seeds (fuzz/corpus/TARGET) are only read; what libFuzzer finds goes to
 #     $AFREG_FUZZ_CORPUS/TARGET (default ~/.cache/afreg/fuzz-corpus), kept between runs so
