@@ -16,10 +16,11 @@
 //!   encoding them again decodes to the same; a malformed one is refused with 401;
 //! - the form decodes only with a `grant_type`;
 //! - granting never exceeds the grants: every repository action in the token is one the user
-//!   has on that repository, `registry:catalog:*` only with pull on `*`, nothing for other
-//!   resource types; an anonymous user with pull gets nothing but pull; every action asked for
-//!   and allowed is granted; each resource has one entry, each of its actions listed once, and
-//!   only requested resources appear.
+//!   has on that repository, and only on a valid repository name; `registry:catalog:*` only
+//!   with pull on `*`; nothing for other resource types; an anonymous user with pull gets
+//!   nothing but pull. Every action asked for and allowed on a valid name is granted; each
+//!   resource has one entry, each of its actions listed once, and only requested resources
+//!   appear.
 #![no_main]
 
 use afreg_node::auth::{basic_credentials, grant_scopes, parse_scope, Access, Grants};
