@@ -24,7 +24,8 @@
 #     (cargo-fuzz builds for an explicit --target, so it never touches the workspace's own
 #     target/release even when both share one directory).
 #   - The nightly toolchain when rustup has one; else the default one: without a sanitizer,
-#     cargo-fuzz passes only flags stable rustc accepts.
+#     cargo-fuzz passes only flags stable rustc accepts (checked with stable 1.95: it builds,
+#     in 10.4 min cold, and fuzzes with coverage like nightly's).
 #   - cargo-fuzz comes from scripts/setup.sh, in $AFREG_TOOLS (default ~/.cache/afreg/bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
