@@ -34,7 +34,10 @@ fn login(c: &reqwest::blocking::Client, url: &str, user: &str, password: &str) -
 
 #[test]
 fn a_password_brute_force_is_bounded_in_memory_and_refused_past_its_limit() {
-    let region = TestRegion::start_with(testkit::afreg_bin(), |_| {});
+    // Every one of the 300 concurrent attempts reaches the login guard, which is what this
+    // test is about: the per-address connection cap (256, which would refuse some of them at
+    // connect) is raised here; `limits::under_a_login_brute_force…` runs at the defaults.
+    let region = TestRegion::start_with(testkit::afreg_bin(), |c| c.config.server.max_connections_per_client = 1024);
     region.node.add_user("admin", "the-right-passw0rd");
     region.node.add_user("bob", "bobs-passw0rd");
     region.node.add_user("dave", "daves-passw0rd");
