@@ -63,7 +63,7 @@ pub async fn run(cmd: UserCmd, cfg: &Config) -> anyhow::Result<()> {
             println!("user {name} removed");
         }
         UserCmd::List => {
-            let store = Store::connect(&cfg.database, std::time::Duration::from_secs(10)).await?;
+            let store = Store::connect(&cfg.database, std::time::Duration::from_secs(10), "afreg user").await?;
             for u in store.usernames().await? {
                 println!("{u}");
             }

@@ -405,6 +405,24 @@ pub struct ClusterConfig {
     /// Blobs no manifest references are unlinked this long after they were linked.
     pub gc_grace_secs: u64,
     pub gc_interval_secs: u64,
+    /// This process's name among the region's processes (unique in the region); empty means
+    /// the host name and process id.
+    pub process_name: String,
+    /// This process's own internal listener, where the region's other processes reach it
+    /// when it holds the Raft seat. Unset: `listen`'s address on a free port.
+    pub process_listen: Option<SocketAddr>,
+    /// The URL of `process_listen` for the region's other processes. Unset: `listen`'s
+    /// scheme, with this host's address (over HTTPS: `advertise_url`'s host name, resolved to
+    /// this host's address, so the region's certificate is checked).
+    pub process_url: Option<String>,
+    /// The seat holder's lease: a holder that has not renewed it for this long (paused, cut
+    /// off from Postgres) is taken over. A killed holder is taken over within about a sixth
+    /// of it plus the rest of its lease.
+    pub seat_lease_ms: u64,
+    /// Bind `server.listen` and `listen` with SO_REUSEPORT, so that several processes of the
+    /// region on one host share them (`afreg up --processes N`). Leave off where each process
+    /// has its own address (a container each).
+    pub shared_listeners: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -445,6 +463,11 @@ impl Default for ClusterConfig {
             pin_reconcile_secs: 300,
             gc_grace_secs: 24 * 3600,
             gc_interval_secs: 3600,
+            process_name: String::new(),
+            process_listen: None,
+            process_url: None,
+            seat_lease_ms: 3000,
+            shared_listeners: false,
         }
     }
 }
@@ -591,6 +614,15 @@ impl Config {
         url_ok("kubo.api_url", &self.kubo.api_url)?;
         url_ok("cluster.advertise_url", &self.cluster.advertise_url)?;
         let c = &self.cluster;
+        if c.seat_lease_ms < 600 {
+            return bad("cluster.seat_lease_ms must be at least 600");
+        }
+        if let Some(u) = &c.process_url {
+            url_ok("cluster.process_url", u)?;
+        }
+        if c.process_listen.is_some_and(|p| p.port() != 0 && (p == c.listen || p == sv.listen)) {
+            return bad("cluster.process_listen must differ from cluster.listen and server.listen");
+        }
         if c.election_timeout_min_ms < 3 * c.heartbeat_ms || c.election_timeout_max_ms <= c.election_timeout_min_ms {
             return bad("cluster: election_timeout_min_ms must be at least 3 x heartbeat_ms, and max > min");
         }

@@ -1,6 +1,7 @@
-//! The node's side of the cluster: starts this region's Raft node from the configuration,
-//! runs its duties (pinner, announcement, garbage collection, token keys, metrics), and builds
-//! the status report of every region (`GET /status`, `afreg status`).
+//! The node's side of the cluster: builds this region's [`Cluster`] and Raft seat from the
+//! configuration, runs the duties (the seat holder's pinner, announcement, garbage collection
+//! and Raft metrics; every process's token keys), and builds the status report of every region
+//! (`GET /status`, `afreg status`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use afreg_replication::pinner::{self, Ipfs, PinnerOptions};
 use afreg_replication::store::pins::{self, PinStats};
 use afreg_replication::store::regions;
 use afreg_deploy::discovery::{self, NameServer};
-use afreg_replication::{duties, Cluster, ClusterOptions, ClusterSecret, RaftStatus, Region, Role, Timings};
+use afreg_replication::seat::{self, SeatStatus};
+use afreg_replication::{duties, Cluster, ClusterOptions, ClusterSecret, RaftStatus, Region, Role, Seat, SeatOptions, Timings};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -69,8 +71,55 @@ pub async fn this_region(cfg: &Config, kubo: &Kubo, keys: &Keys) -> Region {
     }
 }
 
-/// Starts the Raft node (initializing a new cluster when configured to).
-pub async fn start(cfg: &Config, pool: PgPool, me: Region) -> anyhow::Result<Arc<Cluster>> {
+/// This process's name in its region: `cluster.process_name`, else the host name and pid.
+pub fn process_name(cfg: &Config) -> String {
+    if !cfg.cluster.process_name.is_empty() {
+        return cfg.cluster.process_name.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    format!("{}-{}", if host.is_empty() { "afreg" } else { &host }, std::process::id())
+}
+
+/// Where the region's other processes reach this one's own internal listener (bound at
+/// `bound`): `cluster.process_url`, else `advertise_url`'s scheme with this host's address.
+/// Over HTTPS the URL keeps `advertise_url`'s host name (the certificate's) and the address
+/// is given beside it, so the relaying process checks the region's certificate.
+pub fn process_url(cfg: &Config, bound: std::net::SocketAddr) -> (String, Option<std::net::SocketAddr>) {
+    if let Some(u) = &cfg.cluster.process_url {
+        return (u.clone(), None);
+    }
+    let ip = if bound.ip().is_unspecified() { local_ip().unwrap_or(bound.ip()) } else { bound.ip() };
+    let addr = std::net::SocketAddr::new(ip, bound.port());
+    let advertised = reqwest::Url::parse(&cfg.cluster.advertise_url).ok();
+    match advertised.as_ref().filter(|u| u.scheme() == "https").and_then(|u| u.host_str().map(str::to_owned)) {
+        Some(host) => (format!("https://{host}:{}", bound.port()), Some(addr)),
+        None => (format!("http://{addr}"), None),
+    }
+}
+
+/// This host's address on the network its default route leads to (no packet is sent: a UDP
+/// socket's `connect` only picks the source address).
+fn local_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("10.255.255.255:9").ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+/// The region's Raft seat as this process takes part in it.
+pub fn seat(cfg: &Config, url: String, addr: Option<std::net::SocketAddr>) -> anyhow::Result<Seat> {
+    let opts = SeatOptions {
+        process: process_name(cfg),
+        url,
+        addr,
+        public_url: cfg.server.public_url.clone(),
+        lease: Duration::from_millis(cfg.cluster.seat_lease_ms),
+    };
+    Ok(Seat::new(opts, cfg.database.url.parse()?))
+}
+
+/// This region's cluster handle; its Raft member runs (initializing a new cluster when
+/// configured to) whenever this process holds `seat` ([`Cluster::run`]).
+pub fn cluster(cfg: &Config, pool: PgPool, me: Region, seat: Arc<Seat>) -> anyhow::Result<Arc<Cluster>> {
     let c = &cfg.cluster;
     let bootstrap: Option<BTreeMap<u64, Region>> = if c.join || c.discovery_zone.is_some() {
         None
@@ -100,7 +149,7 @@ pub async fn start(cfg: &Config, pool: PgPool, me: Region) -> anyhow::Result<Arc
         write_timeout: Duration::from_millis(c.write_timeout_ms),
         snapshot_every: c.snapshot_every,
     };
-    Cluster::start(pool, opts).await
+    Cluster::new(pool, opts, seat)
 }
 
 /// Who a region is, as its internal endpoint tells a region that discovered it.
@@ -131,7 +180,7 @@ async fn discover_and_initialize(cfg: Config, cluster: Arc<Cluster>, me: Region,
     let ns = cfg.cluster.dns_server.map(NameServer::At).unwrap_or(NameServer::System);
     let scheme = if cfg.server.https() { "https" } else { "http" };
     loop {
-        if cluster.raft.is_initialized().await.unwrap_or(true) {
+        if cluster.is_initialized().await {
             return;
         }
         match discover_members(&zone, ns, scheme, cfg.cluster.allow_insecure_discovery, cluster.secret()).await {
@@ -234,8 +283,48 @@ async fn discover_members(
     Ok(members)
 }
 
-/// Spawns the region's background duties; they end when `stop` is cancelled.
+/// Spawns the region's background duties; they end when `stop` is cancelled. The pinner,
+/// the announcement, GC, discovery and the Raft metrics run only while this process runs the
+/// region's Raft member (they would otherwise run once per process); the token keys are
+/// followed by every process.
 pub fn spawn_duties(
+    cfg: &Config,
+    pool: PgPool,
+    cluster: Arc<Cluster>,
+    kubo: Kubo,
+    keys: Arc<Keys>,
+    stop: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let holder = {
+        let (cfg, pool, cluster, kubo, keys, stop) = (cfg.clone(), pool.clone(), cluster.clone(), kubo, keys.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut serving = cluster.serving();
+            loop {
+                let epoch = *serving.borrow_and_update();
+                let session = stop.child_token();
+                let tasks = match epoch {
+                    Some(_) => holder_duties(&cfg, pool.clone(), cluster.clone(), kubo.clone(), keys.clone(), session.clone()),
+                    None => Vec::new(),
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    r = serving.changed() => { let _ = r; }
+                }
+                session.cancel();
+                for t in tasks {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+                }
+                if stop.is_cancelled() {
+                    return;
+                }
+            }
+        })
+    };
+    vec![holder, tokio::spawn(follow_token_keys(pool, cluster, keys, stop))]
+}
+
+/// The duties of the process that runs the region's Raft member.
+fn holder_duties(
     cfg: &Config,
     pool: PgPool,
     cluster: Arc<Cluster>,
@@ -272,7 +361,6 @@ pub fn spawn_duties(
         Duration::from_secs(c.gc_interval_secs.max(1)),
         stop.clone(),
     )));
-    tasks.push(tokio::spawn(follow_token_keys(pool.clone(), cluster.clone(), keys.clone(), stop.clone())));
     if c.discovery_zone.is_some() && !c.join {
         let (cfg, cluster, kubo, keys, stop) = (cfg.clone(), cluster.clone(), kubo.clone(), keys.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
@@ -302,7 +390,7 @@ async fn follow_token_keys(pool: PgPool, cluster: Arc<Cluster>, keys: Arc<Keys>,
 /// Publishes the Raft figures as Prometheus gauges, once a second.
 async fn raft_metrics(cluster: Arc<Cluster>, stop: CancellationToken) {
     loop {
-        let s = cluster.status();
+        let Some(s) = cluster.status() else { return };
         metrics::gauge!("afreg_raft_term").set(s.term as f64);
         metrics::gauge!("afreg_raft_is_leader").set(if s.role == Role::Leader { 1.0 } else { 0.0 });
         metrics::gauge!("afreg_raft_last_log_index").set(s.last_log_index.unwrap_or(0) as f64);
@@ -324,16 +412,44 @@ async fn raft_metrics(cluster: Arc<Cluster>, stop: CancellationToken) {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LocalStatus {
     pub name: String,
+    /// The Raft member's view, from the process that runs it.
     pub raft: RaftStatus,
     pub pins: PinStats,
+    /// Who holds the region's Raft seat, at which epoch, and the region's processes.
+    #[serde(default)]
+    pub seat: SeatStatus,
 }
 
-pub async fn local_status(cfg: &Config, pool: &PgPool, cluster: &Cluster) -> LocalStatus {
-    LocalStatus {
-        name: cfg.cluster.region.clone(),
-        raft: cluster.status(),
-        pins: pins::stats(pool).await.unwrap_or_default(),
+/// The path of a process's own figures on its internal listener.
+pub const LOCAL_STATUS_PATH: &str = "/internal/local-status";
+
+/// This region's figures. A process that does not run the Raft member asks the one that
+/// does (its own internal listener, with the cluster secret, 2 s).
+pub async fn local_status(cfg: &Config, pool: &PgPool, cluster: &Cluster) -> Result<LocalStatus, String> {
+    let me = process_name(cfg);
+    let seat = seat::status(pool, &me).await.map_err(|e| format!("postgres: {e}"))?;
+    let Some(raft) = cluster.status() else {
+        let holder = cluster.seat().holder().filter(|h| h.name != me).ok_or("no process of this region holds its Raft seat")?;
+        let mut s = holder_status(cluster, &holder).await.map_err(|e| format!("seat holder {}: {e}", holder.name))?;
+        s.seat = seat;
+        return Ok(s);
+    };
+    Ok(LocalStatus { name: cfg.cluster.region.clone(), raft, pins: pins::stats(pool).await.unwrap_or_default(), seat })
+}
+
+async fn holder_status(cluster: &Cluster, h: &seat::Holder) -> Result<LocalStatus, reqwest::Error> {
+    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(2));
+    if let (Some(addr), Ok(u)) = (h.addr, reqwest::Url::parse(&h.url)) {
+        b = b.resolve(u.host_str().unwrap_or_default(), addr);
     }
+    b.build()?
+        .get(format!("{}{LOCAL_STATUS_PATH}", h.url.trim_end_matches('/')))
+        .bearer_auth(cluster.secret().expose())
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await
 }
 
 /// One row of the cluster report.
@@ -353,6 +469,10 @@ pub struct RegionStatus {
     pub pins_failing: Option<i64>,
     /// Bytes this region fetched from the others to pin blobs.
     pub replicated_bytes: Option<i64>,
+    /// The process that runs the region's Raft member, its seat epoch, and every process.
+    pub seat_holder: Option<String>,
+    pub seat_epoch: Option<u64>,
+    pub processes: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -368,7 +488,7 @@ pub async fn cluster_status(cfg: &Config, pool: &PgPool, cluster: &Cluster, http
         let this = id == cluster.id;
         async move {
             let got: Result<LocalStatus, String> = if this {
-                Ok(me)
+                me
             } else {
                 match http.get(format!("{}/status?scope=local", url.trim_end_matches('/'))).send().await {
                     Ok(r) if r.status().is_success() => r.json().await.map_err(|e| e.to_string()),
@@ -401,6 +521,9 @@ pub async fn cluster_status(cfg: &Config, pool: &PgPool, cluster: &Cluster, http
                 pin_backlog: Some(s.pins.backlog),
                 pins_failing: Some(s.pins.failing),
                 replicated_bytes: Some(s.pins.replicated_bytes),
+                seat_holder: s.seat.holder.clone(),
+                seat_epoch: Some(s.seat.epoch),
+                processes: s.seat.processes.iter().map(|p| p.name.clone()).collect(),
                 error: None,
             },
             Err(e) => RegionStatus {
@@ -416,6 +539,9 @@ pub async fn cluster_status(cfg: &Config, pool: &PgPool, cluster: &Cluster, http
                 pin_backlog: None,
                 pins_failing: None,
                 replicated_bytes: None,
+                seat_holder: None,
+                seat_epoch: None,
+                processes: Vec::new(),
                 error: Some(e),
             },
         })

@@ -27,26 +27,44 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some((cert, key)) = cfg.server.tls() {
         wait_for_files(&[("server.tls_cert", cert), ("server.tls_key", key)]).await;
     }
-    let store = Store::connect(&cfg.database, Duration::from_secs(60)).await?;
+    let app = format!("afreg {}", crate::replica::process_name(&cfg));
+    let store = Store::connect(&cfg.database, Duration::from_secs(60), &app).await?;
     let kubo = Kubo::new(&cfg.kubo);
     if let Err(e) = kubo.id().await {
         tracing::warn!(event = "kubo_unreachable", error = %e, "Kubo is not reachable yet; blob requests will get 503");
     }
-    let keys = Arc::new(Keys::load_or_create(&cfg.auth)?);
+    let keys = Arc::new(region_keys(&cfg, &store).await?);
     let auth = Arc::new(Auth::new(cfg.auth.clone(), keys.clone(), store.clone(), &cfg.server.public_url));
 
-    // The cluster: this region's Raft node, its internal endpoints and background duties.
+    // The cluster: this region's Raft seat and member, its internal endpoints and duties.
+    let shared = cfg.cluster.shared_listeners;
+    let internal_listener = listener::bind(cfg.cluster.listen, shared).map_err(|e| anyhow::anyhow!("cluster.listen {}: {e}", cfg.cluster.listen))?;
+    let process_at = cfg.cluster.process_listen.unwrap_or(std::net::SocketAddr::new(cfg.cluster.listen.ip(), 0));
+    let process_listener = listener::bind(process_at, false).map_err(|e| anyhow::anyhow!("cluster.process_listen {process_at}: {e}"))?;
+    let (process_url, process_addr) = crate::replica::process_url(&cfg, process_listener.local_addr()?);
+    let seat = Arc::new(crate::replica::seat(&cfg, process_url.clone(), process_addr)?);
     let me = crate::replica::this_region(&cfg, &kubo, &keys).await;
-    let cluster = crate::replica::start(&cfg, Store::raft_pool(&cfg.database)?, me).await?;
+    let raft_pool = Store::raft_pool(&cfg.database, &format!("{app} raft"))?;
+    let cluster = crate::replica::cluster(&cfg, raft_pool, me, seat)?;
     let shutdown = CancellationToken::new();
+    let member = tokio::spawn(cluster.clone().run(shutdown.clone()));
     let who = crate::replica::identity(&cfg);
-    let extra = axum::Router::new().route("/internal/identity", axum::routing::get(move || async move { axum::Json(who) }));
+    let (status_cfg, status_pool, status_cluster) = (cfg.clone(), store.pool().clone(), cluster.clone());
+    let extra = axum::Router::new()
+        .route("/internal/identity", axum::routing::get(move || async move { axum::Json(who) }))
+        .route(
+            crate::replica::LOCAL_STATUS_PATH,
+            axum::routing::get(move || async move {
+                use axum::response::IntoResponse;
+                match crate::replica::local_status(&status_cfg, &status_pool, &status_cluster).await {
+                    Ok(s) => axum::Json(s).into_response(),
+                    Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
+                }
+            }),
+        );
     let internal = afreg_replication::api::router(cluster.clone(), extra);
-    let internal_listener = tokio::net::TcpListener::bind(cfg.cluster.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cluster.listen {}: {e}", cfg.cluster.listen))?;
-    tracing::info!(event = "internal_listening", addr = %cfg.cluster.listen, region = %cfg.cluster.region,
-        region_id = cfg.cluster.id, "internal endpoints (raft, forwarding) serving");
+    tracing::info!(event = "internal_listening", addr = %cfg.cluster.listen, process_url = %process_url, region = %cfg.cluster.region,
+        region_id = cfg.cluster.id, process = %crate::replica::process_name(&cfg), "internal endpoints (raft, forwarding) serving");
     let stop_internal = shutdown.clone();
     // With TLS configured, the internal endpoint uses the same certificate: the cluster secret
     // crosses the WAN only encrypted.
@@ -59,10 +77,19 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         _ => None,
     };
     let internal_tls = node_tls.clone();
+    let (process_app, process_tls, stop_process) = (internal.clone(), node_tls.clone(), stop_internal.clone());
     let internal_server = tokio::spawn(async move {
         let stop = stop_internal.cancelled_owned();
         if let Err(e) = listener::serve("internal", internal_listener, internal, internal_tls, limits, stop).await {
             tracing::error!(event = "internal_server_failed", error = %e, "internal server stopped");
+        }
+    });
+    // This process's own internal listener: where the region's other processes relay to it
+    // while it holds the Raft seat.
+    let process_server = tokio::spawn(async move {
+        let stop = stop_process.cancelled_owned();
+        if let Err(e) = listener::serve("process", process_listener, process_app, process_tls, limits, stop).await {
+            tracing::error!(event = "process_server_failed", error = %e, "process listener stopped");
         }
     });
     let metrics_server = spawn_metrics(cfg.server.metrics_listen, metrics.clone(), limits, shutdown.clone()).await?;
@@ -78,7 +105,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let upkeep = tokio::spawn(metrics_upkeep(metrics.clone(), shutdown.clone()));
 
     let app = http::router(AppState { registry, auth, status: Arc::new(http::StatusCache::new()?) });
-    let listener = tokio::net::TcpListener::bind(cfg.server.listen).await?;
+    let listener = listener::bind(cfg.server.listen, shared).map_err(|e| anyhow::anyhow!("server.listen {}: {e}", cfg.server.listen))?;
     tracing::info!(event = "listening", addr = %cfg.server.listen, public_url = %cfg.server.public_url, tls = cfg.server.https(), "afreg node serving");
     let token = shutdown.clone();
     let stop = async move {
@@ -96,15 +123,32 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), internal_server).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), process_server).await;
     if let Some(t) = http01 {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), cluster.raft.shutdown()).await;
+    // Stops the Raft member, then releases the seat, so another process takes it at once.
+    let _ = tokio::time::timeout(Duration::from_secs(12), member).await;
     store_close(store).await;
     Ok(())
 }
 
 async fn store_close(_store: Store) {}
+
+/// The token signing key: the one the region's Postgres records for all its processes (each
+/// may have its own volume), else this process's `auth.signing_key`, which then becomes the
+/// region's. The file is created if missing.
+async fn region_keys(cfg: &Config, store: &Store) -> anyhow::Result<Keys> {
+    let local = Keys::load_or_create(&cfg.auth)?;
+    let pem = std::fs::read_to_string(&cfg.auth.signing_key)?;
+    let shared = store.share_signing_key(&pem).await.map_err(|e| anyhow::anyhow!("recording the region's signing key: {e}"))?;
+    if shared == pem {
+        return Ok(local);
+    }
+    tracing::warn!(event = "signing_key_shared", path = %cfg.auth.signing_key.display(),
+        "auth.signing_key differs from the key this region's processes share (in its Postgres); signing with the shared one");
+    Ok(Keys::from_pem(&cfg.auth, &shared)?)
+}
 
 /// Serves Prometheus `/metrics` on `server.metrics_listen`, a listener of its own (loopback
 /// by default), so the figures are not on the public port.

@@ -61,8 +61,9 @@ fn observe(op: &'static str, started: Instant) {
 
 impl Store {
     /// Connects, waiting up to `wait` for Postgres to come up, then applies migrations.
-    pub async fn connect(cfg: &DatabaseConfig, wait: Duration) -> anyhow::Result<Store> {
-        let opts: PgConnectOptions = cfg.url.parse()?;
+    /// `app` names the connections in Postgres (`application_name`, e.g. `afreg us-1`).
+    pub async fn connect(cfg: &DatabaseConfig, wait: Duration, app: &str) -> anyhow::Result<Store> {
+        let opts: PgConnectOptions = cfg.url.parse::<PgConnectOptions>()?.application_name(app);
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections)
             .acquire_timeout(Duration::from_secs(cfg.acquire_timeout_secs))
@@ -89,8 +90,8 @@ impl Store {
 
     /// A separate pool on the same database for the Raft log and state machine
     /// (`raft_max_connections`), so that no burst of requests can take Raft's connections.
-    pub fn raft_pool(cfg: &DatabaseConfig) -> anyhow::Result<PgPool> {
-        let opts: PgConnectOptions = cfg.url.parse()?;
+    pub fn raft_pool(cfg: &DatabaseConfig, app: &str) -> anyhow::Result<PgPool> {
+        let opts: PgConnectOptions = cfg.url.parse::<PgConnectOptions>()?.application_name(app);
         Ok(PgPoolOptions::new()
             .max_connections(cfg.raft_max_connections.max(2))
             .acquire_timeout(Duration::from_secs(cfg.acquire_timeout_secs))
@@ -300,6 +301,17 @@ impl Store {
             .bind(age.as_secs_f64())
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// The region's token signing key: `pem` becomes it unless one is already recorded, and
+    /// the recorded one is returned. Every process of a region signs with it, so a token one
+    /// issued verifies at all of them.
+    pub async fn share_signing_key(&self, pem: &str) -> Result<String> {
+        sqlx::query("INSERT INTO region_signing_key (pem) VALUES ($1) ON CONFLICT (only_row) DO NOTHING")
+            .bind(pem)
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_scalar("SELECT pem FROM region_signing_key").fetch_one(&self.pool).await?)
     }
 
     pub async fn open_uploads(&self) -> Result<i64> {

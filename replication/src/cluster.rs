@@ -1,6 +1,11 @@
-//! One region's handle on the cluster: starts its Raft node, and gives the node the few
-//! operations it needs: replicate a write (forwarding it to the leader), wait for a
-//! linearizable read point, change the membership, and report status.
+//! One region's handle on the cluster: runs its Raft member while this process holds the
+//! region's seat ([`crate::seat`]), and gives the node the few operations it needs: replicate a
+//! write (forwarding it to the leader), wait for a linearizable read point, change the
+//! membership, and report status.
+//!
+//! In a process that does not hold the seat (a standby), every operation goes to the holder's
+//! own internal listener, which answers once the region's Postgres has applied the entry, so
+//! read-your-writes holds whichever process a client's requests land on.
 //!
 //! Every operation is bounded in time. With no leader, or a leader cut off from its quorum, a
 //! write fails fast with [`ClusterError::NoLeader`] or [`ClusterError::Unavailable`], which
@@ -15,16 +20,24 @@ use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::network::HttpNetwork;
+use crate::seat::{Holder, Seat, SeatState};
 use crate::secret::ClusterSecret;
-use crate::{Applied, Command, NodeId, PgLogStore, PgStateMachine, Raft, Region};
+use crate::{Applied, Command, Fence, NodeId, PgLogStore, PgStateMachine, Raft, Region};
 
 /// Paths of the cluster's own internal endpoints (besides the Raft RPCs).
 pub(crate) mod path {
     pub const WRITE: &str = "/internal/write";
     pub const READ_INDEX: &str = "/internal/read-index";
     pub const ADMIN: &str = "/internal/admin";
+    pub const READ_BARRIER: &str = "/internal/read-barrier";
 }
+
+/// Header on a request one process of a region relays to its seat holder; the receiver never
+/// relays again (it answers 421 if it no longer holds the seat).
+pub(crate) const RELAYED: &str = "x-afreg-relayed";
 
 /// Header on a request one region forwards to another; the receiver never forwards again.
 pub(crate) const FORWARDED: &str = "x-afreg-forwarded";
@@ -74,6 +87,10 @@ pub enum ClusterError {
     /// The operation is wrong, not the cluster: e.g. a region id that was retired.
     #[error("{0}")]
     Refused(String),
+    /// A relayed request reached a process that no longer holds the region's seat; nothing
+    /// was done.
+    #[error("{0}")]
+    NotSeatHolder(String),
 }
 
 impl ClusterError {
@@ -152,23 +169,33 @@ pub struct RaftStatus {
     pub matched: Option<BTreeMap<NodeId, Option<u64>>>,
 }
 
-/// A running region's Raft node and the means to reach the others.
+/// A region's place in the cluster: its Raft member while this process holds the seat, and
+/// the means to reach the others.
 pub struct Cluster {
-    pub raft: Raft,
     pub id: NodeId,
     secret: ClusterSecret,
     http: reqwest::Client,
     timings: Timings,
     write_timeout: Duration,
-    changed: tokio::sync::watch::Receiver<u64>,
+    config: Arc<openraft::Config>,
+    pool: PgPool,
+    bootstrap: Option<BTreeMap<NodeId, Region>>,
+    seat: Arc<Seat>,
+    /// The Raft member, while this process holds the seat.
+    member: std::sync::RwLock<Option<Raft>>,
+    /// The epoch the member runs at (`None`: no member).
+    serving: tokio::sync::watch::Sender<Option<u64>>,
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
     /// One membership change at a time (openraft refuses overlapping ones).
     admin_lock: tokio::sync::Mutex<()>,
+    /// A client per holder whose URL's host resolves to a given address.
+    relay_client: std::sync::Mutex<Option<(Holder, reqwest::Client)>>,
 }
 
 impl Cluster {
-    /// Starts the Raft node over the region's Postgres (migrations applied) and, for a new
-    /// cluster, initializes it.
-    pub async fn start(pool: PgPool, opts: ClusterOptions) -> anyhow::Result<Arc<Cluster>> {
+    /// This region's handle over its Postgres (migrations applied). No Raft member runs yet:
+    /// [`Cluster::run`] starts one whenever this process holds the seat.
+    pub fn new(pool: PgPool, opts: ClusterOptions, seat: Arc<Seat>) -> anyhow::Result<Arc<Cluster>> {
         let t = opts.timings;
         anyhow::ensure!(
             t.election_timeout_min_ms >= 3 * t.heartbeat_ms && t.election_timeout_max_ms > t.election_timeout_min_ms,
@@ -189,42 +216,166 @@ impl Cluster {
             .connect_timeout(Duration::from_millis(t.election_timeout_min_ms))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        let sm = PgStateMachine::new(pool.clone());
-        let changed = sm.subscribe();
-        let network = HttpNetwork::new(http.clone(), opts.secret.clone());
-        let raft = Raft::new(opts.id, Arc::new(config), network, PgLogStore::new(pool), sm).await?;
-
-        let cluster = Arc::new(Cluster {
-            raft,
+        Ok(Arc::new(Cluster {
             id: opts.id,
             secret: opts.secret,
             http,
             timings: t,
             write_timeout: opts.write_timeout,
-            changed,
+            config: Arc::new(config),
+            pool,
+            bootstrap: opts.bootstrap,
+            seat,
+            member: Default::default(),
+            serving: tokio::sync::watch::channel(None).0,
+            changed: Arc::new(tokio::sync::watch::channel(0).0),
             admin_lock: tokio::sync::Mutex::new(()),
+            relay_client: Default::default(),
+        }))
+    }
+
+    /// Takes part in the region's seat until `stop`: runs the Raft member while this process
+    /// holds the seat (from the durable state in Postgres), stops it when the seat is lost,
+    /// and gives the seat up if the member fails. Follows the replicated tables (applied here
+    /// or by another process) for [`Cluster::subscribe`]. On `stop`, the member is shut down
+    /// before the seat is released.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let seat_stop = CancellationToken::new();
+        let seat = self.seat.clone();
+        let seat_task = tokio::spawn({
+            let stop = seat_stop.clone();
+            async move { seat.run(stop).await }
         });
-        if let Some(members) = opts.bootstrap {
-            cluster.initialize(members).await?;
+        let listen = tokio::spawn(follow_applied(self.pool.clone(), self.changed.clone(), stop.clone()));
+        let mut state = self.seat.subscribe();
+        loop {
+            let s = state.borrow_and_update().clone();
+            let serving = *self.serving.borrow();
+            match s {
+                SeatState::Holding { epoch } if serving != Some(epoch) => {
+                    self.stop_member().await;
+                    if let Err(e) = self.start_member(epoch).await {
+                        tracing::error!(event = "raft_member_failed", epoch, error = %e, "could not start the Raft member; giving the seat up");
+                        self.seat.release();
+                    }
+                }
+                SeatState::Standby { .. } if serving.is_some() => self.stop_member().await,
+                _ => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                r = state.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if let Some(raft) = self.raft() {
+                        if let Err(e) = &raft.metrics().borrow().running_state {
+                            tracing::error!(event = "raft_member_stopped", error = %e, "the Raft member stopped; giving the seat up");
+                            self.seat.release();
+                        }
+                    }
+                }
+            }
         }
-        Ok(cluster)
+        self.stop_member().await;
+        seat_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), seat_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), listen).await;
+    }
+
+    async fn start_member(&self, epoch: u64) -> anyhow::Result<()> {
+        let fence = Fence(epoch);
+        let sm = PgStateMachine::new(self.pool.clone(), fence);
+        let mut applied = sm.subscribe();
+        let network = HttpNetwork::new(self.http.clone(), self.secret.clone());
+        // A member that takes over from another process must not start an election before
+        // the leader has had a chance to reach it at the region's URL: that would change the
+        // cluster's term for nothing. Elections start disabled, and are enabled once a leader
+        // is seen, at once in a cluster of this region alone, or after two election timeouts.
+        let config = Arc::new(openraft::Config { enable_elect: false, ..(*self.config).clone() });
+        let raft = Raft::new(self.id, config, network, PgLogStore::new(self.pool.clone(), fence), sm).await?;
+        tokio::spawn({
+            let (raft, id) = (raft.clone(), self.id);
+            let grace = Duration::from_millis(self.timings.election_timeout_max_ms * 2);
+            async move {
+                let alone = |m: &openraft::RaftMetrics<NodeId, Region>| {
+                    let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+                    voters == [id]
+                };
+                let _ = raft
+                    .wait(Some(grace))
+                    .metrics(|m| m.current_leader.is_some_and(|l| l != id) || alone(m), "a leader, or no other voter")
+                    .await;
+                raft.runtime_config().elect(true);
+            }
+        });
+        let changed = self.changed.clone();
+        tokio::spawn(async move {
+            while applied.changed().await.is_ok() {
+                changed.send_modify(|n| *n += 1);
+            }
+        });
+        *self.member.write().unwrap() = Some(raft);
+        self.serving.send_replace(Some(epoch));
+        tracing::info!(event = "raft_member_started", epoch, region_id = self.id, "this process runs the region's Raft member");
+        if let Some(members) = self.bootstrap.clone() {
+            self.initialize(members).await?;
+        }
+        Ok(())
+    }
+
+    async fn stop_member(&self) {
+        let raft = self.member.write().unwrap().take();
+        self.serving.send_replace(None);
+        if let Some(raft) = raft {
+            let _ = tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await;
+            tracing::info!(event = "raft_member_stopped", region_id = self.id, "this process no longer runs the region's Raft member");
+        }
+    }
+
+    /// The Raft member, while this process holds the seat.
+    pub fn raft(&self) -> Option<Raft> {
+        self.member.read().unwrap().clone()
+    }
+
+    /// Sees the epoch of the member each time one starts or stops (`None`: no member).
+    pub fn serving(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.serving.subscribe()
+    }
+
+    pub fn seat(&self) -> &Arc<Seat> {
+        &self.seat
+    }
+
+    /// Whether this process runs the member and its lease is valid now (no IO).
+    pub(crate) fn serves(&self) -> bool {
+        self.member.read().unwrap().is_some() && self.seat.holds()
+    }
+
+    /// Whether the cluster has been initialized (`false` in a standby: only the holder
+    /// initializes).
+    pub async fn is_initialized(&self) -> bool {
+        match self.raft() {
+            Some(r) => r.is_initialized().await.unwrap_or(false),
+            None => false,
+        }
     }
 
     /// Initializes a new cluster with these voters if this region has no Raft state yet and
     /// has the lowest id among them (the others wait to be contacted). Returns whether it did.
     pub async fn initialize(&self, members: BTreeMap<NodeId, Region>) -> anyhow::Result<bool> {
         anyhow::ensure!(members.contains_key(&self.id), "the initial voters must include this region (id {})", self.id);
-        if self.raft.is_initialized().await? || members.keys().next() != Some(&self.id) {
+        let raft = self.raft().ok_or_else(|| anyhow::anyhow!("this process does not hold the region's Raft seat"))?;
+        if raft.is_initialized().await? || members.keys().next() != Some(&self.id) {
             return Ok(false);
         }
         tracing::info!(event = "raft_initialize", voters = ?members.keys().collect::<Vec<_>>(), "initializing a new cluster");
-        self.raft.initialize(members).await?;
+        raft.initialize(members).await?;
         Ok(true)
     }
 
-    /// Sees a new value whenever applied entries changed the replicated tables.
+    /// Sees a new value whenever applied entries changed the replicated tables (applied by
+    /// this process or, announced through Postgres, by the region's seat holder).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changed.clone()
+        self.changed.subscribe()
     }
 
     pub fn secret(&self) -> &ClusterSecret {
@@ -242,9 +393,12 @@ impl Cluster {
         let deadline = Instant::now() + self.write_timeout;
         let mut last = String::from("no attempt");
         loop {
-            let (leader, leader_node) = self.leader()?;
+            let Some(raft) = self.raft() else {
+                return self.via_holder::<WriteReply>(path::WRITE, &cmd, deadline).await.map(|r| (r.index, r.applied));
+            };
+            let (leader, leader_node) = leader_of(&raft, self.timings)?;
             match leader {
-                Some(l) if l == self.id => match tokio::time::timeout(left(deadline), self.raft.client_write(cmd.clone())).await {
+                Some(l) if l == self.id => match tokio::time::timeout(left(deadline), raft.client_write(cmd.clone())).await {
                     Ok(Ok(r)) => return Ok((r.log_id.index, r.data)),
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => last = "leadership moved".into(),
                     Ok(Err(e)) => return Err(ClusterError::Unavailable(format!("raft write failed: {e}"))),
@@ -260,16 +414,16 @@ impl Cluster {
                 }
                 Some(l) => {
                     let Some(node) = leader_node else { return Err(ClusterError::NoLeader(format!("leader {l} is not in the membership"))) };
-                    match self.forward::<WriteReply>(&node, path::WRITE, &cmd, deadline).await {
+                    match self.forward::<WriteReply>(&Target::Region(&node), path::WRITE, &cmd, deadline).await {
                         Ok(r) => {
-                            self.wait_applied(r.index, deadline).await?;
+                            wait_applied(&raft, r.index, deadline).await?;
                             return Ok((r.index, r.applied));
                         }
                         Err(Forward::Retry(e)) => last = e,
                         Err(Forward::Fail(e)) => return Err(e),
                     }
                 }
-                None => self.wait_for_leader(deadline).await?,
+                None => self.wait_for_leader(&raft, deadline).await?,
             }
             if Instant::now() >= deadline {
                 return Err(ClusterError::Unavailable(format!("write not committed within {:?}: {last}", self.write_timeout)));
@@ -281,9 +435,13 @@ impl Cluster {
     /// Waits until this region has applied everything committed when it was called, as
     /// confirmed by the leader with a quorum (a linearizable read point).
     pub async fn read_barrier(&self) -> Result<(), ClusterError> {
+        let Some(raft) = self.raft() else {
+            // The holder waits until the region's Postgres has applied that far.
+            return self.via_holder::<()>(path::READ_BARRIER, &(), Instant::now() + self.write_timeout).await;
+        };
         let index = self.read_index(true).await?;
         if let Some(i) = index {
-            self.wait_applied(i, Instant::now() + self.write_timeout).await?;
+            wait_applied(&raft, i, Instant::now() + self.write_timeout).await?;
         }
         Ok(())
     }
@@ -291,10 +449,11 @@ impl Cluster {
     pub(crate) async fn read_index(&self, may_forward: bool) -> Result<Option<u64>, ClusterError> {
         let deadline = Instant::now() + self.write_timeout;
         loop {
-            let (leader, node) = self.leader()?;
+            let raft = self.raft().ok_or_else(|| ClusterError::NotSeatHolder("this process does not run the region's Raft member".into()))?;
+            let (leader, node) = leader_of(&raft, self.timings)?;
             match leader {
                 Some(l) if l == self.id => {
-                    return match tokio::time::timeout(left(deadline), self.raft.get_read_log_id()).await {
+                    return match tokio::time::timeout(left(deadline), raft.get_read_log_id()).await {
                         Ok(Ok((read, _))) => Ok(read.map(|l| l.index)),
                         Ok(Err(e)) => Err(ClusterError::Unavailable(format!("read index: {e}"))),
                         Err(_) => Err(ClusterError::Unavailable("the leader could not confirm its quorum in time".into())),
@@ -303,14 +462,14 @@ impl Cluster {
                 Some(l) if !may_forward => return Err(ClusterError::NotLeader(format!("region {l} is the leader"))),
                 Some(_) => {
                     let Some(node) = node else { return Err(ClusterError::NoLeader("leader unknown".into())) };
-                    match self.forward::<ReadIndexReply>(&node, path::READ_INDEX, &(), deadline).await {
+                    match self.forward::<ReadIndexReply>(&Target::Region(&node), path::READ_INDEX, &(), deadline).await {
                         Ok(r) => return Ok(r.index),
                         Err(Forward::Fail(e)) => return Err(e),
                         Err(Forward::Retry(_)) if Instant::now() < deadline => {}
                         Err(Forward::Retry(e)) => return Err(ClusterError::Unavailable(e)),
                     }
                 }
-                None => self.wait_for_leader(deadline).await?,
+                None => self.wait_for_leader(&raft, deadline).await?,
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -324,26 +483,27 @@ impl Cluster {
     pub(crate) async fn admin_inner(&self, op: AdminOp, may_forward: bool) -> Result<(), ClusterError> {
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let (leader, node) = self.leader()?;
+            let Some(raft) = self.raft() else { return self.via_holder::<()>(path::ADMIN, &op, deadline).await };
+            let (leader, node) = leader_of(&raft, self.timings)?;
             match leader {
-                Some(l) if l == self.id => return self.admin_here(op).await,
+                Some(l) if l == self.id => return self.admin_here(&raft, op).await,
                 Some(l) if !may_forward => return Err(ClusterError::NotLeader(format!("region {l} is the leader"))),
                 Some(_) => {
                     let Some(node) = node else { return Err(ClusterError::NoLeader("leader unknown".into())) };
-                    match self.forward::<()>(&node, path::ADMIN, &op, deadline).await {
+                    match self.forward::<()>(&Target::Region(&node), path::ADMIN, &op, deadline).await {
                         Ok(()) => return Ok(()),
                         Err(Forward::Fail(e)) => return Err(e),
                         Err(Forward::Retry(_)) if Instant::now() + Duration::from_secs(10) < deadline => {}
                         Err(Forward::Retry(e)) => return Err(ClusterError::Unavailable(e)),
                     }
                 }
-                None => self.wait_for_leader(Instant::now() + self.write_timeout).await?,
+                None => self.wait_for_leader(&raft, Instant::now() + self.write_timeout).await?,
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    async fn admin_here(&self, op: AdminOp) -> Result<(), ClusterError> {
+    async fn admin_here(&self, raft: &Raft, op: AdminOp) -> Result<(), ClusterError> {
         let _one_at_a_time = self.admin_lock.lock().await;
         let unavailable = |what: &str, e: &dyn std::fmt::Display| ClusterError::Unavailable(format!("{what}: {e}"));
         match op {
@@ -356,12 +516,11 @@ impl Cluster {
                     other => return Err(ClusterError::Refused(format!("region {} refused: {other:?}", region.name))),
                 }
                 tracing::info!(event = "region_add", region_id = id, region = %region.name, "adding a region as a learner");
-                let added = self.raft.add_learner(id, region.clone(), false).await.map_err(|e| unavailable("add learner", &e))?;
+                let added = raft.add_learner(id, region.clone(), false).await.map_err(|e| unavailable("add learner", &e))?;
                 // Catch up: the learner must hold everything the log had when it joined (its
                 // own learner entry included) before it may vote.
                 let target = added.log_id.index;
-                let caught_up = self
-                    .raft
+                let caught_up = raft
                     .wait(Some(Duration::from_secs(240)))
                     .metrics(
                         |m| m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).is_some_and(|l| l.index >= target),
@@ -375,7 +534,7 @@ impl Cluster {
                     )));
                 }
                 tracing::info!(event = "region_caught_up", region_id = id, index = target, "learner caught up");
-                self.raft
+                raft
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
                     .map_err(|e| unavailable("promote to voter", &e))?;
@@ -383,15 +542,15 @@ impl Cluster {
                 Ok(())
             }
             AdminOp::RemoveRegion { id } => {
-                let m = self.raft.metrics().borrow().membership_config.clone();
+                let m = raft.metrics().borrow().membership_config.clone();
                 let is_voter = m.membership().voter_ids().any(|v| v == id);
                 if is_voter {
-                    self.raft
+                    raft
                         .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                         .await
                         .map_err(|e| unavailable("remove voter", &e))?;
                 } else if m.membership().get_node(&id).is_some() {
-                    self.raft
+                    raft
                         .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                         .await
                         .map_err(|e| unavailable("remove learner", &e))?;
@@ -406,9 +565,11 @@ impl Cluster {
         }
     }
 
-    /// This region's view of the group, from openraft's metrics (no IO).
-    pub fn status(&self) -> RaftStatus {
-        let m = self.raft.metrics().borrow().clone();
+    /// This region's view of the group, from openraft's metrics (no IO); `None` in a process
+    /// that does not run the member.
+    pub fn status(&self) -> Option<RaftStatus> {
+        let raft = self.raft()?;
+        let m = raft.metrics().borrow().clone();
         let role = match m.state {
             ServerState::Leader => Role::Leader,
             ServerState::Follower => Role::Follower,
@@ -417,7 +578,7 @@ impl Cluster {
             ServerState::Shutdown => Role::Shutdown,
         };
         let membership = m.membership_config.membership();
-        RaftStatus {
+        Some(RaftStatus {
             id: m.id,
             role,
             term: m.current_term,
@@ -427,64 +588,128 @@ impl Cluster {
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
             matched: m.replication.map(|r| r.into_iter().map(|(id, l)| (id, l.map(|l| l.index))).collect()),
-        }
+        })
     }
 
-    /// The leader as this region knows it, with its node. Fails when Raft has stopped.
-    fn leader(&self) -> Result<(Option<NodeId>, Option<Region>), ClusterError> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        if let Err(e) = &m.running_state {
-            return Err(ClusterError::Unavailable(format!("raft stopped: {e}")));
-        }
-        if m.state == ServerState::Leader {
-            // A leader that has not heard from a quorum for an election timeout is likely cut
-            // off; answering now beats a write that would wait for the full timeout.
-            if let Some(ms) = m.millis_since_quorum_ack {
-                if ms > self.timings.election_timeout_max_ms && m.membership_config.membership().voter_ids().count() > 1 {
-                    return Err(ClusterError::NoLeader(format!(
-                        "this region leads but has not heard from a quorum for {ms} ms"
-                    )));
-                }
-            }
-        }
-        let node = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-        Ok((m.current_leader, node))
-    }
-
-    async fn wait_for_leader(&self, deadline: Instant) -> Result<(), ClusterError> {
+    async fn wait_for_leader(&self, raft: &Raft, deadline: Instant) -> Result<(), ClusterError> {
         // At most one election's worth: longer means there is no quorum to elect one.
         let wait = left(deadline).min(Duration::from_millis(self.timings.election_timeout_max_ms * 2));
-        self.raft
-            .wait(Some(wait))
+        raft.wait(Some(wait))
             .metrics(|m| m.current_leader.is_some(), "a leader")
             .await
             .map(|_| ())
             .map_err(|_| ClusterError::NoLeader(format!("no region has been leader for {wait:?}: a quorum of regions is unreachable")))
     }
 
-    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ClusterError> {
-        self.raft
-            .wait(Some(left(deadline)))
-            .applied_index_at_least(Some(index), "applied here")
-            .await
-            .map(|_| ())
-            .map_err(|_| ClusterError::Unavailable(format!("entry {index} is committed but not yet applied in this region; retry")))
+    /// Sends a standby's operation to the region's seat holder, retrying while no process
+    /// holds it (a takeover in progress) until `deadline`.
+    async fn via_holder<R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        deadline: Instant,
+    ) -> Result<R, ClusterError> {
+        let me = &self.seat.options().process;
+        let mut last;
+        loop {
+            match self.seat.holder() {
+                Some(h) if &h.name != me => match self.forward::<R>(&Target::Holder(&h), path, body, deadline).await {
+                    Ok(r) => return Ok(r),
+                    Err(Forward::Retry(e)) => last = e,
+                    Err(Forward::Fail(e)) => return Err(e),
+                },
+                _ => last = String::from("no process of this region holds its Raft seat (a takeover in progress?)"),
+            }
+            if Instant::now() + Duration::from_millis(100) >= deadline {
+                return Err(ClusterError::NoLeader(last));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
+    /// The client that reaches `h` (its URL's host pinned to its address, when it has one, so
+    /// that TLS checks the region's certificate name).
+    fn client_for(&self, h: &Holder) -> reqwest::Client {
+        let Some(addr) = h.addr else { return self.http.clone() };
+        let mut cached = self.relay_client.lock().unwrap();
+        if let Some((for_holder, c)) = cached.as_ref() {
+            if for_holder.url == h.url && for_holder.addr == h.addr {
+                return c.clone();
+            }
+        }
+        let host = reqwest::Url::parse(&h.url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+        let c = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(self.timings.election_timeout_min_ms))
+            .resolve(&host, addr)
+            .build()
+            .unwrap_or_else(|_| self.http.clone());
+        *cached = Some((h.clone(), c.clone()));
+        c
+    }
+
+    /// Relays a request that reached this process (not the seat holder) to the holder, once.
+    pub(crate) async fn relay(&self, to: &Holder, req: axum::extract::Request) -> axum::response::Response {
+        use axum::http::{header, StatusCode};
+        use axum::response::IntoResponse;
+        let (parts, body) = req.into_parts();
+        let body = match axum::body::to_bytes(body, crate::api::MAX_BODY).await {
+            Ok(b) => b,
+            Err(e) => return (StatusCode::BAD_REQUEST, format!("reading the request to relay: {e}")).into_response(),
+        };
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let mut r = self
+            .client_for(to)
+            .request(parts.method, format!("{}{pq}", to.url.trim_end_matches('/')))
+            .header(RELAYED, "1")
+            .timeout(Duration::from_secs(60))
+            .body(body);
+        for h in [header::AUTHORIZATION.as_str(), header::CONTENT_TYPE.as_str(), FORWARDED] {
+            if let Some(v) = parts.headers.get(h) {
+                r = r.header(h, v);
+            }
+        }
+        let unavailable = |e: &dyn std::fmt::Display| {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("relaying to the region's seat holder {}: {e}", to.name)).into_response()
+        };
+        match r.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let ct = resp.headers().get(header::CONTENT_TYPE).cloned();
+                match resp.bytes().await {
+                    Ok(bytes) => {
+                        let mut out = (status, bytes).into_response();
+                        if let Some(ct) = ct {
+                            out.headers_mut().insert(header::CONTENT_TYPE, ct);
+                        }
+                        out
+                    }
+                    Err(e) => unavailable(&e),
+                }
+            }
+            Err(e) => unavailable(&e),
+        }
+    }
+
+    /// Sends an operation to the leader's region (marked forwarded: it is not forwarded again)
+    /// or to this region's seat holder (not marked: the holder forwards it to the leader).
     async fn forward<R: serde::de::DeserializeOwned>(
         &self,
-        to: &Region,
+        to: &Target<'_>,
         path: &str,
         body: &impl Serialize,
         deadline: Instant,
     ) -> Result<R, Forward> {
-        let url = format!("{}{path}", to.raft_addr.trim_end_matches('/'));
-        let resp = self
-            .http
-            .post(&url)
+        let (req, name) = match to {
+            Target::Region(r) => {
+                (self.http.post(format!("{}{path}", r.raft_addr.trim_end_matches('/'))).header(FORWARDED, "1"), format!("leader {}", r.name))
+            }
+            Target::Holder(h) => (
+                self.client_for(h).post(format!("{}{path}", h.url.trim_end_matches('/'))).header(RELAYED, "1"),
+                format!("seat holder {}", h.name),
+            ),
+        };
+        let resp = req
             .bearer_auth(self.secret.expose())
-            .header(FORWARDED, "1")
             .timeout(left(deadline).max(Duration::from_millis(1)))
             .json(body)
             .send()
@@ -492,12 +717,9 @@ impl Cluster {
         let resp = match resp {
             Ok(r) => r,
             // Not sent: safe to try again (perhaps at a new leader).
-            Err(e) if e.is_connect() => return Err(Forward::Retry(format!("leader {} unreachable: {e}", to.name))),
+            Err(e) if e.is_connect() => return Err(Forward::Retry(format!("{name} unreachable: {e}"))),
             Err(e) => {
-                return Err(Forward::Fail(ClusterError::Unavailable(format!(
-                    "forwarding to leader {}: {e}; the outcome is unknown, retry",
-                    to.name
-                ))))
+                return Err(Forward::Fail(ClusterError::Unavailable(format!("forwarding to {name}: {e}; the outcome is unknown, retry"))))
             }
         };
         let status = resp.status();
@@ -506,10 +728,10 @@ impl Cluster {
         }
         let text = resp.text().await.unwrap_or_default();
         match status.as_u16() {
-            // The leader moved before the request arrived: nothing was proposed.
-            409 => Err(Forward::Retry(text)),
+            // The leader moved, or the seat did, before the request arrived: nothing was proposed.
+            409 | 421 => Err(Forward::Retry(text)),
             400 => Err(Forward::Fail(ClusterError::Refused(text))),
-            _ => Err(Forward::Fail(ClusterError::Unavailable(format!("leader {} answered {status}: {text}", to.name)))),
+            _ => Err(Forward::Fail(ClusterError::Unavailable(format!("{name} answered {status}: {text}")))),
         }
     }
 }
@@ -517,6 +739,71 @@ impl Cluster {
 enum Forward {
     Retry(String),
     Fail(ClusterError),
+}
+
+/// Where [`Cluster::forward`] sends an operation.
+enum Target<'a> {
+    /// The leader's region, at its internal URL.
+    Region(&'a Region),
+    /// This region's seat holder, at its own internal listener.
+    Holder(&'a Holder),
+}
+
+/// The leader as `raft` knows it, with its node. Fails when Raft has stopped, or when this
+/// region leads but has not heard from a quorum for an election timeout (likely cut off:
+/// answering now beats a write that would wait for the full timeout).
+fn leader_of(raft: &Raft, timings: Timings) -> Result<(Option<NodeId>, Option<Region>), ClusterError> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    if let Err(e) = &m.running_state {
+        return Err(ClusterError::Unavailable(format!("raft stopped: {e}")));
+    }
+    if m.state == ServerState::Leader {
+        if let Some(ms) = m.millis_since_quorum_ack {
+            if ms > timings.election_timeout_max_ms && m.membership_config.membership().voter_ids().count() > 1 {
+                return Err(ClusterError::NoLeader(format!("this region leads but has not heard from a quorum for {ms} ms")));
+            }
+        }
+    }
+    let node = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+    Ok((m.current_leader, node))
+}
+
+async fn wait_applied(raft: &Raft, index: u64, deadline: Instant) -> Result<(), ClusterError> {
+    raft.wait(Some(left(deadline)))
+        .applied_index_at_least(Some(index), "applied here")
+        .await
+        .map(|_| ())
+        .map_err(|_| ClusterError::Unavailable(format!("entry {index} is committed but not yet applied in this region; retry")))
+}
+
+/// Bumps `changed` whenever the region's seat holder announces applied entries through
+/// Postgres (`LISTEN`), so that a standby's services follow the replicated tables too.
+/// Reconnects after a lost connection (and bumps once, for what it may have missed).
+async fn follow_applied(pool: PgPool, changed: Arc<tokio::sync::watch::Sender<u64>>, stop: CancellationToken) {
+    loop {
+        let listener = async {
+            let mut l = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            l.listen(crate::store::state_machine::APPLIED_CHANNEL).await?;
+            changed.send_modify(|n| *n += 1);
+            loop {
+                l.recv().await?;
+                changed.send_modify(|n| *n += 1);
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener => if let Err(e) = r {
+                tracing::debug!(event = "applied_listen_lost", error = %e, "lost the applied-entries listener; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 fn left(deadline: Instant) -> Duration {

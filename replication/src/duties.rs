@@ -66,7 +66,7 @@ pub async fn collect_garbage(pool: PgPool, cluster: Arc<Cluster>, grace: Duratio
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        if cluster.status().role != Role::Leader {
+        if cluster.status().is_none_or(|s| s.role != Role::Leader) {
             continue;
         }
         // Chosen once, here, and carried in the entries: every region applies the same cut-off.

@@ -1,6 +1,6 @@
 //! afreg's replication layer: what the regions agree on, and where each region keeps it.
 //!
-//! Every region runs one Raft node. The replicated state is the registry's metadata (which
+//! Every region runs one Raft node, in whichever of its processes holds the region's seat. The replicated state is the registry's metadata (which
 //! repositories, blobs, manifests, tags, users and regions exist); blob bytes never go through
 //! Raft, only their digest → CID mapping does. Each region keeps both the Raft log and the
 //! state machine in its own PostgreSQL, in the tables of `migrations/`.
@@ -24,6 +24,8 @@
 //!   behind the [`secret`] (cluster secret).
 //! - [`cluster`]: [`Cluster`], one region's handle: start, replicate a write (forwarding to the
 //!   leader), linearizable read point, membership changes, status.
+//! - [`seat`]: which of the region's processes runs its Raft member (an advisory lock, a
+//!   lease and an epoch in Postgres), and the [`Fence`] every storage write checks.
 //! - [`pinner`]: keeps every blob CID pinned in the region's Kubo; [`duties`]: announcing the
 //!   region in the region list, and garbage collection on the leader.
 //! - [`store::pins`], [`store::regions`], [`store::gc`]: the SQL of the pinner (and the
@@ -45,13 +47,15 @@ pub mod cluster;
 pub mod duties;
 pub mod network;
 pub mod pinner;
+pub mod seat;
 pub mod secret;
 pub mod store;
 pub mod types;
 
 pub use cluster::{AdminOp, Cluster, ClusterError, ClusterOptions, RaftStatus, Role, Timings};
 pub use secret::ClusterSecret;
-pub use store::{PgLogStore, PgSnapshotBuilder, PgStateMachine};
+pub use seat::{Seat, SeatOptions, SeatState};
+pub use store::{Fence, PgLogStore, PgSnapshotBuilder, PgStateMachine};
 pub use types::{Applied, Command, Region};
 
 /// A region's Raft node id. Ids are never reused: a removed region stays in `regions` as a

@@ -114,6 +114,16 @@ impl Api {
         })
     }
 
+    /// Opens an upload session (`POST …/blobs/uploads/`); asserts 202 and returns its
+    /// Location, a path on the node.
+    pub fn start_upload(&self, repo: &str) -> String {
+        let r = self.call(Method::POST, &format!("/v2/{repo}/blobs/uploads/"), |r| r);
+        r.expect_status(202);
+        let loc = r.header("location").unwrap_or_else(|| panic!("{}: 202 without Location", r.what)).to_owned();
+        assert!(loc.starts_with(&format!("/v2/{repo}/blobs/uploads/")), "{}: Location {loc}", r.what);
+        loc
+    }
+
     /// `PUT` an OCI image manifest under `reference`.
     pub fn put_manifest(&self, repo: &str, reference: &str, body: &[u8]) -> Resp {
         let body = body.to_vec();

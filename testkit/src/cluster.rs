@@ -19,9 +19,30 @@ pub struct ClusterMember {
     pub id: u64,
     pub name: String,
     pub region: TestRegion,
+    /// The region's other `afreg serve` processes ([`TestCluster::add_process`]), on the same
+    /// Postgres, Kubo and internal port.
+    pub more: Vec<Node>,
 }
 
 impl ClusterMember {
+    /// Every process of the region: the first one, then the ones added.
+    pub fn processes(&self) -> impl Iterator<Item = &Node> {
+        std::iter::once(&self.region.node).chain(self.more.iter())
+    }
+
+    /// Process `i` (0 is the first one).
+    pub fn process(&self, i: usize) -> &Node {
+        self.processes().nth(i).unwrap_or_else(|| panic!("{} has no process {i}", self.name))
+    }
+
+    pub fn process_mut(&mut self, i: usize) -> &mut Node {
+        if i == 0 {
+            &mut self.region.node
+        } else {
+            &mut self.more[i - 1]
+        }
+    }
+
     pub fn node(&self) -> &Node {
         &self.region.node
     }
@@ -104,7 +125,7 @@ impl TestCluster {
                 cfg.config.cluster.bootstrap = bootstrap.clone();
             }
             let node = Node::start(bin, cfg);
-            regions.push(ClusterMember { id: i as u64 + 1, name: name.to_string(), region: TestRegion { node, kubo, pg } });
+            regions.push(ClusterMember { id: i as u64 + 1, name: name.to_string(), region: TestRegion { node, kubo, pg }, more: Vec::new() });
         }
         let c = TestCluster { bin: bin.to_path_buf(), regions };
         c.wait_converged(Duration::from_secs(60));
@@ -175,7 +196,34 @@ impl TestCluster {
         cfg.config.cluster.join = true;
         f(&mut cfg);
         let node = Node::start(&self.bin, cfg);
-        ClusterMember { id, name: name.to_owned(), region: TestRegion { node, kubo, pg } }
+        ClusterMember { id, name: name.to_owned(), region: TestRegion { node, kubo, pg }, more: Vec::new() }
+    }
+
+    /// The config of one more process of region `name`, named `process`: the first process's
+    /// config on its own public and metrics ports, sharing the region's Postgres, Kubo and
+    /// internal port. The region must have been started with `cluster.shared_listeners`.
+    pub fn process_config(&self, name: &str, process: &str) -> NodeConfig {
+        let first = self.region(name).node();
+        assert!(first.config().config.cluster.shared_listeners, "start {name} with cluster.shared_listeners to add processes");
+        let mut cfg = first.config().clone();
+        cfg.port = None;
+        cfg.internal_port = Some(first.internal_port());
+        cfg.config.cluster.process_name = process.to_owned();
+        cfg
+    }
+
+    /// Starts one more process of region `name` ([`TestCluster::process_config`]) and waits
+    /// until it is healthy.
+    pub fn add_process(&mut self, name: &str, process: &str) -> &Node {
+        let node = Node::start(&self.bin, self.process_config(name, process));
+        let r = self.region_mut(name);
+        r.more.push(node);
+        r.more.last().unwrap()
+    }
+
+    /// The binary the regions run.
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 }
 

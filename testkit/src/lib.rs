@@ -32,6 +32,7 @@ pub mod postgres;
 pub mod region;
 pub mod stream;
 pub mod tools;
+pub mod workload;
 
 pub use afreg_config::{Action, Config};
 pub use conformance::{run_conformance, ConformanceRun, Junit, JunitCase};

@@ -74,8 +74,15 @@ impl Keys {
             tracing::info!(event = "signing_key_created", path = %path.display(), "created a new token signing key");
         }
         let pem = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let key = RsaPrivateKey::from_pkcs8_pem(&pem)
-            .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
+        Self::from_pem(cfg, &pem)
+    }
+
+    /// The keys of a PEM RSA private key (PKCS#8 or PKCS#1).
+    pub fn from_pem(cfg: &AuthConfig, pem: &str) -> Result<Keys, KeyError> {
+        let path = &cfg.signing_key;
+        let err = |why: String| KeyError::Load { path: path.display().to_string(), why };
+        let key = RsaPrivateKey::from_pkcs8_pem(pem)
+            .or_else(|_| RsaPrivateKey::from_pkcs1_pem(pem))
             .map_err(|e| err(format!("not an RSA private key in PEM: {e}")))?;
         let pkcs8 = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| err(e.to_string()))?;
         let encoding = EncodingKey::from_rsa_pem(pkcs8.as_bytes()).map_err(|e| err(e.to_string()))?;

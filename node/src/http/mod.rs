@@ -200,10 +200,16 @@ async fn status(State(st): State<AppState>, uri: Uri) -> Response {
     }
     metrics::counter!("afreg_status_computed_total", "scope" => if local { "local" } else { "cluster" }).increment(1);
     let v = if local {
-        serde_json::to_value(crate::replica::local_status(&reg.cfg, reg.store.pool(), &reg.cluster).await).unwrap_or_default()
+        match crate::replica::local_status(&reg.cfg, reg.store.pool(), &reg.cluster).await {
+            Ok(s) => serde_json::to_value(s).unwrap_or_default(),
+            Err(e) => {
+                return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": e}))).into_response();
+            }
+        }
     } else {
         let regions = crate::replica::cluster_status(&reg.cfg, reg.store.pool(), &reg.cluster, &st.status.http).await;
-        serde_json::json!({"region": reg.cfg.cluster.region, "id": reg.cluster.id, "regions": regions})
+        serde_json::json!({"region": reg.cfg.cluster.region, "id": reg.cluster.id,
+            "process": crate::replica::process_name(&reg.cfg), "regions": regions})
     };
     *cached = Some((Instant::now(), v.clone()));
     axum::Json(v).into_response()

@@ -58,6 +58,19 @@ impl Limits {
     }
 }
 
+/// Binds a listener on `addr`; `shared` sets SO_REUSEPORT, so that several processes of a
+/// region on one host serve one port (the kernel spreads connections over them, and a
+/// process that exits leaves the others serving it).
+pub fn bind(addr: SocketAddr, shared: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    if shared {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Serves `app` on `listener` (over TLS when `tls` is set) within `limits` until `shutdown`
 /// completes, then drains for at most `limits.drain`. `name` labels the listener's metrics.
 pub async fn serve(

@@ -29,7 +29,6 @@ const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 /// What these tests do on a node beyond [`Api`]'s requests.
 trait Pushes {
     fn push_blob(&self, repo: &str, data: &[u8]) -> String;
-    fn start_upload(&self, repo: &str) -> String;
 }
 
 fn api(region: &TestRegion) -> Api {
@@ -41,15 +40,6 @@ impl Pushes for Api {
     fn push_blob(&self, repo: &str, data: &[u8]) -> String {
         self.post_blob(repo, data).expect_status(201);
         sha256_digest(data)
-    }
-
-    /// `POST …/blobs/uploads/`; asserts 202 and returns the session's `Location` (absolute path).
-    fn start_upload(&self, repo: &str) -> String {
-        let r = self.call(Method::POST, &format!("/v2/{repo}/blobs/uploads/"), |r| r);
-        r.expect_status(202);
-        let loc = r.header("location").unwrap_or_else(|| panic!("{}: 202 without Location", r.what)).to_owned();
-        assert!(loc.starts_with(&format!("/v2/{repo}/blobs/uploads/")), "{}: Location {loc}", r.what);
-        loc
     }
 }
 

@@ -15,5 +15,6 @@ mod hostile;
 mod limits;
 mod memory;
 mod private_swarm;
+mod seat;
 mod storage;
 mod tls;

@@ -14,19 +14,21 @@ use openraft::{CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, Optiona
 use sqlx::types::Json;
 use sqlx::PgPool;
 
-use super::{ensure_durable_commit, get_state, key, put_state, retrying, to_i64, to_u64, DbError};
+use super::{ensure_durable_commit, get_state, key, put_state, retrying, to_i64, to_u64, DbError, Fence};
 use crate::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 /// The Raft log of one region, in its Postgres.
 #[derive(Clone)]
 pub struct PgLogStore {
     pool: PgPool,
+    fence: Fence,
 }
 
 impl PgLogStore {
-    /// A log store over `pool`, whose database has `migrations/` applied.
-    pub fn new(pool: PgPool) -> Self {
-        PgLogStore { pool }
+    /// A log store over `pool`, whose database has `migrations/` applied, for the holder of
+    /// the region's Raft seat at `fence`'s epoch: every write checks it.
+    pub fn new(pool: PgPool, fence: Fence) -> Self {
+        PgLogStore { pool, fence }
     }
 
     async fn read_entries(&self, lo: u64, hi_exclusive: u64) -> Result<Vec<Entry>, DbError> {
@@ -60,6 +62,7 @@ impl PgLogStore {
 
     async fn write_vote(&self, vote: &Vote<NodeId>) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await?;
+        self.fence.check(&mut tx).await?;
         ensure_durable_commit(&mut tx).await?;
         put_state(&mut tx, key::VOTE, vote).await?;
         tx.commit().await?;
@@ -72,8 +75,11 @@ impl PgLogStore {
     }
 
     async fn write_committed(&self, committed: Option<LogId>) -> Result<(), DbError> {
-        let mut conn = self.pool.acquire().await?;
-        put_state(&mut conn, key::COMMITTED, &committed).await
+        let mut tx = self.pool.begin().await?;
+        self.fence.check(&mut tx).await?;
+        put_state(&mut tx, key::COMMITTED, &committed).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Inserts the entries in one durable transaction. An index already present is
@@ -94,6 +100,7 @@ impl PgLogStore {
             payload.push(serde_json::to_string(&e.payload)?);
         }
         let mut tx = self.pool.begin().await?;
+        self.fence.check(&mut tx).await?;
         ensure_durable_commit(&mut tx).await?;
         sqlx::query(
             "INSERT INTO raft_log (log_index, term, leader_node, payload)
@@ -113,6 +120,7 @@ impl PgLogStore {
 
     async fn delete_since(&self, index: u64) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await?;
+        self.fence.check(&mut tx).await?;
         ensure_durable_commit(&mut tx).await?;
         sqlx::query("DELETE FROM raft_log WHERE log_index >= $1").bind(to_i64(index)).execute(&mut *tx).await?;
         tx.commit().await?;
@@ -123,6 +131,7 @@ impl PgLogStore {
     /// log never has a hole between `last_purged` and the first entry.
     async fn delete_upto(&self, upto: LogId) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await?;
+        self.fence.check(&mut tx).await?;
         ensure_durable_commit(&mut tx).await?;
         put_state(&mut tx, key::LAST_PURGED, &upto).await?;
         sqlx::query("DELETE FROM raft_log WHERE log_index <= $1").bind(to_i64(upto.index)).execute(&mut *tx).await?;

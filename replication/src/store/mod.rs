@@ -3,7 +3,8 @@
 //!
 //! All SQL of the crate lives under this module. The small helpers here are shared by the log
 //! and the state machine: the `raft_state` key/value table, the durability guard, and the
-//! mapping of database errors onto openraft's [`StorageError`].
+//! mapping of database errors onto openraft's [`StorageError`], and the [`Fence`] every write
+//! checks.
 
 pub mod gc;
 pub mod log;
@@ -87,6 +88,24 @@ pub(crate) fn is_outage(e: &sqlx::Error) -> bool {
     }
 }
 
+/// The epoch a Raft member's storage was started with ([`crate::seat`]): every write checks it
+/// in its own transaction, so a process that lost the seat writes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence(pub u64);
+
+impl Fence {
+    /// Fails with [`DbError::Fenced`] unless the seat is still at this epoch. The row lock
+    /// (`FOR KEY SHARE`) makes a takeover wait for this transaction, and this transaction wait
+    /// for a takeover in progress and then see its epoch.
+    pub(crate) async fn check(self, tx: &mut PgConnection) -> Result<(), DbError> {
+        let now: i64 = sqlx::query_scalar("SELECT epoch FROM raft_seat FOR KEY SHARE").fetch_one(tx).await?;
+        if to_u64(now) != self.0 {
+            return Err(DbError::Fenced { ours: self.0, now: to_u64(now) });
+        }
+        Ok(())
+    }
+}
+
 /// Makes the current transaction's commit durable even if the server or role was configured
 /// with `synchronous_commit = off`, which could lose an acknowledged vote or log entry in a
 /// crash and break Raft's safety. Any other level (`local`, `on`, `remote_*`) is left alone.
@@ -107,6 +126,8 @@ pub(crate) enum DbError {
     Json(serde_json::Error),
     /// A stored value that cannot be right, e.g. a snapshot of an unknown format version.
     Corrupt(String),
+    /// Another process of the region took the Raft seat: this one may not write.
+    Fenced { ours: u64, now: u64 },
 }
 
 impl std::fmt::Display for DbError {
@@ -115,6 +136,9 @@ impl std::fmt::Display for DbError {
             DbError::Sql(e) => write!(f, "postgres: {e}"),
             DbError::Json(e) => write!(f, "json: {e}"),
             DbError::Corrupt(what) => write!(f, "corrupt raft data: {what}"),
+            DbError::Fenced { ours, now } => {
+                write!(f, "fenced: this process's Raft seat epoch {ours} is over; another process holds epoch {now}")
+            }
         }
     }
 }
@@ -124,7 +148,7 @@ impl std::error::Error for DbError {
         match self {
             DbError::Sql(e) => Some(e),
             DbError::Json(e) => Some(e),
-            DbError::Corrupt(_) => None,
+            DbError::Corrupt(_) | DbError::Fenced { .. } => None,
         }
     }
 }
@@ -144,6 +168,9 @@ impl From<serde_json::Error> for DbError {
 impl DbError {
     /// As openraft's error, saying what was being done to what.
     pub(crate) fn sto(self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> StorageError {
+        if let DbError::Fenced { ours, now } = self {
+            tracing::warn!(event = "raft_fenced", epoch = ours, current_epoch = now, "a Raft storage write was refused: this process lost the seat");
+        }
         StorageIOError::new(subject, verb, AnyError::new(&self)).into()
     }
 }

@@ -18,7 +18,7 @@ use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::snapshot::{self, SnapshotDoc, FORMAT_VERSION};
-use super::{apply, get_state, key, put_state, retrying, DbError};
+use super::{apply, get_state, key, put_state, retrying, DbError, Fence};
 use crate::types::{Applied, Region};
 use crate::{Entry, LogId, NodeId, StorageError, StoredMembership, TypeConfig};
 
@@ -28,6 +28,7 @@ type Meta = SnapshotMeta<NodeId, Region>;
 #[derive(Clone)]
 pub struct PgStateMachine {
     pool: PgPool,
+    fence: Fence,
     /// Bumped after every committed batch or installed snapshot: the region's services that
     /// follow the replicated tables (the pinner, the token keys) wait on it.
     changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
@@ -36,12 +37,14 @@ pub struct PgStateMachine {
 /// Builds a snapshot from a consistent read of the tables; runs alongside `apply`.
 pub struct PgSnapshotBuilder {
     pool: PgPool,
+    fence: Fence,
 }
 
 impl PgStateMachine {
-    /// A state machine over `pool`, whose database has `migrations/` applied.
-    pub fn new(pool: PgPool) -> Self {
-        PgStateMachine { pool, changed: std::sync::Arc::new(tokio::sync::watch::channel(0).0) }
+    /// A state machine over `pool`, whose database has `migrations/` applied, for the holder
+    /// of the region's Raft seat at `fence`'s epoch: every write checks it.
+    pub fn new(pool: PgPool, fence: Fence) -> Self {
+        PgStateMachine { pool, fence, changed: std::sync::Arc::new(tokio::sync::watch::channel(0).0) }
     }
 
     /// A receiver that sees a new value each time applied entries or an installed snapshot
@@ -65,6 +68,7 @@ impl PgStateMachine {
             return Ok(replies);
         }
         let mut tx = self.pool.begin().await.map_err(|e| (None, e.into()))?;
+        self.fence.check(&mut tx).await.map_err(|e| (None, e))?;
         let applied: Option<Option<LogId>> = get_state(&mut tx, key::LAST_APPLIED).await.map_err(|e| (None, e))?;
         let applied = applied.flatten();
         let mut last = None;
@@ -108,6 +112,9 @@ impl PgStateMachine {
         if let Some(m) = membership {
             put_state(&mut tx, key::LAST_MEMBERSHIP, &m).await.map_err(|e| (last, e))?;
         }
+        if last.is_some() {
+            notify_applied(&mut tx).await.map_err(|e| (last, e))?;
+        }
         tx.commit().await.map_err(|e| (last, e.into()))?;
         Ok(replies)
     }
@@ -121,10 +128,12 @@ impl PgStateMachine {
             )));
         }
         let mut tx = self.pool.begin().await?;
+        self.fence.check(&mut tx).await?;
         snapshot::restore(&mut tx, &doc.tables).await?;
         put_state(&mut tx, key::LAST_APPLIED, &meta.last_log_id).await?;
         put_state(&mut tx, key::LAST_MEMBERSHIP, &meta.last_membership).await?;
         save_snapshot(&mut tx, meta, data, true).await?;
+        notify_applied(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -134,6 +143,15 @@ impl PgStateMachine {
             sqlx::query_as("SELECT meta, data FROM raft_snapshot").fetch_optional(&self.pool).await?;
         Ok(row.map(|(meta, data)| Snapshot { meta: meta.0, snapshot: Box::new(Cursor::new(data)) }))
     }
+}
+
+/// The channel on which every applied batch or installed snapshot is announced, on commit, to
+/// the region's other processes (they follow the replicated tables without a state machine).
+pub const APPLIED_CHANNEL: &str = "afreg_applied";
+
+async fn notify_applied(tx: &mut PgConnection) -> Result<(), DbError> {
+    sqlx::query("SELECT pg_notify($1, '')").bind(APPLIED_CHANNEL).execute(tx).await?;
+    Ok(())
 }
 
 /// A database error that every region meets identically when applying the same entry to the
@@ -186,8 +204,10 @@ impl PgSnapshotBuilder {
             None => "empty".to_owned(),
         };
         let meta = Meta { last_log_id: last_applied, last_membership: doc.last_membership, snapshot_id };
-        let mut conn = self.pool.acquire().await?;
-        save_snapshot(&mut conn, &meta, &data, false).await?;
+        let mut tx = self.pool.begin().await?;
+        self.fence.check(&mut tx).await?;
+        save_snapshot(&mut tx, &meta, &data, false).await?;
+        tx.commit().await?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -231,7 +251,7 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        PgSnapshotBuilder { pool: self.pool.clone() }
+        PgSnapshotBuilder { pool: self.pool.clone(), fence: self.fence }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {

@@ -64,3 +64,14 @@ pub async fn dump(pool: &PgPool) -> BTreeMap<&'static str, String> {
     }
     out
 }
+
+/// The fence of the seat's current epoch: these tests own their database alone.
+pub async fn fence(pool: &PgPool) -> afreg_replication::Fence {
+    let epoch: i64 = sqlx::query_scalar("SELECT epoch FROM raft_seat").fetch_one(pool).await.expect("seat epoch");
+    afreg_replication::Fence(epoch as u64)
+}
+
+/// A state machine over `pool` at the seat's current epoch.
+pub async fn state_machine(pool: &PgPool) -> afreg_replication::PgStateMachine {
+    afreg_replication::PgStateMachine::new(pool.clone(), fence(pool).await)
+}

@@ -218,7 +218,7 @@ fn log_id(term: u64, index: u64) -> LogId {
 }
 
 async fn applied_id(pool: &PgPool) -> Option<LogId> {
-    PgStateMachine::new(pool.clone()).applied_state().await.unwrap().0
+    common::state_machine(&pool).await.applied_state().await.unwrap().0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,7 +226,7 @@ async fn the_state_after_the_log_is_what_each_command_says() {
     let pg = testkit::Postgres::start();
     let pool = common::fresh_db(&pg, "region_a").await;
     let (entries, want) = scenario();
-    let got = PgStateMachine::new(pool.clone()).apply(entries.clone()).await.unwrap();
+    let got = common::state_machine(&pool).await.apply(entries.clone()).await.unwrap();
     assert_replies(&got, &want);
 
     let d = common::dump(&pool).await;
@@ -255,11 +255,11 @@ async fn reapplying_after_a_crash_changes_nothing() {
     // Region A: the whole log in one batch, then a "restart" (new pool) and openraft hands
     // the same entries again, as after a crash before it recorded the apply.
     let a = common::fresh_db(&pg, "region_a").await;
-    PgStateMachine::new(a.clone()).apply(entries.clone()).await.unwrap();
+    common::state_machine(&a).await.apply(entries.clone()).await.unwrap();
     let before = common::dump(&a).await;
     a.close().await;
     let a = common::connect(&pg, "region_a").await;
-    let again = PgStateMachine::new(a.clone()).apply(entries.clone()).await.unwrap();
+    let again = common::state_machine(&a).await.apply(entries.clone()).await.unwrap();
     assert!(again.iter().all(|r| *r == Applied::AlreadyApplied), "{again:?}");
     assert_eq!(common::dump(&a).await, before);
 
@@ -270,7 +270,7 @@ async fn reapplying_after_a_crash_changes_nothing() {
     while start < entries.len() {
         let from = start.saturating_sub(2);
         let end = (start + 4).min(entries.len());
-        let got = PgStateMachine::new(b.clone()).apply(entries[from..end].to_vec()).await.unwrap();
+        let got = common::state_machine(&b).await.apply(entries[from..end].to_vec()).await.unwrap();
         assert!(got[..start - from].iter().all(|r| *r == Applied::AlreadyApplied));
         assert_replies(&got[start - from..], &want[start..end]);
         start = end;
@@ -283,7 +283,7 @@ async fn a_snapshot_carries_every_table_to_another_region() {
     let pg = testkit::Postgres::start();
     let (entries, _) = scenario();
     let a = common::fresh_db(&pg, "region_a").await;
-    let mut sm_a = PgStateMachine::new(a.clone());
+    let mut sm_a = common::state_machine(&a).await;
     sm_a.apply(entries.clone()).await.unwrap();
     let snap = sm_a.get_snapshot_builder().await.build_snapshot().await.unwrap();
     assert_eq!(snap.meta.last_log_id, Some(entries.last().unwrap().log_id));
@@ -294,7 +294,7 @@ async fn a_snapshot_carries_every_table_to_another_region() {
     // Region B is empty; region C has stale rows of its own that the install must replace.
     let b = common::fresh_db(&pg, "region_b").await;
     let c = common::fresh_db(&pg, "region_c").await;
-    PgStateMachine::new(c.clone())
+    common::state_machine(&c).await
         .apply(vec![Entry {
             log_id: log_id(1, 1),
             payload: EntryPayload::Normal(blob("stale/repo", "sha256:old", "bafkold", 3, T0)),
@@ -302,7 +302,7 @@ async fn a_snapshot_carries_every_table_to_another_region() {
         .await
         .unwrap();
     for pool in [&b, &c] {
-        let mut sm = PgStateMachine::new(pool.clone());
+        let mut sm = common::state_machine(&pool).await;
         let mut rx = sm.begin_receiving_snapshot().await.unwrap();
         rx.get_mut().extend_from_slice(&data);
         sm.install_snapshot(&snap.meta, rx).await.unwrap();
@@ -321,14 +321,14 @@ async fn a_snapshot_carries_every_table_to_another_region() {
         payload: EntryPayload::Normal(Command::DeleteTag { repo: "team/app".into(), tag: "latest".into() }),
     };
     let stale = Entry { log_id: log_id(1, 2), payload: EntryPayload::Blank };
-    let got = PgStateMachine::new(b.clone()).apply(vec![stale, next]).await.unwrap();
+    let got = common::state_machine(&b).await.apply(vec![stale, next]).await.unwrap();
     assert_eq!(got, vec![Applied::AlreadyApplied, Applied::Ok]);
 
     // A format this build does not know is refused, and nothing changes.
     let mut future = doc.clone();
     future["version"] = json!(2);
     let before = common::dump(&c).await;
-    let mut sm = PgStateMachine::new(c.clone());
+    let mut sm = common::state_machine(&c).await;
     let rx = Box::new(std::io::Cursor::new(serde_json::to_vec(&future).unwrap()));
     assert!(sm.install_snapshot(&snap.meta, rx).await.is_err());
     assert_eq!(common::dump(&c).await, before);
@@ -339,7 +339,7 @@ async fn commands_round_trip_through_the_log() {
     let pg = testkit::Postgres::start();
     let pool = common::fresh_db(&pg, "region_a").await;
     let (entries, _) = scenario();
-    let mut log = PgLogStore::new(pool.clone());
+    let mut log = PgLogStore::new(pool.clone(), common::fence(&pool).await);
     append(&mut log, &entries[..10]).await;
     append(&mut log, &entries[10..]).await;
     let mut reader = log.get_log_reader().await;
@@ -362,4 +362,50 @@ async fn commands_round_trip_through_the_log() {
 async fn append(log: &mut PgLogStore, entries: &[Entry]) {
     use openraft::storage::RaftLogStorageExt;
     log.blocking_append(entries.to_vec()).await.unwrap();
+}
+
+/// A store whose seat epoch is over (another process took the region's seat) writes
+/// nothing: not the log, the vote, the committed id, an applied entry or a snapshot. Each
+/// attempt fails, which stops openraft, and the database is as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_seat_epoch_is_over_writes_nothing() {
+    use openraft::Vote;
+    let pg = testkit::Postgres::start();
+    let pool = common::fresh_db(&pg, "region_a").await;
+    let (entries, _) = scenario();
+    let old = common::fence(&pool).await;
+    let mut log = PgLogStore::new(pool.clone(), old);
+    let mut sm = PgStateMachine::new(pool.clone(), old);
+    append(&mut log, &entries[..5]).await;
+    sm.apply(entries[..5].to_vec()).await.unwrap();
+
+    let now = afreg_replication::seat::claim_exclusively(&pool).await.unwrap();
+    assert_eq!(now, old.0 + 1);
+    let state = |q: &'static str| {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, String>(q).fetch_one(&pool).await.unwrap() }
+    };
+    let log_before = state("SELECT count(*)::text || '/' || coalesce(max(log_index), 0)::text FROM raft_log").await;
+    let raft_state_before = state("SELECT string_agg(key || '=' || value::text, ',' ORDER BY key) FROM raft_state").await;
+    let tables_before = common::dump(&pool).await;
+
+    use openraft::storage::RaftLogStorageExt;
+    assert!(log.blocking_append(entries[5..8].to_vec()).await.is_err(), "append after the epoch moved on");
+    assert!(log.save_vote(&Vote::new(9, 1)).await.is_err(), "vote after the epoch moved on");
+    assert!(log.save_committed(Some(entries[4].log_id)).await.is_err(), "committed id after the epoch moved on");
+    assert!(log.truncate(entries[2].log_id).await.is_err(), "truncate after the epoch moved on");
+    assert!(log.purge(entries[1].log_id).await.is_err(), "purge after the epoch moved on");
+    assert!(sm.apply(entries[5..8].to_vec()).await.is_err(), "apply after the epoch moved on");
+    let mut builder = sm.get_snapshot_builder().await;
+    assert!(builder.build_snapshot().await.is_err(), "snapshot after the epoch moved on");
+
+    assert_eq!(state("SELECT count(*)::text || '/' || coalesce(max(log_index), 0)::text FROM raft_log").await, log_before);
+    assert_eq!(state("SELECT string_agg(key || '=' || value::text, ',' ORDER BY key) FROM raft_state").await, raft_state_before);
+    assert_eq!(common::dump(&pool).await, tables_before);
+    let snapshots: i64 = sqlx::query_scalar("SELECT count(*) FROM raft_snapshot").fetch_one(&pool).await.unwrap();
+    assert_eq!(snapshots, 0);
+
+    // A store at the new epoch writes as before.
+    let mut log = PgLogStore::new(pool.clone(), afreg_replication::Fence(now));
+    append(&mut log, &entries[5..8]).await;
 }

@@ -18,7 +18,8 @@ impl StoreBuilder<TypeConfig, PgLogStore, PgStateMachine, ()> for PgStoreBuilder
     async fn build(&self) -> Result<((), PgLogStore, PgStateMachine), StorageError> {
         let name = format!("suite_{}", self.next.fetch_add(1, Ordering::SeqCst));
         let pool = common::fresh_db(&self.pg, &name).await;
-        Ok(((), PgLogStore::new(pool.clone()), PgStateMachine::new(pool)))
+        let fence = common::fence(&pool).await;
+        Ok(((), PgLogStore::new(pool.clone(), fence), PgStateMachine::new(pool, fence)))
     }
 }
 
