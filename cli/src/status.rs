@@ -1,5 +1,6 @@
 //! `afreg status`: every region's role, term, leader, applied index, lag, pin backlog and bytes
-//! replicated, from a region's public `/status`.
+//! replicated, and which of its processes holds its Raft seat at which epoch, from a region's
+//! public `/status`.
 
 use std::time::Duration;
 
@@ -28,14 +29,17 @@ pub async fn run(args: StatusArgs, load: impl FnOnce() -> anyhow::Result<Config>
         return Ok(());
     }
     println!(
-        "{:<4} {:<10} {:<10} {:>5} {:>7} {:>9} {:>5} {:>8} {:>14}  {}",
-        "ID", "REGION", "ROLE", "TERM", "LEADER", "APPLIED", "LAG", "PIN-Q", "REPLICATED-B", "URL"
+        "{:<4} {:<10} {:<10} {:>5} {:>7} {:>9} {:>5} {:>8} {:>14}  {:<16} {:>5}  {:<24} {}",
+        "ID", "REGION", "ROLE", "TERM", "LEADER", "APPLIED", "LAG", "PIN-Q", "REPLICATED-B", "SEAT-HOLDER", "EPOCH", "OTHER-PROCESSES", "URL"
     );
     let opt = |x: &serde_json::Value| if x.is_null() { "-".to_owned() } else { x.to_string().trim_matches('"').to_owned() };
     for r in v["regions"].as_array().into_iter().flatten() {
         let role = if r["reachable"] == true { opt(&r["role"]) } else { "unreachable".into() };
+        let holder = opt(&r["seat_holder"]);
+        let others: Vec<&str> =
+            r["processes"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).filter(|p| *p != holder).collect();
         println!(
-            "{:<4} {:<10} {:<10} {:>5} {:>7} {:>9} {:>5} {:>8} {:>14}  {}",
+            "{:<4} {:<10} {:<10} {:>5} {:>7} {:>9} {:>5} {:>8} {:>14}  {:<16} {:>5}  {:<24} {}",
             opt(&r["id"]),
             opt(&r["name"]),
             role,
@@ -45,6 +49,9 @@ pub async fn run(args: StatusArgs, load: impl FnOnce() -> anyhow::Result<Config>
             opt(&r["replication_lag"]),
             opt(&r["pin_backlog"]),
             opt(&r["replicated_bytes"]),
+            holder,
+            opt(&r["seat_epoch"]),
+            if others.is_empty() { "-".to_owned() } else { others.join(",") },
             opt(&r["url"]),
         );
     }

@@ -38,6 +38,11 @@ pub struct RegionFile {
     /// Regions this one joins (by name) when it is added to a running cluster.
     #[serde(default)]
     pub peers: Vec<String>,
+    /// `afreg serve` processes of the region (the SDL's `count`; `afreg up`'s default). They
+    /// share its Postgres and Kubo; one holds the region's Raft seat, the others serve the API
+    /// and take the seat over when it dies.
+    #[serde(default = "one_process")]
+    pub processes: u32,
     /// Ports used when the region runs on this machine (`afreg up`, tests).
     pub local: LocalPorts,
     /// How clients (and GeoDNS health checks) reach the registry at `hostnames.regional`.
@@ -49,6 +54,10 @@ pub struct RegionFile {
     /// the operator copies `tls.crt`/`tls.key` onto the registry's volume.
     #[serde(default)]
     pub acme: Option<RegionAcme>,
+}
+
+fn one_process() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -215,6 +224,16 @@ pub fn validate(regions: &[RegionFile]) -> Result<(), RegionError> {
         }
         if r.hostnames.global != regions[0].hostnames.global {
             return invalid(format!("region {}: every region must share one global hostname", r.name));
+        }
+        if r.processes == 0 {
+            return invalid(format!("region {}: processes must be at least 1", r.name));
+        }
+        if r.processes > 1 && r.acme.is_some() {
+            return invalid(format!(
+                "region {}: processes = {} needs certificate files (remove [acme]): each process would order its own \
+                 certificate from its own volume, and the CA's check can reach a process that did not make the challenge",
+                r.name, r.processes
+            ));
         }
         for svc in ["registry", "postgres", "kubo"] {
             if !r.placement.price.contains_key(svc) {

@@ -48,7 +48,16 @@ pub struct UpArgs {
     /// Added to every local port of the region files (to run beside something else).
     #[arg(long, default_value_t = 0)]
     pub port_shift: u16,
+    /// `afreg serve` processes per region (default: each region file's `processes`). They
+    /// share the region's Postgres, Kubo, public and internal ports; one holds the region's
+    /// Raft seat. Process i > 0 logs to `<region>/afreg-<i>.log` and serves `/metrics` on the
+    /// region's metrics port + 100 × i.
+    #[arg(long)]
+    pub processes: Option<u32>,
 }
+
+/// How far apart the metrics ports of one region's processes are.
+const METRICS_PORT_STEP: u16 = 100;
 
 /// One region on this machine: its directory and its (shifted) ports.
 struct LocalRegion {
@@ -60,10 +69,13 @@ struct LocalRegion {
     metrics: u16,
     postgres: u16,
     kubo: KuboPorts,
+    processes: u32,
 }
 
 impl LocalRegion {
-    fn new(r: &RegionFile, data: &Path, shift: u16) -> anyhow::Result<LocalRegion> {
+    fn new(r: &RegionFile, data: &Path, shift: u16, processes: Option<u32>) -> anyhow::Result<LocalRegion> {
+        let processes = processes.unwrap_or(r.processes);
+        anyhow::ensure!(processes >= 1, "region {}: --processes must be at least 1", r.name);
         let p = |port: u16| {
             let name = &r.name;
             port.checked_add(shift).ok_or_else(|| anyhow!("region {name}: port {port} + --port-shift {shift} is over 65535"))
@@ -77,7 +89,22 @@ impl LocalRegion {
             metrics: p(r.local.metrics)?,
             postgres: p(r.local.postgres)?,
             kubo: KuboPorts { api: p(r.local.kubo_api)?, gateway: p(r.local.kubo_gateway)?, swarm: p(r.local.kubo_swarm)? },
+            processes,
         })
+    }
+    /// Process `i`'s log (process 0 keeps the region's `afreg.log`).
+    fn process_log(&self, i: u32) -> PathBuf {
+        if i == 0 {
+            self.log()
+        } else {
+            self.dir.join(format!("afreg-{i}.log"))
+        }
+    }
+    fn process_metrics(&self, i: u32) -> anyhow::Result<u16> {
+        (i as u16)
+            .checked_mul(METRICS_PORT_STEP)
+            .and_then(|d| self.metrics.checked_add(d))
+            .ok_or_else(|| anyhow!("region {}: process {i}'s metrics port is over 65535", self.name))
     }
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.registry)
@@ -100,16 +127,17 @@ impl LocalRegion {
     fn log(&self) -> PathBuf {
         self.dir.join("afreg.log")
     }
-    fn ports(&self) -> [(u16, &'static str); 7] {
-        [
+    fn ports(&self) -> Vec<(u16, &'static str)> {
+        let mut ports = vec![
             (self.registry, "registry"),
             (self.internal, "internal"),
-            (self.metrics, "metrics"),
             (self.postgres, "postgres"),
             (self.kubo.api, "kubo_api"),
             (self.kubo.swarm, "kubo_swarm"),
             (self.kubo.gateway, "kubo_gateway"),
-        ]
+        ];
+        ports.extend((0..self.processes).filter_map(|i| self.process_metrics(i).ok()).map(|p| (p, "metrics")));
+        ports
     }
 
     /// The node's configuration: loopback listeners, this region's Postgres and Kubo, anonymous
@@ -162,8 +190,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut stop = StopSignals::new()?;
     let regions = afreg_deploy::regions::load_dir(&args.regions)
         .with_context(|| format!("reading the region files in {}", args.regions.display()))?;
-    let locals_under =
-        |data: &Path| regions.iter().map(|r| LocalRegion::new(r, data, args.port_shift)).collect::<anyhow::Result<Vec<_>>>();
+    let locals_under = |data: &Path| {
+        regions.iter().map(|r| LocalRegion::new(r, data, args.port_shift, args.processes)).collect::<anyhow::Result<Vec<_>>>()
+    };
     check_ports_free(&locals_under(&args.data)?)?;
     let data = prepare_data_dir(&args.data)?;
     let locals = locals_under(&data)?;
@@ -222,9 +251,20 @@ async fn start_all(
     }
     for l in locals {
         write_config(l, locals, secret_file).with_context(|| format!("region {}: writing {}", l.name, l.config().display()))?;
-        running.nodes.push(start_node(l)?);
+        running.nodes.push(start_node(l, 0)?);
     }
     for (l, node) in locals.iter().zip(running.nodes.iter_mut()) {
+        wait_healthy(l, &mut node.child).await?;
+    }
+    // The other processes once the first has created the region's keys.
+    let first_extra = running.nodes.len();
+    for l in locals {
+        for i in 1..l.processes {
+            running.nodes.push(start_node(l, i)?);
+        }
+    }
+    let extra = locals.iter().flat_map(|l| (1..l.processes).map(move |_| l));
+    for (l, node) in extra.zip(running.nodes[first_extra..].iter_mut()) {
         wait_healthy(l, &mut node.child).await?;
     }
     wait_leader(locals).await?;
@@ -353,9 +393,11 @@ fn write_config(l: &LocalRegion, all: &[LocalRegion], secret_file: &Path) -> any
     Ok(())
 }
 
-/// `afreg serve --config <dir>/afreg.toml`, output appended to `<dir>/afreg.log`.
-fn start_node(l: &LocalRegion) -> anyhow::Result<Proc> {
-    let log = append_log(&l.log())?;
+/// Process `i` of the region: `afreg serve --config <dir>/afreg.toml`, output appended to
+/// its log. With several processes, each is named `<region>-<i>`, has its own metrics port,
+/// and shares the region's public and internal ports (`cluster.shared_listeners`).
+fn start_node(l: &LocalRegion, i: u32) -> anyhow::Result<Proc> {
+    let log = append_log(&l.process_log(i))?;
     let exe = std::env::current_exe().context("locating the afreg binary")?;
     let mut c = Command::new(exe);
     c.arg("serve")
@@ -372,8 +414,14 @@ fn start_node(l: &LocalRegion) -> anyhow::Result<Proc> {
             c.env_remove(k);
         }
     }
-    let child = c.spawn().with_context(|| format!("region {}: spawning afreg serve", l.name))?;
-    Ok(Proc { region: l.name.clone(), log: l.log(), child, exited: false })
+    if l.processes > 1 {
+        c.env("AFREG_CLUSTER__PROCESS_NAME", format!("{}-{i}", l.name))
+            .env("AFREG_CLUSTER__SHARED_LISTENERS", "true")
+            .env("AFREG_SERVER__METRICS_LISTEN", format!("127.0.0.1:{}", l.process_metrics(i)?));
+    }
+    let child = c.spawn().with_context(|| format!("region {}: spawning afreg serve (process {i})", l.name))?;
+    let region = if l.processes > 1 { format!("{}-{i}", l.name) } else { l.name.clone() };
+    Ok(Proc { region, log: l.process_log(i), child, exited: false })
 }
 
 /// Waits until the node answers `GET /healthz` with 200; fails at once if it exits.
@@ -500,7 +548,8 @@ fn write_cluster_json(data: &Path, locals: &[LocalRegion], secret_file: &Path, p
 
 fn print_summary(locals: &[LocalRegion], data: &Path) {
     for l in locals {
-        println!("{:<6} {}", l.name, l.url());
+        let processes = if l.processes > 1 { format!(" ({} processes)", l.processes) } else { String::new() };
+        println!("{:<6} {}{processes}", l.name, l.url());
     }
     println!("admin password: {} (user admin)", data.join("admin-password").display());
     println!("cluster.json:   {}", data.join("cluster.json").display());

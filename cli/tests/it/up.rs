@@ -27,7 +27,8 @@ fn shifted_ports(shift: u16) -> Vec<u16> {
         .iter()
         .flat_map(|r| {
             let p = &r.local;
-            [p.registry, p.internal, p.postgres, p.kubo_api, p.kubo_swarm, p.kubo_gateway, p.metrics]
+            // The metrics port of a second process too (`--processes 2`).
+            [p.registry, p.internal, p.postgres, p.kubo_api, p.kubo_swarm, p.kubo_gateway, p.metrics, p.metrics + 100]
         })
         .map(|p| p + shift)
         .collect()
@@ -62,10 +63,11 @@ struct Up {
 }
 
 impl Up {
-    fn start(data: &Path, shift: u16, out: PathBuf) -> Up {
+    fn start(data: &Path, shift: u16, out: PathBuf, extra: &[&str]) -> Up {
         let log = fs::File::create(&out).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_afreg"))
             .arg("up")
+            .args(extra)
             .arg("--data")
             .arg(data)
             .arg("--regions")
@@ -267,7 +269,7 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
     let c = http();
 
     // ---- first run: everything is created -------------------------------------------------
-    let mut up = Up::start(&data, shift, tmp.path().join("up-1.out"));
+    let mut up = Up::start(&data, shift, tmp.path().join("up-1.out"), &[]);
     let took = up.wait_ready();
     eprintln!("first run ready after {took:?}");
     let cluster = read_json(&data.join("cluster.json"));
@@ -353,11 +355,34 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
     assert_all_stopped(&data, shift);
     drop(up);
 
-    // ---- second run: the same data ------------------------------------------------------------
+    // ---- second run: the same data, two processes per region -------------------------------------
     fs::remove_file(data.join("cluster.json")).unwrap();
-    let mut up = Up::start(&data, shift, tmp.path().join("up-2.out"));
+    let mut up = Up::start(&data, shift, tmp.path().join("up-2.out"), &["--processes", "2"]);
     let took = up.wait_ready();
-    eprintln!("second run ready after {took:?}");
+    eprintln!("second run (two processes per region) ready after {took:?}");
+    // Each region reports one seat holder and its other process, in /status and `afreg status`.
+    let us_url = regions_of(&read_json(&data.join("cluster.json")))[0].url.clone();
+    let status: Value = c.get(format!("{us_url}/status")).send().unwrap().json().unwrap();
+    for r in status["regions"].as_array().unwrap() {
+        let name = r["name"].as_str().unwrap();
+        let mut processes: Vec<&str> = r["processes"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        processes.sort();
+        assert_eq!(processes, [format!("{name}-0"), format!("{name}-1")], "{name}'s processes: {r}");
+        let holder = r["seat_holder"].as_str().unwrap_or_else(|| panic!("{name} has no seat holder: {r}"));
+        assert!(processes.contains(&holder), "{name}: holder {holder}");
+        assert!(r["seat_epoch"].as_u64().unwrap() >= 1);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_afreg")).args(["status", "--url", &us_url]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "afreg status: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{table}");
+    assert!(table.lines().next().unwrap().contains("SEAT-HOLDER"), "{table}");
+    for name in ["us", "eu", "asia"] {
+        let line = table.lines().find(|l| l.split_whitespace().nth(1) == Some(name)).unwrap_or_else(|| panic!("no row for {name}:
+{table}"));
+        assert!(line.contains(&format!("{name}-0")) && line.contains(&format!("{name}-1")), "{name}: holder and other process:
+{table}");
+    }
     let again = read_json(&data.join("cluster.json"));
     assert_eq!(again["admin"]["password"], password.as_str(), "the admin password survives a restart");
     let regions = regions_of(&again);

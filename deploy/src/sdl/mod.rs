@@ -160,8 +160,10 @@ pub fn sdl(r: &RegionFile, secrets: Option<&Secrets>) -> Result<Yaml, SdlError> 
             ("pricing", Yaml::map([("postgres", price("postgres")?), ("kubo", price("kubo")?), ("registry", price("registry")?)])),
         ]),
     )]);
+    // Postgres and Kubo are one each; the registry runs `processes` replicas over them.
     let deployment = Yaml::map(["postgres", "kubo", "registry"].map(|svc| {
-        (svc, Yaml::map([(r.name.as_str(), Yaml::map([("profile", Yaml::str(svc)), ("count", Yaml::Int(1))]))]))
+        let count = if svc == "registry" { u64::from(r.processes) } else { 1 };
+        (svc, Yaml::map([(r.name.as_str(), Yaml::map([("profile", Yaml::str(svc)), ("count", Yaml::Int(count))]))]))
     }));
     Ok(Yaml::map([
         ("version", Yaml::str("2.0")),
@@ -347,7 +349,17 @@ pub fn registry_config(r: &RegionFile, secrets: Option<&Secrets>) -> Config {
     c.cluster.secret = Some(secrets.map(|s| s.cluster_secret.clone()).unwrap_or_default());
     c.cluster.discovery_zone = Some(zone_of(&r.hostnames.global).to_owned());
     c.cluster.kubo_swarm_addrs = vec![format!("/dns4/{}/tcp/{KUBO_SWARM_PORT}", r.hostnames.regional)];
+    if r.processes > 1 {
+        // Each replica's own internal listener, where the others relay to the seat holder (at
+        // its pod address, checked against the regional certificate).
+        c.cluster.process_listen = Some(([0, 0, 0, 0], process_port(r)).into());
+    }
     c
+}
+
+/// The port of each registry replica's own internal listener (the internal port + 1).
+fn process_port(r: &RegionFile) -> u16 {
+    r.local.internal + 1
 }
 
 /// The registry's environment: [`registry_config`] as `AFREG_SECTION__FIELD` variables.
@@ -363,6 +375,11 @@ fn registry(r: &RegionFile, secrets: Option<&Secrets>) -> Result<Yaml, SdlError>
         // The internal endpoint (raft RPC, forwarded writes) that the other regions dial.
         expose(internal, internal, Some("tcp"), to_leased_ip()),
     ];
+    if r.processes > 1 {
+        // The replicas reach each other's own internal listener; nothing else does.
+        let p = u64::from(process_port(r));
+        ports.push(expose(p, p, Some("tcp"), to_registry()));
+    }
     if r.acme.is_some() {
         // The CA's HTTP-01 checks, answered for every region. Only challenges are served there;
         // the registry API stays on 443.

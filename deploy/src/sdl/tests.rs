@@ -226,3 +226,25 @@ fn render_dir_writes_one_file_per_region_and_removes_only_generated_strays() {
     assert!(!out.path().join("mars.yaml").exists(), "a stale generated file stays");
     assert!(out.path().join("notes.yaml").exists(), "a hand-written file was removed");
 }
+
+#[test]
+fn a_region_of_several_processes_runs_that_many_registries_that_reach_each_other_and_no_one_else() {
+    let mut all = regions();
+    all[0].acme = None;
+    all[0].processes = 3;
+    crate::regions::validate(&all).unwrap_or_else(|e| panic!("{e}"));
+    let r = all[0].clone();
+    let doc = sdl(&r, None).unwrap();
+    let count = |svc: &str| int(doc.at("deployment").unwrap().get(svc).unwrap().get(&r.name).unwrap().get("count"));
+    assert_eq!((count("registry"), count("postgres"), count("kubo")), (3, 1, 1));
+    let own = u64::from(r.local.internal) + 1;
+    let to: Vec<&Yaml> = exposes(&doc).into_iter().filter(|(s, e, _)| s == "registry" && int(e.get("port")) == own).map(|(_, _, t)| t).collect();
+    assert_eq!(to, [&to_registry()], "each replica's own internal port is exposed to the replicas only");
+    let c = registry_config(&r, None);
+    assert_eq!(c.cluster.process_listen, Some(([0, 0, 0, 0], own as u16).into()));
+
+    // ACME and several processes are refused, saying why.
+    all[0].acme = Some(crate::regions::RegionAcme { contact: vec!["mailto:ops@example.org".into()], directory_url: None });
+    let e = crate::regions::validate(&all).unwrap_err().to_string();
+    assert!(e.contains("certificate files"), "{e}");
+}
