@@ -394,7 +394,10 @@ impl Cluster {
         let mut last = String::from("no attempt");
         loop {
             let Some(raft) = self.raft() else {
-                return self.via_holder::<WriteReply>(path::WRITE, &cmd, deadline).await.map(|r| (r.index, r.applied));
+                match self.via_holder::<WriteReply>(path::WRITE, &cmd, deadline).await? {
+                    Some(r) => return Ok((r.index, r.applied)),
+                    None => continue,
+                }
             };
             let (leader, leader_node) = leader_of(&raft, self.timings)?;
             match leader {
@@ -435,9 +438,16 @@ impl Cluster {
     /// Waits until this region has applied everything committed when it was called, as
     /// confirmed by the leader with a quorum (a linearizable read point).
     pub async fn read_barrier(&self) -> Result<(), ClusterError> {
-        let Some(raft) = self.raft() else {
-            // The holder waits until the region's Postgres has applied that far.
-            return self.via_holder::<()>(path::READ_BARRIER, &(), Instant::now() + self.write_timeout).await;
+        let deadline = Instant::now() + self.write_timeout;
+        let raft = loop {
+            match self.raft() {
+                Some(raft) => break raft,
+                // The holder waits until the region's Postgres has applied that far.
+                None => match self.via_holder::<()>(path::READ_BARRIER, &(), deadline).await? {
+                    Some(()) => return Ok(()),
+                    None => continue,
+                },
+            }
         };
         let index = self.read_index(true).await?;
         if let Some(i) = index {
@@ -483,7 +493,12 @@ impl Cluster {
     pub(crate) async fn admin_inner(&self, op: AdminOp, may_forward: bool) -> Result<(), ClusterError> {
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let Some(raft) = self.raft() else { return self.via_holder::<()>(path::ADMIN, &op, deadline).await };
+            let Some(raft) = self.raft() else {
+                match self.via_holder::<()>(path::ADMIN, &op, deadline).await? {
+                    Some(()) => return Ok(()),
+                    None => continue,
+                }
+            };
             let (leader, node) = leader_of(&raft, self.timings)?;
             match leader {
                 Some(l) if l == self.id => return self.admin_here(&raft, op).await,
@@ -602,19 +617,23 @@ impl Cluster {
     }
 
     /// Sends a standby's operation to the region's seat holder, retrying while no process
-    /// holds it (a takeover in progress) until `deadline`.
+    /// holds it (a takeover in progress) until `deadline`. `None`: this process now runs the
+    /// member itself, so the caller does the operation here.
     async fn via_holder<R: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         body: &impl Serialize,
         deadline: Instant,
-    ) -> Result<R, ClusterError> {
+    ) -> Result<Option<R>, ClusterError> {
         let me = &self.seat.options().process;
         let mut last;
         loop {
+            if self.raft().is_some() {
+                return Ok(None);
+            }
             match self.seat.holder() {
                 Some(h) if &h.name != me => match self.forward::<R>(&Target::Holder(&h), path, body, deadline).await {
-                    Ok(r) => return Ok(r),
+                    Ok(r) => return Ok(Some(r)),
                     Err(Forward::Retry(e)) => last = e,
                     Err(Forward::Fail(e)) => return Err(e),
                 },

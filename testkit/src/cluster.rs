@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use afreg_config::BootstrapPeer;
 
-use crate::{free_port, http_client, off_runtime, Kubo, Node, NodeConfig, Postgres, TestRegion};
+use crate::{free_port, Kubo, Node, NodeConfig, Postgres, TestRegion};
 
 /// The cluster secret every test cluster shares (tests only).
 pub const TEST_SECRET: &str = "testkit-cluster-secret-0123456789";
@@ -66,16 +66,9 @@ impl ClusterMember {
 
     /// This region's own `/status?scope=local`, or `None` if it does not answer.
     pub fn local_status(&self) -> Option<Value> {
-        if !self.region.node.is_running() {
-            return None;
-        }
-        let url = format!("{}/status?scope=local", self.url());
-        off_runtime(|| {
-            let c = http_client(Duration::from_secs(3));
-            let r = c.get(&url).send().ok()?;
-            r.json::<Value>().ok()
-        })
+        self.region.node.local_status()
     }
+
 
     /// Runs a query against this region's Postgres and returns the first column of the first row.
     pub fn sql(&self, q: &str) -> String {
@@ -130,6 +123,17 @@ impl TestCluster {
         let c = TestCluster { bin: bin.to_path_buf(), regions };
         c.wait_converged(Duration::from_secs(60));
         c
+    }
+
+    /// Every region's Raft term, as a running process of it reports it.
+    pub fn terms(&self) -> Vec<(String, u64)> {
+        self.regions
+            .iter()
+            .map(|r| {
+                let s = r.processes().find_map(Node::local_status).unwrap_or_else(|| panic!("no process of {} answers", r.name));
+                (r.name.clone(), s["raft"]["term"].as_u64().unwrap())
+            })
+            .collect()
     }
 
     pub fn region(&self, name: &str) -> &ClusterMember {

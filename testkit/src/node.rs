@@ -236,6 +236,39 @@ impl Node {
     }
 
     /// PID of the running process (panics if stopped).
+    /// This process's `/status?scope=local`, or `None` if it does not answer 200.
+    pub fn local_status(&self) -> Option<serde_json::Value> {
+        if !self.is_running() {
+            return None;
+        }
+        let url = format!("{}/status?scope=local", self.url());
+        off_runtime(|| {
+            let r = http_client(Duration::from_secs(3)).get(&url).send().ok()?;
+            r.status().is_success().then(|| r.json().ok()).flatten()
+        })
+    }
+
+    /// The region's Raft seat as this process reports it: the holder's name and the epoch.
+    pub fn seat(&self) -> Option<(String, u64)> {
+        let s = self.local_status()?;
+        Some((s["seat"]["holder"].as_str()?.to_owned(), s["seat"]["epoch"].as_u64()?))
+    }
+
+    /// Waits until this process reports `holder` holding the seat with a running Raft member;
+    /// returns the epoch and how long it took. Panics with the log tail after `bound`.
+    pub fn wait_seat_holder(&self, holder: &str, bound: Duration) -> (u64, Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(s) = self.local_status() {
+                if s["seat"]["holder"] == holder && s["raft"]["role"] != "shutdown" {
+                    return (s["seat"]["epoch"].as_u64().unwrap_or(0), started.elapsed());
+                }
+            }
+            assert!(started.elapsed() < bound, "{holder} does not hold the seat within {bound:?} (seen {:?});\n{}", self.seat(), self.log_tail(40));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("afreg is not running").id()
     }

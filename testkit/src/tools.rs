@@ -177,3 +177,9 @@ pub fn pseudo_random_frames(seed: u64, total: u64, frame: usize) -> impl Iterato
         buf
     })
 }
+
+/// The lines of `text` that contain any of `words`, the last `max` of them (for failure reports).
+pub fn grep_lines(text: &str, words: &[&str], max: usize) -> String {
+    let hits: Vec<&str> = text.lines().filter(|l| words.iter().any(|w| l.contains(w))).collect();
+    hits[hits.len().saturating_sub(max)..].join("\n")
+}

@@ -3,4 +3,5 @@
 
 mod common;
 mod partition;
+mod seat;
 mod wan;

@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::Value;
 use testkit::cluster::TestCluster;
 use testkit::oci::{assert_pulls, client, get_blob, get_manifest, push, within};
 use testkit::workload::{assert_acked_readable, assert_logs_agree, Workload};
@@ -32,45 +31,6 @@ fn cluster_with_two_us_processes() -> TestCluster {
     c
 }
 
-/// A process's own `/status?scope=local`.
-fn local_status(node: &Node) -> Option<Value> {
-    let c = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build().unwrap();
-    let r = c.get(format!("{}/status?scope=local", node.url())).send().ok()?;
-    r.status().is_success().then(|| r.json().ok()).flatten()
-}
-
-/// The seat holder and epoch as `node` reports them.
-fn seat_of(node: &Node) -> Option<(String, u64)> {
-    let s = local_status(node)?;
-    Some((s["seat"]["holder"].as_str()?.to_owned(), s["seat"]["epoch"].as_u64()?))
-}
-
-/// Waits until `node` reports `holder` holding the seat; returns the epoch and how long it took.
-fn wait_holder(node: &Node, holder: &str, bound: Duration) -> (u64, Duration) {
-    let started = Instant::now();
-    loop {
-        if let Some((h, epoch)) = seat_of(node) {
-            if h == holder && local_status(node).is_some_and(|s| s["raft"]["role"] != "shutdown") {
-                return (epoch, started.elapsed());
-            }
-        }
-        assert!(started.elapsed() < bound, "{holder} does not hold the seat within {bound:?} (seen {:?});\n{}", seat_of(node), node.log_tail(40));
-        std::thread::sleep(POLL);
-    }
-}
-
-/// Every region's Raft term, as the process that runs its member reports it.
-fn terms(cluster: &TestCluster) -> Vec<(String, u64)> {
-    cluster
-        .regions
-        .iter()
-        .map(|r| {
-            let s = r.processes().filter(|n| n.is_running()).find_map(local_status).expect("a running process answers");
-            (r.name.clone(), s["raft"]["term"].as_u64().unwrap())
-        })
-        .collect()
-}
-
 fn signal(node: &Node, sig: i32) {
     assert_eq!(unsafe { libc::kill(node.pid() as i32, sig) }, 0, "kill({sig})");
 }
@@ -89,9 +49,9 @@ fn both_processes_of_a_region_serve_pushes_pulls_and_one_chunked_upload_and_read
     let us = cluster.region("us");
     let (a, b) = (us.process(0), us.process(1));
     // One holder, and both processes say who it is.
-    let (holder, epoch) = seat_of(a).expect("us-0 reports the seat");
-    assert_eq!(seat_of(b), Some((holder.clone(), epoch)), "both processes name the same holder and epoch");
-    let s = local_status(b).unwrap();
+    let (holder, epoch) = a.seat().expect("us-0 reports the seat");
+    assert_eq!(b.seat(), Some((holder.clone(), epoch)), "both processes name the same holder and epoch");
+    let s = b.local_status().unwrap();
     let names: Vec<&str> = s["seat"]["processes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["us-0", "us-1"], "the seat reports every process of the region");
     eprintln!("us seat: held by {holder} at epoch {epoch}");
@@ -143,19 +103,19 @@ fn a_killed_seat_holder_is_replaced_within_the_bound_and_the_cluster_keeps_its_t
     let leader = cluster.wait_leader(Duration::from_secs(30));
     assert_ne!(leader, "us", "us must be a follower for this test (eu initializes the cluster)");
     let us = cluster.region("us");
-    let (holder, epoch) = seat_of(us.process(0)).unwrap();
+    let (holder, epoch) = us.process(0).seat().unwrap();
     let (h, other) = if holder == "us-0" { (0, 1) } else { (1, 0) };
     let other_name = format!("us-{other}");
     let c = client();
     let img = testkit::oci::new_image(32 * 1024);
     push(&c, &us.process(other).url(), "kill/app", "before", &img).expect("push through the standby");
-    let before = terms(&cluster);
+    let before = cluster.terms();
 
     let killed = Instant::now();
     cluster.region_mut("us").process_mut(h).kill();
     let us = cluster.region("us");
     let survivor = us.process(other);
-    let (new_epoch, took) = wait_holder(survivor, &other_name, TAKEOVER_BOUND);
+    let (new_epoch, took) = survivor.wait_seat_holder(&other_name, TAKEOVER_BOUND);
     eprintln!("{other_name} holds the seat {took:?} after us-{h} was killed (epoch {epoch} -> {new_epoch})");
     assert!(new_epoch > epoch, "a takeover bumps the epoch");
 
@@ -182,23 +142,23 @@ fn a_killed_seat_holder_is_replaced_within_the_bound_and_the_cluster_keeps_its_t
         }
     }
     // us was a follower: no election happened anywhere.
-    assert_eq!(terms(&cluster), before, "the cluster's term changed over the takeover");
+    assert_eq!(cluster.terms(), before, "the cluster's term changed over the takeover");
 
     // The killed process comes back as a standby of the new holder.
     cluster.region_mut("us").process_mut(h).restart();
     let us = cluster.region("us");
     let back = us.process(h);
     within(Duration::from_secs(15), POLL, "the restarted process reports the new holder", || {
-        seat_of(back) == Some((other_name.clone(), new_epoch))
+        back.seat() == Some((other_name.clone(), new_epoch))
     });
-    assert_eq!(terms(&cluster), before, "the restart changed the cluster's term");
+    assert_eq!(cluster.terms(), before, "the restart changed the cluster's term");
 }
 
 #[test]
 fn a_paused_seat_holder_that_wakes_up_writes_nothing_steps_down_and_no_acknowledged_write_is_lost() {
     let cluster = cluster_with_two_us_processes();
     let us = cluster.region("us");
-    let (holder, epoch) = seat_of(us.process(0)).unwrap();
+    let (holder, epoch) = us.process(0).seat().unwrap();
     let (h, other) = if holder == "us-0" { (0, 1) } else { (1, 0) };
     let (paused, survivor) = (us.process(h), us.process(other));
     let other_name = format!("us-{other}");
@@ -210,7 +170,7 @@ fn a_paused_seat_holder_that_wakes_up_writes_nothing_steps_down_and_no_acknowled
 
     signal(paused, libc::SIGSTOP);
     let guard = Paused(paused.pid() as i32);
-    let (new_epoch, took) = wait_holder(survivor, &other_name, TAKEOVER_BOUND);
+    let (new_epoch, took) = survivor.wait_seat_holder(&other_name, TAKEOVER_BOUND);
     eprintln!("{other_name} holds the seat {took:?} after {holder} was paused (epoch {epoch} -> {new_epoch})");
 
     // From here on, record every write to the Raft log, vote and replicated tables, with the
@@ -222,7 +182,7 @@ fn a_paused_seat_holder_that_wakes_up_writes_nothing_steps_down_and_no_acknowled
 
     // The resumed process steps down: it names the new holder, and says it lost the seat.
     within(Duration::from_secs(15), POLL, "the resumed process steps down", || {
-        seat_of(paused) == Some((other_name.clone(), new_epoch))
+        paused.seat() == Some((other_name.clone(), new_epoch))
             && paused.log().contains("\"seat_lost\"")
             && paused.log().contains("this process no longer runs the region's Raft member")
     });
@@ -287,7 +247,7 @@ fn two_processes_started_at_the_same_instant_seat_exactly_one_holder() {
         }
         // Both report one holder at one epoch, and only one runs a Raft member.
         let (holder, epoch) = within_value(Duration::from_secs(15), || {
-            let views: Vec<Option<(String, u64)>> = nodes.iter().map(seat_of).collect();
+            let views: Vec<Option<(String, u64)>> = nodes.iter().map(Node::seat).collect();
             match &views[..] {
                 [Some(x), Some(y)] if x == y => Some(x.clone()),
                 _ => None,
