@@ -419,6 +419,9 @@ pub struct ClusterConfig {
     /// off from Postgres) is taken over. A killed holder is taken over within about a sixth
     /// of it plus the rest of its lease.
     pub seat_lease_ms: u64,
+    /// CA certificates (PEM) trusted, besides the public roots, by Raft, forwarded writes and
+    /// the relays between this region's processes: for internal certificates from a private CA.
+    pub ca_file: Option<PathBuf>,
     /// Bind `server.listen` and `listen` with SO_REUSEPORT, so that several processes of the
     /// region on one host share them (`afreg up --processes N`). Leave off where each process
     /// has its own address (a container each).
@@ -467,6 +470,7 @@ impl Default for ClusterConfig {
             process_listen: None,
             process_url: None,
             seat_lease_ms: 3000,
+            ca_file: None,
             shared_listeners: false,
         }
     }

@@ -117,6 +117,13 @@ pub fn seat(cfg: &Config, url: String, addr: Option<std::net::SocketAddr>) -> an
     Ok(Seat::new(opts, cfg.database.url.parse()?))
 }
 
+/// The CA certificates of `cluster.ca_file`, if set.
+pub fn internal_roots(c: &ClusterConfig) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let Some(p) = &c.ca_file else { return Ok(Vec::new()) };
+    let pem = std::fs::read(p).map_err(|e| anyhow::anyhow!("cluster.ca_file {}: {e}", p.display()))?;
+    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| anyhow::anyhow!("cluster.ca_file {}: {e}", p.display()))
+}
+
 /// This region's cluster handle; its Raft member runs (initializing a new cluster when
 /// configured to) whenever this process holds `seat` ([`Cluster::run`]).
 pub fn cluster(cfg: &Config, pool: PgPool, me: Region, seat: Arc<Seat>) -> anyhow::Result<Arc<Cluster>> {
@@ -148,6 +155,7 @@ pub fn cluster(cfg: &Config, pool: PgPool, me: Region, seat: Arc<Seat>) -> anyho
         timings: timings(c),
         write_timeout: Duration::from_millis(c.write_timeout_ms),
         snapshot_every: c.snapshot_every,
+        roots: internal_roots(c)?,
     };
     Cluster::new(pool, opts, seat)
 }
@@ -438,12 +446,10 @@ pub async fn local_status(cfg: &Config, pool: &PgPool, cluster: &Cluster) -> Res
 }
 
 async fn holder_status(cluster: &Cluster, h: &seat::Holder) -> Result<LocalStatus, reqwest::Error> {
-    let mut b = reqwest::Client::builder().timeout(Duration::from_secs(2));
-    if let (Some(addr), Ok(u)) = (h.addr, reqwest::Url::parse(&h.url)) {
-        b = b.resolve(u.host_str().unwrap_or_default(), addr);
-    }
-    b.build()?
+    cluster
+        .client_for(h)
         .get(format!("{}{LOCAL_STATUS_PATH}", h.url.trim_end_matches('/')))
+        .timeout(Duration::from_secs(2))
         .bearer_auth(cluster.secret().expose())
         .send()
         .await?

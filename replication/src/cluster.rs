@@ -70,6 +70,9 @@ pub struct ClusterOptions {
     pub write_timeout: Duration,
     /// Entries between snapshots.
     pub snapshot_every: u64,
+    /// CA certificates trusted on the other regions' and processes' internal endpoints,
+    /// besides the public roots.
+    pub roots: Vec<reqwest::Certificate>,
 }
 
 /// Why a cluster operation did not happen. Every variant but `Refused` is retriable.
@@ -190,6 +193,7 @@ pub struct Cluster {
     admin_lock: tokio::sync::Mutex<()>,
     /// A client per holder whose URL's host resolves to a given address.
     relay_client: std::sync::Mutex<Option<(Holder, reqwest::Client)>>,
+    roots: Vec<reqwest::Certificate>,
 }
 
 impl Cluster {
@@ -212,10 +216,7 @@ impl Cluster {
             ..Default::default()
         }
         .validate()?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(t.election_timeout_min_ms))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()?;
+        let http = client_builder(&opts.roots, t).build()?;
         Ok(Arc::new(Cluster {
             id: opts.id,
             secret: opts.secret,
@@ -231,6 +232,7 @@ impl Cluster {
             changed: Arc::new(tokio::sync::watch::channel(0).0),
             admin_lock: tokio::sync::Mutex::new(()),
             relay_client: Default::default(),
+            roots: opts.roots,
         }))
     }
 
@@ -647,8 +649,8 @@ impl Cluster {
     }
 
     /// The client that reaches `h` (its URL's host pinned to its address, when it has one, so
-    /// that TLS checks the region's certificate name).
-    fn client_for(&self, h: &Holder) -> reqwest::Client {
+    /// that TLS checks the region's certificate name). Its requests need their own timeout.
+    pub fn client_for(&self, h: &Holder) -> reqwest::Client {
         let Some(addr) = h.addr else { return self.http.clone() };
         let mut cached = self.relay_client.lock().unwrap();
         if let Some((for_holder, c)) = cached.as_ref() {
@@ -657,11 +659,7 @@ impl Cluster {
             }
         }
         let host = reqwest::Url::parse(&h.url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
-        let c = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(self.timings.election_timeout_min_ms))
-            .resolve(&host, addr)
-            .build()
-            .unwrap_or_else(|_| self.http.clone());
+        let c = client_builder(&self.roots, self.timings).resolve(&host, addr).build().unwrap_or_else(|_| self.http.clone());
         *cached = Some((h.clone(), c.clone()));
         c
     }
@@ -758,6 +756,18 @@ impl Cluster {
 enum Forward {
     Retry(String),
     Fail(ClusterError),
+}
+
+/// The internal endpoints' client: the public roots and `roots`, a connect timeout of one
+/// election timeout, idle connections kept a minute.
+fn client_builder(roots: &[reqwest::Certificate], t: Timings) -> reqwest::ClientBuilder {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(t.election_timeout_min_ms))
+        .pool_idle_timeout(Duration::from_secs(60));
+    for r in roots {
+        b = b.add_root_certificate(r.clone());
+    }
+    b
 }
 
 /// Where [`Cluster::forward`] sends an operation.

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
+use serde_json::Value;
 use testkit::cluster::TestCluster;
 use testkit::oci::{assert_pulls, client, get_blob, get_manifest, push, within};
 use testkit::workload::{assert_acked_readable, assert_logs_agree, Workload};
@@ -286,4 +287,72 @@ fn within_value<T>(bound: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         assert!(started.elapsed() < bound, "not within {bound:?}");
         std::thread::sleep(POLL);
     }
+}
+
+/// Over HTTPS, a standby reaches the holder at the holder's own address while checking the
+/// region's certificate name (the URL keeps `advertise_url`'s host, resolved to the address):
+/// writes, linearizable reads and the status through the standby all work, with a private CA
+/// (`cluster.ca_file`) and nothing in clear text.
+#[test]
+fn a_standby_relays_to_its_holder_over_https_checking_the_regions_certificate() {
+    let pg = testkit::Postgres::start();
+    let kubo = testkit::Kubo::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let internal = testkit::free_port();
+    let ports = [testkit::free_port(), testkit::free_port()];
+    let cfg = |i: usize| {
+        let mut c = NodeConfig::new(pg.url(), kubo.api_url());
+        c.port = Some(ports[i]);
+        c.internal_port = Some(internal);
+        let k = &mut c.config;
+        k.server.tls_cert = Some(cert.clone());
+        k.server.tls_key = Some(key.clone());
+        k.server.public_url = format!("https://localhost:{}", ports[i]);
+        k.cluster.advertise_url = format!("https://localhost:{internal}");
+        k.cluster.ca_file = Some(cert.clone());
+        k.cluster.shared_listeners = true;
+        k.cluster.process_name = format!("tls-{i}");
+        k.cluster.secret = Some(testkit::cluster::TEST_SECRET.into());
+        k.cluster.kubo_swarm_addrs = vec![kubo.swarm_multiaddr()];
+        k.auth.anonymous = Action::ALL.to_vec();
+        c
+    };
+    let c = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let status = |i: usize| -> Option<Value> {
+        let r = c.get(format!("https://localhost:{}/status?scope=local", ports[i])).send().ok()?;
+        r.status().is_success().then(|| r.json().ok()).flatten()
+    };
+    let first = Node::start_unready(bin(), cfg(0));
+    let (holder, epoch) = within_value(Duration::from_secs(30), || {
+        let s = status(0)?;
+        (s["seat"]["holder"] == "tls-0" && s["raft"]["role"] == "leader").then(|| ("tls-0".to_owned(), s["seat"]["epoch"].as_u64().unwrap()))
+    });
+    let second = Node::start_unready(bin(), cfg(1));
+    // The standby's status comes from the holder, over HTTPS.
+    let s = within_value(Duration::from_secs(30), || status(1));
+    assert_eq!((s["seat"]["holder"].as_str(), s["seat"]["epoch"].as_u64()), (Some(holder.as_str()), Some(epoch)));
+    assert_eq!(s["seat"]["this_process"], "tls-1");
+    assert_eq!(s["raft"]["role"], "leader", "the standby reports the holder's Raft view");
+
+    // A push through the standby is relayed to the holder's own listener over HTTPS, and
+    // reads back linearizably through the standby and plainly through the holder.
+    let img = testkit::oci::new_image(16 * 1024);
+    let base = |i: usize| format!("https://localhost:{}", ports[i]);
+    push(&c, &base(1), "tls/app", "v1", &img).unwrap_or_else(|e| panic!("push through the standby: {e:?}\n{}", second.log_tail(30)));
+    let (code, body) = get_manifest(&c, &base(1), "tls/app", "v1", "?consistency=linearizable");
+    assert_eq!((code, body), (200, img.manifest.clone()));
+    assert_pulls(&c, &base(0), "tls/app", "v1", &img);
+    let relayed = second.log();
+    assert!(relayed.contains(&format!("\"process_url\":\"https://localhost:")), "the standby's own URL keeps the certificate's name");
+    assert!(!first.log().contains("internal_unauthorized"), "nothing reached the holder without the secret");
 }
