@@ -291,6 +291,22 @@ impl Seat {
     /// With the lock held: bumps the epoch and records this process as the holder.
     async fn take(&self, conn: &mut PgConnection) -> Result<(u64, Duration), sqlx::Error> {
         let mut tx = conn.begin().await?;
+        // A transaction that still holds the seat's row belongs to the previous holder, whose
+        // session is gone: a process paused (or cut off) in the middle of a storage write. It
+        // can never commit under the new epoch, and it would hold this FOR UPDATE for as long
+        // as that process stays paused, so it is ended; nothing acknowledged depends on it.
+        sqlx::query("SET LOCAL lock_timeout = '1s'").execute(&mut *tx).await?;
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+              WHERE locktype = 'relation' AND relation = 'raft_seat'::regclass AND pid <> pg_backend_pid()
+                AND mode IN ('RowShareLock', 'RowExclusiveLock') AND granted",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if !ended.is_empty() {
+            tracing::warn!(event = "seat_writes_ended", transactions = ended.len(),
+                "ended the previous holder's unfinished storage transactions to take the seat over");
+        }
         let (prev, wait_ms): (String, f64) = sqlx::query_as(
             "SELECT holder, GREATEST(0, EXTRACT(EPOCH FROM (renewed_at + make_interval(secs => $1) - clock_timestamp())) * 1000)::float8
                FROM raft_seat FOR UPDATE",

@@ -169,10 +169,17 @@ fn a_paused_seat_holder_that_wakes_up_writes_nothing_steps_down_and_no_acknowled
     let workload = Workload::start(&via, "pause/app", Duration::from_millis(50));
     std::thread::sleep(Duration::from_secs(2));
 
+    // A holder paused in the middle of a storage write leaves a transaction open that holds
+    // the seat's row (FOR KEY SHARE); this one stands in for it, deterministically, beside
+    // whatever the paused process itself left open.
+    let mut stalled_write = us.pg().psql_background("BEGIN; SELECT epoch FROM raft_seat FOR KEY SHARE; SELECT pg_sleep(60); COMMIT;");
+    std::thread::sleep(Duration::from_millis(300));
     signal(paused, libc::SIGSTOP);
     let guard = Paused(paused.pid() as i32);
     let (new_epoch, took) = survivor.wait_seat_holder(&other_name, TAKEOVER_BOUND);
     eprintln!("{other_name} holds the seat {took:?} after {holder} was paused (epoch {epoch} -> {new_epoch})");
+    let ended = stalled_write.wait().unwrap();
+    assert!(!ended.success(), "the unfinished transaction on the seat's row was ended by the takeover");
 
     // From here on, record every write to the Raft log, vote and replicated tables, with the
     // connection's application_name (each process names its connections).
