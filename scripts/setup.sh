@@ -6,7 +6,9 @@
 #   - Kubo (IPFS), crane, oras, regctl from their Go modules;
 #   - the OCI distribution-spec conformance suite, built with `go test -c`;
 #   - Pebble, Let's Encrypt's ACME test server, and its test certificates;
-#   - cargo-fuzz (scripts/fuzz.sh), from crates.io.
+#   - cargo-fuzz (scripts/fuzz.sh), from crates.io;
+#   - the benchmark's peers: Debian's docker-registry (distribution 2.8), and zot if the Go
+#     module proxy serves it (tried at most once a day).
 #
 # Go-built tools and cargo-fuzz land in $AFREG_TOOLS (default ~/.cache/afreg/bin) and are
 # rebuilt only when their pinned version changes, so a second run takes seconds.
@@ -170,6 +172,26 @@ if [ "$(cat "$PY_DIR/.afreg-packages" 2>/dev/null)" != "$PY_PKGS" ] \
   # shellcheck disable=SC2086
   "$PY_DIR/bin/pip" install -q --disable-pip-version-check $PY_PKGS >&2
   echo "$PY_PKGS" > "$PY_DIR/.afreg-packages"
+fi
+
+# ---- Benchmark peers (afreg bench, the bench/ package) ---------------------------------------
+# distribution 2.8 is Debian's docker-registry; the bench runs its own `docker-registry serve
+# CONFIG`, so the packaged service is not started. (distribution v3 is `registry` above.)
+dpkg-query -W -f='${Status}' docker-registry 2>/dev/null | grep -q "install ok installed" \
+  || apt_install_no_start docker-registry
+# zot: the Go module proxy refuses zotregistry.dev/zot/v2 here (403), so this is tried once a
+# day at most (a stamp), never fatally; the refusal's error line is kept in $TOOLS/zot.unavailable
+# and `afreg bench` reports zot as "unavailable: <that line>".
+ZOT_STAMP="$TOOLS/.zot.tried"
+if [ ! -x "$TOOLS/zot" ] && { [ ! -e "$ZOT_STAMP" ] || [ -n "$(find "$ZOT_STAMP" -mmin +1440)" ]; }; then
+  log "go install zotregistry.dev/zot/v2/cmd/zot@latest (may be refused)"
+  touch "$ZOT_STAMP"
+  if zot_err=$(GOBIN="$TOOLS" go install zotregistry.dev/zot/v2/cmd/zot@latest 2>&1); then
+    rm -f "$TOOLS/zot.unavailable"
+  else
+    printf '%s\n' "$zot_err" | grep -v '^go: downloading' | tail -n 1 > "$TOOLS/zot.unavailable"
+    log "zot unavailable: $(cat "$TOOLS/zot.unavailable")"
+  fi
 fi
 
 # ---- dockerd: Debian's docker.io, a real client for the tests (node/tests/it/clients.rs) ------------
