@@ -245,6 +245,12 @@ impl Default for DatabaseConfig {
 pub struct KuboConfig {
     /// Kubo's RPC API. It must never be reachable from outside the region.
     pub api_url: String,
+    /// Kubo's HTTP gateway (`Addresses.Gateway`), where blob bytes are read: it streams in
+    /// 32 KiB writes where the RPC `cat` flushes every 4 KiB, two to three times faster. It
+    /// must be on loopback or the region's internal network, never public. Use an IP, not
+    /// `localhost` (Kubo answers a `localhost` host with a redirect to a subdomain URL). Empty:
+    /// read through the RPC `cat`.
+    pub gateway_url: String,
     /// Timeout for short RPC calls (`id`, `pin/rm`, `block/stat`), and the longest a blob
     /// stream to or from Kubo may go without a byte before it is ended with an error.
     pub timeout_secs: u64,
@@ -264,6 +270,7 @@ impl Default for KuboConfig {
     fn default() -> Self {
         Self {
             api_url: "http://127.0.0.1:5001".into(),
+            gateway_url: "http://127.0.0.1:8080".into(),
             timeout_secs: 30,
             pin_timeout_secs: 120,
             chunker: "size-1048576".into(),
@@ -277,6 +284,10 @@ impl Default for KuboConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Largest manifest accepted, in bytes (inclusive); larger ones get 413.
+    /// Bytes of manifests the seat-holding process keeps in memory for GET and HEAD, so that
+    /// a pull's manifest requests need no Postgres round trip. Any applied write empties it
+    /// (read-your-writes and linearizable reads stay exact). 0 turns it off.
+    pub manifest_cache_bytes: u64,
     pub max_manifest_bytes: usize,
     /// Upload sessions untouched for this long are removed, with whatever they staged.
     pub upload_ttl_secs: u64,
@@ -297,6 +308,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             max_manifest_bytes: 4 * 1024 * 1024,
+            manifest_cache_bytes: 64 * 1024 * 1024,
             upload_ttl_secs: 24 * 3600,
             upload_sweep_interval_secs: 600,
             max_page_entries: 1000,
@@ -616,6 +628,9 @@ impl Config {
         }
         url_ok("server.public_url", &self.server.public_url)?;
         url_ok("kubo.api_url", &self.kubo.api_url)?;
+        if !self.kubo.gateway_url.is_empty() {
+            url_ok("kubo.gateway_url", &self.kubo.gateway_url)?;
+        }
         url_ok("cluster.advertise_url", &self.cluster.advertise_url)?;
         let c = &self.cluster;
         if c.seat_lease_ms < 600 {

@@ -1,6 +1,8 @@
 //! The Kubo RPC client: the only code that talks to IPFS. Blob bytes stream through it in both
 //! directions without being held whole in memory; short calls carry timeouts, and `pin/add`
 //! always passes Kubo's own `timeout=` because it otherwise waits forever for absent content.
+//! Blob bytes are read through Kubo's HTTP gateway when `kubo.gateway_url` is set (the
+//! default): the same reader as `cat`, without its 4 KiB flushes, and with `Range`.
 //! Every stream is bounded too: no byte for `timeout_secs` ends it with an error, in either
 //! direction, so a stalled client or a block no peer has never holds a request for ever.
 //!
@@ -56,6 +58,8 @@ pub struct Added {
 pub struct Kubo {
     http: reqwest::Client,
     base: String,
+    /// `kubo.gateway_url` without its trailing slash; `None`: read through the RPC `cat`.
+    gateway: Option<String>,
     timeout: Duration,
     pin_timeout: Duration,
     gc_timeout: Duration,
@@ -104,6 +108,7 @@ impl Kubo {
         Self {
             http,
             base: cfg.api_url.trim_end_matches('/').to_owned(),
+            gateway: Some(cfg.gateway_url.trim_end_matches('/').to_owned()).filter(|g| !g.is_empty()),
             timeout: Duration::from_secs(cfg.timeout_secs),
             pin_timeout: Duration::from_secs(cfg.pin_timeout_secs),
             gc_timeout: Duration::from_secs(cfg.gc_timeout_secs),
@@ -315,8 +320,62 @@ impl Kubo {
         cid.map(|cid| Added { cid }).ok_or(KuboError::Api { cmd: "add", message: "no CID in the response".into() })
     }
 
-    /// Streams `length` bytes (or all, if `None`) of `cid` from `offset`.
+    /// Streams `length` bytes (or all, if `None`) of `cid` from `offset`: through the gateway
+    /// if there is one, else the RPC `cat`. The first byte must come within `timeout_secs`,
+    /// and so must every next one.
     pub async fn cat(
+        &self,
+        cid: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, KuboError> {
+        let stream = match &self.gateway {
+            Some(gw) => self.gateway_get(gw, cid, offset, length).await?.left_stream(),
+            None => self.rpc_cat(cid, offset, length).await?.right_stream(),
+        };
+        Ok(idle_bounded(stream, self.timeout, std::io::ErrorKind::TimedOut, "IPFS (Kubo) stalled sending the blob"))
+    }
+
+    /// `GET {gateway}/ipfs/{cid}`, with a `Range` for part of it. Kubo answers 504 when it
+    /// cannot retrieve the content within its `Gateway.RetrievalTimeout`: that is a timeout
+    /// (503 to the client), as is a gateway that does not answer in time.
+    async fn gateway_get(
+        &self,
+        gw: &str,
+        cid: &str,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, KuboError> {
+        const CMD: &str = "gateway GET";
+        let started = Instant::now();
+        let mut req = self.http.get(format!("{gw}/ipfs/{cid}"));
+        let ranged = offset > 0 || length.is_some();
+        if ranged {
+            let range = match length {
+                Some(0) => return Ok(futures::stream::empty().left_stream()),
+                Some(l) => format!("bytes={offset}-{}", offset + l - 1),
+                None => format!("bytes={offset}-"),
+            };
+            req = req.header(reqwest::header::RANGE, range);
+        }
+        let resp = tokio::time::timeout(self.timeout, req.send())
+            .await
+            .map_err(|_| KuboError::Timeout(CMD))?
+            .map_err(|e| classify(CMD, e))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::GATEWAY_TIMEOUT {
+            return Err(KuboError::Timeout("gateway retrieval (the content was not found in time)"));
+        }
+        let expected = if ranged { reqwest::StatusCode::PARTIAL_CONTENT } else { reqwest::StatusCode::OK };
+        if status != expected {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(KuboError::Api { cmd: CMD, message: format!("HTTP {status} (expected {expected}): {}", text.trim()) });
+        }
+        observe(CMD, started);
+        Ok(resp.bytes_stream().map_err(std::io::Error::other).right_stream())
+    }
+
+    async fn rpc_cat(
         &self,
         cid: &str,
         offset: u64,
@@ -334,8 +393,56 @@ impl Kubo {
             .map_err(|e| classify("cat", e))?;
         let resp = Self::check("cat", resp).await?;
         observe("cat", started);
-        let stream = resp.bytes_stream().map_err(std::io::Error::other);
-        Ok(idle_bounded(stream, self.timeout, std::io::ErrorKind::TimedOut, "IPFS (Kubo) stalled sending the blob"))
+        Ok(resp.bytes_stream().map_err(std::io::Error::other))
+    }
+
+    /// Stores a dag-pb block, pinned (recursively, under Kubo's GC lock, so its children must
+    /// be here already); returns its CID.
+    pub async fn block_put(&self, block: Vec<u8>) -> Result<String, KuboError> {
+        const CMD: &str = "block/put";
+        let started = Instant::now();
+        let part = reqwest::multipart::Part::bytes(block).file_name("block");
+        let resp = self
+            .http
+            .post(self.url(CMD))
+            .query(&[("cid-codec", "dag-pb"), ("mhtype", "sha2-256"), ("pin", "true")])
+            .multipart(reqwest::multipart::Form::new().part("file", part))
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| classify(CMD, e))?;
+        let body = Self::check(CMD, resp).await?.bytes().await.map_err(|e| classify(CMD, e))?;
+        #[derive(Deserialize)]
+        struct Put {
+            #[serde(rename = "Key")]
+            key: String,
+        }
+        observe(CMD, started);
+        serde_json::from_slice::<Put>(&body).map(|p| p.key).map_err(|e| KuboError::Api { cmd: CMD, message: e.to_string() })
+    }
+
+    /// The raw leaves under `cid`, in file order (`refs`, recursive and not deduplicated, so a
+    /// leaf that repeats is listed each time).
+    pub async fn raw_leaves(&self, cid: &str) -> Result<Vec<String>, KuboError> {
+        #[derive(Deserialize)]
+        struct Ref {
+            #[serde(rename = "Ref")]
+            r: String,
+            #[serde(rename = "Err", default)]
+            err: String,
+        }
+        let body = self.call("refs", &[("arg", cid), ("recursive", "true"), ("unique", "false")], self.timeout).await?;
+        let mut out = Vec::new();
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let r: Ref = serde_json::from_slice(line).map_err(|e| KuboError::Api { cmd: "refs", message: e.to_string() })?;
+            if !r.err.is_empty() {
+                return Err(KuboError::Api { cmd: "refs", message: r.err });
+            }
+            if crate::unixfs::is_raw(&r.r) {
+                out.push(r.r);
+            }
+        }
+        Ok(out)
     }
 
     /// Pins `cid` recursively, fetching missing blocks from connected peers, bounded by the

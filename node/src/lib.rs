@@ -27,6 +27,7 @@ pub mod replica;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod unixfs;
 
 /// The HTTP layer's private parsers, re-exported for the fuzz targets in `fuzz/` only: not an
 /// API, and not stable.

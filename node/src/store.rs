@@ -35,8 +35,8 @@ pub struct ManifestRow {
     pub digest: String,
     pub media_type: String,
     pub size: i64,
-    /// Empty for HEAD lookups, which never fetch the bytes.
-    pub body: Vec<u8>,
+    /// Empty for HEAD lookups that do not fetch the bytes.
+    pub body: bytes::Bytes,
 }
 
 #[derive(Debug, Clone)]
@@ -48,10 +48,29 @@ pub struct ReferrerRow {
     pub annotations: Option<serde_json::Value>,
 }
 
+/// A chunk to record: it covers `start .. start + length` of the blob, and may begin before
+/// the session's current size (re-sending the unaligned tail of the chunk before it).
+pub struct NewChunk<'a> {
+    pub start: i64,
+    pub length: i64,
+    pub cid: &'a str,
+}
+
+/// What [`Store::append_chunk`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Recorded; `replaced` is the CID of an earlier chunk the new one holds whole.
+    Appended { replaced: Option<String> },
+    /// The session is gone, or another chunk got there first.
+    Gone,
+}
+
+/// An upload session: the bytes received, and the chunks that hold them.
 #[derive(Debug, Clone)]
 pub struct UploadRow {
     pub size: i64,
-    /// `(offset, length, cid)` in order.
+    /// `(offset, length, cid)` in order. With a fixed-size chunker each starts at a multiple
+    /// of the chunk size, and may overlap the one before it by that one's unaligned tail.
     pub chunks: Vec<(i64, i64, String)>,
 }
 
@@ -151,7 +170,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         observe("manifest", t);
-        Ok(row.map(|r| ManifestRow { digest: r.get(0), media_type: r.get(1), size: r.get(2), body: r.get(3) }))
+        Ok(row.map(|r| ManifestRow { digest: r.get(0), media_type: r.get(1), size: r.get(2), body: r.get::<Vec<u8>, _>(3).into() }))
     }
 
     /// Tags in lexical order after `last`, at most `n`. `None` if the repository is unknown.
@@ -265,24 +284,31 @@ impl Store {
 
     /// Appends a chunk at `offset`, which must be the session's current size. False if the
     /// session is gone or moved on.
-    pub async fn append_chunk(tx: &mut PgConnection, id: Uuid, offset: i64, length: i64, cid: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE uploads SET size = size + $3, updated_at = now() WHERE id = $1 AND size = $2")
+    pub async fn append_chunk(tx: &mut PgConnection, id: Uuid, size: i64, chunk: &NewChunk<'_>) -> Result<AppendOutcome> {
+        let r = sqlx::query("UPDATE uploads SET size = $3, updated_at = now() WHERE id = $1 AND size = $2")
             .bind(id)
-            .bind(offset)
-            .bind(length)
+            .bind(size)
+            .bind(chunk.start + chunk.length)
             .execute(&mut *tx)
             .await?;
         if r.rows_affected() == 0 {
-            return Ok(false);
+            return Ok(AppendOutcome::Gone);
         }
+        // A chunk that starts where an earlier one did holds all of it (the earlier one was the
+        // unaligned tail, re-sent): the earlier one goes.
+        let replaced: Option<String> = sqlx::query_scalar("DELETE FROM upload_chunks WHERE upload_id = $1 AND \"offset\" = $2 RETURNING cid")
+            .bind(id)
+            .bind(chunk.start)
+            .fetch_optional(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO upload_chunks (upload_id, \"offset\", length, cid) VALUES ($1, $2, $3, $4)")
             .bind(id)
-            .bind(offset)
-            .bind(length)
-            .bind(cid)
+            .bind(chunk.start)
+            .bind(chunk.length)
+            .bind(chunk.cid)
             .execute(&mut *tx)
             .await?;
-        Ok(true)
+        Ok(AppendOutcome::Appended { replaced })
     }
 
     /// Deletes a session; returns its chunks' CIDs, or `None` if it did not exist.

@@ -95,7 +95,7 @@ impl TestCluster {
             .zip(&backends)
             .enumerate()
             .map(|(i, (name, (pg, kubo)))| {
-                let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
+                let mut cfg = NodeConfig::for_kubo(pg.url(), kubo);
                 cfg.internal_port = Some(free_port());
                 let mut cfg = region_config(cfg, i as u64 + 1, name, kubo);
                 f(name, &mut cfg);
@@ -195,7 +195,7 @@ impl TestCluster {
     /// the caller joins it with `afreg region add`.
     pub fn start_joining_region(&self, id: u64, name: &str, f: impl Fn(&mut NodeConfig)) -> ClusterMember {
         let (pg, kubo) = (Postgres::start(), Kubo::start());
-        let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
+        let mut cfg = NodeConfig::for_kubo(pg.url(), &kubo);
         cfg = region_config(cfg, id, name, &kubo);
         cfg.config.cluster.join = true;
         f(&mut cfg);

@@ -54,6 +54,16 @@ impl NodeConfig {
         let mut c = NodeConfig::default();
         c.config.database.url = database_url.into();
         c.config.kubo.api_url = kubo_api_url.into();
+        // No gateway unless the test has one (`for_kubo`): reads go through the RPC `cat`.
+        c.config.kubo.gateway_url = String::new();
+        c
+    }
+
+    /// Defaults (auth on, anonymous pull) against this database and this test Kubo: its RPC
+    /// API, and its gateway for reading blobs.
+    pub fn for_kubo(database_url: impl Into<String>, kubo: &crate::kubo::Kubo) -> Self {
+        let mut c = Self::new(database_url, kubo.api_url());
+        c.config.kubo.gateway_url = kubo.gateway_url();
         c
     }
 

@@ -24,7 +24,7 @@ impl TestRegion {
     pub fn start_with(bin: &Path, f: impl FnOnce(&mut NodeConfig)) -> TestRegion {
         let pg = Postgres::start();
         let kubo = Kubo::start();
-        let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
+        let mut cfg = NodeConfig::for_kubo(pg.url(), &kubo);
         f(&mut cfg);
         let node = Node::start(bin, cfg);
         TestRegion { node, kubo, pg }

@@ -149,6 +149,7 @@ impl LocalRegion {
         c.server.metrics_listen = ([127, 0, 0, 1], self.metrics).into();
         c.database.url = postgres::url(self.postgres);
         c.kubo.api_url = kubo::api_url(self.kubo.api);
+        c.kubo.gateway_url = kubo::api_url(self.kubo.gateway);
         c.auth.signing_key = self.dir.join("signing-key.pem");
         c.auth.anonymous = vec![Action::Pull];
         c.cluster.id = self.id;

@@ -44,7 +44,7 @@ fn the_image_runs_the_node_under_podman_and_serves_pushes_and_pulls() {
     std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     std::os::unix::fs::chown(data.path(), Some(10001), Some(10001)).unwrap();
     let (port, internal) = (free_port(), free_port());
-    let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
+    let mut cfg = NodeConfig::for_kubo(pg.url(), &kubo);
     cfg.config.auth.anonymous = Action::ALL.to_vec();
     let env = cfg.to_config(port, internal, free_port(), Path::new("/data")).env_overrides().unwrap();
 

@@ -34,7 +34,8 @@ pub struct KuboPorts {
     pub swarm: u16,
 }
 
-/// `http://127.0.0.1:PORT`, the RPC API (calls are `POST {url}/api/v0/<cmd>`).
+/// `http://127.0.0.1:PORT`: the RPC API (calls are `POST {url}/api/v0/<cmd>`) on its port, the
+/// gateway on its own.
 pub fn api_url(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
 }

@@ -3,7 +3,8 @@
 //!
 //! Each region is one deployment of three services:
 //! - `postgres` (metadata) and `kubo` (blob bytes), each on a persistent `beta3` volume, reachable
-//!   only from `registry`: PostgreSQL's 5432 and Kubo's RPC API 5001 are never global.
+//!   only from `registry`: PostgreSQL's 5432, Kubo's RPC API 5001 and its gateway 8080 are
+//!   never global.
 //! - `registry`, the afreg node, on a persistent volume holding its token signing key and its
 //!   TLS certificate.
 //!
@@ -110,6 +111,8 @@ pub const REGISTRY_PORT: u64 = 5000;
 pub const REGISTRY_PUBLIC_PORT: u64 = 443;
 pub const POSTGRES_PORT: u64 = 5432;
 pub const KUBO_API_PORT: u64 = 5001;
+/// Kubo's HTTP gateway, where the node reads blob bytes; exposed to `registry` only.
+pub const KUBO_GATEWAY_PORT: u64 = 8080;
 pub const KUBO_SWARM_PORT: u64 = 4001;
 pub const POSTGRES_IMAGE: &str = "postgres:15";
 pub const KUBO_IMAGE: &str = "ipfs/kubo:v0.39.0";
@@ -272,7 +275,10 @@ pub(crate) fn kubo_start_script() -> String {
     for (key, value) in private_network_settings() {
         s.push_str(&format!("ipfs config --json {key} '{value}'; "));
     }
-    s.push_str(&format!("ipfs config Addresses.API /ip4/0.0.0.0/tcp/{KUBO_API_PORT}; exec ipfs daemon --migrate=true"));
+    s.push_str(&format!(
+        "ipfs config Addresses.API /ip4/0.0.0.0/tcp/{KUBO_API_PORT}; \
+         ipfs config Addresses.Gateway /ip4/0.0.0.0/tcp/{KUBO_GATEWAY_PORT}; exec ipfs daemon --migrate=true"
+    ));
     s
 }
 
@@ -293,6 +299,7 @@ fn kubo(secrets: Option<&Secrets>) -> Yaml {
             Yaml::seq([
                 expose(KUBO_SWARM_PORT, KUBO_SWARM_PORT, Some("tcp"), to_leased_ip()),
                 expose(KUBO_API_PORT, KUBO_API_PORT, None, to_registry()),
+                expose(KUBO_GATEWAY_PORT, KUBO_GATEWAY_PORT, None, to_registry()),
             ]),
         ),
         ("params", mount("kubo-data", "/data/ipfs")),
@@ -341,6 +348,7 @@ pub fn registry_config(r: &RegionFile, secrets: Option<&Secrets>) -> Config {
     }
     c.database.url = format!("postgres://postgres@postgres:{POSTGRES_PORT}/afreg");
     c.kubo.api_url = format!("http://kubo:{KUBO_API_PORT}");
+    c.kubo.gateway_url = format!("http://kubo:{KUBO_GATEWAY_PORT}");
     c.auth.signing_key = format!("{REGISTRY_DATA}/afreg-signing-key.pem").into();
     c.cluster.id = r.raft_id;
     c.cluster.region = r.name.clone();

@@ -46,12 +46,12 @@ fn rendering_is_deterministic_and_has_the_three_services() {
 }
 
 #[test]
-fn kubo_rpc_and_postgres_are_never_global() {
+fn kubo_rpc_its_gateway_and_postgres_are_never_global() {
     for r in regions() {
         let doc = sdl(&r, None).unwrap();
         for (svc, e, to) in exposes(&doc) {
             let port = int(e.get("port"));
-            if (svc == "kubo" && port == KUBO_API_PORT) || (svc == "postgres" && port == POSTGRES_PORT) {
+            if (svc == "kubo" && (port == KUBO_API_PORT || port == KUBO_GATEWAY_PORT)) || (svc == "postgres" && port == POSTGRES_PORT) {
                 assert!(!is_global(to), "{}: {svc}:{port} is global", r.name);
                 assert_eq!(to, &to_registry(), "{}: {svc}:{port} must be reachable by registry only", r.name);
             }
@@ -59,6 +59,7 @@ fn kubo_rpc_and_postgres_are_never_global() {
         // Each of them is exposed at all (registry needs it), and only in that one way.
         let n = |s: &str, p: u64| exposes(&doc).iter().filter(|(svc, e, _)| svc == s && int(e.get("port")) == p).count();
         assert_eq!(n("kubo", KUBO_API_PORT), 1);
+        assert_eq!(n("kubo", KUBO_GATEWAY_PORT), 1);
         assert_eq!(n("postgres", POSTGRES_PORT), 1);
     }
 }
@@ -145,6 +146,7 @@ fn registry_serves_tls_and_reaches_its_backends_by_service_name() {
             format!("AFREG_SERVER__PUBLIC_URL=https://{}", r.hostnames.regional),
             "AFREG_DATABASE__URL=postgres://postgres@postgres:5432/afreg".to_owned(),
             "AFREG_KUBO__API_URL=http://kubo:5001".to_owned(),
+            "AFREG_KUBO__GATEWAY_URL=http://kubo:8080".to_owned(),
         ] {
             assert!(env.contains(&want.as_str()), "{}: registry env lacks {want}: {env:?}", r.name);
         }

@@ -81,7 +81,7 @@ pub async fn handle(
 
         (Endpoint::Manifest(repo, r), Method::GET | Method::HEAD) => {
             let m = reg.get_manifest(&repo, &r, method == Method::GET).await?;
-            let mut resp = if method == Method::GET { Body::from(m.body).into_response() } else { Body::empty().into_response() };
+            let mut resp = if method == Method::GET { Body::from(m.body.clone()).into_response() } else { Body::empty().into_response() };
             let hs = resp.headers_mut();
             hs.insert(header::CONTENT_TYPE, hv(oci::manifest::served_type(&m.media_type)));
             hs.insert(header::CONTENT_LENGTH, HeaderValue::from(m.size as u64));

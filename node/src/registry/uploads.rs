@@ -1,7 +1,9 @@
 //! Blob uploads: monolithic, chunked and streamed. Bytes flow from the client straight into
 //! Kubo `add` (pinned, so Kubo's GC cannot take them meanwhile) while they are hashed; nothing
 //! is buffered whole. Each accepted chunk is recorded in Postgres with its pin before it is
-//! acknowledged, so a session survives a restart. On completion the digest is checked: a
+//! acknowledged, so a session survives a restart. Chunks are stored from the chunker's
+//! boundaries (see [`crate::unixfs`]), so finishing a chunked upload builds the blob's DAG over
+//! the chunks' leaves instead of reading the bytes back. On completion the digest is checked: a
 //! mismatch removes the session and releases its pins, and a match records the blob, links it
 //! into the repository and keeps its final CID pinned. Everything received and not kept is
 //! released, so Kubo's GC reclaims it.
@@ -15,7 +17,8 @@ use uuid::Uuid;
 use super::Registry;
 use crate::hashing::Hasher;
 use crate::oci::{Algorithm, Digest, ErrorCode, RegistryError, RepoName};
-use crate::store::{Store, UploadRow};
+use crate::store::{AppendOutcome, NewChunk, Store, UploadRow};
+use crate::unixfs;
 use afreg_replication::{Applied, Command};
 
 /// The in-memory half of a session: a sha256 over the bytes received so far, if it is known.
@@ -297,7 +300,19 @@ impl Registry {
             _ => self.rehash(row, Algorithm::Sha256).await?,
         };
         let (stream, tapped) = tap(body, base.clone(), room);
-        let added = self.kubo.add(stream).await;
+        // With a fixed-size chunker, the chunk is stored from the last chunk boundary at or
+        // before `offset`: the bytes since then (under one chunk, the unaligned tail of the
+        // chunk before) are sent again first, so this chunk's leaves are the blob's own and
+        // finishing the upload needs no second pass over the bytes.
+        let tail = self.unaligned_tail(row, offset);
+        let start = tail.as_ref().map_or(offset, |(start, _, _)| *start);
+        let added = match &tail {
+            Some((start, cid, from)) => {
+                let prefix = self.kubo.cat(cid, *from, Some(offset - start)).await?;
+                self.kubo.add(prefix.chain(stream)).await
+            }
+            None => self.kubo.add(stream).await,
+        };
         let Tapped { n: len, hasher, over } = take(tapped);
         if over {
             state.hash = Some((offset, base));
@@ -327,17 +342,24 @@ impl Registry {
             ));
         }
         let cid = added.cid.clone();
+        let length = (offset + len - start) as i64;
         let appended = self
             .pin_and_record(&cid, move |tx| {
-                Box::pin(async move { Store::append_chunk(tx, id, offset as i64, len as i64, &added.cid).await })
+                Box::pin(async move {
+                    let chunk = NewChunk { start: start as i64, length, cid: &added.cid };
+                    Ok(Store::append_chunk(tx, id, offset as i64, &chunk).await?)
+                })
             })
             .await;
         match appended {
-            Ok(true) => {
+            Ok(AppendOutcome::Appended { replaced }) => {
                 state.hash = Some((offset + len, hasher));
+                if let Some(old) = replaced.filter(|old| *old != cid) {
+                    self.release_cid(&old).await;
+                }
                 Ok(offset + len)
             }
-            Ok(false) => {
+            Ok(AppendOutcome::Gone) => {
                 self.release_cid(&cid).await;
                 Err(RegistryError::upload_unknown())
             }
@@ -349,17 +371,106 @@ impl Registry {
         }
     }
 
+    /// Where a chunk appended at `offset` must start to keep the chunks' leaves the blob's:
+    /// `(the chunk boundary, the CID of the last chunk, the boundary's place in it)`, or `None`
+    /// when `offset` is on a boundary (or the chunker is not fixed-size, or the last chunk
+    /// predates aligned chunks).
+    fn unaligned_tail(&self, row: &UploadRow, offset: u64) -> Option<(u64, String, u64)> {
+        let size = unixfs::fixed_chunk_size(&self.cfg.kubo.chunker)?;
+        let boundary = offset - offset % size;
+        let (last_start, _, cid) = row.chunks.last()?;
+        let last_start = *last_start as u64;
+        (boundary != offset && last_start <= boundary && last_start % size == 0).then(|| (boundary, cid.clone(), boundary - last_start))
+    }
+
+    /// The part of the blob each chunk contributes, in order: `(cid, length)`, where a chunk
+    /// that the next one overlaps gives only the bytes before it.
+    fn contributions(row: &UploadRow) -> Vec<(String, u64)> {
+        let mut out = Vec::with_capacity(row.chunks.len());
+        for (i, (start, len, cid)) in row.chunks.iter().enumerate() {
+            let end = row.chunks.get(i + 1).map_or(start + len, |next| next.0);
+            if end > *start {
+                out.push((cid.clone(), (end - start) as u64));
+            }
+        }
+        out
+    }
+
+    /// The blob's CID from its chunks' leaves, without reading the bytes: the chunks must be
+    /// aligned to a fixed-size chunker (see [`Self::unaligned_tail`]); `None` otherwise, and
+    /// the caller adds the bytes again.
+    async fn dag_from_chunks(&self, row: &UploadRow) -> Result<Option<String>, RegistryError> {
+        let Some(size) = unixfs::fixed_chunk_size(&self.cfg.kubo.chunker) else { return Ok(None) };
+        if row.chunks.iter().any(|(start, _, _)| *start as u64 % size != 0) {
+            return Ok(None);
+        }
+        let parts = Self::contributions(row);
+        let mut leaves = Vec::new();
+        let mut covered = 0u64;
+        for (i, (cid, len)) in parts.iter().enumerate() {
+            let cids = if unixfs::is_raw(cid) { vec![cid.clone()] } else { self.kubo.raw_leaves(cid).await? };
+            let want = len.div_ceil(size) as usize;
+            if cids.len() < want || (i + 1 < parts.len() && len % size != 0) {
+                return Ok(None);
+            }
+            for c in cids.into_iter().take(want) {
+                let n = size.min(row.size as u64 - covered);
+                leaves.push(unixfs::Node { cid: c, file_size: n, tsize: n });
+                covered += n;
+            }
+        }
+        if covered != row.size as u64 {
+            return Ok(None);
+        }
+        let Some((root, blocks)) = unixfs::balanced(&leaves) else { return Ok(None) };
+        // Each node is stored pinned, children first, so that Kubo's GC cannot take one before
+        // its parent holds it; once the root is stored, its pin holds them all and the others'
+        // pins go (unless something else uses that CID too).
+        let mut stored = Vec::with_capacity(blocks.len());
+        let mut failed = None;
+        for b in blocks {
+            match self.kubo.block_put(b.bytes).await {
+                Ok(put) if put == b.cid => stored.push(put),
+                Ok(put) => {
+                    stored.push(put.clone());
+                    failed = Some(RegistryError::internal(format!("Kubo stored a DAG node as {put}, expected {}", b.cid)));
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(e.into());
+                    break;
+                }
+            }
+        }
+        for cid in stored.iter().filter(|c| failed.is_some() || **c != root.cid) {
+            self.release_cid(cid).await;
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(Some(root.cid))
+    }
+
     /// Recomputes the hash of everything a session has received, from Kubo (after a restart,
     /// or when the client finishes with a digest other than sha256).
     async fn rehash(&self, row: &UploadRow, alg: Algorithm) -> Result<Hasher, RegistryError> {
         let mut h = Hasher::new(alg);
-        for (_, _, cid) in &row.chunks {
-            let mut s = Box::pin(self.kubo.cat(cid, 0, None).await?);
-            while let Some(b) = s.next().await {
-                h.update(&b.map_err(|e| RegistryError::unavailable("blob storage", e))?);
-            }
+        let mut s = Box::pin(self.chunk_bytes(row));
+        while let Some(b) = s.next().await {
+            h.update(&b.map_err(|e| RegistryError::unavailable("blob storage", e))?);
         }
         Ok(h)
+    }
+
+    /// The bytes a session has received, read back from its chunks.
+    fn chunk_bytes(&self, row: &UploadRow) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        let kubo = self.kubo.clone();
+        futures::stream::iter(Self::contributions(row))
+            .then(move |(cid, len)| {
+                let kubo = kubo.clone();
+                async move { kubo.cat(&cid, 0, Some(len)).await.map_err(|e| std::io::Error::other(e.to_string())) }
+            })
+            .try_flatten()
     }
 
     /// `PUT …?digest=`: appends an optional last chunk, checks the digest and commits.
@@ -396,18 +507,13 @@ impl Registry {
         }
         let cid = match row.chunks.as_slice() {
             [(_, _, cid)] => cid.clone(),
-            chunks => {
-                // Zero chunks (an empty blob) or several: build the blob's own DAG from them.
-                let cids: Vec<String> = chunks.iter().map(|c| c.2.clone()).collect();
-                let kubo = self.kubo.clone();
-                let parts = futures::stream::iter(cids)
-                    .then(move |cid| {
-                        let kubo = kubo.clone();
-                        async move { kubo.cat(&cid, 0, None).await.map_err(|e| std::io::Error::other(e.to_string())) }
-                    })
-                    .try_flatten();
-                self.kubo.add(parts).await?.cid
-            }
+            chunks => match self.dag_from_chunks(&row).await? {
+                Some(cid) if !chunks.is_empty() => cid,
+                // Zero chunks (an empty blob), or chunks not on the chunker's boundaries (a
+                // content-defined chunker, or a session begun before aligned chunks): add the
+                // bytes again as one file.
+                _ => self.kubo.add(self.chunk_bytes(&row)).await?.cid,
+            },
         };
         let kept = self.commit_blob(repo, digest, &cid, row.size).await?;
         let mut tx = self.store.begin().await?;

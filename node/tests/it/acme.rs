@@ -139,7 +139,7 @@ fn the_node_gets_renews_and_serves_its_certificate_through_acme() {
     let pebble = Pebble::start(port, free_port(), Duration::from_secs(30), None);
     let (pg, kubo) = (Postgres::start(), Kubo::start());
     let data = tempfile::tempdir().unwrap();
-    let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
+    let mut cfg = NodeConfig::for_kubo(pg.url(), &kubo);
     cfg.port = Some(port);
     cfg.config.auth.anonymous = Action::ALL.to_vec();
     cfg.config.server.public_url = format!("https://localhost:{port}");
@@ -234,7 +234,7 @@ fn a_global_name_that_dns_sends_to_another_region_is_certified_through_http01() 
         let (pg, kubo) = (Postgres::start(), Kubo::start());
         let data = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
+        let mut cfg = NodeConfig::for_kubo(pg.url(), &kubo);
         cfg.port = Some(port);
         cfg.listen_ip = Some(ip);
         cfg.config.auth.anonymous = Action::ALL.to_vec();

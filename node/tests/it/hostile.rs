@@ -234,7 +234,7 @@ fn discovery_does_not_send_the_cluster_secret_to_a_target_outside_its_zone() {
         &format!("_afreg-internal._tcp.reg 30 IN SRV 10 10 {port} evil.test.\n"),
     );
     let (pg, kubo) = (testkit::Postgres::start(), testkit::Kubo::start());
-    let mut cfg = testkit::NodeConfig::new(pg.url(), kubo.api_url());
+    let mut cfg = testkit::NodeConfig::for_kubo(pg.url(), &kubo);
     cfg.config.cluster.discovery_zone = Some("reg.test".into());
     cfg.config.cluster.dns_server = Some(dns.addr());
     let node = testkit::Node::start_unready(testkit::afreg_bin(), cfg);

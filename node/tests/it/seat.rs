@@ -238,7 +238,7 @@ fn two_processes_started_at_the_same_instant_seat_exactly_one_holder() {
     let kubo = testkit::Kubo::start();
     let internal = testkit::free_port();
     let cfg = |name: &str| {
-        let mut c = NodeConfig::new(pg.url(), kubo.api_url());
+        let mut c = NodeConfig::for_kubo(pg.url(), &kubo);
         c.internal_port = Some(internal);
         c.config.cluster.shared_listeners = true;
         c.config.cluster.process_name = name.into();
@@ -312,7 +312,7 @@ fn a_standby_relays_to_its_holder_over_https_checking_the_regions_certificate() 
     let internal = testkit::free_port();
     let ports = [testkit::free_port(), testkit::free_port()];
     let cfg = |i: usize| {
-        let mut c = NodeConfig::new(pg.url(), kubo.api_url());
+        let mut c = NodeConfig::for_kubo(pg.url(), &kubo);
         c.port = Some(ports[i]);
         c.internal_port = Some(internal);
         let k = &mut c.config;

@@ -197,3 +197,77 @@ async fn range_reads_and_sha512_blobs() {
     let r = c.get(format!("{base}/v2/ranged/app/blobs/{d512}")).send().await.unwrap();
     assert_eq!(r.bytes().await.unwrap().as_ref(), small.as_slice());
 }
+
+/// How many times the node has called `cmd` on Kubo, from its `/metrics`.
+async fn kubo_calls(region: &TestRegion, cmd: &str) -> f64 {
+    let text = Client::new().get(region.node.metrics_url()).send().await.unwrap().text().await.unwrap();
+    super::hostile::metric_value(&text, "afreg_kubo_call_seconds_count", &[&format!("cmd=\"{cmd}\"")])
+}
+
+/// Pushes `chunks` as PATCHes (the last as the PUT's body) and returns the CID the blob got.
+async fn push_chunked(region: &TestRegion, repo: &str, chunks: &[Vec<u8>]) -> String {
+    let (c, base) = (Client::new(), region.node.url());
+    let whole: Vec<u8> = chunks.concat();
+    let url = start_upload(&c, &base, repo).await;
+    let mut at = 0;
+    let (last, patches) = chunks.split_last().unwrap();
+    for chunk in patches {
+        let r = patch(&c, &url, at, chunk).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{}", r.text().await.unwrap());
+        at += chunk.len();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let r = c.put(format!("{url}{sep}digest={}", digest(&whole))).body(last.clone()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    let got = c.get(format!("{base}/v2/{repo}/blobs/{}", digest(&whole))).send().await.unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(digest(&got.bytes().await.unwrap()), digest(&whole), "the blob reads back as pushed");
+    region.pg.psql(&format!("SELECT cid FROM blobs WHERE digest = '{}'", digest(&whole))).trim().to_owned()
+}
+
+/// The CID `add` gives the bytes with the node's options and `chunker`, without storing them.
+fn cid_of(region: &TestRegion, bytes: &[u8], chunker: &str) -> String {
+    let q = [("cid-version", "1"), ("raw-leaves", "true"), ("chunker", chunker), ("only-hash", "true"), ("pin", "false")];
+    region.kubo.add_bytes_with(bytes, &q)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_upload_gets_the_cid_add_gives_without_adding_its_bytes_again() {
+    let region = open_region();
+    // Chunks off the 1 MiB boundaries, as clients send them: one that ends just past a
+    // boundary, one inside the next chunk, a tiny one after it, one across two boundaries,
+    // and the PUT's own body.
+    let chunks = vec![
+        random_bytes((1 << 20) + 17),
+        random_bytes(300_000),
+        random_bytes(50),
+        random_bytes((2 << 20) + 5),
+        random_bytes(1000),
+    ];
+    let adds = kubo_calls(&region, "add").await;
+    let cid = push_chunked(&region, "aligned/app", &chunks).await;
+    assert_eq!(cid, cid_of(&region, &chunks.concat(), "size-1048576"), "the same CID as add of the whole blob");
+    assert_eq!(
+        kubo_calls(&region, "add").await - adds,
+        chunks.len() as f64,
+        "one add per chunk, and none when the upload finishes"
+    );
+    assert!(kubo_calls(&region, "block/put").await >= 1.0, "the DAG's root was stored from the chunks' leaves");
+    assert_eq!(count(&region, "SELECT count(*) FROM upload_chunks"), 0);
+    let pins = our_pins(&region);
+    assert_eq!(pins, vec![cid.clone()], "only the blob stays pinned: no chunk and no inner node of the DAG");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_upload_deeper_than_one_level_gets_the_cid_add_gives() {
+    // A 1 KiB chunker: 401 leaves, more than the 174 one node links, so the DAG has two
+    // levels under its root, as a blob of more than 174 MiB has with the default chunker.
+    let region = TestRegion::start_with(bin(), |c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        c.config.kubo.chunker = "size-1024".into();
+    });
+    let chunks = vec![random_bytes(150_000), random_bytes(1), random_bytes(200_003), random_bytes(60_000)];
+    let cid = push_chunked(&region, "deep/app", &chunks).await;
+    assert_eq!(cid, cid_of(&region, &chunks.concat(), "size-1024"));
+    assert_eq!(our_pins(&region), vec![cid]);
+}

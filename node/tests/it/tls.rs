@@ -57,7 +57,7 @@ async fn node_serves_https_with_the_configured_certificate() {
     let (cert, key, pem) = write_cert(dir.path(), "first");
     let port = free_port();
     let base = format!("https://127.0.0.1:{port}");
-    let mut cfg = NodeConfig::new(pg.url(), kubo.api_url());
+    let mut cfg = NodeConfig::for_kubo(pg.url(), &kubo);
     cfg.config.server.public_url = base.clone();
     cfg.config.server.tls_cert = Some(cert.clone());
     cfg.config.server.tls_key = Some(key.clone());
