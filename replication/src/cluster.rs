@@ -189,6 +189,8 @@ pub struct Cluster {
     /// The epoch the member runs at (`None`: no member).
     serving: tokio::sync::watch::Sender<Option<u64>>,
     changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Applied changes, counted by this process's state machine before `apply` returns.
+    generation: Arc<std::sync::atomic::AtomicU64>,
     /// One membership change at a time (openraft refuses overlapping ones).
     admin_lock: tokio::sync::Mutex<()>,
     /// A client per holder whose URL's host resolves to a given address.
@@ -230,6 +232,7 @@ impl Cluster {
             member: Default::default(),
             serving: tokio::sync::watch::channel(None).0,
             changed: Arc::new(tokio::sync::watch::channel(0).0),
+            generation: Default::default(),
             admin_lock: tokio::sync::Mutex::new(()),
             relay_client: Default::default(),
             roots: opts.roots,
@@ -285,7 +288,7 @@ impl Cluster {
 
     async fn start_member(&self, epoch: u64) -> anyhow::Result<()> {
         let fence = Fence(epoch);
-        let sm = PgStateMachine::new(self.pool.clone(), fence);
+        let sm = PgStateMachine::new(self.pool.clone(), fence).with_generation(self.generation.clone());
         let mut applied = sm.subscribe();
         let network = HttpNetwork::new(self.http.clone(), self.secret.clone());
         // A member that takes over from another process must not start an election before
@@ -315,6 +318,9 @@ impl Cluster {
                 changed.send_modify(|n| *n += 1);
             }
         });
+        // Another process may have applied writes since this one last served: nothing cached
+        // at an earlier generation holds.
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         *self.member.write().unwrap() = Some(raft);
         self.serving.send_replace(Some(epoch));
         tracing::info!(event = "raft_member_started", epoch, region_id = self.id, "this process runs the region's Raft member");
@@ -350,6 +356,15 @@ impl Cluster {
     /// Whether this process runs the member and its lease is valid now (no IO).
     pub(crate) fn serves(&self) -> bool {
         self.member.read().unwrap().is_some() && self.seat.holds()
+    }
+
+    /// The count of changes this process has applied, while it serves as the region's member
+    /// with a valid lease; `None` otherwise (a standby, or a holder whose lease ran out), when
+    /// another process may be applying writes this one would not see. An in-process cache
+    /// whose entry was filled at the generation returned now is exact: every write applied
+    /// since (and so every write acknowledged since) changed it.
+    pub fn applied_generation(&self) -> Option<u64> {
+        self.serves().then(|| self.generation.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Whether the cluster has been initialized (`false` in a standby: only the holder

@@ -1,5 +1,6 @@
 //! Manifests, tags, the referrers API and the catalog. Manifest bytes are kept exactly as
-//! pushed; GET and HEAD by tag or digest are one Postgres round trip each.
+//! pushed; GET and HEAD by tag or digest come from the manifest cache, or else one Postgres
+//! round trip each.
 
 use afreg_replication::{Applied, Command};
 
@@ -22,8 +23,17 @@ pub struct Page {
 }
 
 impl Registry {
-    pub async fn get_manifest(&self, repo: &RepoName, r: &Reference, with_body: bool) -> Result<ManifestRow, RegistryError> {
-        self.store.manifest(repo, r, with_body).await?.ok_or_else(|| RegistryError::manifest_unknown(r))
+    pub async fn get_manifest(&self, repo: &RepoName, r: &Reference, with_body: bool) -> Result<std::sync::Arc<ManifestRow>, RegistryError> {
+        let miss = match self.manifests.get(repo, r) {
+            Ok(row) => return Ok(row),
+            Err(miss) => miss,
+        };
+        // A miss the cache will keep fetches the body even for HEAD: the next GET needs it.
+        let row = self.store.manifest(repo, r, with_body || miss.is_some()).await?.ok_or_else(|| RegistryError::manifest_unknown(r))?;
+        if let Some(miss) = miss {
+            self.manifests.fill(miss, &row);
+        }
+        Ok(std::sync::Arc::new(row))
     }
 
     /// Checks and stores a manifest pushed under `reference`.

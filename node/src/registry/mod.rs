@@ -3,6 +3,7 @@
 //! never see SQL or Kubo.
 
 pub mod blobs;
+mod cache;
 mod cid_locks;
 pub mod manifests;
 pub mod uploads;
@@ -68,11 +69,13 @@ pub struct Registry {
     /// An entry lives only while its session exists.
     sessions: Mutex<HashMap<uuid::Uuid, Arc<tokio::sync::Mutex<SessionState>>>>,
     cid_locks: cid_locks::CidLocks,
+    manifests: cache::ManifestCache,
 }
 
 impl Registry {
     pub fn new(store: Store, kubo: Kubo, cfg: Config, cluster: Arc<Cluster>) -> Self {
-        Registry { store, kubo, cfg, cluster, sessions: Mutex::new(HashMap::new()), cid_locks: Default::default() }
+        let manifests = cache::ManifestCache::new(cfg.storage.manifest_cache_bytes, cluster.clone());
+        Registry { store, kubo, cfg, cluster, sessions: Mutex::new(HashMap::new()), cid_locks: Default::default(), manifests }
     }
 
     /// Replicates a metadata change; returns once it is committed and applied in this region.

@@ -5,6 +5,7 @@
 mod acme;
 mod auth_flow;
 mod bad_input;
+mod caching;
 mod clients;
 mod cluster;
 mod conformance;

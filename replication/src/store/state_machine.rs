@@ -32,6 +32,9 @@ pub struct PgStateMachine {
     /// Bumped after every committed batch or installed snapshot: the region's services that
     /// follow the replicated tables (the pinner, the token keys) wait on it.
     changed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// The same, counted synchronously before `apply` returns (so before any write it applied
+    /// is acknowledged): what in-process read caches compare their entries against.
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Builds a snapshot from a consistent read of the tables; runs alongside `apply`.
@@ -44,7 +47,12 @@ impl PgStateMachine {
     /// A state machine over `pool`, whose database has `migrations/` applied, for the holder
     /// of the region's Raft seat at `fence`'s epoch: every write checks it.
     pub fn new(pool: PgPool, fence: Fence) -> Self {
-        PgStateMachine { pool, fence, changed: std::sync::Arc::new(tokio::sync::watch::channel(0).0) }
+        PgStateMachine { pool, fence, changed: std::sync::Arc::new(tokio::sync::watch::channel(0).0), generation: Default::default() }
+    }
+
+    /// Counts applied changes into `generation` (which outlives this state machine).
+    pub fn with_generation(self, generation: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        PgStateMachine { generation, ..self }
     }
 
     /// A receiver that sees a new value each time applied entries or an installed snapshot
@@ -54,6 +62,7 @@ impl PgStateMachine {
     }
 
     fn bump(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.changed.send_modify(|n| *n += 1);
     }
 
