@@ -1,5 +1,7 @@
 //! RS256 tokens per the Docker token spec: the signing key (a PEM file, created if missing),
 //! token issue and verification, and the JWKS document that publishes the public key.
+//! Verified tokens are remembered until they expire, so a client's every request after the
+//! first costs a lookup rather than an RSA signature check.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -44,6 +46,9 @@ pub struct Keys {
     /// The other regions' public keys by `kid`, from the replicated region list, so a token
     /// one region issued is accepted in all of them.
     peers: std::sync::RwLock<std::collections::HashMap<String, DecodingKey>>,
+    /// Tokens that verified, by their text, while `nbf <= now < exp`; emptied when the peers'
+    /// keys change. Only tokens with a good signature get in, so strangers cannot fill it.
+    verified: quick_cache::sync::Cache<String, std::sync::Arc<Claims>>,
     kid: String,
     n: String,
     e: String,
@@ -58,6 +63,9 @@ pub enum KeyError {
     #[error("signing key {path}: {why}")]
     Load { path: String, why: String },
 }
+
+/// How many verified tokens are remembered (a few hundred bytes each).
+const VERIFIED_TOKENS: usize = 16_384;
 
 pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -102,6 +110,7 @@ impl Keys {
             encoding,
             decoding,
             peers: Default::default(),
+            verified: quick_cache::sync::Cache::new(VERIFIED_TOKENS),
             kid,
             n,
             e,
@@ -154,6 +163,8 @@ impl Keys {
             }
         }
         *self.peers.write().unwrap_or_else(|p| p.into_inner()) = map;
+        // A token signed by a key that left must not outlive it here.
+        self.verified.clear();
     }
 
     /// This region's public key as one JWK, in JSON text (what it announces to the others).
@@ -164,6 +175,20 @@ impl Keys {
     /// Checks signature (by this region's key, or another region's by `kid`), expiry,
     /// not-before, audience and issuer.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let t = now();
+        if let Some(c) = self.verified.get(token) {
+            if c.nbf <= t && t < c.exp {
+                return Ok((*c).clone());
+            }
+        }
+        let claims = self.verify_signed(token)?;
+        if claims.nbf <= t && t < claims.exp {
+            self.verified.insert(token.to_owned(), std::sync::Arc::new(claims.clone()));
+        }
+        Ok(claims)
+    }
+
+    fn verify_signed(&self, token: &str) -> Result<Claims, TokenError> {
         let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         let key = match kid.as_deref() {
@@ -226,6 +251,30 @@ mod tests {
 
     fn cfg(dir: &Path, service: &str) -> AuthConfig {
         AuthConfig { signing_key: dir.join("k.pem"), service: service.into(), ..AuthConfig::default() }
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_only_until_they_expire_and_only_if_they_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::load_or_create(&cfg(dir.path(), "afreg")).unwrap();
+        let (tok, _) = keys.issue("alice", vec![]);
+        assert_eq!(keys.verify(&tok).unwrap().sub, "alice");
+        assert!(keys.verified.get(&tok).is_some(), "a good token is remembered");
+        assert_eq!(keys.verify(&tok).unwrap().sub, "alice");
+        // A forged token never gets in.
+        let dir2 = tempfile::tempdir().unwrap();
+        let (forged, _) = Keys::load_or_create(&cfg(dir2.path(), "afreg")).unwrap().issue("mallory", vec![]);
+        assert!(keys.verify(&forged).is_err() && keys.verify(&forged).is_err());
+        assert!(keys.verified.get(&forged).is_none());
+        // An entry past its expiry is not served: the token is checked again (and this one,
+        // not a real token, fails).
+        let mut stale = (*keys.verified.get(&tok).unwrap()).clone();
+        stale.exp = now() - 1;
+        keys.verified.insert("not.a.token".into(), std::sync::Arc::new(stale));
+        assert!(keys.verify("not.a.token").is_err());
+        // New peer keys empty it.
+        keys.set_peer_keys([]);
+        assert!(keys.verified.get(&tok).is_none());
     }
 
     #[test]
