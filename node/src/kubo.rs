@@ -517,9 +517,7 @@ where
 
 /// The CID Kubo gives a blob that fits in one raw-leaf chunk: `b` + base32(0x01 0x55 0x12 0x20 ‖ sha256).
 pub fn raw_cid_for_sha256(hash: &[u8; 32]) -> String {
-    let mut b = vec![0x01, 0x55, 0x12, 0x20];
-    b.extend_from_slice(hash);
-    format!("b{}", data_encoding::BASE32_NOPAD.encode(&b).to_lowercase())
+    crate::unixfs::cid_v1(crate::unixfs::RAW, hash)
 }
 
 #[cfg(test)]

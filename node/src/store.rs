@@ -282,8 +282,8 @@ impl Store {
         Ok(Some(UploadRow { size, chunks }))
     }
 
-    /// Appends a chunk at `offset`, which must be the session's current size. False if the
-    /// session is gone or moved on.
+    /// Records `chunk` in a session whose size is `size` (else `Gone`: the session ended or
+    /// another chunk got there first); the session's size becomes the chunk's end.
     pub async fn append_chunk(tx: &mut PgConnection, id: Uuid, size: i64, chunk: &NewChunk<'_>) -> Result<AppendOutcome> {
         let r = sqlx::query("UPDATE uploads SET size = $3, updated_at = now() WHERE id = $1 AND size = $2")
             .bind(id)

@@ -112,16 +112,26 @@ fn cid_bytes(cid: &str) -> Vec<u8> {
     data_encoding::BASE32_NOPAD.decode(s.as_bytes()).unwrap_or_default()
 }
 
+/// The raw codec: a leaf's bytes as they are.
+pub const RAW: u8 = 0x55;
+/// The dag-pb codec: UnixFS's inner nodes.
+pub const DAG_PB: u8 = 0x70;
+
+/// A CIDv1 with a sha2-256 multihash, in base32 (`b…`) as Kubo prints it.
+pub fn cid_v1(codec: u8, sha256: &[u8; 32]) -> String {
+    let mut b = vec![0x01, codec, 0x12, 0x20];
+    b.extend_from_slice(sha256);
+    format!("b{}", data_encoding::BASE32_NOPAD.encode(&b).to_lowercase())
+}
+
 /// CIDv1, dag-pb, sha2-256 of a block.
 pub fn dag_pb_cid(block: &[u8]) -> String {
-    let mut b = vec![0x01, 0x70, 0x12, 0x20];
-    b.extend_from_slice(&sha2::Sha256::digest(block));
-    format!("b{}", data_encoding::BASE32_NOPAD.encode(&b).to_lowercase())
+    cid_v1(DAG_PB, &sha2::Sha256::digest(block).into())
 }
 
 /// Whether `cid` (base32 CIDv1) is a raw block: a leaf of a raw-leaves DAG.
 pub fn is_raw(cid: &str) -> bool {
-    cid_bytes(cid).get(1) == Some(&0x55)
+    cid_bytes(cid).get(1) == Some(&RAW)
 }
 
 /// The chunk size of a fixed-size chunker (`size-N`); `None` for content-defined chunkers,

@@ -307,10 +307,10 @@ impl Registry {
         let tail = self.unaligned_tail(row, offset);
         let start = tail.as_ref().map_or(offset, |(start, _, _)| *start);
         let added = match &tail {
-            Some((start, cid, from)) => {
-                let prefix = self.kubo.cat(cid, *from, Some(offset - start)).await?;
-                self.kubo.add(prefix.chain(stream)).await
-            }
+            Some((start, cid, from)) => match self.kubo.cat(cid, *from, Some(offset - start)).await {
+                Ok(prefix) => self.kubo.add(prefix.chain(stream)).await,
+                Err(e) => Err(e),
+            },
             None => self.kubo.add(stream).await,
         };
         let Tapped { n: len, hasher, over } = take(tapped);
@@ -507,8 +507,8 @@ impl Registry {
         }
         let cid = match row.chunks.as_slice() {
             [(_, _, cid)] => cid.clone(),
-            chunks => match self.dag_from_chunks(&row).await? {
-                Some(cid) if !chunks.is_empty() => cid,
+            _ => match self.dag_from_chunks(&row).await? {
+                Some(cid) => cid,
                 // Zero chunks (an empty blob), or chunks not on the chunker's boundaries (a
                 // content-defined chunker, or a session begun before aligned chunks): add the
                 // bytes again as one file.
