@@ -29,17 +29,33 @@ pub fn tool(name: &str) -> PathBuf {
     p
 }
 
-/// A free TCP port on 127.0.0.1 (bind to port 0, read it, release it). Another process may
-/// grab it before the caller binds it; within this process a port is never handed out twice.
+/// A free TCP port on 127.0.0.1, below the kernel's ephemeral range: a port the OS hands to a
+/// port-0 listener or an outgoing connection (a node's own process listener, say) can never be
+/// one a test chose for something else. Another process may still bind it before the caller
+/// does; within this process a port is never handed out twice.
 pub fn free_port() -> u16 {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().expect("local_addr").port();
-        if HANDED_OUT.lock().unwrap().insert(port) {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    // Start at a place of this process's own, so test binaries running at once rarely probe
+    // the same ports; then walk the range.
+    let span = (high - low) as u32;
+    let start = (std::process::id().wrapping_mul(7919)) % span;
+    let mut handed = HANDED_OUT.lock().unwrap();
+    for i in 0..span {
+        let port = low + ((start + i * 13) % span) as u16;
+        if handed.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.insert(port);
             return port;
         }
     }
+    panic!("no free port in {low}..{high}");
 }
 
 /// Peak resident set size ("high water mark", `VmHWM`) of a live process, in KiB.
