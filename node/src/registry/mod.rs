@@ -113,14 +113,16 @@ impl Registry {
     }
 
     /// Pins `cid` and runs `record` in the same transaction, under the CID's lock: the pin and
-    /// the row that says who needs it appear together, and no unpin can come between.
+    /// the row that says who needs it appear together, and no unpin can come between. A pin
+    /// seen under the lock stays (every unpin takes the same lock), so a CID that is already
+    /// pinned is not pinned again.
     async fn pin_and_record<F, T>(&self, cid: &str, record: F) -> Result<T, RegistryError>
     where
         F: for<'c> FnOnce(&'c mut sqlx::PgConnection) -> futures::future::BoxFuture<'c, Result<T, RegistryError>> + Send,
         T: Send,
     {
         let mut l = self.lock_cid(cid).await?;
-        self.kubo.pin_add(cid).await?;
+        self.kubo.ensure_pinned(cid).await?;
         let out = record(&mut l.tx).await?;
         l.tx.commit().await?;
         Ok(out)
