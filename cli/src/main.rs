@@ -2,7 +2,7 @@
 //! module of its own and loads only what it needs: `serve`, `user`, `key`, `region` and
 //! `status` read the node's configuration; `sdl`, `compose`, `dns`, `doctor` and `up` read the region
 //! files and never the node's configuration (so an unrelated `AFREG_X__Y` in the shell cannot
-//! break them).
+//! break them); `bench` starts registries of its own.
 
 use std::path::PathBuf;
 
@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use afreg_node::config::Config;
 
+mod bench;
 mod client;
 mod compose;
 mod dns;
@@ -76,6 +77,9 @@ enum Cmd {
     Status(status::StatusArgs),
     /// Start a local three-region cluster (us, eu, asia) on loopback under one data directory.
     Up(up::UpArgs),
+    /// Measure afreg against distribution v3, distribution 2.8 and zot on loopback, and write
+    /// a JSON file, a Markdown table of ratios and SVG charts.
+    Bench(bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -111,6 +115,7 @@ async fn main() {
         Cmd::Dns { cmd } => dns::run(cmd),
         Cmd::Doctor(args) => doctor::run(args).await,
         Cmd::Up(args) => up::run(args).await,
+        Cmd::Bench(args) => bench::run(args).await,
     };
     if let Err(e) = result {
         eprintln!("afreg: {e:#}");

@@ -1,0 +1,282 @@
+//! What a run found, as data: every figure with its samples, the targets and their
+//! configuration, the machine, and the goals of the speed issue, each with its ratio. The JSON
+//! file is this value; the Markdown table and the charts are drawn from it and nothing else.
+
+use serde::{Deserialize, Serialize};
+
+/// One benchmark run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// RFC 3339, when the run started.
+    pub started: String,
+    pub quick: bool,
+    pub rounds: usize,
+    /// Blob sizes of the run, in bytes; the last is the one the goals are judged on.
+    pub blob_sizes: Vec<u64>,
+    pub machine: Machine,
+    pub targets: Vec<TargetInfo>,
+    pub figures: Vec<Figure>,
+    pub goals: Vec<Goal>,
+    /// How long the run took, in seconds.
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub memory_gib: f64,
+    pub kernel: String,
+}
+
+/// A registry (or a physical reference) that the run measured, or could not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetInfo {
+    /// Stable id used in figures: `afreg`, `afreg-token`, `afreg-cluster`, `distribution-v3`,
+    /// `distribution-2.8`, `zot`, `reference`.
+    pub id: String,
+    pub label: String,
+    /// `afreg`, `peer` or `reference`.
+    pub role: String,
+    pub available: bool,
+    /// How it ran (storage, logs, auth), or why it could not.
+    pub configuration: String,
+}
+
+/// One measured quantity for one target: every sample, and their median and spread.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Figure {
+    /// e.g. `pull/1GiB`, `manifest-get/32`, `replication-lag-p99/eu`.
+    pub workload: String,
+    /// The table and chart it belongs to: `blobs`, `manifests`, `listing`, `cluster`,
+    /// `physical`, `memory`.
+    pub group: String,
+    pub target: String,
+    /// `MiB/s`, `req/s`, `ms`, `MiB`.
+    pub unit: String,
+    pub higher_is_better: bool,
+    pub samples: Vec<f64>,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Figure {
+    pub fn new(workload: &str, group: &str, target: &str, unit: &str, higher_is_better: bool, samples: Vec<f64>) -> Figure {
+        let (median, min, max) = stats(&samples);
+        Figure {
+            workload: workload.into(),
+            group: group.into(),
+            target: target.into(),
+            unit: unit.into(),
+            higher_is_better,
+            samples,
+            median,
+            min,
+            max,
+        }
+    }
+}
+
+/// One goal of the speed issue: the ratio the run measured and whether it is met.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Goal {
+    pub goal: String,
+    /// The figures the ratio is taken from, in words.
+    pub measured: String,
+    pub ratio: Option<f64>,
+    /// The ratio the goal asks for (the ratio is "at least" this, or "at most" for `at_most`).
+    pub wanted: f64,
+    pub at_most: bool,
+    pub met: Option<bool>,
+}
+
+/// Median (the mean of the middle two for an even count), minimum and maximum; NaN for none.
+pub fn stats(samples: &[f64]) -> (f64, f64, f64) {
+    if samples.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    (median, v[0], v[n - 1])
+}
+
+/// The `p`th percentile (nearest rank) of some samples.
+pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// A size in bytes as the workloads name it: `1MiB`, `100MiB`, `1GiB`.
+pub fn size_label(bytes: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+        format!("{}GiB", bytes >> 30)
+    } else if bytes % MIB == 0 {
+        format!("{}MiB", bytes / MIB)
+    } else {
+        format!("{}KiB", bytes / 1024)
+    }
+}
+
+impl Report {
+    pub fn figure(&self, workload: &str, target: &str) -> Option<&Figure> {
+        self.figures.iter().find(|f| f.workload == workload && f.target == target && !f.samples.is_empty())
+    }
+
+    pub fn target(&self, id: &str) -> Option<&TargetInfo> {
+        self.targets.iter().find(|t| t.id == id)
+    }
+
+    /// The peers that ran.
+    pub fn peers(&self) -> Vec<&TargetInfo> {
+        self.targets.iter().filter(|t| t.role == "peer" && t.available).collect()
+    }
+
+    /// The best peer figure for a workload (the highest, or the lowest where lower is better).
+    pub fn best_peer(&self, workload: &str) -> Option<&Figure> {
+        let figs = self.peers().into_iter().filter_map(|p| self.figure(workload, &p.id));
+        figs.max_by(|a, b| {
+            let (x, y) = if a.higher_is_better { (a.median, b.median) } else { (b.median, a.median) };
+            x.total_cmp(&y)
+        })
+    }
+
+    /// `target`'s figure over the best peer's, as "how many times better" (so > 1 is ahead
+    /// whether higher or lower is better).
+    pub fn vs_best_peer(&self, workload: &str, target: &str) -> Option<(f64, &Figure)> {
+        let ours = self.figure(workload, target)?;
+        let peer = self.best_peer(workload)?;
+        Some((better_ratio(ours, peer), peer))
+    }
+
+    /// Fills `goals` from the figures.
+    pub fn judge(&mut self) {
+        let big = size_label(*self.blob_sizes.last().unwrap_or(&0));
+        let small = size_label(*self.blob_sizes.first().unwrap_or(&0));
+        let mut goals = vec![];
+        let mut vs_peer = |goal: &str, workload: String, target: &str, wanted: f64| {
+            let r = self.vs_best_peer(&workload, target);
+            let measured = match &r {
+                Some((_, p)) => format!(
+                    "{target} {} vs {} {} {}",
+                    fmt(self.figure(&workload, target).map(|f| f.median)),
+                    p.target,
+                    fmt(Some(p.median)),
+                    p.unit
+                ),
+                None => format!("{workload}: a figure is missing"),
+            };
+            goals.push(goal_of(goal, measured, r.map(|r| r.0), wanted, false));
+        };
+        vs_peer(&format!("pull {big} ≥ 1.0× the faster peer"), format!("pull/{big}"), "afreg", 1.0);
+        vs_peer(&format!("push {big} monolithic (POST + PUT) ≥ 1.0× the faster peer"), format!("push-mono/{big}"), "afreg", 1.0);
+        vs_peer(&format!("push {big} streamed (one PATCH) ≥ 1.0× the faster peer"), format!("push-streamed/{big}"), "afreg", 1.0);
+        vs_peer("manifest GET at 32 connections ≥ 2× the faster peer", "manifest-get/32".into(), "afreg", 2.0);
+        vs_peer("manifest GET at 32 connections, with a token, ≥ 2× the faster peer (anonymous)", "manifest-get/32".into(), "afreg-token", 2.0);
+        // Memory: the peak RSS with the big blob over the peak with the small one.
+        let rss = |size: &str| self.figure(&format!("node-rss/{size}"), "afreg").map(|f| f.median);
+        let (r_big, r_small) = (rss(&big), rss(&small));
+        let ratio = match (r_big, r_small) {
+            (Some(b), Some(s)) if s > 0.0 => Some(b / s),
+            _ => None,
+        };
+        goals.push(goal_of(
+            &format!("node RSS flat in blob size ({small} → {big}): peak RSS ratio ≤ 1.5"),
+            format!("peak RSS {} MiB at {small}, {} MiB at {big}", fmt(r_small), fmt(r_big)),
+            ratio,
+            1.5,
+            true,
+        ));
+        for region in ["eu", "asia"] {
+            let f = self.figure(&format!("replication-lag-p99/{region}"), "afreg-cluster").map(|f| f.median);
+            goals.push(goal_of(
+                &format!("replication lag p99 < 50 ms on loopback (us → {region})"),
+                format!("p99 {} ms", fmt(f)),
+                f,
+                50.0,
+                true,
+            ));
+        }
+        let pin = self.figure(&format!("cross-region-pin/{big}"), "afreg-cluster").map(|f| f.median);
+        let raw = self.figure(&format!("cross-region-pin/{big}"), "reference").map(|f| f.median);
+        goals.push(goal_of(
+            "cross-region pin ≥ 0.8× raw Kubo-to-Kubo",
+            format!("eu pinning alone {} MiB/s, raw Kubo→Kubo {} MiB/s", fmt(pin), fmt(raw)),
+            pin.zip(raw).map(|(p, r)| p / r),
+            0.8,
+            false,
+        ));
+        self.goals = goals;
+    }
+}
+
+/// How many times better `a` is than `b` (> 1 means `a` is ahead).
+pub fn better_ratio(a: &Figure, b: &Figure) -> f64 {
+    if a.higher_is_better {
+        a.median / b.median
+    } else {
+        b.median / a.median
+    }
+}
+
+fn goal_of(goal: &str, measured: String, ratio: Option<f64>, wanted: f64, at_most: bool) -> Goal {
+    let met = ratio.map(|r| if at_most { r <= wanted } else { r >= wanted });
+    Goal { goal: goal.into(), measured, ratio, wanted, at_most, met }
+}
+
+/// A figure for a table: three significant digits or so, `–` for none.
+pub fn fmt(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) if v.is_nan() => "–".into(),
+        Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(stats(&[4.0, 1.0, 3.0, 2.0]), (2.5, 1.0, 4.0));
+        assert_eq!(stats(&[5.0, 1.0, 3.0]), (3.0, 1.0, 5.0));
+        assert!(stats(&[]).0.is_nan());
+    }
+
+    #[test]
+    fn percentile_is_the_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+    }
+
+    #[test]
+    fn sizes_are_named_in_binary_units() {
+        assert_eq!(size_label(1 << 20), "1MiB");
+        assert_eq!(size_label(100 << 20), "100MiB");
+        assert_eq!(size_label(1 << 30), "1GiB");
+        assert_eq!(size_label(256 << 10), "256KiB");
+    }
+
+    #[test]
+    fn the_ratio_to_the_best_peer_is_above_one_when_ahead_either_way() {
+        let fast = Figure::new("w", "g", "a", "MiB/s", true, vec![200.0]);
+        let slow = Figure::new("w", "g", "b", "MiB/s", true, vec![100.0]);
+        assert_eq!(better_ratio(&fast, &slow), 2.0);
+        let quick = Figure::new("w", "g", "a", "ms", false, vec![10.0]);
+        let late = Figure::new("w", "g", "b", "ms", false, vec![30.0]);
+        assert_eq!(better_ratio(&quick, &late), 3.0);
+    }
+}

@@ -1,0 +1,139 @@
+//! The Markdown page of a report: the goals with their verdicts first, then one table per group
+//! (every target's median and spread, and afreg's ratio to the faster peer), the physical
+//! references with afreg's ratio to each, each side's configuration, and the machine.
+
+use std::fmt::Write as _;
+
+use crate::report::{fmt, size_label, Figure, Report};
+use crate::targets::label;
+
+fn cell(f: Option<&Figure>) -> String {
+    match f {
+        None => "–".into(),
+        Some(f) if f.samples.len() > 1 => format!("{} ({}–{})", fmt(Some(f.median)), fmt(Some(f.min)), fmt(Some(f.max))),
+        Some(f) => fmt(Some(f.median)),
+    }
+}
+
+/// The workloads of a group, in the order they were first recorded.
+fn workloads(r: &Report, group: &str) -> Vec<String> {
+    let mut w: Vec<String> = vec![];
+    for f in r.figures.iter().filter(|f| f.group == group) {
+        if !w.contains(&f.workload) {
+            w.push(f.workload.clone());
+        }
+    }
+    w
+}
+
+fn group_table(out: &mut String, r: &Report, group: &str, targets: &[&str]) {
+    let ws = workloads(r, group);
+    if ws.is_empty() {
+        return;
+    }
+    let unit = r.figures.iter().find(|f| f.group == group).map(|f| f.unit.clone()).unwrap_or_default();
+    let better = if r.figures.iter().find(|f| f.group == group).is_some_and(|f| f.higher_is_better) { "higher" } else { "lower" };
+    let _ = writeln!(out, "\n{unit}, {better} is better; median (min–max) over the rounds.\n");
+    let mut head = "| workload |".to_owned();
+    let mut rule = "|---|".to_owned();
+    for t in targets {
+        let _ = write!(head, " {} |", label(t));
+        rule += "---|";
+    }
+    head += " afreg ÷ faster peer |";
+    rule += "---|";
+    let _ = writeln!(out, "{head}\n{rule}");
+    for w in ws {
+        let mut row = format!("| {w} |");
+        for t in targets {
+            let _ = write!(row, " {} |", cell(r.figure(&w, t)));
+        }
+        let ratio = r.vs_best_peer(&w, "afreg").map(|(x, p)| format!("**{x:.2}×** ({})", label(&p.target))).unwrap_or_else(|| "–".into());
+        let _ = writeln!(out, "{row} {ratio} |");
+    }
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# afreg benchmark{}\n", if r.quick { " (quick)" } else { "" });
+    let _ = writeln!(
+        out,
+        "Run by `afreg bench{}` on {} ({} rounds, interleaved; {:.0} s). Machine: {} cores ({}), {:.0} GiB, kernel {}. \
+         Every registry ran on loopback on this one machine, beside the benchmark's client.\n",
+        if r.quick { " --quick" } else { "" },
+        r.started,
+        r.rounds,
+        r.seconds,
+        r.machine.cores,
+        r.machine.cpu,
+        r.machine.memory_gib,
+        r.machine.kernel
+    );
+    let _ = writeln!(out, "Charts: [ratios](ratios.svg) · {} · [manifest GET](manifest-get.svg) · [manifest HEAD](manifest-head.svg) · [replication lag](replication-lag.svg) · [cross-region pin](cross-region-pin.svg)\n",
+        r.blob_sizes.iter().map(|s| { let s = size_label(*s); format!("[blobs {s}](blobs-{s}.svg)") }).collect::<Vec<_>>().join(" · "));
+    let _ = writeln!(out, "![afreg ÷ the faster peer](ratios.svg)\n");
+
+    let _ = writeln!(out, "## Goals\n");
+    let _ = writeln!(out, "| goal | measured | ratio | met |\n|---|---|---|---|");
+    for g in &r.goals {
+        let verdict = match g.met {
+            Some(true) => "**met**",
+            Some(false) => "**missed**",
+            None => "not measured",
+        };
+        let _ = writeln!(out, "| {} | {} | {} | {verdict} |", g.goal, g.measured, fmt(g.ratio));
+    }
+
+    let registries: Vec<&str> = ["afreg", "afreg-token", "afreg-cluster", "distribution-v3", "distribution-2.8", "zot"]
+        .into_iter()
+        .filter(|t| r.target(t).is_some_and(|i| i.available))
+        .collect();
+    let no_token: Vec<&str> = registries.iter().copied().filter(|t| *t != "afreg-token").collect();
+    let _ = writeln!(out, "\n## Blobs\n\nOne client, one blob at a time; every transfer is of fresh pseudo-random bytes. `push-mono` is `POST` then one `PUT ?digest=` with the body; `push-single-post` is afreg's one `POST ?digest=` with the body; `push-streamed` is `POST`, one `PATCH`, `PUT` (what docker does); `push-chunked` is `PATCH`es of an eighth of the blob (at least 256 KiB) with `Content-Range`; `pull` is `GET` of the monolithic push's blob. The cluster keeps each blob in three regions, so its blob workloads stop below 1 GiB (its 1 GiB transfers are the cross-region pin figure) and a full run fits the disk; blobs pushed to a peer are removed from its storage once measured.");
+    group_table(&mut out, r, "blobs", &no_token);
+    let _ = writeln!(out, "\n## Memory\n\nPeak RSS (VmHWM, reset before each size) of the registry process over that size's pushes and pull.");
+    group_table(&mut out, r, "memory", &no_token);
+    let _ = writeln!(out, "\n## Manifests\n\nHEAD and GET of one manifest by tag, from N connections each sending its next request when the last answer is read. `afreg (token)` sends a bearer token with every request; the peers are anonymous (none is set up with a token service), so its ratio is token against anonymous.");
+    group_table(&mut out, r, "manifests", &registries);
+    let _ = writeln!(out, "\n## Listing\n\nTime to list every tag of one repository, and the whole catalog, following `Link` (each registry's own page size for tags, `n=1000` for the catalog).");
+    group_table(&mut out, r, "listing", &no_token);
+
+    let _ = writeln!(out, "\n## Cluster\n\nReplication lag: a manifest `PUT` acknowledged by us, then `GET` by tag polled in eu and asia from the acknowledgement on (1 ms between polls); each round's p50 and p99. Cross-region pin: a fresh blob pushed to us while asia's node is stopped, timed from the 201 until eu's pins row says `pinned`; raw: `add` on one fresh Kubo, `pin/add` of that CID on another connected to it.\n");
+    let _ = writeln!(out, "| figure | unit | afreg cluster | raw Kubo → Kubo | ratio |\n|---|---|---|---|---|");
+    for w in workloads(r, "cluster") {
+        let (ours, raw) = (r.figure(&w, "afreg-cluster"), r.figure(&w, "reference"));
+        let unit = ours.or(raw).map(|f| f.unit.clone()).unwrap_or_default();
+        let ratio = match (ours, raw) {
+            (Some(a), Some(b)) => format!("{:.2}", a.median / b.median),
+            _ => "–".into(),
+        };
+        let _ = writeln!(out, "| {w} | {unit} | {} | {} | {ratio} |", cell(ours), cell(raw));
+    }
+
+    let big = size_label(*r.blob_sizes.last().unwrap_or(&0));
+    let _ = writeln!(out, "\n## Physical references\n\nOn the same machine in the same run: raw Kubo `add` with the node's parameters (pinned), the same file read back through Kubo's gateway and its RPC `cat`, SHA-256 on one core, one loopback TCP stream; each next to the afreg figure it bounds.\n");
+    let _ = writeln!(out, "| reference | MiB/s | afreg figure | afreg MiB/s | afreg ÷ reference |\n|---|---|---|---|---|");
+    let pairs = [
+        (format!("kubo-add/{big}"), format!("push-streamed/{big}")),
+        (format!("kubo-add/{big}"), format!("push-mono/{big}")),
+        (format!("kubo-gateway-read/{big}"), format!("pull/{big}")),
+        (format!("kubo-rpc-cat/{big}"), format!("pull/{big}")),
+        ("sha256-one-core".to_owned(), format!("push-streamed/{big}")),
+        ("loopback-tcp".to_owned(), format!("pull/{big}")),
+    ];
+    for (reference, ours) in pairs {
+        let (a, b) = (r.figure(&ours, "afreg"), r.figure(&reference, "reference"));
+        let ratio = match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}", a.median / b.median),
+            _ => "–".into(),
+        };
+        let _ = writeln!(out, "| {reference} | {} | {ours} | {} | {ratio} |", cell(b), cell(a));
+    }
+
+    let _ = writeln!(out, "\n## Configuration\n\n| target | configuration |\n|---|---|");
+    for t in &r.targets {
+        let status = if t.available { String::new() } else { "**unavailable**: ".into() };
+        let _ = writeln!(out, "| {} | {status}{} |", t.label, t.configuration);
+    }
+    out
+}

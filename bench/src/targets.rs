@@ -1,0 +1,199 @@
+//! The registries a run measures, each started on loopback in a directory of its own and
+//! stopped when dropped: afreg with one region and the local three-region cluster (through
+//! testkit, on real Postgres and Kubo), distribution v3 (`registry` in the tools directory),
+//! Debian's distribution 2.8 (`docker-registry`), and zot where the Go module proxy served it.
+//! Every peer runs on its filesystem storage with its access log off.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use testkit::cluster::TestCluster;
+use testkit::{Action, TestRegion};
+
+use crate::report::TargetInfo;
+
+/// One HTTP endpoint the workloads run against.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub id: &'static str,
+    pub url: String,
+    /// A bearer token sent with every manifest request (the `afreg-token` target).
+    pub token: Option<String>,
+    /// The process whose memory is measured.
+    pub pid: Option<u32>,
+    /// Whether the registry takes a whole blob in one `POST ?digest=` (afreg does).
+    pub single_post: bool,
+    /// A peer's blob directory (`…/blobs/sha256`): the bench removes the blobs it pushed
+    /// there once measured, so a full run fits the disk. afreg's are kept (its store of
+    /// record is Kubo, whose space comes back only through afreg's own GC).
+    pub blob_dir: Option<PathBuf>,
+}
+
+impl Target {
+    /// Frees the space of a blob the bench pushed to a peer and will not read again.
+    pub fn forget_blob(&self, digest: &str) {
+        if let (Some(dir), Some(hex)) = (&self.blob_dir, digest.strip_prefix("sha256:")) {
+            if hex.len() > 2 {
+                let _ = std::fs::remove_dir_all(dir.join(&hex[..2]).join(hex));
+            }
+        }
+    }
+}
+
+/// Throughput, not the request-rate limits: the peers have none, and the bench is one client.
+fn unlimited(c: &mut testkit::NodeConfig) {
+    c.config.auth.anonymous = Action::ALL.to_vec();
+    c.config.log.level = "warn".into();
+    c.config.server.requests_per_second_per_client = 0;
+    c.config.server.requests_per_second_per_token = 0;
+}
+
+pub const AFREG_CONFIG: &str = "one region: afreg serve over its own PostgreSQL and Kubo (CIDv1, raw leaves, 1 MiB chunks; \
+    blobs read through Kubo's gateway); anonymous pull/push/delete; request-rate limits off; log level warn (no access log); \
+    manifest cache on (64 MiB)";
+pub const TOKEN_CONFIG: &str = "the same one-region node, every manifest request with a bearer token from its /token \
+    (verified on each request; the verified-token cache on)";
+pub const CLUSTER_CONFIG: &str = "three regions us, eu, asia on loopback, one Raft group; each region its own PostgreSQL, \
+    Kubo (private swarm) and node, configured as the one-region node; the workloads push to and pull from us";
+pub const DIST_CONFIG: &str = "distribution v3 (`registry serve`), filesystem storage, access log disabled, log level error, anonymous";
+pub const DIST28_CONFIG: &str = "Debian's docker-registry (distribution 2.8, `docker-registry serve`), filesystem storage, \
+    access log disabled, log level error, anonymous";
+
+/// The one-region afreg.
+pub fn afreg_region(bin: &Path) -> TestRegion {
+    TestRegion::start_with(bin, unlimited)
+}
+
+/// The local three-region cluster (us, eu, asia).
+pub fn afreg_cluster(bin: &Path) -> TestCluster {
+    TestCluster::start(bin, &["us", "eu", "asia"], |_, c| unlimited(c))
+}
+
+/// A registry process of the distribution family (or zot) on a free port, in its own
+/// directory; killed when dropped.
+pub struct Peer {
+    child: Child,
+    pub url: String,
+    distribution: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl Peer {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Where distribution's filesystem driver keeps blob data (zot keeps them elsewhere:
+    /// None).
+    pub fn blob_dir(&self) -> Option<PathBuf> {
+        let d = self._dir.path().join("data/docker/registry/v2/blobs/sha256");
+        self.distribution.then_some(d)
+    }
+
+    /// distribution (v3 or 2.8): `BIN serve CONFIG` with a filesystem root and no access log.
+    pub fn distribution(bin: &Path) -> Result<Peer> {
+        let dir = tempfile::tempdir()?;
+        let port = testkit::free_port();
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve").arg(&cfg);
+        Peer::spawn(cmd, dir, port, bin, true)
+    }
+
+    /// zot with its filesystem storage, no access log (zot logs requests only at debug).
+    pub fn zot(bin: &Path) -> Result<Peer> {
+        let dir = tempfile::tempdir()?;
+        let port = testkit::free_port();
+        let cfg = dir.path().join("config.json");
+        let json = serde_json::json!({
+            "distSpecVersion": "1.1.0",
+            "storage": {"rootDirectory": dir.path().join("data"), "dedupe": false, "gc": false},
+            "http": {"address": "127.0.0.1", "port": port.to_string()},
+            "log": {"level": "error"},
+        });
+        std::fs::write(&cfg, serde_json::to_vec_pretty(&json)?)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve").arg(&cfg);
+        Peer::spawn(cmd, dir, port, bin, false)
+    }
+
+    fn spawn(mut cmd: Command, dir: tempfile::TempDir, port: u16, bin: &Path, distribution: bool) -> Result<Peer> {
+        let log = std::fs::File::create(dir.path().join("log"))?;
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let url = format!("http://127.0.0.1:{port}");
+        let mut peer = Peer { child, url, distribution, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = peer.child.try_wait() {
+                let log = std::fs::read_to_string(peer._dir.path().join("log")).unwrap_or_default();
+                bail!("{} exited at start ({status}): {}", bin.display(), log.trim());
+            }
+            let up = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok();
+            if up {
+                return Ok(peer);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not listen on {port} within 20 s", bin.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's distribution 2.8, where setup.sh installed it.
+pub fn docker_registry_bin() -> Option<PathBuf> {
+    ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"].iter().map(PathBuf::from).find(|p| p.is_file())
+}
+
+/// zot's binary, or why there is none (the refusal setup.sh recorded).
+pub fn zot_bin() -> std::result::Result<PathBuf, String> {
+    let dir = testkit::tools_dir();
+    let bin = dir.join("zot");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    let why = std::fs::read_to_string(dir.join("zot.unavailable")).unwrap_or_default();
+    let why = why.trim();
+    Err(if why.is_empty() {
+        format!("not installed in {} (scripts/setup.sh tries `go install zotregistry.dev/zot/v2/cmd/zot@latest` once a day)", dir.display())
+    } else {
+        format!("the Go module proxy refused `go install zotregistry.dev/zot/v2/cmd/zot@latest`: {why}")
+    })
+}
+
+pub fn info(id: &str, label: &str, role: &str, available: bool, configuration: impl Into<String>) -> TargetInfo {
+    TargetInfo { id: id.into(), label: label.into(), role: role.into(), available, configuration: configuration.into() }
+}
+
+/// The label a table shows for a target id.
+pub fn label(id: &str) -> &'static str {
+    match id {
+        "afreg" => "afreg",
+        "afreg-token" => "afreg (token)",
+        "afreg-cluster" => "afreg cluster (us)",
+        "distribution-v3" => "distribution v3",
+        "distribution-2.8" => "distribution 2.8",
+        "zot" => "zot",
+        _ => "reference",
+    }
+}
