@@ -362,7 +362,22 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
     eprintln!("second run (two processes per region) ready after {took:?}");
     // Each region reports one seat holder and its other process, in /status and `afreg status`.
     let us_url = regions_of(&read_json(&data.join("cluster.json")))[0].url.clone();
-    let status: Value = c.get(format!("{us_url}/status")).send().unwrap().json().unwrap();
+    // "Ready" is every region answering; a region's second process shows in the list once it
+    // has announced itself (within a seat renewal), so the list is read until it is complete.
+    let sorted_processes = |r: &Value| -> Vec<String> {
+        let mut p: Vec<String> = r["processes"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_owned()).collect();
+        p.sort();
+        p
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status: Value = loop {
+        let status: Value = c.get(format!("{us_url}/status")).send().unwrap().json().unwrap();
+        let complete = status["regions"].as_array().unwrap().iter().all(|r| sorted_processes(r).len() == 2);
+        if complete || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     for r in status["regions"].as_array().unwrap() {
         let name = r["name"].as_str().unwrap();
         let mut processes: Vec<&str> = r["processes"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
