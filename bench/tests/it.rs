@@ -9,12 +9,19 @@ use afreg_bench::report::Report;
 #[test]
 fn afreg_bench_quick_reports_every_workload_for_every_target() {
     let out = tempfile::tempdir().unwrap();
-    let status = Command::new(testkit::afreg_bin())
+    // Its progress lines are kept, and shown only if it fails.
+    let run = Command::new(testkit::afreg_bin())
         .args(["bench", "--quick", "--out"])
         .arg(out.path())
-        .status()
+        .output()
         .expect("run afreg bench");
-    assert!(status.success(), "afreg bench --quick exited {status}");
+    assert!(
+        run.status.success(),
+        "afreg bench --quick exited {}:\n{}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
 
     let report: Report = serde_json::from_slice(&std::fs::read(out.path().join("bench.json")).unwrap()).unwrap();
     assert!(report.quick);
