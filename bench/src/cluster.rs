@@ -25,15 +25,11 @@ pub async fn replication_lag(c: &Client, cluster: &TestCluster, samples: usize, 
     let us = cluster.region("us").url();
     let followers = [cluster.region("eu").url(), cluster.region("asia").url()];
     let repo = format!("bench/lag{round}");
-    let (_, _) = http::push_image(c, &us, &repo, "base").await?;
-    let cfg_manifest = {
-        let r = c.get(format!("{us}/v2/{repo}/manifests/base")).header("accept", OCI_MANIFEST).send().await?;
-        r.bytes().await?
-    };
+    let (base_manifest, _) = http::push_image(c, &us, &repo, "base").await?;
     let mut lags: [Vec<f64>; 2] = [vec![], vec![]];
     for i in 0..samples {
         // A distinct manifest each time (an annotation), so every sample is a new digest.
-        let mut m: serde_json::Value = serde_json::from_slice(&cfg_manifest)?;
+        let mut m: serde_json::Value = serde_json::from_slice(&base_manifest)?;
         m["annotations"] = serde_json::json!({"dev.afreg.bench.sample": format!("{round}-{i}")});
         let body = serde_json::to_vec(&m)?;
         let tag = format!("s{i}");

@@ -244,8 +244,8 @@ pub async fn request_rate(c: &Client, t: &Target, url: &str, method: Method, con
 }
 
 /// Follows `Link: <…>; rel="next"` from `first`, summing the array `field` of every page;
-/// returns (entries, pages, time).
-pub async fn list_all(c: &Client, base: &str, first: &str, field: &str) -> Result<(usize, usize, Duration)> {
+/// returns (entries, time).
+pub async fn list_all(c: &Client, base: &str, first: &str, field: &str) -> Result<(usize, Duration)> {
     let t = Instant::now();
     let (mut entries, mut pages) = (0, 0);
     let mut next = Some(format!("{base}{first}"));
@@ -264,5 +264,5 @@ pub async fn list_all(c: &Client, base: &str, first: &str, field: &str) -> Resul
         pages += 1;
         ensure!(pages < 100_000, "{base}: more than 100,000 pages");
     }
-    Ok((entries, pages, t.elapsed()))
+    Ok((entries, t.elapsed()))
 }

@@ -341,10 +341,10 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
 
         // ---- Listing -------------------------------------------------------------------------
         for t in &order {
-            let (n, _, took) = http::list_all(&c, &t.url, "/v2/bench/tags/tags/list", "tags").await?;
+            let (n, took) = http::list_all(&c, &t.url, "/v2/bench/tags/tags/list", "tags").await?;
             anyhow::ensure!(n == plan.tags, "{}: listed {n} tags of {}", t.id, plan.tags);
             s.add(&format!("tags-list/{}", plan.tags), "listing", t.id, "ms", false, took.as_secs_f64() * 1000.0);
-            let (n, _, took) = http::list_all(&c, &t.url, "/v2/_catalog?n=1000", "repositories").await?;
+            let (n, took) = http::list_all(&c, &t.url, "/v2/_catalog?n=1000", "repositories").await?;
             anyhow::ensure!(n >= plan.repos, "{}: catalog lists {n} repositories, fewer than {}", t.id, plan.repos);
             s.add(&format!("catalog/{}", plan.repos), "listing", t.id, "ms", false, took.as_secs_f64() * 1000.0);
         }

@@ -77,7 +77,7 @@ pub struct Peer {
     child: Child,
     pub url: String,
     distribution: bool,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Peer {
@@ -88,7 +88,7 @@ impl Peer {
     /// Where distribution's filesystem driver keeps blob data (zot keeps them elsewhere:
     /// None).
     pub fn blob_dir(&self) -> Option<PathBuf> {
-        let d = self._dir.path().join("data/docker/registry/v2/blobs/sha256");
+        let d = self.dir.path().join("data/docker/registry/v2/blobs/sha256");
         self.distribution.then_some(d)
     }
 
@@ -134,11 +134,11 @@ impl Peer {
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
         let url = format!("http://127.0.0.1:{port}");
-        let mut peer = Peer { child, url, distribution, _dir: dir };
+        let mut peer = Peer { child, url, distribution, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = peer.child.try_wait() {
-                let log = std::fs::read_to_string(peer._dir.path().join("log")).unwrap_or_default();
+                let log = std::fs::read_to_string(peer.dir.path().join("log")).unwrap_or_default();
                 bail!("{} exited at start ({status}): {}", bin.display(), log.trim());
             }
             let up = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok();
