@@ -418,23 +418,42 @@ impl Cluster {
             };
             let (leader, leader_node) = leader_of(&raft, self.timings)?;
             match leader {
-                Some(l) if l == self.id => match tokio::time::timeout(left(deadline), raft.client_write(cmd.clone())).await {
-                    Ok(Ok(r)) => return Ok((r.log_id.index, r.data)),
-                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => last = "leadership moved".into(),
-                    Ok(Err(e)) => return Err(ClusterError::Unavailable(format!("raft write failed: {e}"))),
-                    Err(_) => {
-                        return Err(ClusterError::Unavailable(format!(
-                            "the write was not committed by a quorum within {:?}; it may still apply, retry",
-                            self.write_timeout
-                        )))
+                Some(l) if l == self.id => {
+                    let write = tokio::time::timeout(left(deadline), raft.client_write(cmd.clone()));
+                    let r = tokio::select! {
+                        r = write => r,
+                        lost = leadership_lost(&raft, l, self.timings) => {
+                            return Err(ClusterError::Unavailable(format!(
+                                "{lost} while the write waited for its quorum commit; it may still apply, retry"
+                            )))
+                        }
+                    };
+                    match r {
+                        Ok(Ok(r)) => return Ok((r.log_id.index, r.data)),
+                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => last = "leadership moved".into(),
+                        Ok(Err(e)) => return Err(ClusterError::Unavailable(format!("raft write failed: {e}"))),
+                        Err(_) => {
+                            return Err(ClusterError::Unavailable(format!(
+                                "the write was not committed by a quorum within {:?}; it may still apply, retry",
+                                self.write_timeout
+                            )))
+                        }
                     }
-                },
+                }
                 Some(l) if !may_forward => {
                     return Err(ClusterError::NotLeader(format!("region {} is not the leader (region {l} is)", self.id)))
                 }
                 Some(l) => {
                     let Some(node) = leader_node else { return Err(ClusterError::NoLeader(format!("leader {l} is not in the membership"))) };
-                    match self.forward::<WriteReply>(&Target::Region(&node), path::WRITE, &cmd, deadline).await {
+                    let to = Target::Region(&node);
+                    let forwarded = self.forward::<WriteReply>(&to, path::WRITE, &cmd, deadline);
+                    let forwarded = tokio::select! {
+                        r = forwarded => r,
+                        lost = leadership_lost(&raft, l, self.timings) => Err(Forward::Fail(ClusterError::Unavailable(format!(
+                            "the write was forwarded to region {} ({}), and then {lost}; it may still apply, retry", l, node.name
+                        )))),
+                    };
+                    match forwarded {
                         Ok(r) => {
                             wait_applied(&raft, r.index, deadline).await?;
                             return Ok((r.index, r.applied));
@@ -487,9 +506,15 @@ impl Cluster {
                     }
                 }
                 Some(l) if !may_forward => return Err(ClusterError::NotLeader(format!("region {l} is the leader"))),
-                Some(_) => {
+                Some(l) => {
                     let Some(node) = node else { return Err(ClusterError::NoLeader("leader unknown".into())) };
-                    match self.forward::<ReadIndexReply>(&Target::Region(&node), path::READ_INDEX, &(), deadline).await {
+                    let to = Target::Region(&node);
+                    let forwarded = self.forward::<ReadIndexReply>(&to, path::READ_INDEX, &(), deadline);
+                    let forwarded = tokio::select! {
+                        r = forwarded => r,
+                        lost = leadership_lost(&raft, l, self.timings) => Err(Forward::Retry(lost)),
+                    };
+                    match forwarded {
                         Ok(r) => return Ok(r.index),
                         Err(Forward::Fail(e)) => return Err(e),
                         Err(Forward::Retry(_)) if Instant::now() < deadline => {}
@@ -811,6 +836,41 @@ fn leader_of(raft: &Raft, timings: Timings) -> Result<(Option<NodeId>, Option<Re
     }
     let node = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
     Ok((m.current_leader, node))
+}
+
+/// Resolves, with the reason, once `leader` can no longer be trusted to answer an operation
+/// already sent to it: this region's Raft names another leader or none (an election started:
+/// the leader has been silent for an election timeout), or, when `leader` is this region, it
+/// has not heard from a quorum for longer than the longest election timeout (it is cut off,
+/// and the majority elects another). An operation waiting on such a leader would otherwise
+/// wait out the whole write timeout (10 s by default) on a leader that is paused, dead or
+/// isolated; this bounds it by about one election timeout, the check-quorum bound etcd and
+/// TiKV use. Polls the metrics every 50 ms (no IO).
+async fn leadership_lost(raft: &Raft, leader: NodeId, timings: Timings) -> String {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let m = raft.metrics().borrow().clone();
+        if let Err(e) = &m.running_state {
+            return format!("raft stopped: {e}");
+        }
+        if m.current_leader != Some(leader) {
+            return match m.current_leader {
+                Some(n) => format!("leadership moved from region {leader} to region {n}"),
+                None => format!("region {leader} stopped answering as leader (an election started)"),
+            };
+        }
+        if m.id == leader && m.state != ServerState::Leader {
+            return "this region is no longer the leader".into();
+        }
+        if m.id == leader && m.membership_config.membership().voter_ids().count() > 1 {
+            if let Some(ms) = m.millis_since_quorum_ack {
+                if ms > timings.election_timeout_max_ms {
+                    return format!("this region leads but has not heard from a quorum for {ms} ms");
+                }
+            }
+        }
+    }
 }
 
 async fn wait_applied(raft: &Raft, index: u64, deadline: Instant) -> Result<(), ClusterError> {
