@@ -827,12 +827,8 @@ fn leader_of(raft: &Raft, timings: Timings) -> Result<(Option<NodeId>, Option<Re
     if let Err(e) = &m.running_state {
         return Err(ClusterError::Unavailable(format!("raft stopped: {e}")));
     }
-    if m.state == ServerState::Leader {
-        if let Some(ms) = m.millis_since_quorum_ack {
-            if ms > timings.election_timeout_max_ms && m.membership_config.membership().voter_ids().count() > 1 {
-                return Err(ClusterError::NoLeader(format!("this region leads but has not heard from a quorum for {ms} ms")));
-            }
-        }
+    if let Some(ms) = quorum_silence(&m, timings) {
+        return Err(ClusterError::NoLeader(format!("this region leads but has not heard from a quorum for {ms} ms")));
     }
     let node = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
     Ok((m.current_leader, node))
@@ -850,7 +846,8 @@ async fn leadership_lost(raft: &Raft, leader: NodeId, timings: Timings) -> Strin
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tick.tick().await;
-        let m = raft.metrics().borrow().clone();
+        let m = raft.metrics();
+        let m = m.borrow();
         if let Err(e) = &m.running_state {
             return format!("raft stopped: {e}");
         }
@@ -863,14 +860,17 @@ async fn leadership_lost(raft: &Raft, leader: NodeId, timings: Timings) -> Strin
         if m.id == leader && m.state != ServerState::Leader {
             return "this region is no longer the leader".into();
         }
-        if m.id == leader && m.membership_config.membership().voter_ids().count() > 1 {
-            if let Some(ms) = m.millis_since_quorum_ack {
-                if ms > timings.election_timeout_max_ms {
-                    return format!("this region leads but has not heard from a quorum for {ms} ms");
-                }
-            }
+        if let Some(ms) = quorum_silence(&m, timings) {
+            return format!("this region leads but has not heard from a quorum for {ms} ms");
         }
     }
+}
+
+/// How long this region, leading a group of several voters, has not heard from a quorum, once
+/// that is longer than the longest election timeout (the majority has likely elected another).
+fn quorum_silence(m: &openraft::RaftMetrics<NodeId, Region>, timings: Timings) -> Option<u64> {
+    let several = m.membership_config.membership().voter_ids().count() > 1;
+    m.millis_since_quorum_ack.filter(|ms| m.state == ServerState::Leader && several && *ms > timings.election_timeout_max_ms)
 }
 
 async fn wait_applied(raft: &Raft, index: u64, deadline: Instant) -> Result<(), ClusterError> {
