@@ -1,9 +1,10 @@
 //! Every listener of the node (the public API, the internal endpoints, `/metrics`) is served
 //! here, with the bounds a stranger must not be able to exceed:
 //! - at most `server.max_connections` connections per listener, and
-//!   `server.max_connections_per_client` per client address; one over is closed as soon as it
-//!   is accepted, so half-open connections cannot exhaust the node's file descriptors (which
-//!   would also cut it off from Postgres, Kubo and Raft);
+//!   `server.max_connections_per_client` per client address; one over is closed in the accept
+//!   loop itself, before the next connection is accepted, so half-open connections (and a flood
+//!   of new ones outrunning the tasks that serve them) cannot exhaust the node's file
+//!   descriptors, which would also cut it off from Postgres, Kubo and Raft;
 //! - a request's head (and a TLS handshake, and an idle keep-alive connection's next request)
 //!   must arrive within `server.header_read_timeout_secs`;
 //! - a request body that sends nothing, and a response the client stops reading, fail after
@@ -13,10 +14,13 @@
 //! axum-server runs the accept loop, the TLS handshake with its timeout, hyper's header-read
 //! timeout and the bounded drain, and tower-http's `TimeoutBody` the request-body bound. What no
 //! crate offers, the connection caps and the bound on a stalled response write, is the small
-//! acceptor and stream wrapper below.
+//! listener ([`Capped`], plugged into axum-server as its own [`Address`]) and stream wrapper
+//! below. The caps sit in the listener rather than in an axum-server acceptor because the
+//! acceptor runs in each connection's spawned task: under a flood the accept loop would run
+//! ahead of those tasks, and every connection waiting for its task would hold a descriptor.
 
 use std::collections::HashMap;
-use std::future::{ready, Future, Ready};
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -25,12 +29,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use afreg_config::ServerConfig;
+use axum::extract::connect_info::Connected;
 use axum::Router;
-use axum_server::accept::Accept;
 use axum_server::tls_rustls::RustlsAcceptor;
-use axum_server::Handle;
+use axum_server::{AddrListener, Address, Handle};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
@@ -89,18 +93,17 @@ pub async fn serve(
         shutdown.await;
         h.graceful_shutdown(Some(limits.drain));
     });
-    let slots = Slots::new(name, limits);
-    let listener = listener.into_std()?;
+    let listener = Capped { inner: listener, slots: Slots::new(name, limits) };
     let result = match tls {
         None => {
-            let mut server = axum_server::from_tcp(listener)?.acceptor(slots);
+            let mut server = axum_server::Server::<Peer>::from_listener(listener);
             configure(server.http_builder(), limits);
             server.first_request_timeout(limits.header_read).handle(handle).serve(make).await
         }
         Some(t) => {
             let (config, reload) = tls::rustls_config(t).await?;
-            let acceptor = RustlsAcceptor::new(config).handshake_timeout(limits.header_read).acceptor(slots);
-            let mut server = axum_server::from_tcp(listener)?.acceptor(acceptor);
+            let acceptor = RustlsAcceptor::new(config).handshake_timeout(limits.header_read);
+            let mut server = axum_server::Server::<Peer>::from_listener(listener).acceptor(acceptor);
             configure(server.http_builder(), limits);
             let r = server.first_request_timeout(limits.header_read).handle(handle).serve(make).await;
             if let Some(task) = reload {
@@ -118,8 +121,50 @@ fn configure(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::Tok
     b.http1().header_read_timeout(Some(limits.header_read));
 }
 
-/// The acceptor that admits a connection only within the listener's caps.
-#[derive(Clone)]
+/// A client's address, as axum-server's [`Address`] of a [`Capped`] listener (handlers see it
+/// as the plain `SocketAddr` of `ConnectInfo`).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(SocketAddr);
+
+impl Address for Peer {
+    type Stream = Guarded<TcpStream>;
+    type Listener = Capped;
+}
+
+impl Connected<Peer> for SocketAddr {
+    fn connect_info(peer: Peer) -> SocketAddr {
+        peer.0
+    }
+}
+
+/// A TCP listener that yields only the connections within its caps: one past them is closed
+/// here, in the accept loop, before the next is accepted.
+pub struct Capped {
+    inner: TcpListener,
+    slots: Slots,
+}
+
+impl AddrListener<Guarded<TcpStream>, Peer> for Capped {
+    async fn bind_to(_: Peer) -> io::Result<Self> {
+        Err(io::Error::new(io::ErrorKind::Unsupported, "a capped listener is made from a bound socket"))
+    }
+
+    async fn accept_stream(&self) -> io::Result<(Guarded<TcpStream>, Peer)> {
+        loop {
+            // `accept` spends tokio's cooperative budget, so a flood of refusals still yields.
+            let (stream, peer) = self.inner.accept().await?;
+            if let Some(admitted) = self.slots.admit(stream, peer.ip()) {
+                return Ok((admitted, Peer(peer)));
+            }
+        }
+    }
+
+    fn get_local_addr(&self) -> io::Result<Peer> {
+        self.inner.local_addr().map(Peer)
+    }
+}
+
+/// A listener's caps: the open connections in all, and per client address.
 struct Slots {
     name: &'static str,
     total: Arc<Semaphore>,
@@ -132,34 +177,24 @@ impl Slots {
         Slots { name, total: Arc::new(Semaphore::new(limits.max_connections)), per_client: Default::default(), limits }
     }
 
-    fn admit(&self, stream: TcpStream) -> io::Result<Guarded<TcpStream>> {
+    /// The connection within the caps, or `None` (and the stream closed) past them.
+    fn admit(&self, stream: TcpStream, client: IpAddr) -> Option<Guarded<TcpStream>> {
         let refused = |reason: &'static str| {
             metrics::counter!("afreg_connections_refused_total", "listener" => self.name, "reason" => reason).increment(1);
-            io::Error::new(io::ErrorKind::ConnectionRefused, format!("{} connection limit reached", reason))
+            None
         };
-        let client = stream.peer_addr()?.ip();
-        let permit = self.total.clone().try_acquire_owned().map_err(|_| refused("listener"))?;
+        let Ok(permit) = self.total.clone().try_acquire_owned() else { return refused("listener") };
         {
             let mut map = self.per_client.lock().unwrap();
             let n = map.entry(client).or_insert(0);
             if *n >= self.limits.max_connections_per_client {
-                return Err(refused("client"));
+                return refused("client");
             }
             *n += 1;
         }
         metrics::gauge!("afreg_connections_open", "listener" => self.name).increment(1.0);
         let slot = Slot { name: self.name, _permit: permit, client, per_client: self.per_client.clone() };
-        Ok(Guarded { inner: stream, _slot: slot, write_idle: self.limits.body_idle, stall: None })
-    }
-}
-
-impl<S> Accept<TcpStream, S> for Slots {
-    type Stream = Guarded<TcpStream>;
-    type Service = S;
-    type Future = Ready<io::Result<(Guarded<TcpStream>, S)>>;
-
-    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
-        ready(self.admit(stream).map(|s| (s, service)))
+        Some(Guarded { inner: stream, _slot: slot, write_idle: self.limits.body_idle, stall: None })
     }
 }
 

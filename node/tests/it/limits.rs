@@ -544,6 +544,9 @@ fn under_a_login_brute_force_and_1500_half_open_connections_other_clients_are_se
     assert!(limited >= 1000, "only {limited} of {} guesses answered 429", statuses.len());
     assert!(refused_at_once >= HALF_OPEN - 256, "only {refused_at_once} of {HALF_OPEN} half-open connections refused");
     assert!(other.is_empty(), "unexpected answers: {:?}", &other[..other.len().min(20)]);
+    // Both attacking addresses at their connection cap (256 each, the default), and a little
+    // for the pools: a connection past a cap is closed before the next is accepted, so a flood
+    // of them never holds descriptors while it waits for a task to refuse it.
     let fds = peak_fds.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(fds < idle_fds + 256 + 2 * ATTEMPTS_IN_FLIGHT, "{fds} open files (idle {idle_fds})");
+    assert!(fds < idle_fds + 2 * 256 + 48, "{fds} open files (idle {idle_fds})");
 }
