@@ -151,7 +151,17 @@ async fn pin_one<I: Ipfs>(
     // The fetch runs without the CID's lock (it may take minutes); the record is then written
     // under the lock, after confirming the pin there: an unpin of a deleted blob may have
     // slipped in meanwhile, and a re-push may have brought the blob back since.
-    let pinned = match ipfs.pin(&job.cid, opts.pin_timeout).await {
+    let fetched = tokio::select! {
+        r = ipfs.pin(&job.cid, opts.pin_timeout) => Some(r),
+        () = no_longer_needed(pool, &job.cid) => None,
+    };
+    let Some(fetched) = fetched else {
+        // Deleted while it was being fetched (its bytes may be gone from every region): the
+        // fetch is dropped, which cancels Kubo's pin/add.
+        tracing::info!(event = "pin_abandoned", ipfs_cid = %job.cid, "stopped fetching a blob that was deleted meanwhile");
+        return Ok(());
+    };
+    let pinned = match fetched {
         Ok(()) => {
             let mut tx = pool.begin().await?;
             pins::lock_cid(&mut tx, &job.cid).await?;
@@ -191,6 +201,22 @@ async fn pin_one<I: Ipfs>(
         }
     }
     Ok(())
+}
+
+/// Resolves once nothing needs `cid` (checked every second). A fetch of a blob deleted
+/// meanwhile must not wait out the pin timeout: no region may have its bytes any more, and
+/// while one `pin/add` waits, Kubo's GC queues for the pin lock and every later pin queues
+/// behind it, so the whole region would stop pinning until the timeout.
+async fn no_longer_needed(pool: &PgPool, cid: &str) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Ok(mut conn) = pool.acquire().await else { continue };
+        if let Ok(false) = pins::cid_in_use(&mut conn, cid).await {
+            return;
+        }
+    }
 }
 
 /// Brings Kubo's pins and the region's pin records back in line, whatever slipped between
