@@ -467,10 +467,15 @@ impl Default for ClusterConfig {
             allow_insecure_discovery: false,
             join: false,
             kubo_swarm_addrs: vec![],
-            // They hold over 100–300 ms WAN round trips.
-            heartbeat_ms: 600,
-            election_timeout_min_ms: 2000,
-            election_timeout_max_ms: 4000,
+            // They hold over 100–300 ms WAN round trips (a heartbeat is also the AppendEntries
+            // RPC's timeout). openraft 0.9 gives the leader a lease of election_timeout_max, and
+            // a follower of a live leader calls an election only lease + its own election
+            // timeout after the last heartbeat: with these, a lost leader is replaced 3.8–4.6 s
+            // after its last heartbeat (plus a vote round trip), inside the drills' 6 s
+            // failover bound (2–4 s gave 6–8 s).
+            heartbeat_ms: 500,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 2300,
             write_timeout_ms: 10_000,
             snapshot_every: 5000,
             pin_concurrency: 4,

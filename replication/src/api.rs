@@ -79,12 +79,12 @@ fn no_member() -> Response {
 
 async fn append(State(c): State<Arc<Cluster>>, Json(req): Json<AppendEntriesRequest<TypeConfig>>) -> Response {
     let Some(raft) = c.raft() else { return no_member() };
-    Json(raft.append_entries(req).await).into_response()
+    Json(c.append(&raft, req).await).into_response()
 }
 
 async fn vote(State(c): State<Arc<Cluster>>, Json(req): Json<VoteRequest<crate::NodeId>>) -> Response {
     let Some(raft) = c.raft() else { return no_member() };
-    Json(raft.vote(req).await).into_response()
+    Json(c.vote(&raft, req).await).into_response()
 }
 
 async fn snapshot(State(c): State<Arc<Cluster>>, Json(req): Json<InstallSnapshotRequest<TypeConfig>>) -> Response {

@@ -196,6 +196,7 @@ pub struct Cluster {
     /// A client per holder whose URL's host resolves to a given address.
     relay_client: std::sync::Mutex<Option<(Holder, reqwest::Client)>>,
     roots: Vec<reqwest::Certificate>,
+    nudge: Arc<crate::election::Nudge>,
 }
 
 impl Cluster {
@@ -236,6 +237,7 @@ impl Cluster {
             admin_lock: tokio::sync::Mutex::new(()),
             relay_client: Default::default(),
             roots: opts.roots,
+            nudge: Arc::new(crate::election::Nudge::new()),
         }))
     }
 
@@ -297,8 +299,9 @@ impl Cluster {
         // is seen, at once in a cluster of this region alone, or after two election timeouts.
         let config = Arc::new(openraft::Config { enable_elect: false, ..(*self.config).clone() });
         let raft = Raft::new(self.id, config, network, PgLogStore::new(self.pool.clone(), fence), sm).await?;
+        self.nudge.member_started();
         tokio::spawn({
-            let (raft, id) = (raft.clone(), self.id);
+            let (raft, id, nudge) = (raft.clone(), self.id, self.nudge.clone());
             let grace = Duration::from_millis(self.timings.election_timeout_max_ms * 2);
             async move {
                 let alone = |m: &openraft::RaftMetrics<NodeId, Region>| {
@@ -310,6 +313,7 @@ impl Cluster {
                     .metrics(|m| m.current_leader.is_some_and(|l| l != id) || alone(m), "a leader, or no other voter")
                     .await;
                 raft.runtime_config().elect(true);
+                nudge.elections_enabled();
             }
         });
         let changed = self.changed.clone();
@@ -351,6 +355,28 @@ impl Cluster {
 
     pub fn seat(&self) -> &Arc<Seat> {
         &self.seat
+    }
+
+    /// Answers a leader's AppendEntries with this region's member.
+    pub(crate) async fn append(
+        &self,
+        raft: &Raft,
+        req: openraft::raft::AppendEntriesRequest<crate::TypeConfig>,
+    ) -> Result<openraft::raft::AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        let r = raft.append_entries(req).await;
+        self.nudge.appended(&r);
+        r
+    }
+
+    /// Answers a candidate's vote request with this region's member (see `election`).
+    pub(crate) async fn vote(
+        &self,
+        raft: &Raft,
+        req: openraft::raft::VoteRequest<NodeId>,
+    ) -> Result<openraft::raft::VoteResponse<NodeId>, RaftError<NodeId>> {
+        let r = raft.vote(req.clone()).await;
+        self.nudge.voted(raft, self.timings, &req, &r);
+        r
     }
 
     /// Whether this process runs the member and its lease is valid now (no IO).

@@ -24,6 +24,8 @@
 //!   behind the [`secret`] (cluster secret).
 //! - [`cluster`]: [`Cluster`], one region's handle: start, replicate a write (forwarding to the
 //!   leader), linearizable read point, membership changes, status.
+//! - `election` (private): campaigns at once when a lagging candidate would otherwise cost
+//!   the cluster a wasted term after the leader is lost.
 //! - [`seat`]: which of the region's processes runs its Raft member (an advisory lock, a
 //!   lease and an epoch in Postgres), and the [`Fence`] every storage write checks.
 //! - [`pinner`]: keeps every blob CID pinned in the region's Kubo; [`duties`]: announcing the
@@ -45,6 +47,7 @@
 pub mod api;
 pub mod cluster;
 pub mod duties;
+mod election;
 pub mod network;
 pub mod pinner;
 pub mod seat;
