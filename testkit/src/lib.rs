@@ -17,6 +17,8 @@
 //! - [`conformance`]: the OCI conformance suite and its JUnit report.
 //! - [`containers`]: podman and a dockerd of the test's own.
 //! - [`api`]: a raw client of a node's API (exact statuses, headers, error bodies).
+//! - [`workload`]: workloads run under faults; [`history`]: the drills' recorded history and
+//!   the checkers that rule on it.
 //! - [`oci`]: the one OCI test client and image fixture; [`stream`]: streamed pushes of
 //!   blobs too big to hold (async).
 
@@ -25,6 +27,7 @@ pub mod cluster;
 pub mod conformance;
 pub mod containers;
 pub mod dns;
+pub mod history;
 pub mod kubo;
 pub mod node;
 pub mod oci;

@@ -33,18 +33,25 @@ pub fn new_image(layer_bytes: usize) -> Image {
 
 /// The image whose config and single layer are these bytes.
 pub fn image_of(config: Vec<u8>, layer: Vec<u8>) -> Image {
+    image_of_layers(config, vec![layer])
+}
+
+/// The image of this config and these layers, in order.
+pub fn image_of_layers(config: Vec<u8>, layers: Vec<Vec<u8>>) -> Image {
+    let descriptors: Vec<_> = layers
+        .iter()
+        .map(|l| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256_digest(l), "size": l.len()}))
+        .collect();
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256_digest(&layer), "size": layer.len()}],
+        "layers": descriptors,
     }))
     .unwrap();
-    Image {
-        digest: sha256_digest(&manifest),
-        manifest,
-        blobs: vec![(sha256_digest(&config), config), (sha256_digest(&layer), layer)],
-    }
+    let mut blobs = vec![(sha256_digest(&config), config)];
+    blobs.extend(layers.into_iter().map(|l| (sha256_digest(&l), l)));
+    Image { digest: sha256_digest(&manifest), manifest, blobs }
 }
 
 impl Image {
@@ -52,6 +59,9 @@ impl Image {
         self.blobs.iter().map(|b| b.0.as_str()).collect()
     }
 }
+
+/// How the body of a [`Refusal`] without an answer starts when the connection was refused.
+pub const NOT_CONNECTED: &str = "not connected: ";
 
 /// A refused request: status (0 when no answer came), `Retry-After`, body.
 #[derive(Debug, Clone)]
@@ -69,8 +79,11 @@ impl Refusal {
             body: r.text().unwrap_or_default(),
         }
     }
+    /// No answer: `body` starts with [`NOT_CONNECTED`] when the connection was never made (so
+    /// nothing was sent).
     fn lost(e: reqwest::Error) -> Refusal {
-        Refusal { status: 0, retry_after: None, body: e.to_string() }
+        let body = if e.is_connect() { format!("{NOT_CONNECTED}{e}") } else { e.to_string() };
+        Refusal { status: 0, retry_after: None, body }
     }
 }
 
@@ -124,6 +137,16 @@ pub fn put_manifest(c: &Client, url: &str, repo: &str, reference: &str, manifest
     .map(|_| ())
 }
 
+/// `DELETE …/manifests/<reference>` (a digest deletes the manifest, a tag only the tag):
+/// the status of a 202 or 404, `Err` for anything else.
+pub fn delete_manifest(c: &Client, url: &str, repo: &str, reference: &str) -> Result<u16, Refusal> {
+    let r = c.delete(format!("{url}/v2/{repo}/manifests/{reference}")).send().map_err(Refusal::lost)?;
+    match r.status().as_u16() {
+        s @ (202 | 404) => Ok(s),
+        _ => Err(Refusal::of(r)),
+    }
+}
+
 /// Pushes `img` as `repo:tag` (monolithic blob uploads, then the manifest); `Err` carries the
 /// first non-201 answer.
 pub fn push(c: &Client, url: &str, repo: &str, tag: &str, img: &Image) -> Result<(), Refusal> {
@@ -149,12 +172,15 @@ pub fn push_timed(c: &Client, url: &str, repo: &str, tag: &str, img: &Image) -> 
 
 /// GET of a manifest by tag or digest: status and body.
 pub fn get_manifest(c: &Client, url: &str, repo: &str, reference: &str, query: &str) -> (u16, Vec<u8>) {
-    let r = c
-        .get(format!("{url}/v2/{repo}/manifests/{reference}{query}"))
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .unwrap_or_else(|e| panic!("GET {url}/v2/{repo}/manifests/{reference}: {e}"));
-    (r.status().as_u16(), r.bytes().unwrap().to_vec())
+    try_get_manifest(c, url, repo, reference, query).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`get_manifest`], with `Err` when no answer came (or the body broke off).
+pub fn try_get_manifest(c: &Client, url: &str, repo: &str, reference: &str, query: &str) -> Result<(u16, Vec<u8>), String> {
+    let what = format!("GET {url}/v2/{repo}/manifests/{reference}{query}");
+    let r = c.get(format!("{url}/v2/{repo}/manifests/{reference}{query}")).header("accept", OCI_MANIFEST).send().map_err(|e| format!("{what}: {e}"))?;
+    let status = r.status().as_u16();
+    Ok((status, r.bytes().map_err(|e| format!("{what}: {e}"))?.to_vec()))
 }
 
 /// GET of a blob: status and body (`Err` when the transfer broke).
@@ -174,7 +200,7 @@ pub fn serves(c: &Client, url: &str, repo: &str, tag: &str, img: &Image) -> bool
 /// Pulls every byte of `img` (by `reference`, a tag or digest) from `url` and checks each
 /// against its digest; `Err` says what was wrong.
 pub fn check_pulls(c: &Client, url: &str, repo: &str, reference: &str, img: &Image) -> Result<(), String> {
-    let (status, body) = get_manifest(c, url, repo, reference, "");
+    let (status, body) = try_get_manifest(c, url, repo, reference, "")?;
     if status != 200 {
         return Err(format!("GET manifest {repo}:{reference} from {url}: {status} {}", String::from_utf8_lossy(&body)));
     }

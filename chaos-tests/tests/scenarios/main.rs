@@ -2,6 +2,7 @@
 //! whose regions reach each other only through fault-injecting links.
 
 mod common;
+mod drill;
 mod partition;
 mod seat;
 mod wan;
