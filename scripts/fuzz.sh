@@ -78,8 +78,12 @@ for t in "${targets[@]}"; do
     failed+=("$t")
     echo "fuzz: $t: FAILED (exit $rc) after ${execs:-?} executions in $((SECONDS - t0)) s:"
     # The panic (a broken invariant) or libFuzzer's verdict, the input, how to rerun it.
-    { grep -m1 -A1 'panicked at' "$logs/$t"; grep -m2 -E '^==[0-9]+== ERROR|^error' "$logs/$t"
-      grep -A1 -E '^(Failing input|Reproduce with):' "$logs/$t"; } | grep -v -e '^--$' -e '^$' | sed "s/^/fuzz: $t: /"
+    # (None of these may match: then libFuzzer's last lines. The pipeline must not end the
+    # script under `set -e`, or the other targets would not run.)
+    why=$({ grep -m1 -A1 'panicked at' "$logs/$t"; grep -m2 -E '^==[0-9]+== ERROR|^error|^ERROR' "$logs/$t"
+      grep -A1 -E '^(Failing input|Reproduce with):' "$logs/$t"; } | grep -v -e '^--$' -e '^$' || true)
+    [ -n "$why" ] || why=$(grep -v -E '^#[0-9]+' "$logs/$t" | tail -n 15)
+    printf '%s\n' "$why" | sed "s/^/fuzz: $t: /"
   fi
 done
 echo "fuzz: done in $((SECONDS - started)) s: $(( ${#targets[@]} - ${#failed[@]} )) of ${#targets[@]} targets passed"
