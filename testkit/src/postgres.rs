@@ -84,6 +84,23 @@ impl Postgres {
         run_stdout(self.bin.psql(self.port).args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql]))
     }
 
+    /// Like [`Postgres::psql`], but runs `sql` (one implicit transaction) again when Postgres
+    /// ends it as a deadlock victim: DDL on tables a live node writes to (e.g. creating
+    /// triggers) takes its locks one table at a time and can deadlock with the node's own
+    /// transactions. A victim's transaction is rolled back whole, so running it again is safe.
+    pub fn psql_retrying_deadlocks(&self, sql: &str) -> String {
+        for _ in 0..10 {
+            let out = self.bin.psql(self.port).args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("run psql");
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("deadlock detected"), "psql failed: {stderr}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("psql was a deadlock victim 10 times in a row: {sql}");
+    }
+
     /// Starts `psql` with `sql` in the background (e.g. a transaction that holds a table lock
     /// for a while); the caller waits for the child.
     pub fn psql_background(&self, sql: &str) -> Child {

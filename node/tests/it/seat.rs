@@ -183,7 +183,7 @@ fn a_paused_seat_holder_that_wakes_up_writes_nothing_steps_down_and_no_acknowled
 
     // From here on, record every write to the Raft log, vote and replicated tables, with the
     // connection's application_name (each process names its connections).
-    us.pg().psql(AUDIT_SQL);
+    us.pg().psql_retrying_deadlocks(AUDIT_SQL);
     std::thread::sleep(Duration::from_secs(3));
     signal(paused, libc::SIGCONT);
     drop(guard);
