@@ -61,21 +61,33 @@ pub async fn cid_in_use(tx: &mut PgConnection, cid: &str) -> Result<bool> {
 
 /// Up to `limit` CIDs to pin now: never tried, or failed and due for a retry. A CID that an
 /// upload of this region holds is left to that upload, which records its pin itself when its
-/// commit is decided (in the transaction that drops the hold).
+/// commit is decided (in the transaction that drops the hold) — for [`HOLD_DECIDES_SECS`].
+/// A hold older than that belongs to an upload whose outcome was unknown (its write timed out,
+/// or its process died) and that will never record the pin: its hold stays until it expires
+/// (hours), so once the blob record is applied the pinner records the pin (the bytes are in
+/// this Kubo already, pinned for the hold), or the region's pin backlog would show the blob
+/// as missing all that time.
 pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<PinJob>> {
     sqlx::query_as(
         "SELECT b.cid, max(b.size) AS size, min(b.origin_region) AS origin_region, coalesce(max(p.attempts), 0) AS attempts
            FROM blobs b LEFT JOIN pins p ON p.cid = b.cid
           WHERE (p.cid IS NULL OR (p.state = 'failed' AND p.next_attempt_at <= now()))
-            AND NOT EXISTS (SELECT 1 FROM blob_holds h WHERE h.cid = b.cid)
+            AND NOT EXISTS (SELECT 1 FROM blob_holds h WHERE h.cid = b.cid
+                              AND h.created_at > now() - make_interval(secs => $2))
           GROUP BY b.cid
           ORDER BY min(b.created_at)
           LIMIT $1",
     )
     .bind(limit)
+    .bind(HOLD_DECIDES_SECS)
     .fetch_all(pool)
     .await
 }
+
+/// How long an upload's hold leaves its CID's pin to the upload: past the longest a blob
+/// commit can take to be decided (the cluster's write timeout, 10 s by default, plus the
+/// upload's own bookkeeping).
+pub const HOLD_DECIDES_SECS: f64 = 20.0;
 
 /// When the next failed pin is due, if any.
 pub async fn next_retry(pool: &PgPool) -> Result<Option<DateTime<Utc>>> {
