@@ -19,6 +19,14 @@ TOOLS=$(scripts/setup.sh | tail -n 1)
 export AFREG_TOOLS="$TOOLS"
 export PATH="$TOOLS:$PATH"
 
+# The deliberately broken build (feature unsafe-ack-without-quorum: writes acknowledged without
+# a quorum) that the chaos suite runs a drill against, to show the checkers catch lost writes.
+# Cargo keeps its artifacts beside the normal ones, so switching back costs nothing.
+target_dir=${CARGO_TARGET_DIR:-target}
+cargo build --release -p afreg --features unsafe-ack-without-quorum
+cp "$target_dir/release/afreg" "$target_dir/release/afreg-broken"
+export AFREG_BROKEN_BIN="$(cd "$target_dir/release" && pwd)/afreg-broken"
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 use stateright::semantics::register::{Register, RegisterOp, RegisterRet};
 use stateright::semantics::{ConsistencyTester, LinearizabilityTester};
 
-use crate::cluster::ClusterMember;
-use crate::oci::{check_pulls, client, Image};
+use reqwest::blocking::Client;
+
+use crate::oci::{check_pulls, Endpoint, Image};
 
 /// How an operation ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -327,27 +328,13 @@ pub fn check_regional_reads(h: &History) -> Result<String, String> {
 /// Every acknowledged manifest (a push, or a hot tag moved to it) that no delete was sent for
 /// reads back byte-identical by digest from every URL, with every blob, each within `bound`
 /// of the check starting. `Ok` says how many, and how long the slowest wait was.
-pub fn check_acked_readable(h: &History, urls: &[String], bound: Duration) -> Result<String, String> {
-    let deleted = h.deleted();
-    let acked: Vec<(&Event, &str)> = h
-        .events
-        .iter()
-        .filter(|e| e.outcome == Outcome::Ok)
-        .filter_map(|e| match &e.op {
-            Op::Push { digest, .. } | Op::SetTag { to: Some(digest), .. } => Some((e, digest.as_str())),
-            _ => None,
-        })
-        .filter(|(_, d)| !deleted.contains(d))
-        .collect();
-    let c = client();
+pub fn check_acked_readable(h: &History, regions: &[Endpoint], repo: &str, bound: Duration) -> Result<String, String> {
+    let acked = h.acked_manifests();
     let started = Instant::now();
-    for url in urls {
-        for (e, digest) in &acked {
+    for region in regions {
+        let (c, url) = (region.client(repo, Duration::from_secs(30))?, &region.url);
+        for (e, repo, digest) in &acked {
             let img = &h.images[*digest];
-            let repo = match &e.op {
-                Op::Push { repo, .. } | Op::SetTag { repo, .. } => repo,
-                _ => unreachable!(),
-            };
             loop {
                 match check_pulls(&c, url, repo, digest, img) {
                     Ok(()) => break,
@@ -362,53 +349,124 @@ pub fn check_acked_readable(h: &History, urls: &[String], bound: Duration) -> Re
             }
         }
     }
-    Ok(format!("{} acknowledged manifests read back from {} regions ({:.1?})", acked.len(), urls.len(), started.elapsed()))
+    Ok(format!("{} acknowledged manifests read back from {} regions ({:.1?})", acked.len(), regions.len(), started.elapsed()))
 }
 
-/// Each region's tags as `repo tag digest` lines.
-pub fn tag_map(r: &ClusterMember) -> String {
-    r.sql("SELECT r.name || ' ' || t.name || ' ' || t.manifest_digest FROM tags t JOIN repositories r ON r.id = t.repository_id ORDER BY 1")
+impl History {
+    /// Every acknowledged manifest (a push, or a hot tag moved to it) that no delete was sent
+    /// for: its event, repository and digest.
+    fn acked_manifests(&self) -> Vec<(&Event, &str, &str)> {
+        let deleted = self.deleted();
+        self.events
+            .iter()
+            .filter(|e| e.outcome == Outcome::Ok)
+            .filter_map(|e| match &e.op {
+                Op::Push { repo, digest, .. } | Op::SetTag { repo, to: Some(digest), .. } => Some((e, repo.as_str(), digest.as_str())),
+                _ => None,
+            })
+            .filter(|(_, _, d)| !deleted.contains(d))
+            .collect()
+    }
+
+    /// How many acknowledged manifests do not read back (at once) from some region: the count
+    /// of lost writes once [`check_acked_readable`] has failed.
+    pub fn unreadable(&self, regions: &[Endpoint], repo: &str) -> usize {
+        let clients: Vec<(Client, &str)> =
+            regions.iter().filter_map(|r| r.client(repo, Duration::from_secs(30)).ok().map(|c| (c, r.url.as_str()))).collect();
+        self.acked_manifests()
+            .iter()
+            .filter(|(_, repo, digest)| clients.iter().any(|(c, url)| check_pulls(c, url, repo, digest, &self.images[*digest]).is_err()))
+            .count()
+    }
 }
 
-/// CIDs of blob records `r` holds that its Kubo has not pinned.
-pub fn unpinned(r: &ClusterMember) -> Vec<String> {
-    let pinned = r.kubo().pin_ls_recursive();
-    r.sql("SELECT cid FROM blobs ORDER BY cid").lines().map(str::trim).filter(|c| !c.is_empty() && !pinned.iter().any(|p| p == c)).map(String::from).collect()
-}
-
-/// All regions hold identical tag maps, and every blob record of each is pinned in its own
-/// Kubo, within `bound`. `Ok` gives how long it took.
-pub fn check_converged(regions: &[&ClusterMember], bound: Duration) -> Result<Duration, String> {
+/// All regions hold identical tag → digest maps of `repo` (its tag list, each tag resolved by a
+/// `HEAD`), and report no pin backlog in `/status` (every blob record pinned in its own Kubo),
+/// within `bound`: convergence as a client and an operator see it, through the public API.
+/// `Ok` gives how long it took.
+pub fn check_converged_api(regions: &[Endpoint], repo: &str, bound: Duration) -> Result<Duration, String> {
     let started = Instant::now();
     loop {
-        let maps: Vec<String> = regions.iter().map(|r| tag_map(r)).collect();
-        let same = maps.windows(2).all(|w| w[0] == w[1]);
-        let holes: Vec<(String, Vec<String>)> =
-            regions.iter().map(|r| (r.name.clone(), unpinned(r))).filter(|(_, u)| !u.is_empty()).collect();
-        if same && holes.is_empty() {
+        let mut why = String::new();
+        let maps: Vec<Result<BTreeMap<String, String>, String>> = regions.iter().map(|r| tag_map_api(r, repo)).collect();
+        for (r, m) in regions.iter().zip(&maps) {
+            if let Err(e) = m {
+                let _ = writeln!(why, "{}: {e}", r.name);
+            }
+        }
+        let maps: Vec<&BTreeMap<String, String>> = maps.iter().filter_map(|m| m.as_ref().ok()).collect();
+        if maps.len() == regions.len() {
+            for (r, m) in regions.iter().zip(&maps).skip(1) {
+                let differ: Vec<String> = maps[0]
+                    .iter()
+                    .filter(|(t, d)| m.get(*t) != Some(*d))
+                    .chain(m.iter().filter(|(t, _)| !maps[0].contains_key(*t)))
+                    .take(5)
+                    .map(|(t, d)| format!("{t} {d}"))
+                    .collect();
+                if !differ.is_empty() {
+                    let _ = writeln!(why, "{} and {} differ ({} vs {} tags), e.g. {differ:?}", regions[0].name, r.name, maps[0].len(), m.len());
+                }
+            }
+        }
+        for r in regions {
+            match pin_backlog(r) {
+                Ok(0) => {}
+                Ok(n) => {
+                    let _ = writeln!(why, "{}: {n} blobs not pinned yet", r.name);
+                }
+                Err(e) => {
+                    let _ = writeln!(why, "{}: {e}", r.name);
+                }
+            }
+        }
+        if why.is_empty() {
             return Ok(started.elapsed());
         }
         if started.elapsed() > bound {
-            let mut why = String::new();
-            if !same {
-                for (r, m) in regions.iter().zip(&maps) {
-                    let _ = writeln!(why, "{}: {} tags", r.name, m.lines().count());
-                }
-                let first: std::collections::BTreeSet<&str> = maps[0].lines().collect();
-                for (r, m) in regions.iter().zip(&maps).skip(1) {
-                    let other: std::collections::BTreeSet<&str> = m.lines().collect();
-                    for d in first.symmetric_difference(&other).take(5) {
-                        let _ = writeln!(why, "  differs ({} vs {}): {d}", regions[0].name, r.name);
-                    }
-                }
-            }
-            for (name, u) in &holes {
-                let _ = writeln!(why, "{name}: {} blob records not pinned, e.g. {}", u.len(), u[0]);
-            }
             return Err(format!("regions did not converge within {bound:?}:\n{why}"));
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// `repo`'s tags at `r`, each with the digest it resolves to.
+fn tag_map_api(r: &Endpoint, repo: &str) -> Result<BTreeMap<String, String>, String> {
+    let c = r.client(repo, Duration::from_secs(10))?;
+    let resp = c.get(format!("{}/v2/{repo}/tags/list?n=100000", r.url)).send().map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().unwrap_or_default();
+    let tags: Vec<String> = match status {
+        200 => body["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(String::from)).collect(),
+        404 => Vec::new(),
+        s => return Err(format!("tags/list: {s} {body}")),
+    };
+    let mut map = BTreeMap::new();
+    for t in tags {
+        let resp = c
+            .head(format!("{}/v2/{repo}/manifests/{t}", r.url))
+            .header("accept", crate::oci::OCI_MANIFEST)
+            .send()
+            .map_err(|e| e.to_string())?;
+        match resp.status().as_u16() {
+            200 => {
+                let d = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                map.insert(t, d);
+            }
+            // Deleted between the list and the HEAD: the next round sees it gone.
+            404 => {}
+            s => return Err(format!("HEAD {repo}:{t}: {s}")),
+        }
+    }
+    Ok(map)
+}
+
+/// The region's own pin backlog, from its `/status?scope=local`.
+fn pin_backlog(r: &Endpoint) -> Result<u64, String> {
+    let c = Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
+    let v: serde_json::Value =
+        c.get(format!("{}/status?scope=local", r.url)).send().and_then(|r| r.json()).map_err(|e| format!("/status: {e}"))?;
+    v["pins"]["backlog"].as_u64().or_else(|| v["pin_backlog"].as_u64()).ok_or_else(|| format!("/status has no pin backlog: {v}"))
 }
 
 /// No pull failed in a region outside its outages.

@@ -18,9 +18,10 @@
 //! - [`containers`]: podman and a dockerd of the test's own.
 //! - [`api`]: a raw client of a node's API (exact statuses, headers, error bodies).
 //! - [`workload`]: workloads run under faults; [`history`]: the drills' recorded history and
-//!   the checkers that rule on it.
-//! - [`oci`]: the one OCI test client and image fixture; [`stream`]: streamed pushes of
-//!   blobs too big to hold (async).
+//!   the checkers that rule on it (both from `afreg_drill`, plus checks that read a region's
+//!   Postgres and Kubo).
+//! - [`oci`]: the one OCI client and image fixture (`afreg_drill::oci`); [`stream`]: streamed
+//!   pushes of blobs too big to hold (async).
 
 pub mod api;
 pub mod cluster;

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -81,25 +80,7 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
     panic!("{path} has no {field} line")
 }
 
-/// `count` random bytes from the kernel.
-pub fn random_bytes(count: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; count];
-    fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).expect("read /dev/urandom");
-    buf
-}
-
-/// A random lowercase hex string of `len` characters (handy for repository and tag names).
-pub fn random_hex(len: usize) -> String {
-    let mut s = hex::encode(random_bytes(len.div_ceil(2)));
-    s.truncate(len);
-    s
-}
-
-/// `sha256:<hex>` of some bytes: an OCI digest.
-pub fn sha256_digest(data: &[u8]) -> String {
-    use sha2::Digest;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
+pub use afreg_drill::oci::{random_bytes, random_hex, sha256_digest};
 
 /// Runs a command, panicking with its command line, status, stdout and stderr unless it exits 0.
 /// Returns the full output.

@@ -38,9 +38,14 @@ impl Chaos {
     /// `delay` from the start (so the first election already runs over the slow links). `f`
     /// adjusts each node's config further. Anyone may pull, push and delete.
     pub fn start(names: &[&str], delay: Duration, f: impl Fn(&str, &mut NodeConfig)) -> Chaos {
+        Chaos::start_bin(testkit::afreg_bin(), names, delay, f)
+    }
+
+    /// [`Chaos::start`] with another afreg binary (the deliberately broken build).
+    pub fn start_bin(bin: &std::path::Path, names: &[&str], delay: Duration, f: impl Fn(&str, &mut NodeConfig)) -> Chaos {
         let nets: Mutex<BTreeMap<String, RegionNet>> = Mutex::default();
         let started = Instant::now();
-        let cluster = TestCluster::start(testkit::afreg_bin(), names, |name, cfg| {
+        let cluster = TestCluster::start(bin, names, |name, cfg| {
             let port = testkit::free_port();
             cfg.internal_port = Some(port);
             let net = RegionNet::start(SocketAddr::from(([127, 0, 0, 1], port)));

@@ -1,11 +1,11 @@
-//! Failover drills: the mixed workload of every kind of operation on every region
-//! (`testkit::workload::Mixed`: uploads, pushes, hot tags moved and deleted, manifest deletes,
-//! pulls, linearizable and regional reads) runs while a fault hits the leader, with GC at an
-//! aggressive setting all along; once the fault heals, the checkers of `testkit::history`
-//! rule on the whole history: tags linearizable, regional reads sound, nothing acknowledged
-//! lost, regions converged (tags and pins), pulls available in healthy regions, and no request
-//! hanging. The first write acknowledged after the leader is lost must come within
-//! [`FAILOVER_BOUND`].
+//! Failover drills (`afreg_drill::run`, the loop `afreg drill` runs too): the mixed workload of
+//! every kind of operation on every region (uploads, pushes, hot tags moved and deleted,
+//! manifest deletes, pulls, linearizable and regional reads) runs while a fault hits the
+//! leader, with GC at an aggressive setting all along; once the fault heals, the checkers rule
+//! on the whole history: tags linearizable, regional reads sound, nothing acknowledged lost,
+//! regions converged (tags and pins, read from each region's Postgres and Kubo), pulls
+//! available in healthy regions, no request hanging, and the first write acknowledged after
+//! the leader is lost within 6 s (`run::Bounds`).
 //!
 //! Each scenario is reproducible from its seed (`DRILL_SEED` overrides it: the clients'
 //! choices and bytes derive from it). CI runs one round of each; `DRILL_ROUNDS=N` runs N
@@ -14,86 +14,15 @@
 
 use std::time::Duration;
 
-use testkit::history::{self, History, Outage};
-use testkit::workload::{Mixed, MixedConfig};
+use afreg_drill::oci::Endpoint;
+use afreg_drill::run::{self, Fault, Plan, Report, Target};
+use afreg_drill::workload::Mixed;
+use testkit::history::{self, Outage};
 
 use crate::common::*;
 
-/// The first acknowledged write after the leader is lost comes within this (issue 14).
-const FAILOVER_BOUND: Duration = Duration::from_secs(6);
-/// No request outside an outage of its own region takes longer than this: the write timeout
-/// (10 s) plus slack for a slow machine.
-const REQUEST_BOUND: Duration = Duration::from_secs(12);
-/// Regions hold the same tags and every pin this soon after the workload stops.
-const CONVERGE_BOUND: Duration = Duration::from_secs(60);
-/// How long the fault lasts: well past the longest election timeout (4 s).
+/// How long the fault lasts: well past the longest election timeout (2.3 s).
 const HOLD: Duration = Duration::from_secs(8);
-
-/// What one fault did: when the leader was lost, and when a region's own process was down.
-struct Fault {
-    leader_lost_at: Duration,
-    outages: Vec<Outage>,
-}
-
-/// One scenario's row of the report, and the checkers' verdicts.
-struct Report {
-    scenario: &'static str,
-    seed: u64,
-    history: History,
-    failovers: Vec<Duration>,
-    converged: Duration,
-    verdicts: Vec<(&'static str, Result<String, String>)>,
-}
-
-impl Report {
-    fn print(&self) {
-        let c = self.history.counts();
-        let (p50, p99) = percentiles(&self.failovers);
-        let lin = if self.verdicts.iter().any(|(n, v)| *n == "linearizable" && v.is_ok()) { "ok" } else { "VIOLATED" };
-        let lost = if self.verdicts.iter().any(|(n, v)| *n == "acked-readable" && v.is_err()) { "LOST" } else { "0" };
-        eprintln!(
-            "DRILL | {} | seed {} | ops {} | acked {} | unknown {} | lost {lost} | linearizable {lin} | failover p50 {:.1?} p99 {:.1?} ({} rounds) | converged {:.1?} | errors {:?}",
-            self.scenario,
-            self.seed,
-            c.ops,
-            c.acked_writes,
-            c.unknown,
-            p50,
-            p99,
-            self.failovers.len(),
-            self.converged,
-            c.errors
-        );
-        for (kind, example) in &c.examples {
-            eprintln!("  first {kind}: {}", example.chars().take(400).collect::<String>());
-        }
-        for (name, v) in &self.verdicts {
-            match v {
-                Ok(s) => eprintln!("  {name}: {s}"),
-                Err(e) => eprintln!("  {name}: FAILED: {e}"),
-            }
-        }
-    }
-
-    fn assert(&self) {
-        self.print();
-        let failed: Vec<&str> = self.verdicts.iter().filter(|(_, v)| v.is_err()).map(|(n, _)| *n).collect();
-        assert!(failed.is_empty(), "{}: checkers failed: {failed:?} (seed {})", self.scenario, self.seed);
-        for (i, f) in self.failovers.iter().enumerate() {
-            assert!(*f <= FAILOVER_BOUND, "{}: round {i}: the first write after the leader was lost took {f:?}", self.scenario);
-        }
-    }
-}
-
-fn percentiles(v: &[Duration]) -> (Duration, Duration) {
-    let mut v = v.to_vec();
-    v.sort();
-    if v.is_empty() {
-        return (Duration::ZERO, Duration::ZERO);
-    }
-    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
-    (at(0.5), at(0.99))
-}
 
 fn seed(default: u64) -> u64 {
     std::env::var("DRILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
@@ -103,63 +32,69 @@ fn rounds() -> usize {
     std::env::var("DRILL_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
 }
 
+/// The chaos cluster as a drill's target: `fault` is one round against the leader, and
+/// convergence is judged from each region's Postgres and Kubo as well as the public API.
+struct ChaosTarget<F> {
+    chaos: Chaos,
+    fault: F,
+}
+
+impl<F: FnMut(&mut Chaos, &Mixed, &str) -> Fault> Target for ChaosTarget<F> {
+    fn regions(&self) -> Vec<Endpoint> {
+        self.chaos.cluster.regions.iter().map(|r| Endpoint::open(&r.name, &r.url())).collect()
+    }
+    fn wait_leader(&mut self, bound: Duration) -> Result<(String, u64), String> {
+        Ok(self.chaos.wait_agreed(bound))
+    }
+    fn inject(&mut self, leader: &str, work: &Mixed, _progress: &dyn Fn(&str)) -> Result<Fault, String> {
+        eprintln!("({})", utc_now());
+        Ok((self.fault)(&mut self.chaos, work, leader))
+    }
+    /// Both ways: tags and pins as each region's Postgres and Kubo hold them, then as the
+    /// public API shows them (tag lists, `/status` pin backlogs), within one bound.
+    fn converged(&self, repo: &str, bound: Duration) -> Result<Duration, String> {
+        let members: Vec<_> = self.chaos.cluster.regions.iter().collect();
+        let inside = history::check_converged(&members, bound)?;
+        let outside = history::check_converged_api(&self.regions(), repo, bound.saturating_sub(inside))?;
+        Ok(inside + outside)
+    }
+}
+
 /// The drills' cluster: the product's Raft timings over 10 ms links, and GC at its most
 /// aggressive (blobs unlinked 1 s after nothing references them, Kubo's GC every 2 s).
-fn drill_cluster() -> Chaos {
-    Chaos::start(&["us", "eu", "asia"], Duration::from_millis(10), |_, cfg| {
+fn drill_cluster(bin: &std::path::Path) -> Chaos {
+    Chaos::start_bin(bin, &["us", "eu", "asia"], Duration::from_millis(10), |_, cfg| {
         product_timings(cfg);
         let c = &mut cfg.config;
         (c.cluster.gc_grace_secs, c.cluster.gc_interval_secs, c.kubo.gc_interval_secs) = (1, 1, 2);
     })
 }
 
-/// Runs the workload on `chaos`, hits the current leader with `fault` for each round, heals,
-/// and rules on the history.
-fn drill(scenario: &'static str, default_seed: u64, mut fault: impl FnMut(&mut Chaos, &Mixed, &str) -> Fault) -> Report {
-    let seed = seed(default_seed);
-    let mut chaos = drill_cluster();
+/// Runs the workload on the drills' cluster, hits the current leader with `fault` for each
+/// round, heals, rules on the history, and fails the test on any failed checker.
+fn drill(scenario: &'static str, default_seed: u64, fault: impl FnMut(&mut Chaos, &Mixed, &str) -> Fault) -> Report {
+    let report = drill_on(testkit::afreg_bin(), scenario, default_seed, fault);
+    let failed: Vec<&str> = report.verdicts.iter().filter(|v| !v.ok).map(|v| v.checker.as_str()).collect();
+    assert!(report.passed, "{scenario}: checkers failed: {failed:?} (seed {})", report.seed);
+    report
+}
+
+/// [`drill`] on a cluster of `bin`, returning the report whatever it says.
+fn drill_on(bin: &std::path::Path, scenario: &'static str, default_seed: u64, fault: impl FnMut(&mut Chaos, &Mixed, &str) -> Fault) -> Report {
+    let mut plan = Plan::new(scenario, seed(default_seed));
+    plan.rounds = rounds();
+    let chaos = drill_cluster(bin);
     chaos.wait_agreed(Duration::from_secs(30));
-    let regions: Vec<(String, String)> = chaos.cluster.regions.iter().map(|r| (r.name.clone(), r.url())).collect();
-    eprintln!("{scenario}: seed {seed}, {} round(s)", rounds());
-    let work = Mixed::start(&regions, &MixedConfig { seed, ..MixedConfig::default() });
-    std::thread::sleep(Duration::from_secs(4));
-    let (mut outages, mut lost_at) = (Vec::new(), Vec::new());
-    for round in 0..rounds() {
-        let (leader, term) = chaos.wait_agreed(Duration::from_secs(30));
-        eprintln!("{scenario}: round {round}: leader {leader} (term {term}) at {:.1?} ({})", work.now(), utc_now());
-        let f = fault(&mut chaos, &work, &leader);
-        outages.extend(f.outages);
-        lost_at.push(f.leader_lost_at);
-        let (leader, term) = chaos.wait_agreed(Duration::from_secs(30));
-        eprintln!("{scenario}: round {round}: healed at {:.1?}; leader {leader} (term {term})", work.now());
-        std::thread::sleep(Duration::from_secs(3));
-    }
-    let h = work.stop();
-    let urls: Vec<String> = regions.iter().map(|r| r.1.clone()).collect();
-    let members: Vec<_> = chaos.cluster.regions.iter().collect();
-    let mut verdicts = vec![("acked-readable", history::check_acked_readable(&h, &urls, Duration::from_secs(30)))];
-    let converged = history::check_converged(&members, CONVERGE_BOUND);
-    let converged_in = converged.as_ref().copied().unwrap_or(CONVERGE_BOUND);
-    verdicts.push(("converged", converged.map(|d| format!("tags and pins in {d:.1?}"))));
-    verdicts.push(("linearizable", history::check_tags_linearizable(&h, Duration::from_secs(120))));
-    verdicts.push(("regional-reads", history::check_regional_reads(&h)));
-    verdicts.push(("available", history::check_available(&h, &outages)));
-    verdicts.push(("fail-fast", history::check_fail_fast(&h, &outages, REQUEST_BOUND)));
-    let failovers = lost_at
-        .iter()
-        .map(|at| {
-            let (took, via) = h.first_ack_after(*at).expect("a write was acknowledged after the leader was lost");
-            eprintln!("{scenario}: first write acknowledged {took:.1?} after the leader was lost, via {via}");
-            took
-        })
-        .collect();
+    let mut target = ChaosTarget { chaos, fault };
+    let report = run::run(&plan, &mut target, &|line| eprintln!("{scenario}: {line}")).unwrap_or_else(|e| panic!("{scenario}: {e}"));
     if let Ok(dir) = std::env::var("DRILL_LOGS") {
-        for r in &chaos.cluster.regions {
+        for r in &target.chaos.cluster.regions {
             let to = std::path::Path::new(&dir).join(format!("{scenario}-{}.log", r.name));
             std::fs::create_dir_all(&dir).and_then(|_| std::fs::copy(r.node().log_path(), &to)).expect("copy a node's log");
         }
     }
-    Report { scenario, seed, history: h, failovers, converged: converged_in, verdicts }
+    eprintln!("{}\nDRILL {}", report.text(), report.row());
+    report
 }
 
 /// The outage of `region` from `from` until its node answers `/healthz` again.
@@ -184,9 +119,8 @@ fn drill_leader_killed() {
         let node = chaos.cluster.region_mut(leader).node_mut();
         node.spawn_again();
         node.wait_healthy(Duration::from_secs(30)).expect("the killed leader comes back");
-        Fault { leader_lost_at: at, outages: vec![outage_until_healthy(chaos, leader, at, work)] }
-    })
-    .assert();
+        Fault { leader_lost_at: Some(at), outages: vec![outage_until_healthy(chaos, leader, at, work)] }
+    });
 }
 
 #[test]
@@ -198,22 +132,116 @@ fn drill_leader_paused() {
         eprintln!("leader-pause: SIGSTOPped {leader} at {at:.1?}");
         std::thread::sleep(HOLD);
         signal(pid, nix::sys::signal::Signal::SIGCONT);
-        Fault { leader_lost_at: at, outages: vec![outage_until_healthy(chaos, leader, at, work)] }
-    })
-    .assert();
+        Fault { leader_lost_at: Some(at), outages: vec![outage_until_healthy(chaos, leader, at, work)] }
+    });
+}
+
+/// The leader cut off from the others while its own clients keep writing to it.
+fn isolate_leader(chaos: &mut Chaos, work: &Mixed, leader: &str) -> Fault {
+    let at = work.now();
+    chaos.net(leader).partition();
+    eprintln!("leader-isolation: cut {leader} off at {at:.1?}");
+    std::thread::sleep(HOLD);
+    chaos.net(leader).heal();
+    Fault { leader_lost_at: Some(at), outages: vec![] }
 }
 
 #[test]
 fn drill_leader_isolated() {
     // The isolated leader's node, Postgres and Kubo stay healthy: its pulls must keep working
     // and its clients' writes must be refused promptly (no outage is declared).
-    drill("leader-isolation", 13, |chaos, work, leader| {
+    drill("leader-isolation", 13, isolate_leader);
+}
+
+/// The checkers can fail: the same isolation drill against a build that acknowledges writes
+/// the cluster did not commit (feature `unsafe-ack-without-quorum`, built by scripts/test.sh
+/// as `afreg-broken`) must be reported as losing acknowledged writes.
+#[test]
+fn drill_catches_a_build_that_acknowledges_without_a_quorum() {
+    let bin = std::env::var("AFREG_BROKEN_BIN").unwrap_or_else(|_| {
+        panic!(
+            "AFREG_BROKEN_BIN is not set: run scripts/test.sh, or build the broken node with \
+             `cargo build --release -p afreg --features unsafe-ack-without-quorum`, copy target/release/afreg \
+             to afreg-broken and set AFREG_BROKEN_BIN to it"
+        )
+    });
+    let report = drill_on(std::path::Path::new(&bin), "broken-ack-isolation", 13, isolate_leader);
+    let readable = report.verdicts.iter().find(|v| v.checker == "acked-readable").expect("the acked-readable verdict");
+    assert!(!readable.ok && readable.detail.starts_with("LOST"), "the checker did not report the lost writes: {readable:?}");
+    assert!(report.lost > 0, "the report counts no lost write: {}", report.text());
+    assert!(!report.passed, "a drill of the broken build passed");
+}
+
+#[test]
+fn drill_one_way_partition() {
+    // The leader hears the others but cannot reach them (its outbound proxy drops everything):
+    // the others stop hearing heartbeats and elect a new leader, whose vote requests and
+    // heartbeats still reach the old one and make it step down. Its node, Postgres and Kubo
+    // stay healthy, so its pulls must keep working and its writes fail fast.
+    drill("one-way-partition", 14, |chaos, work, leader| {
         let at = work.now();
-        chaos.net(leader).partition();
-        eprintln!("leader-isolation: cut {leader} off at {at:.1?}");
+        chaos.net(leader).outbound.set_blackhole(true);
+        eprintln!("one-way-partition: {leader} can no longer send at {at:.1?}");
         std::thread::sleep(HOLD);
-        chaos.net(leader).heal();
-        Fault { leader_lost_at: at, outages: vec![] }
-    })
-    .assert();
+        chaos.net(leader).outbound.set_blackhole(false);
+        Fault { leader_lost_at: Some(at), outages: vec![] }
+    });
+}
+
+#[test]
+fn drill_rolling_restart() {
+    // Every region restarted in turn (SIGTERM, start, healthy, the cluster agreed on a leader
+    // again), the followers first and the leader last, as an upgrade rolls out.
+    drill("rolling-restart", 15, |chaos, work, leader| {
+        let mut order: Vec<String> = chaos.cluster.regions.iter().map(|r| r.name.clone()).filter(|n| n != leader).collect();
+        order.push(leader.to_owned());
+        let (mut outages, mut lost_at) = (Vec::new(), None);
+        for name in order {
+            let at = work.now();
+            if name == leader {
+                lost_at = Some(at);
+            }
+            let node = chaos.cluster.region_mut(&name).node_mut();
+            let status = node.stop();
+            eprintln!("rolling-restart: stopped {name} at {at:.1?} ({status:?})");
+            node.spawn_again();
+            node.wait_healthy(Duration::from_secs(30)).expect("the restarted region comes back");
+            outages.push(outage_until_healthy(chaos, &name, at, work));
+            chaos.wait_agreed(Duration::from_secs(30));
+        }
+        Fault { leader_lost_at: lost_at, outages }
+    });
+}
+
+#[test]
+fn drill_postgres_killed() {
+    // The leader's Postgres (its Raft log, vote and metadata) stopped at once, as a crash
+    // would, in the middle of the workload's commits, and started again after the hold. The
+    // region's writes get 503 while it is down and nothing acknowledged is lost.
+    drill("postgres-killed", 16, |chaos, work, leader| {
+        let at = work.now();
+        chaos.cluster.region_mut(leader).region.pg.stop();
+        eprintln!("postgres-killed: stopped {leader}'s Postgres (immediate) at {at:.1?}");
+        std::thread::sleep(HOLD);
+        chaos.cluster.region_mut(leader).region.pg.start_again();
+        eprintln!("postgres-killed: {leader}'s Postgres is back at {:.1?}", work.now());
+        Fault { leader_lost_at: Some(at), outages: vec![outage_until_healthy(chaos, leader, at, work)] }
+    });
+}
+
+#[test]
+fn drill_origin_kubo_killed() {
+    // A follower's Kubo SIGKILLed while its clients push (the blobs only it holds yet are not
+    // all pinned by the others), started again after the hold: its uploads and pulls fail
+    // while it is down (an outage of that region), the others pin everything once it is back.
+    drill("origin-kubo-killed", 17, |chaos, work, leader| {
+        let name = chaos.cluster.regions.iter().map(|r| r.name.clone()).find(|n| n != leader).expect("a follower");
+        let at = work.now();
+        chaos.cluster.region_mut(&name).region.kubo.kill();
+        eprintln!("origin-kubo-killed: SIGKILLed {name}'s Kubo at {at:.1?}");
+        std::thread::sleep(HOLD);
+        chaos.cluster.region_mut(&name).region.kubo.start_again();
+        eprintln!("origin-kubo-killed: {name}'s Kubo is back at {:.1?}", work.now());
+        Fault { leader_lost_at: None, outages: vec![Outage { region: name, from: at, to: work.now() + Duration::from_secs(2) }] }
+    });
 }

@@ -95,8 +95,15 @@ impl Registry {
         // is down, refuse now (503 naming it) rather than propose a write that cannot finish
         // here and would apply later, after the client was told it failed.
         self.store.ping().await.map_err(WriteError::NotProposed)?;
+        #[cfg(feature = "unsafe-ack-without-quorum")]
+        let pretend = unsafe_ack::pretend(&cmd);
         let r = self.cluster.write(cmd).await;
         metrics::histogram!("afreg_replicated_write_seconds", "op" => op).record(t.elapsed().as_secs_f64());
+        #[cfg(feature = "unsafe-ack-without-quorum")]
+        if let Err(e) = &r {
+            tracing::error!(event = "unsafe_ack", error = %e, "BROKEN BUILD: acknowledging a write the cluster did not commit");
+            return Ok(pretend);
+        }
         r.map_err(WriteError::Cluster)
     }
 
@@ -172,5 +179,21 @@ fn command_name(cmd: &Command) -> &'static str {
         Command::RemoveUser { .. } => "remove_user",
         Command::PutRegion { .. } => "put_region",
         Command::RemoveRegion { .. } => "remove_region",
+    }
+}
+
+/// The deliberately broken build that proves the drills' checkers can fail (issue 14): with
+/// the test-only feature `unsafe-ack-without-quorum`, a write the cluster did not commit (no
+/// quorum, a timeout) is answered as if it had applied. Never enable it anywhere else.
+#[cfg(feature = "unsafe-ack-without-quorum")]
+mod unsafe_ack {
+    use afreg_replication::{Applied, Command};
+
+    /// What the write would have answered had it applied.
+    pub fn pretend(cmd: &Command) -> Applied {
+        match cmd {
+            Command::PutBlob { cid, .. } => Applied::BlobStored { cid: cid.clone() },
+            _ => Applied::Ok,
+        }
     }
 }
