@@ -2,7 +2,8 @@
 //! module of its own and loads only what it needs: `serve`, `user`, `key`, `region` and
 //! `status` read the node's configuration; `sdl`, `compose`, `dns`, `doctor` and `up` read the region
 //! files and never the node's configuration (so an unrelated `AFREG_X__Y` in the shell cannot
-//! break them); `bench` starts registries of its own.
+//! break them); `bench` starts registries of its own; `drill` reads `afreg up`'s cluster.json
+//! or the regions it is given.
 
 use std::path::PathBuf;
 
@@ -15,6 +16,7 @@ mod client;
 mod compose;
 mod dns;
 mod doctor;
+mod drill;
 mod key;
 mod region;
 mod sdl;
@@ -75,6 +77,9 @@ enum Cmd {
     },
     /// Every region's role, term, leader, applied index, lag, pin backlog and bytes replicated.
     Status(status::StatusArgs),
+    /// Run a failover drill against a running cluster: a workload on every region, a fault
+    /// against the leader, and the checkers' verdicts on everything the clients saw.
+    Drill(drill::DrillArgs),
     /// Start a local three-region cluster (us, eu, asia) on loopback under one data directory.
     Up(up::UpArgs),
     /// Measure afreg against distribution v3, distribution 2.8 and zot on loopback, and write
@@ -115,6 +120,7 @@ async fn main() {
         Cmd::Dns { cmd } => dns::run(cmd),
         Cmd::Doctor(args) => doctor::run(args).await,
         Cmd::Up(args) => up::run(args).await,
+        Cmd::Drill(args) => drill::run(args).await,
         Cmd::Bench(args) => bench::run(args).await,
     };
     if let Err(e) = result {

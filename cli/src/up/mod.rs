@@ -9,6 +9,11 @@
 //!
 //! Every child runs in its own process group, so a Ctrl-C in the terminal reaches only this
 //! process, which then stops the children in that order.
+//!
+//! A node that exits on its own (killed, crashed) is started again after a second, as Akash or
+//! any supervisor restarts a container, backing off to 30 s while it keeps failing at once.
+//! Each node's pid is in `<region>/afreg.pid` (process i > 0: `afreg-<i>.pid`), which is how
+//! `afreg drill` finds the leader's process.
 
 use std::fs;
 use std::io::Write as _;
@@ -54,6 +59,15 @@ pub struct UpArgs {
     /// region's metrics port + 100 × i.
     #[arg(long)]
     pub processes: Option<u32>,
+}
+
+/// The file holding the pid of process `i` of the region whose directory is `dir`.
+pub fn pid_file(dir: &Path, i: u32) -> PathBuf {
+    if i == 0 {
+        dir.join("afreg.pid")
+    } else {
+        dir.join(format!("afreg-{i}.pid"))
+    }
 }
 
 /// How far apart the metrics ports of one region's processes are.
@@ -127,6 +141,9 @@ impl LocalRegion {
     fn log(&self) -> PathBuf {
         self.dir.join("afreg.log")
     }
+    fn pid_file(&self, i: u32) -> PathBuf {
+        pid_file(&self.dir, i)
+    }
     fn ports(&self) -> Vec<(u16, &'static str)> {
         let mut ports = vec![
             (self.registry, "registry"),
@@ -175,7 +192,18 @@ struct Proc {
     log: PathBuf,
     child: Child,
     exited: bool,
+    /// For a node: which region (index into the locals) and which of its processes.
+    node: Option<(usize, u32)>,
+    pid_file: Option<PathBuf>,
+    started: Instant,
 }
+
+/// A node started again this soon after it exited.
+const RESTART_AFTER: Duration = Duration::from_secs(1);
+/// The longest wait before starting again a node that keeps exiting at once.
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A node that ran this long before it exited is started again after [`RESTART_AFTER`].
+const RAN_WELL: Duration = Duration::from_secs(10);
 
 /// What has been started, so that it can be stopped: nodes, then Kubo, then Postgres.
 #[derive(Default)]
@@ -186,9 +214,14 @@ struct Running {
     nodes: Vec<Proc>,
 }
 
+/// This binary's path, read once at the start: a node started again later runs whatever is at
+/// that path then (a rebuilt binary), where `/proc/self/exe` would name the replaced file.
+static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Installed first: a Ctrl-C during start-up stops what has started so far.
     let mut stop = StopSignals::new()?;
+    EXE.set(std::env::current_exe().context("locating the afreg binary")?).ok();
     let regions = afreg_deploy::regions::load_dir(&args.regions)
         .with_context(|| format!("reading the region files in {}", args.regions.display()))?;
     let locals_under = |data: &Path| {
@@ -222,7 +255,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     tokio::select! {
         _ = stop.recv() => {}
-        _ = watch_nodes(&mut running.nodes) => {}
+        _ = watch_nodes(&mut running.nodes, &locals) => {}
     }
     println!("afreg up: stopping");
     shutdown(running).await;
@@ -250,18 +283,18 @@ async fn start_all(
         let kubo = start_kubo(l, network).await.with_context(|| format!("region {}: Kubo (log {})", l.name, l.kubo_log().display()))?;
         running.kubos.push(kubo);
     }
-    for l in locals {
+    for (n, l) in locals.iter().enumerate() {
         write_config(l, locals, secret_file).with_context(|| format!("region {}: writing {}", l.name, l.config().display()))?;
-        running.nodes.push(start_node(l, 0)?);
+        running.nodes.push(start_node(l, n, 0)?);
     }
     for (l, node) in locals.iter().zip(running.nodes.iter_mut()) {
         wait_healthy(l, &mut node.child).await?;
     }
     // The other processes once the first has created the region's keys.
     let first_extra = running.nodes.len();
-    for l in locals {
+    for (n, l) in locals.iter().enumerate() {
         for i in 1..l.processes {
-            running.nodes.push(start_node(l, i)?);
+            running.nodes.push(start_node(l, n, i)?);
         }
     }
     let extra = locals.iter().flat_map(|l| (1..l.processes).map(move |_| l));
@@ -375,7 +408,7 @@ async fn start_kubo(l: &LocalRegion, network: &Network) -> anyhow::Result<Proc> 
         Ok(child)
     })
     .await?;
-    Ok(Proc { region: l.name.clone(), log: l.kubo_log(), child, exited: false })
+    Ok(Proc { region: l.name.clone(), log: l.kubo_log(), child, exited: false, node: None, pid_file: None, started: Instant::now() })
 }
 
 // ---- the nodes -------------------------------------------------------------------------------
@@ -394,12 +427,16 @@ fn write_config(l: &LocalRegion, all: &[LocalRegion], secret_file: &Path) -> any
     Ok(())
 }
 
-/// Process `i` of the region: `afreg serve --config <dir>/afreg.toml`, output appended to
-/// its log. With several processes, each is named `<region>-<i>`, has its own metrics port,
-/// and shares the region's public and internal ports (`cluster.shared_listeners`).
-fn start_node(l: &LocalRegion, i: u32) -> anyhow::Result<Proc> {
+/// Process `i` of the region (`n` of the locals): `afreg serve --config <dir>/afreg.toml`,
+/// output appended to its log, pid written to its pid file. With several processes, each is
+/// named `<region>-<i>`, has its own metrics port, and shares the region's public and internal
+/// ports (`cluster.shared_listeners`).
+fn start_node(l: &LocalRegion, n: usize, i: u32) -> anyhow::Result<Proc> {
     let log = append_log(&l.process_log(i))?;
-    let exe = std::env::current_exe().context("locating the afreg binary")?;
+    let exe = match EXE.get() {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe().context("locating the afreg binary")?,
+    };
     let mut c = Command::new(exe);
     c.arg("serve")
         .arg("--config")
@@ -421,8 +458,9 @@ fn start_node(l: &LocalRegion, i: u32) -> anyhow::Result<Proc> {
             .env("AFREG_SERVER__METRICS_LISTEN", format!("127.0.0.1:{}", l.process_metrics(i)?));
     }
     let child = c.spawn().with_context(|| format!("region {}: spawning afreg serve (process {i})", l.name))?;
+    fs::write(l.pid_file(i), format!("{}\n", child.id())).with_context(|| format!("writing {}", l.pid_file(i).display()))?;
     let region = if l.processes > 1 { format!("{}-{i}", l.name) } else { l.name.clone() };
-    Ok(Proc { region, log: l.process_log(i), child, exited: false })
+    Ok(Proc { region, log: l.process_log(i), child, exited: false, node: Some((n, i)), pid_file: Some(l.pid_file(i)), started: Instant::now() })
 }
 
 /// Waits until the node answers `GET /healthz` with 200; fails at once if it exits.
@@ -558,15 +596,38 @@ fn print_summary(locals: &[LocalRegion], data: &Path) {
     println!("Ctrl-C stops the cluster");
 }
 
-/// Reports a node that exits on its own; the other regions keep running (a region down is a
-/// thing to try). Never returns.
-async fn watch_nodes(nodes: &mut [Proc]) {
+/// Starts again a node that exits on its own, after [`RESTART_AFTER`], doubling the wait up to
+/// [`RESTART_MAX`] while it exits within [`RAN_WELL`] of starting. Never returns.
+async fn watch_nodes(nodes: &mut [Proc], locals: &[LocalRegion]) {
+    // Per node: when to start it again, and the wait after its last quick exit.
+    let mut pending: Vec<Option<Instant>> = vec![None; nodes.len()];
+    let mut backoff: Vec<Duration> = vec![RESTART_AFTER; nodes.len()];
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        for n in nodes.iter_mut().filter(|n| !n.exited) {
-            if let Ok(Some(status)) = n.child.try_wait() {
-                n.exited = true;
-                eprintln!("afreg up: region {} exited ({status}); see {}", n.region, n.log.display());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for (k, p) in nodes.iter_mut().enumerate() {
+            if !p.exited {
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    p.exited = true;
+                    backoff[k] = if p.started.elapsed() >= RAN_WELL { RESTART_AFTER } else { (backoff[k] * 2).min(RESTART_MAX) };
+                    let wait = if p.started.elapsed() >= RAN_WELL { RESTART_AFTER } else { backoff[k] };
+                    pending[k] = Some(Instant::now() + wait);
+                    eprintln!("afreg up: region {} exited ({status}); starting it again in {wait:?}; see {}", p.region, p.log.display());
+                }
+            }
+            let (Some(at), Some((n, i))) = (pending[k], p.node) else { continue };
+            if Instant::now() < at {
+                continue;
+            }
+            pending[k] = None;
+            match start_node(&locals[n], n, i) {
+                Ok(again) => {
+                    eprintln!("afreg up: region {} started again (pid {})", again.region, again.child.id());
+                    *p = again;
+                }
+                Err(e) => {
+                    eprintln!("afreg up: region {}: {e:#}", p.region);
+                    pending[k] = Some(Instant::now() + RESTART_MAX);
+                }
             }
         }
     }
@@ -602,6 +663,11 @@ impl StopSignals {
 async fn shutdown(mut running: Running) {
     let done = tokio::task::spawn_blocking(move || {
         terminate_all(&mut running.nodes);
+        for p in &running.nodes {
+            if let Some(pid_file) = &p.pid_file {
+                let _ = fs::remove_file(pid_file);
+            }
+        }
         terminate_all(&mut running.kubos);
         if let Ok(bin) = Postgres::find() {
             for pg in running.postgres.iter().rev() {

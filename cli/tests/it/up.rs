@@ -347,6 +347,44 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
         wait_manifest(&c, r, t, &manifest, Duration::from_secs(10));
     }
 
+    // `afreg drill leader-kill` on this cluster: the leader is SIGKILLed, `afreg up` starts it
+    // again, and the report (as JSON) has every checker passing and the failover within 6 s.
+    let drill = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_afreg"))
+            .arg("drill")
+            .args(args)
+            .arg("--cluster")
+            .arg(data.join("cluster.json"))
+            .env_remove("AFREG_CONFIG")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        assert!(out.status.success(), "afreg drill {args:?} failed ({}):\n{stderr}\n{stdout}", out.status);
+        eprintln!("--- afreg drill {args:?} ---\n{stderr}{stdout}");
+        (stdout, stderr)
+    };
+    let (stdout, stderr) = drill(&["leader-kill", "--json"]);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("drill --json printed no JSON ({e}):\n{stdout}"));
+    assert_eq!(report["scenario"], "leader-kill");
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["linearizable"], "ok", "{report}");
+    assert!(report["acknowledged"].as_u64().unwrap() > 20, "too few writes acknowledged to judge: {report}");
+    let failover = report["failover_ms"].as_array().unwrap();
+    assert!(failover.len() == 1 && failover[0].as_u64().unwrap() <= 6000, "failover: {report}");
+    let checkers: Vec<&str> = report["verdicts"].as_array().unwrap().iter().map(|v| v["checker"].as_str().unwrap()).collect();
+    for c in ["acked-readable", "converged", "linearizable", "regional-reads", "available", "fail-fast", "failover"] {
+        assert!(checkers.contains(&c), "no {c} verdict: {report}");
+    }
+    assert!(stderr.contains("SIGKILLed the leader") && stderr.contains("is back after"), "no progress shown:\n{stderr}");
+    assert!(up.output().contains("started again"), "afreg up did not start the killed node again:\n{}", up.output());
+    // `watch` (no fault of its own), as text: every region stayed up, so no failover to time.
+    let (stdout, _) = drill(&["watch", "--hold", "3", "--seed", "2"]);
+    assert!(stdout.starts_with("drill watch (seed 2, 1 round): PASSED"), "{stdout}");
+    for line in ["operations", "failover: p50 -", "converged", "acked-readable  ok", "linearizable    ok"] {
+        assert!(stdout.contains(line), "the report has no {line:?}:\n{stdout}");
+    }
+
     // Ctrl-C stops everything.
     let t0 = Instant::now();
     let status = up.interrupt(Duration::from_secs(60)).expect("afreg up exits within 60 s of SIGINT");
