@@ -116,7 +116,7 @@ fn drill(args: DrillArgs) -> anyhow::Result<afreg_drill::run::Report> {
                 Ok(e)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        LocalTarget { regions, ids: Vec::new(), dirs: Vec::new(), scenario: args.scenario, hold }
+        LocalTarget::new(regions, Vec::new(), Vec::new(), args.scenario, hold)?
     };
     let started = Instant::now();
     let progress = |line: &str| eprintln!("drill {:>6.1}s  {line}", started.elapsed().as_secs_f64());
@@ -126,6 +126,8 @@ fn drill(args: DrillArgs) -> anyhow::Result<afreg_drill::run::Report> {
 /// A running cluster: its regions, their Raft ids, and (for `afreg up`'s) their data
 /// directories, where the nodes' pid files are.
 struct LocalTarget {
+    /// For the regions' `/status` (2 s per request).
+    http: reqwest::blocking::Client,
     regions: Vec<Endpoint>,
     ids: Vec<(u64, String)>,
     dirs: Vec<(String, PathBuf)>,
@@ -134,12 +136,23 @@ struct LocalTarget {
 }
 
 impl LocalTarget {
+    fn new(
+        regions: Vec<Endpoint>,
+        ids: Vec<(u64, String)>,
+        dirs: Vec<(String, PathBuf)>,
+        scenario: Scenario,
+        hold: Duration,
+    ) -> anyhow::Result<LocalTarget> {
+        let http = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build()?;
+        Ok(LocalTarget { http, regions, ids, dirs, scenario, hold })
+    }
+
     fn from_cluster_json(path: &Path, scenario: Scenario, hold: Duration) -> anyhow::Result<LocalTarget> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {} (is `afreg up` running?)", path.display()))?;
         let doc: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let user = doc["admin"]["username"].as_str().context("cluster.json has no admin.username")?.to_owned();
         let password = doc["admin"]["password"].as_str().context("cluster.json has no admin.password")?.to_owned();
-        let mut t = LocalTarget { regions: Vec::new(), ids: Vec::new(), dirs: Vec::new(), scenario, hold };
+        let mut t = LocalTarget::new(Vec::new(), Vec::new(), Vec::new(), scenario, hold)?;
         for (name, r) in doc["regions"].as_object().context("cluster.json has no regions")? {
             let url = r["url"].as_str().with_context(|| format!("cluster.json: region {name} has no url"))?;
             let mut e = Endpoint::open(name, url);
@@ -185,8 +198,7 @@ impl LocalTarget {
     }
 
     fn status(&self, region: &Endpoint) -> Option<serde_json::Value> {
-        let c = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build().ok()?;
-        c.get(format!("{}/status?scope=local", region.url)).send().ok().filter(|r| r.status().is_success())?.json().ok()
+        self.http.get(format!("{}/status?scope=local", region.url)).send().ok().filter(|r| r.status().is_success())?.json().ok()
     }
 
     /// Waits (≤ 60 s) until `region` answers its local status with a Raft view again.

@@ -458,7 +458,10 @@ fn start_node(l: &LocalRegion, n: usize, i: u32) -> anyhow::Result<Proc> {
             .env("AFREG_SERVER__METRICS_LISTEN", format!("127.0.0.1:{}", l.process_metrics(i)?));
     }
     let child = c.spawn().with_context(|| format!("region {}: spawning afreg serve (process {i})", l.name))?;
-    fs::write(l.pid_file(i), format!("{}\n", child.id())).with_context(|| format!("writing {}", l.pid_file(i).display()))?;
+    // Not fatal: the child runs already and must stay in the list of what is stopped.
+    if let Err(e) = fs::write(l.pid_file(i), format!("{}\n", child.id())) {
+        eprintln!("afreg up: region {}: writing {}: {e}", l.name, l.pid_file(i).display());
+    }
     let region = if l.processes > 1 { format!("{}-{i}", l.name) } else { l.name.clone() };
     Ok(Proc { region, log: l.process_log(i), child, exited: false, node: Some((n, i)), pid_file: Some(l.pid_file(i)), started: Instant::now() })
 }
@@ -609,7 +612,7 @@ async fn watch_nodes(nodes: &mut [Proc], locals: &[LocalRegion]) {
                 if let Ok(Some(status)) = p.child.try_wait() {
                     p.exited = true;
                     backoff[k] = if p.started.elapsed() >= RAN_WELL { RESTART_AFTER } else { (backoff[k] * 2).min(RESTART_MAX) };
-                    let wait = if p.started.elapsed() >= RAN_WELL { RESTART_AFTER } else { backoff[k] };
+                    let wait = backoff[k];
                     pending[k] = Some(Instant::now() + wait);
                     eprintln!("afreg up: region {} exited ({status}); starting it again in {wait:?}; see {}", p.region, p.log.display());
                 }
