@@ -641,6 +641,10 @@ impl Config {
         if c.seat_lease_ms < 600 {
             return bad("cluster.seat_lease_ms must be at least 600");
         }
+        // With no grace, GC may take a blob between its upload and the manifest naming it.
+        if c.gc_grace_secs == 0 {
+            return bad("cluster.gc_grace_secs must be at least 1");
+        }
         if let Some(u) = &c.process_url {
             url_ok("cluster.process_url", u)?;
         }

@@ -445,7 +445,10 @@ impl Cluster {
             let (leader, leader_node) = leader_of(&raft, self.timings)?;
             match leader {
                 Some(l) if l == self.id => {
-                    let write = tokio::time::timeout(left(deadline), raft.client_write(cmd.clone()));
+                    // The leader's clock, not the proposer's: see `Command::stamp`.
+                    let mut cmd = cmd.clone();
+                    cmd.stamp(crate::types::now_millis());
+                    let write = tokio::time::timeout(left(deadline), raft.client_write(cmd));
                     let r = tokio::select! {
                         r = write => r,
                         lost = leadership_lost(&raft, l, self.timings) => {

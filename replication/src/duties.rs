@@ -70,8 +70,11 @@ pub async fn collect_garbage(pool: PgPool, cluster: Arc<Cluster>, grace: Duratio
             continue;
         }
         // Chosen once, here, and carried in the entries: every region applies the same cut-off.
-        let linked_before = chrono::Utc::now().timestamp_millis() - grace.as_millis() as i64;
-        let links = match gc::candidates(&pool, grace.as_secs() as i64, GC_LIST).await {
+        // It is this leader's clock, the one that stamped the links' times (`Command::stamp`),
+        // and the entries are never forwarded: should leadership move meanwhile, the write is
+        // refused rather than applied under another leader's clock.
+        let linked_before = crate::types::now_millis() - grace.as_millis() as i64;
+        let links = match gc::candidates(&pool, linked_before, GC_LIST).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(event = "gc_failed", error = %e, "garbage collection could not list blobs");
@@ -81,7 +84,7 @@ pub async fn collect_garbage(pool: PgPool, cluster: Arc<Cluster>, grace: Duratio
         let (mut unlinked, mut blobs) = (0, 0);
         for batch in links.chunks(GC_BATCH) {
             let links = batch.iter().map(|l| (l.repo.clone(), l.digest.clone())).collect();
-            match cluster.write(Command::CollectLinks { links, linked_before }).await {
+            match cluster.write_inner(Command::CollectLinks { links, linked_before }, false).await.map(|(_, a)| a) {
                 Ok(Applied::Collected { unlinked: n, orphaned_cids }) => {
                     unlinked += n;
                     blobs += orphaned_cids.len();

@@ -102,7 +102,7 @@ pub async fn run<I: Ipfs>(
             continue;
         }
         let wait = match pins::next_retry(&pool).await {
-            Ok(Some(at)) => (at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(30)),
+            Ok(Some(wait)) => wait.min(Duration::from_secs(30)),
             _ => Duration::from_secs(30),
         };
         tokio::select! {

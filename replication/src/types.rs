@@ -13,8 +13,11 @@
 //! - Unknown fields are refused (`deny_unknown_fields`): a region too old to understand an
 //!   entry fails loudly instead of applying part of it and drifting from the others.
 //!
-//! Times are Unix milliseconds chosen by the region that proposes the command (`at`), so every
-//! region writes the same `created_at`.
+//! Times are Unix milliseconds carried in the command (`at`), so every region writes the same
+//! `created_at`. The leader stamps them ([`Command::stamp`]) as it appends the entry, and
+//! garbage collection takes its cut-off from the same leader's clock, so a region whose clock
+//! is off cannot make its own uploads look old enough to collect (see `ARCHITECTURE.md`,
+//! "Clocks").
 
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +116,31 @@ pub enum Command {
     RemoveRegion { id: u64 },
 }
 
+impl Command {
+    /// Sets the time the command carries to `now` (Unix milliseconds). The leader calls it
+    /// on every command it appends, so every `at` in the log comes from a leader's clock, the
+    /// clock GC's cut-off (`linked_before`) comes from too.
+    pub fn stamp(&mut self, now: i64) {
+        match self {
+            Command::PutManifest { at, .. } | Command::PutBlob { at, .. } | Command::LinkBlob { at, .. } | Command::PutUser { at, .. } => {
+                *at = now
+            }
+            Command::DeleteManifest { .. }
+            | Command::DeleteTag { .. }
+            | Command::UnlinkBlob { .. }
+            | Command::CollectLinks { .. }
+            | Command::RemoveUser { .. }
+            | Command::PutRegion { .. }
+            | Command::RemoveRegion { .. } => {}
+        }
+    }
+}
+
+/// Now, in Unix milliseconds: the time [`Command::stamp`] gives and GC's cut-offs are taken from.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// The result of applying one log entry, returned to the proposer by `client_write`.
 ///
 /// Every outcome except a storage failure is a value here, decided by the replicated state
@@ -164,6 +192,19 @@ pub(crate) mod base64_bytes {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn stamp_sets_the_time_of_every_timed_command_and_only_that() {
+        let mut blob = Command::PutBlob { repo: "r".into(), digest: "d".into(), cid: "c".into(), size: 1, origin_region: 2, at: 5 };
+        blob.stamp(42);
+        assert_eq!(blob, Command::PutBlob { repo: "r".into(), digest: "d".into(), cid: "c".into(), size: 1, origin_region: 2, at: 42 });
+        let mut link = Command::LinkBlob { repo: "r".into(), digest: "d".into(), at: -3_600_000 };
+        link.stamp(7);
+        assert_eq!(link, Command::LinkBlob { repo: "r".into(), digest: "d".into(), at: 7 });
+        let mut gc = Command::CollectLinks { links: vec![("r".into(), "d".into())], linked_before: 9 };
+        gc.stamp(42);
+        assert_eq!(gc, Command::CollectLinks { links: vec![("r".into(), "d".into())], linked_before: 9 }, "GC's cut-off is its own");
+    }
 
     #[test]
     fn command_json_is_tagged_with_a_version_and_body_is_base64() {

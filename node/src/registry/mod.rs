@@ -161,10 +161,9 @@ impl Registry {
     }
 }
 
-/// The time a command carries (`at`): chosen once here, so every region writes the same.
-pub fn now_millis() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+/// The time a command carries (`at`): set here, and stamped again by the leader as it appends
+/// the entry (`Command::stamp`), so every region writes the same leader's time.
+pub use afreg_replication::types::now_millis;
 
 fn command_name(cmd: &Command) -> &'static str {
     match cmd {

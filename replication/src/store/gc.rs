@@ -14,16 +14,17 @@ pub struct Link {
 }
 
 /// Up to `limit` links to blobs that no manifest of their repository references, last linked
-/// more than `grace_secs` ago, oldest first: candidates for `collect_links.v1`.
-pub async fn candidates(pool: &PgPool, grace_secs: i64, limit: i64) -> Result<Vec<Link>> {
+/// before `linked_before` (Unix milliseconds, the cut-off the entry carries: the leader's clock,
+/// not its Postgres's), oldest first: candidates for `collect_links.v1`.
+pub async fn candidates(pool: &PgPool, linked_before: i64, limit: i64) -> Result<Vec<Link>> {
     sqlx::query_as(
         "SELECT r.name AS repo, rb.digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
-          WHERE rb.created_at < now() - make_interval(secs => $1)
+          WHERE rb.created_at < to_timestamp($1 / 1000.0)
             AND NOT EXISTS (SELECT 1 FROM manifest_references mr
                              WHERE mr.repository_id = rb.repository_id AND mr.ref_digest = rb.digest)
           ORDER BY rb.created_at LIMIT $2",
     )
-    .bind(grace_secs as f64)
+    .bind(linked_before as f64)
     .bind(limit)
     .fetch_all(pool)
     .await

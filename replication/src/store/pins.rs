@@ -8,7 +8,6 @@
 //! metadata-only and bounded by a timeout; nothing holds the lock across Raft, another region
 //! or a transfer of bytes.
 
-use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
@@ -89,9 +88,15 @@ pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<PinJob>> {
 /// upload's own bookkeeping).
 pub const HOLD_DECIDES_SECS: f64 = 20.0;
 
-/// When the next failed pin is due, if any.
-pub async fn next_retry(pool: &PgPool) -> Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar("SELECT min(next_attempt_at) FROM pins WHERE state = 'failed'").fetch_one(pool).await
+/// How long until the next failed pin is due (zero if it is), if one waits. Measured by
+/// Postgres, whose clock set `next_attempt_at`, not by this process's.
+pub async fn next_retry(pool: &PgPool) -> Result<Option<std::time::Duration>> {
+    let secs: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8 FROM pins WHERE state = 'failed'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(secs.map(|s| std::time::Duration::from_secs_f64(s.clamp(0.0, 86_400.0))))
 }
 
 /// Records that this region's Kubo holds `cid` pinned: under [`lock_cid`] right after making
