@@ -408,6 +408,9 @@ pub struct ClusterConfig {
     pub write_timeout_ms: u64,
     /// Log entries between snapshots.
     pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot, so a region that trails by fewer catches up
+    /// from the log; one further behind (a new region) is sent the snapshot.
+    pub snapshot_keep_logs: u64,
     /// Pins in flight at once, and the longest wait between retries of a failing pin.
     pub pin_concurrency: usize,
     pub pin_max_backoff_secs: u64,
@@ -478,6 +481,7 @@ impl Default for ClusterConfig {
             election_timeout_max_ms: 2300,
             write_timeout_ms: 10_000,
             snapshot_every: 5000,
+            snapshot_keep_logs: 1000,
             pin_concurrency: 4,
             pin_max_backoff_secs: 300,
             pin_reconcile_secs: 300,

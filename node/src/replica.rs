@@ -155,6 +155,7 @@ pub fn cluster(cfg: &Config, pool: PgPool, me: Region, seat: Arc<Seat>) -> anyho
         timings: timings(c),
         write_timeout: Duration::from_millis(c.write_timeout_ms),
         snapshot_every: c.snapshot_every,
+        snapshot_keep_logs: c.snapshot_keep_logs,
         roots: internal_roots(c)?,
     };
     Cluster::new(pool, opts, seat)

@@ -70,6 +70,8 @@ pub struct ClusterOptions {
     pub write_timeout: Duration,
     /// Entries between snapshots.
     pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot.
+    pub snapshot_keep_logs: u64,
     /// CA certificates trusted on the other regions' and processes' internal endpoints,
     /// besides the public roots.
     pub roots: Vec<reqwest::Certificate>,
@@ -215,7 +217,7 @@ impl Cluster {
             election_timeout_max: t.election_timeout_max_ms,
             install_snapshot_timeout: (t.heartbeat_ms * 20).max(10_000),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: opts.snapshot_keep_logs,
             ..Default::default()
         }
         .validate()?;

@@ -273,6 +273,7 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
             .await
             .map_err(|e| e.sto(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Write))?;
         self.bump();
+        tracing::info!(event = "raft_snapshot_installed", last_log = ?meta.last_log_id, bytes = data.len(), "installed the leader's snapshot");
         Ok(())
     }
 
