@@ -34,7 +34,8 @@ apt_install_no_start() {
 }
 
 # ---- Debian packages -------------------------------------------------------------
-DEB_PKGS=(postgresql skopeo podman runc docker-compose busybox-static)
+# faketime: the clock-skew drill starts a node with its wall clock off (libfaketime).
+DEB_PKGS=(postgresql skopeo podman runc docker-compose busybox-static faketime)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

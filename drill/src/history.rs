@@ -25,6 +25,8 @@
 //!   region's own node, Postgres and Kubo were healthy.
 //! * [`check_fail_fast`]: no request took longer than a bound (outside the windows where the
 //!   region's own process was down or paused, when its clients can only wait).
+//! * [`check_no_early_gc`]: no push was refused for a missing blob its client had uploaded,
+//!   and seen acknowledged, within GC's grace.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -497,6 +499,55 @@ pub fn check_fail_fast(h: &History, outages: &[Outage], bound: Duration) -> Resu
     }
 }
 
+/// GC never takes a blob inside its grace: no manifest push was refused for a missing blob
+/// when its client had uploaded every blob it names (each acknowledged) less than `grace`
+/// before the push completed. A link's time is stamped while its upload is in flight and GC's
+/// cut-off is its listing time less the grace, so a blob uploaded that recently cannot be a
+/// candidate yet, whatever GC's schedule; a refusal then is a blob collected early (a clock,
+/// or a race between GC and an upload).
+pub fn check_no_early_gc(h: &History, grace: Duration) -> Result<String, String> {
+    let mut by_client: BTreeMap<usize, Vec<&Event>> = BTreeMap::new();
+    for e in &h.events {
+        by_client.entry(e.client).or_default().push(e);
+    }
+    let mut checked = 0;
+    for events in by_client.values() {
+        for (i, e) in events.iter().enumerate() {
+            let digest = match &e.op {
+                Op::Push { digest, .. } | Op::SetTag { to: Some(digest), .. } => digest,
+                _ => continue,
+            };
+            let Some(img) = h.images.get(digest) else { continue };
+            // The client uploaded the image's blobs right before pushing it, one event each.
+            let uploads = &events[i.saturating_sub(img.blobs.len())..i];
+            let fresh = uploads.len() == img.blobs.len()
+                && img.blobs.iter().all(|(d, _)| {
+                    uploads.iter().any(|u| {
+                        matches!(&u.op, Op::Upload { digest, .. } if digest == d)
+                            && u.outcome == Outcome::Ok
+                            && u.invoked + grace > e.completed
+                    })
+                });
+            if !fresh {
+                continue;
+            }
+            checked += 1;
+            if let Outcome::Failed(why) = &e.outcome {
+                if why.contains("MANIFEST_BLOB_UNKNOWN") {
+                    return Err(format!(
+                        "a blob was collected inside its grace ({grace:?}): {:?} via {} at {:.1?} was refused ({why}), {:.1?} after its client began uploading its blobs (all acknowledged)",
+                        e.op,
+                        e.region,
+                        e.invoked,
+                        e.completed - uploads[0].invoked
+                    ));
+                }
+            }
+        }
+    }
+    Ok(format!("{checked} pushes of blobs uploaded within the grace ({grace:?}), none refused for a missing blob"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,6 +601,23 @@ mod tests {
             ev(1, read(Some("a")), 60, 70, Outcome::Ok),
         ];
         assert!(check(flicker).is_err());
+    }
+
+    #[test]
+    fn a_push_refused_for_blobs_uploaded_within_the_grace_is_early_gc() {
+        let img = crate::oci::image_of_layers(b"{}".to_vec(), vec![b"layer".to_vec()]);
+        let up = |(d, _): &(String, Vec<u8>), at| ev(0, Op::Upload { repo: "r".into(), digest: d.clone() }, at, at + 10, Outcome::Ok);
+        let push = |at, outcome| ev(0, Op::Push { repo: "r".into(), tag: "t".into(), digest: img.digest.clone() }, at, at + 10, outcome);
+        let refused = Outcome::Failed(r#"400 {"errors":[{"code":"MANIFEST_BLOB_UNKNOWN"}]}"#.into());
+        let h = |push_at| {
+            let mut events: Vec<Event> = img.blobs.iter().enumerate().map(|(i, b)| up(b, i as u64 * 20)).collect();
+            events.push(push(push_at, refused.clone()));
+            History { events, images: [(img.digest.clone(), img.clone())].into() }
+        };
+        let grace = Duration::from_secs(1);
+        assert!(check_no_early_gc(&h(100), grace).unwrap_err().contains("inside its grace"));
+        // Uploaded longer ago than the grace: GC may have taken it.
+        assert!(check_no_early_gc(&h(2_000), grace).unwrap().starts_with("0 pushes"));
     }
 
     #[test]

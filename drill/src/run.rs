@@ -27,6 +27,9 @@ pub struct Bounds {
     pub readable: Duration,
     /// The linearizability search decides within this, or fails.
     pub linearizable: Duration,
+    /// GC's grace, or less: a blob uploaded this recently is never collected. 1 s, the least
+    /// any cluster is configured with (the drills' own), holds for every cluster.
+    pub gc_grace: Duration,
 }
 
 impl Default for Bounds {
@@ -37,6 +40,7 @@ impl Default for Bounds {
             converge: Duration::from_secs(60),
             readable: Duration::from_secs(30),
             linearizable: Duration::from_secs(120),
+            gc_grace: Duration::from_secs(1),
         }
     }
 }
@@ -78,9 +82,32 @@ pub struct Fault {
     pub outages: Vec<Outage>,
 }
 
+/// A rolling restart, as an upgrade rolls out: `restart(region, at)` each region in turn (it
+/// returns once the region is back and the cluster agrees on a leader, with the region's
+/// outage from `at`), every follower first and `leader` last, whose restart loses the leader.
+pub fn rolling_restart(
+    regions: Vec<String>,
+    leader: &str,
+    work: &Mixed,
+    mut restart: impl FnMut(&str, Duration) -> Result<Outage, String>,
+) -> Result<Fault, String> {
+    let mut order: Vec<String> = regions.into_iter().filter(|n| n != leader).collect();
+    order.push(leader.to_owned());
+    let (mut outages, mut lost_at) = (Vec::new(), None);
+    for name in order {
+        let at = work.now();
+        if name == leader {
+            lost_at = Some(at);
+        }
+        outages.push(restart(&name, at)?);
+    }
+    Ok(Fault { leader_lost_at: lost_at, outages })
+}
+
 /// A cluster a drill runs against, and the fault it injects.
 pub trait Target {
-    /// Every region, as the workload's clients reach it.
+    /// Every region now, as clients reach it: the workload runs on those there when it starts,
+    /// the checkers read those there when it ends (a drill may add and remove regions).
     fn regions(&self) -> Vec<Endpoint>;
     /// Waits until every region names the same leader at the same term: (its name, the term).
     fn wait_leader(&mut self, bound: Duration) -> Result<(String, u64), String>;
@@ -246,7 +273,8 @@ pub fn run(plan: &Plan, target: &mut dyn Target, progress: &dyn Fn(&str)) -> Res
     }
     let h = work.stop();
     progress(&format!("workload stopped: {} operations; checking", h.events.len()));
-    Ok(judge(plan, target, &regions, h, &outages, &lost_at, progress))
+    // The regions now: a drill may have added or removed some.
+    Ok(judge(plan, target, &target.regions(), h, &outages, &lost_at, progress))
 }
 
 /// The checkers' verdicts on the history, and the report.
@@ -282,6 +310,7 @@ fn judge(
     add("regional-reads", history::check_regional_reads(&h));
     add("available", history::check_available(&h, outages));
     add("fail-fast", history::check_fail_fast(&h, outages, b.request));
+    add("no-early-gc", history::check_no_early_gc(&h, b.gc_grace));
     let mut failovers = Vec::new();
     for at in lost_at {
         match h.first_ack_after(*at) {

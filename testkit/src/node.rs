@@ -67,6 +67,22 @@ impl NodeConfig {
         c
     }
 
+    /// Starts the process with its wall clock `secs` off (negative: slow), through libfaketime
+    /// (Debian's `faketime`, installed by scripts/setup.sh). Only the time of day moves:
+    /// monotonic clocks, and so every timer, timeout and Raft election, run true.
+    pub fn clock_offset(&mut self, secs: i64) {
+        let lib = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).is_file())
+            .expect("libfaketime is not installed: run scripts/setup.sh (Debian package faketime)");
+        self.env.retain(|(k, _)| !k.starts_with("FAKETIME") && k != "LD_PRELOAD");
+        self.env.extend([
+            ("LD_PRELOAD".to_owned(), lib.to_owned()),
+            ("FAKETIME".to_owned(), format!("{secs:+}")),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+        ]);
+    }
+
     /// The loopback address the node listens on.
     pub fn ip(&self) -> Ipv4Addr {
         self.listen_ip.unwrap_or(Ipv4Addr::LOCALHOST)

@@ -64,6 +64,45 @@ impl Chaos {
         Chaos { cluster, nets }
     }
 
+    /// Starts one more region `name` with `id` behind a network of its own, as
+    /// [`Chaos::start_bin`] does, and has the operator add it (`afreg region add` on `via`).
+    /// Returns once the command has: the region is a voter, caught up to the entry that made
+    /// it a learner.
+    pub fn add_region(&mut self, via: &str, id: u64, name: &str, delay: Duration, f: impl Fn(&str, &mut NodeConfig)) {
+        let port = testkit::free_port();
+        let net = RegionNet::start(SocketAddr::from(([127, 0, 0, 1], port)));
+        net.inbound.set_delay(delay);
+        let member = self.cluster.start_joining_region(id, name, |cfg| {
+            cfg.internal_port = Some(port);
+            cfg.config.auth.anonymous = Action::ALL.to_vec();
+            cfg.env.extend(net.node_env());
+            cfg.config.cluster.advertise_url = net.advertise_url();
+            f(name, cfg);
+        });
+        let (internal, api) = (net.advertise_url(), member.url());
+        self.nets.insert(name.to_owned(), net);
+        self.cluster.regions.push(member);
+        let id = id.to_string();
+        let out = self.region(via).node().cli(&["region", "add", "--id", &id, "--name", name, "--internal-url", &internal, "--api-url", &api], None);
+        assert!(out.status.success(), "region add {name}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The operator removes region `id` from the cluster (`afreg region remove` on `via`).
+    pub fn remove_region(&self, via: &str, id: u64) {
+        let out = self.region(via).node().cli(&["region", "remove", "--id", &id.to_string()], None);
+        assert!(out.status.success(), "region remove {id}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Region `name`'s node, Postgres and Kubo are gone for good, as when a provider ends its
+    /// lease: killed, their data deleted, and the region leaves [`Chaos::cluster`] (the
+    /// cluster still lists it as a member until the operator removes it).
+    pub fn vanish(&mut self, name: &str) {
+        let i = self.cluster.regions.iter().position(|r| r.name == name).unwrap_or_else(|| panic!("no region {name}"));
+        let mut r = self.cluster.regions.remove(i);
+        r.node_mut().kill();
+        drop(r);
+    }
+
     pub fn region(&self, name: &str) -> &ClusterMember {
         self.cluster.region(name)
     }
@@ -77,7 +116,8 @@ impl Chaos {
         self.cluster.regions.iter().map(|r| (r.name.clone(), raft_view(r))).collect()
     }
 
-    /// Waits until every region reports the same leader and term; returns (leader name, term).
+    /// Waits until every region reports the same leader and term, a region of [`Chaos::cluster`]
+    /// (not one that vanished); returns (leader name, term).
     pub fn wait_agreed(&self, timeout: Duration) -> (String, u64) {
         let deadline = Instant::now() + timeout;
         loop {
@@ -86,8 +126,9 @@ impl Chaos {
             if all.len() == views.len() {
                 let (leader, term) = (all[0].leader, all[0].term);
                 if let Some(id) = leader.filter(|_| all.iter().all(|v| v.leader == leader && v.term == term)) {
-                    let name = self.cluster.regions.iter().find(|r| r.id == id).expect("leader is a region").name.clone();
-                    return (name, term);
+                    if let Some(r) = self.cluster.regions.iter().find(|r| r.id == id) {
+                        return (r.name.clone(), term);
+                    }
                 }
             }
             assert!(Instant::now() < deadline, "regions did not agree on a leader within {timeout:?}: {views:?}");

@@ -60,14 +60,23 @@ impl<F: FnMut(&mut Chaos, &Mixed, &str) -> Fault> Target for ChaosTarget<F> {
     }
 }
 
-/// The drills' cluster: the product's Raft timings over 10 ms links, and GC at its most
-/// aggressive (blobs unlinked 1 s after nothing references them, Kubo's GC every 2 s).
+/// One-way delay of every link between the drills' regions.
+const DELAY: Duration = Duration::from_millis(10);
+
+/// A drill region's config: the product's Raft timings, GC at its most aggressive (blobs
+/// unlinked 1 s after nothing references them, Kubo's GC every 2 s), and a snapshot every
+/// 200 entries with 50 kept behind it, so that snapshots are built under the workload and a
+/// region added later catches up from one.
+fn drill_config(_: &str, cfg: &mut testkit::NodeConfig) {
+    product_timings(cfg);
+    let c = &mut cfg.config;
+    (c.cluster.gc_grace_secs, c.cluster.gc_interval_secs, c.kubo.gc_interval_secs) = (1, 1, 2);
+    (c.cluster.snapshot_every, c.cluster.snapshot_keep_logs) = (200, 50);
+}
+
+/// The drills' cluster: three regions of [`drill_config`] over [`DELAY`] links.
 fn drill_cluster(bin: &std::path::Path) -> Chaos {
-    Chaos::start_bin(bin, &["us", "eu", "asia"], Duration::from_millis(10), |_, cfg| {
-        product_timings(cfg);
-        let c = &mut cfg.config;
-        (c.cluster.gc_grace_secs, c.cluster.gc_interval_secs, c.kubo.gc_interval_secs) = (1, 1, 2);
-    })
+    Chaos::start_bin(bin, &["us", "eu", "asia"], DELAY, drill_config)
 }
 
 /// Runs the workload on the drills' cluster, hits the current leader with `fault` for each
@@ -193,23 +202,18 @@ fn drill_rolling_restart() {
     // Every region restarted in turn (SIGTERM, start, healthy, the cluster agreed on a leader
     // again), the followers first and the leader last, as an upgrade rolls out.
     drill("rolling-restart", 15, |chaos, work, leader| {
-        let mut order: Vec<String> = chaos.cluster.regions.iter().map(|r| r.name.clone()).filter(|n| n != leader).collect();
-        order.push(leader.to_owned());
-        let (mut outages, mut lost_at) = (Vec::new(), None);
-        for name in order {
-            let at = work.now();
-            if name == leader {
-                lost_at = Some(at);
-            }
-            let node = chaos.cluster.region_mut(&name).node_mut();
+        let names = chaos.cluster.regions.iter().map(|r| r.name.clone()).collect();
+        run::rolling_restart(names, leader, work, |name, at| {
+            let node = chaos.cluster.region_mut(name).node_mut();
             let status = node.stop();
             eprintln!("rolling-restart: stopped {name} at {at:.1?} ({status:?})");
             node.spawn_again();
-            node.wait_healthy(Duration::from_secs(30)).expect("the restarted region comes back");
-            outages.push(outage_until_healthy(chaos, &name, at, work));
+            node.wait_healthy(Duration::from_secs(30))?;
+            let outage = outage_until_healthy(chaos, name, at, work);
             chaos.wait_agreed(Duration::from_secs(30));
-        }
-        Fault { leader_lost_at: lost_at, outages }
+            Ok(outage)
+        })
+        .expect("every region restarted")
     });
 }
 
@@ -235,7 +239,7 @@ fn drill_origin_kubo_killed() {
     // all pinned by the others), started again after the hold: its uploads and pulls fail
     // while it is down (an outage of that region), the others pin everything once it is back.
     drill("origin-kubo-killed", 17, |chaos, work, leader| {
-        let name = chaos.cluster.regions.iter().map(|r| r.name.clone()).find(|n| n != leader).expect("a follower");
+        let name = follower(chaos, leader);
         let at = work.now();
         chaos.cluster.region_mut(&name).region.kubo.kill();
         eprintln!("origin-kubo-killed: SIGKILLed {name}'s Kubo at {at:.1?}");
@@ -243,5 +247,163 @@ fn drill_origin_kubo_killed() {
         chaos.cluster.region_mut(&name).region.kubo.start_again();
         eprintln!("origin-kubo-killed: {name}'s Kubo is back at {:.1?}", work.now());
         Fault { leader_lost_at: None, outages: vec![Outage { region: name, from: at, to: work.now() + Duration::from_secs(2) }] }
+    });
+}
+
+/// A region other than `leader`.
+fn follower(chaos: &Chaos, leader: &str) -> String {
+    chaos.cluster.regions.iter().map(|r| r.name.clone()).find(|n| n != leader).expect("a follower")
+}
+
+/// The time of day the node's newest log line carries: its own wall clock.
+fn logged_time(r: &testkit::cluster::ClusterMember) -> Option<chrono::DateTime<chrono::Utc>> {
+    let log = r.node().log();
+    let line = log.lines().rev().find(|l| l.contains("\"timestamp\""))?;
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v["timestamp"].as_str()?.parse().ok()
+}
+
+#[test]
+fn drill_clock_skew() {
+    // A follower restarted with its wall clock an hour slow (libfaketime; its monotonic clock,
+    // so its timers and elections, run true), and left so. Its uploads must not look an hour
+    // old to GC, which runs every second with a one-second grace: the leader stamps every
+    // entry's time and GC's cut-off with its own clock. The no-early-gc checker sees a blob
+    // collected early as a push refused for blobs its client uploaded moments before.
+    const SKEW: i64 = -3600;
+    drill("clock-skew", 18, |chaos, work, leader| {
+        let name = follower(chaos, leader);
+        let at = work.now();
+        let node = chaos.cluster.region_mut(&name).node_mut();
+        node.reconfigure(|cfg| cfg.clock_offset(SKEW));
+        node.restart();
+        let outage = outage_until_healthy(chaos, &name, at, work);
+        let logged = logged_time(chaos.region(&name)).expect("the skewed node logs its time");
+        let off = (logged - chrono::Utc::now()).num_seconds();
+        assert!((SKEW - 30..=SKEW + 30).contains(&off), "{name}'s clock is {off} s off, not {SKEW} s");
+        eprintln!("clock-skew: {name} restarted at {at:.1?} with its clock {off} s off");
+        std::thread::sleep(HOLD);
+        Fault { leader_lost_at: None, outages: vec![outage] }
+    });
+}
+
+/// Waits (≤ 60 s) until `region`'s Raft log no longer starts at the first entry: a snapshot
+/// was taken and the log behind it purged, so a region added now must be sent the snapshot.
+fn wait_log_purged(chaos: &Chaos, region: &str) {
+    let r = chaos.region(region);
+    within(Duration::from_secs(60), Duration::from_millis(200), &format!("{region}'s log purged behind a snapshot"), || {
+        r.sql("SELECT coalesce(min(log_index), 0) > 1 FROM raft_log") == "t"
+    });
+}
+
+/// Whether region `name`'s node installed a snapshot from the leader (it was too far behind
+/// for the log).
+fn installed_snapshot(chaos: &Chaos, name: &str) -> bool {
+    chaos.region(name).node().log().contains("raft_snapshot_installed")
+}
+
+#[test]
+fn drill_region_added_and_removed() {
+    // Under the workload the operator adds a fourth region, which starts empty and catches up
+    // from the leader's snapshot (the log behind it is purged), then removes a follower, whose
+    // provider takes its node, Postgres and Kubo. Its clients can no longer reach it; every
+    // write acknowledged anywhere reads back from the new region too, and its pins converge.
+    // Region ids are never reused: each round adds one under the next.
+    let mut next_id = 4;
+    drill("region-churn", 19, move |chaos, work, leader| {
+        let (id, new) = (next_id, format!("ap{next_id}"));
+        next_id += 1;
+        wait_log_purged(chaos, leader);
+        let at = work.now();
+        chaos.add_region(leader, id, &new, DELAY, drill_config);
+        eprintln!("region-churn: {new} added from {at:.1?}, a voter at {:.1?}", work.now());
+        assert!(installed_snapshot(chaos, &new), "{new} caught up without a snapshot:\n{}", chaos.region(&new).node().log_tail(40));
+        std::thread::sleep(HOLD / 2);
+        let gone = follower(chaos, leader);
+        let removed = work.now();
+        chaos.remove_region(leader, chaos.region(&gone).id);
+        chaos.vanish(&gone);
+        eprintln!("region-churn: {gone} removed at {removed:.1?}");
+        std::thread::sleep(HOLD / 2);
+        Fault { leader_lost_at: None, outages: vec![Outage { region: gone, from: removed, to: Duration::MAX }] }
+    });
+}
+
+#[test]
+fn drill_provider_vanishes() {
+    // The leader's provider ends its lease mid-workload: its node, Postgres and Kubo are gone
+    // for good at once. The other two elect a leader; the operator removes the lost region and
+    // adds a replacement under a new id, which catches up from a snapshot and pins every blob
+    // (the converged checker compares its pins with its Kubo and the others').
+    let mut next_id = 4;
+    drill("provider-vanishes", 20, move |chaos, work, leader| {
+        let (id, replacement) = (chaos.region(leader).id, format!("{leader}{next_id}"));
+        let new_id = next_id;
+        next_id += 1;
+        let at = work.now();
+        chaos.vanish(leader);
+        eprintln!("provider-vanishes: {leader} gone at {at:.1?}");
+        let (now_leads, _) = chaos.wait_agreed(Duration::from_secs(30));
+        chaos.remove_region(&now_leads, id);
+        eprintln!("provider-vanishes: {leader} removed at {:.1?}", work.now());
+        wait_log_purged(chaos, &now_leads);
+        chaos.add_region(&now_leads, new_id, &replacement, DELAY, drill_config);
+        eprintln!("provider-vanishes: {replacement} a voter at {:.1?}", work.now());
+        assert!(installed_snapshot(chaos, &replacement), "{replacement} caught up without a snapshot");
+        std::thread::sleep(HOLD / 2);
+        Fault { leader_lost_at: Some(at), outages: vec![Outage { region: leader.to_owned(), from: at, to: Duration::MAX }] }
+    });
+}
+
+#[test]
+fn drill_wan_latency_spike() {
+    // Every link's one-way delay goes from 10 ms to 150 ms (RTT 300 ms, the top of the range
+    // the default timings promise) for the hold, then back: the leader keeps its term (no
+    // election churn), writes only slow down, and nothing is lost.
+    drill("wan-latency", 21, |chaos, work, leader| {
+        let (_, term) = chaos.wait_agreed(Duration::from_secs(5));
+        let at = work.now();
+        let set = |d| chaos.nets.values().for_each(|n| n.inbound.set_delay(d));
+        set(Duration::from_millis(150));
+        eprintln!("wan-latency: RTT 300 ms from {at:.1?}");
+        std::thread::sleep(HOLD);
+        set(DELAY);
+        let after = chaos.wait_agreed(Duration::from_secs(10));
+        assert_eq!(after, (leader.to_owned(), term), "the latency spike cost an election");
+        Fault { leader_lost_at: None, outages: vec![] }
+    });
+}
+
+#[test]
+fn drill_connection_resets() {
+    // Every inter-region connection reset at once, every half second for the hold: requests
+    // in flight between regions fail and are retried on new connections.
+    drill("connection-resets", 22, |chaos, work, _leader| {
+        let at = work.now();
+        while work.now() < at + HOLD {
+            for net in chaos.nets.values() {
+                net.inbound.sever();
+                net.outbound.sever();
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        eprintln!("connection-resets: every connection reset every 500 ms from {at:.1?} to {:.1?}", work.now());
+        Fault { leader_lost_at: None, outages: vec![] }
+    });
+}
+
+#[test]
+fn drill_follower_partitioned() {
+    // A follower cut off both ways while its clients keep using it: its node, Postgres and
+    // Kubo stay healthy, so its pulls must keep working, its writes and linearizable reads
+    // must be refused promptly, and it catches up once healed.
+    drill("follower-partition", 23, |chaos, work, leader| {
+        let name = follower(chaos, leader);
+        let at = work.now();
+        chaos.net(&name).partition();
+        eprintln!("follower-partition: cut {name} off at {at:.1?}");
+        std::thread::sleep(HOLD);
+        chaos.net(&name).heal();
+        Fault { leader_lost_at: None, outages: vec![] }
     });
 }
