@@ -107,11 +107,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let app = http::router(AppState { registry, auth, status: Arc::new(http::StatusCache::new()?) });
     let listener = listener::bind(cfg.server.listen, shared).map_err(|e| anyhow::anyhow!("server.listen {}: {e}", cfg.server.listen))?;
     tracing::info!(event = "listening", addr = %cfg.server.listen, public_url = %cfg.server.public_url, tls = cfg.server.https(), "afreg node serving");
-    let token = shutdown.clone();
+    // The public listener drains first (`server.drain_secs`) while Raft, the internal endpoints
+    // and the duties still run, so a write in flight commits or fails on its own terms; only
+    // then does the rest stop. (Stopping Raft at the signal left such a write waiting out the
+    // write timeout for a member that was gone, and the node's exit with it.)
     let stop = async move {
         signal().await;
-        tracing::info!(event = "shutdown", "shutting down");
-        token.cancel();
+        tracing::info!(event = "shutdown", "shutting down: draining the requests in flight");
     };
     listener::serve("public", listener, app, node_tls, limits, stop).await?;
     shutdown.cancel();
