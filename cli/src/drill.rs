@@ -26,6 +26,9 @@ pub enum Scenario {
     LeaderKill,
     /// SIGSTOP the leader's node for `--hold`, then SIGCONT: it wakes up believing it leads.
     LeaderPause,
+    /// SIGTERM every region's node in turn, the followers first and the leader last, each
+    /// once the one before is back (`afreg up` starts each again), as an upgrade rolls out.
+    RollingRestart,
     /// No fault of its own: the workload and every checker for `--hold` while you break
     /// something yourself; a region that stops answering counts as down, and the leader
     /// lost (down, or no longer leading) as a failover.
@@ -37,6 +40,7 @@ impl Scenario {
         match self {
             Scenario::LeaderKill => "leader-kill",
             Scenario::LeaderPause => "leader-pause",
+            Scenario::RollingRestart => "rolling-restart",
             Scenario::Watch => "watch",
         }
     }
@@ -228,6 +232,18 @@ impl LocalTarget {
         Ok(pids)
     }
 
+    /// Waits (≤ 30 s, a node's drain and shutdown) until none of `pids` runs.
+    fn wait_exited(&self, region: &str, pids: &[i32]) -> Result<(), String> {
+        let started = Instant::now();
+        while pids.iter().any(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), None).is_ok()) {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(format!("{region}'s node (pid {pids:?}) did not exit within 30 s of SIGTERM"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
     fn hold(&self, what: &str, progress: &dyn Fn(&str)) {
         let started = Instant::now();
         while started.elapsed() < self.hold {
@@ -286,6 +302,19 @@ impl Target for LocalTarget {
                 progress(&format!("SIGCONTed {leader}"));
                 self.wait_back(leader, progress)?;
                 Ok(Fault { leader_lost_at: Some(at), outages: vec![self.outage(leader, at, work)] })
+            }
+            Scenario::RollingRestart => {
+                let names = self.regions.iter().map(|r| r.name.clone()).collect();
+                run::rolling_restart(names, leader, work, |name, at| {
+                    let pids = self.signal(name, Signal::SIGTERM)?;
+                    progress(&format!("SIGTERMed {name} (pid {pids:?})"));
+                    self.wait_exited(name, &pids)?;
+                    self.wait_back(name, progress)?;
+                    let outage = self.outage(name, at, work);
+                    let (now_leads, term) = self.wait_leader(Duration::from_secs(30))?;
+                    progress(&format!("{name} restarted; leader {now_leads} (term {term})"));
+                    Ok(outage)
+                })
             }
         }
     }
