@@ -15,12 +15,26 @@
 //! a term higher if that first campaign meets the candidate's self-vote. Starting an election is
 //! always safe in Raft; this only makes the region that would win anyway start sooner. A member
 //! still in its start-up grace (elections disabled, see `Cluster::start_member`) does not.
+//!
+//! The lagging candidate's side has a bug to work around. When a vote comes back refused with
+//! a longer log than the candidate's, openraft 0.9 sets a flag that adds `smaller_log_timeout`
+//! (2 × `election_timeout_max`, 4.6 s by default) to every later election timeout of that
+//! region, and clears it only when the region next campaigns on its own timer, which the flag
+//! itself delays past the next leader's election. So the flag outlives the catching up it was
+//! for: once both followers of three had once campaigned behind, losing the leader cost
+//! 8.4–9.2 s with no election at all (a leader paused for 8 s resumed as leader in its term).
+//! openraft fixed it after 0.9 (databendlabs/openraft#2087: the backoff holds only while the
+//! log is still behind). Here the nudge above already gives the longer log its chance, at
+//! once, so the backoff is not needed: [`withhold_longer_log`] hands openraft a refused vote
+//! with the candidate's own last log id in place of the longer one, which openraft uses for
+//! nothing but that flag (0.9.25: `Engine::handle_vote_resp`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::raft::{AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::MessageSummary;
 use openraft::ServerState;
 
 use crate::cluster::Timings;
@@ -93,5 +107,58 @@ async fn campaign(raft: &Raft, timings: Timings) {
         if settled.is_err() || m.state == ServerState::Leader || m.current_leader.is_some() {
             return;
         }
+    }
+}
+
+/// A vote this region asked `from` for, refused with a longer log than the one it campaigned
+/// with: logs `raft_campaign_behind` and reports the candidate's own last log id to openraft
+/// instead (see the module doc). A granted vote, or one refused for any other log, is left as
+/// it came.
+pub(crate) fn withhold_longer_log(from: NodeId, req: &VoteRequest<NodeId>, resp: &mut VoteResponse<NodeId>) {
+    if resp.vote_granted || resp.last_log_id <= req.last_log_id {
+        return;
+    }
+    tracing::info!(
+        event = "raft_campaign_behind",
+        from,
+        term = req.vote.leader_id().term,
+        ours = %req.last_log_id.summary(),
+        theirs = %resp.last_log_id.summary(),
+        "this region campaigned with a shorter log than a region that refused it"
+    );
+    resp.last_log_id = req.last_log_id;
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId, Vote};
+
+    use super::*;
+
+    fn log_id(term: u64, index: u64) -> Option<LogId<NodeId>> {
+        Some(LogId::new(CommittedLeaderId::new(term, 0), index))
+    }
+
+    fn exchange(ours: Option<LogId<NodeId>>, theirs: Option<LogId<NodeId>>, granted: bool) -> VoteResponse<NodeId> {
+        let req = VoteRequest::new(Vote::new(9, 2), ours);
+        let mut resp = VoteResponse::new(Vote::new(9, 1), theirs, granted);
+        withhold_longer_log(1, &req, &mut resp);
+        resp
+    }
+
+    #[test]
+    fn a_vote_refused_for_a_longer_log_reports_the_candidates_own() {
+        let resp = exchange(log_id(8, 40), log_id(8, 45), false);
+        assert_eq!(resp.last_log_id, log_id(8, 40));
+        assert!(!resp.vote_granted);
+        assert_eq!(resp.vote, Vote::new(9, 1), "the refusing region's vote is what it said");
+    }
+
+    #[test]
+    fn other_answers_are_left_as_they_came() {
+        assert_eq!(exchange(log_id(8, 40), log_id(8, 45), true).last_log_id, log_id(8, 45), "granted");
+        assert_eq!(exchange(log_id(8, 40), log_id(8, 40), false).last_log_id, log_id(8, 40), "same log");
+        assert_eq!(exchange(log_id(8, 40), log_id(7, 30), false).last_log_id, log_id(7, 30), "shorter log");
+        assert_eq!(exchange(None, None, false).last_log_id, None, "empty logs");
     }
 }

@@ -135,6 +135,8 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Region, RaftError<NodeId>>> {
-        self.call(path::VOTE, &rpc, option.hard_ttl()).await
+        let mut resp = self.call(path::VOTE, &rpc, option.hard_ttl()).await?;
+        crate::election::withhold_longer_log(self.target, &rpc, &mut resp);
+        Ok(resp)
     }
 }

@@ -134,14 +134,57 @@ fn drill_leader_killed() {
 
 #[test]
 fn drill_leader_paused() {
-    drill("leader-pause", 12, |chaos, work, leader| {
-        let pid = chaos.region(leader).node().pid();
-        let at = work.now();
-        signal(pid, nix::sys::signal::Signal::SIGSTOP);
-        eprintln!("leader-pause: SIGSTOPped {leader} at {at:.1?}");
-        std::thread::sleep(HOLD);
-        signal(pid, nix::sys::signal::Signal::SIGCONT);
-        Fault { leader_lost_at: Some(at), outages: vec![outage_until_healthy(chaos, leader, at, work)] }
+    drill("leader-pause", 12, |chaos, work, leader| pause_leader(chaos, work, leader));
+}
+
+/// The leader SIGSTOPped for the hold, then resumed.
+fn pause_leader(chaos: &Chaos, work: &Mixed, leader: &str) -> Fault {
+    let pid = chaos.region(leader).node().pid();
+    let at = work.now();
+    signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    eprintln!("leader-pause: SIGSTOPped {leader} at {at:.1?}");
+    std::thread::sleep(HOLD);
+    signal(pid, nix::sys::signal::Signal::SIGCONT);
+    Fault { leader_lost_at: Some(at), outages: vec![outage_until_healthy(chaos, leader, at, work)] }
+}
+
+/// Whether openraft 0.9 on its own would still hold `region`'s next election back by its
+/// smaller-log backoff (see replication/src/election.rs): the region campaigned behind a
+/// longer log (afreg's `raft_campaign_behind`) since it last campaigned on its own election
+/// timer (openraft's "do trigger election", the one thing that clears openraft's flag).
+fn campaigned_behind(chaos: &Chaos, region: &str) -> bool {
+    let log = chaos.region(region).node().log();
+    let last = |word: &str| log.lines().enumerate().filter(|(_, l)| l.contains(word)).map(|(i, _)| i).last();
+    matches!(last("raft_campaign_behind"), Some(behind) if Some(behind) > last("do trigger election"))
+}
+
+#[test]
+fn drill_leader_paused_after_lagging_campaigns() {
+    // Each follower in turn is cut off long enough to campaign alone while the workload moves
+    // the log on without it, then healed: its next campaign is refused by regions with longer
+    // logs. Then the leader is paused, as in leader-pause. Left to openraft 0.9, each of those
+    // followers would carry a 4.6 s election backoff from then on, so with both carrying it
+    // the paused leader would wake up 8 s later still leading, with no election in between.
+    // The first write after the pause must still come within the failover bound.
+    const CUT: Duration = Duration::from_secs(6); // past the lease + longest timeout, 4.6 s
+    drill("lagging-campaigns", 24, |chaos, work, _| {
+        for cut in 0.. {
+            let (leader, _) = chaos.wait_agreed(Duration::from_secs(30));
+            let names: Vec<String> = chaos.cluster.regions.iter().map(|r| r.name.clone()).collect();
+            let Some(name) = names.into_iter().find(|n| *n != leader && !campaigned_behind(chaos, n)) else { break };
+            assert!(cut < 6, "after {cut} cuts, the followers of {leader} have not both campaigned behind a longer log");
+            chaos.net(&name).partition();
+            eprintln!("lagging-campaigns: cut {name} off at {:.1?}", work.now());
+            std::thread::sleep(CUT);
+            chaos.net(&name).heal();
+            let healed = std::time::Instant::now();
+            while !campaigned_behind(chaos, &name) && healed.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("lagging-campaigns: healed {name}; campaigned behind: {}", campaigned_behind(chaos, &name));
+        }
+        let (leader, _) = chaos.wait_agreed(Duration::from_secs(30));
+        pause_leader(chaos, work, &leader)
     });
 }
 
