@@ -812,6 +812,14 @@ mod tests {
     }
 
     #[test]
+    fn a_gc_grace_of_zero_is_refused() {
+        let var = |v: &str| vec![("AFREG_CLUSTER__GC_GRACE_SECS".to_owned(), v.to_owned())];
+        assert_eq!(Config::load_from(None, var("1")).unwrap().cluster.gc_grace_secs, 1);
+        let e = Config::load_from(None, var("0")).unwrap_err().to_string();
+        assert!(e.contains("cluster.gc_grace_secs must be at least 1"), "{e}");
+    }
+
+    #[test]
     fn unknown_field_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
