@@ -193,7 +193,7 @@ impl TestCluster {
 
     /// Starts one more region (Postgres, Kubo, node with `cluster.join`), not yet a member:
     /// the caller joins it with `afreg region add`.
-    pub fn start_joining_region(&self, id: u64, name: &str, f: impl Fn(&mut NodeConfig)) -> ClusterMember {
+    pub fn start_joining_region(&self, id: u64, name: &str, f: impl FnOnce(&mut NodeConfig)) -> ClusterMember {
         let (pg, kubo) = (Postgres::start(), Kubo::start());
         let mut cfg = NodeConfig::for_kubo(pg.url(), &kubo);
         cfg = region_config(cfg, id, name, &kubo);

@@ -25,6 +25,20 @@ pub fn product_timings(cfg: &mut NodeConfig) {
         (d.heartbeat_ms, d.election_timeout_min_ms, d.election_timeout_max_ms);
 }
 
+/// Puts a region behind a network of its own: its internal listener on a free port behind
+/// the inbound link (one-way `delay`), which it advertises, and its own internal requests
+/// through the outbound proxy. Anyone may pull, push and delete.
+fn wire(cfg: &mut NodeConfig, delay: Duration) -> RegionNet {
+    let port = testkit::free_port();
+    cfg.internal_port = Some(port);
+    let net = RegionNet::start(SocketAddr::from(([127, 0, 0, 1], port)));
+    net.inbound.set_delay(delay);
+    cfg.config.auth.anonymous = Action::ALL.to_vec();
+    cfg.env.extend(net.node_env());
+    cfg.config.cluster.advertise_url = net.advertise_url();
+    net
+}
+
 /// A cluster plus the network of each region, by name. Fields drop in order: the regions stop
 /// before their links go away.
 pub struct Chaos {
@@ -46,13 +60,7 @@ impl Chaos {
         let nets: Mutex<BTreeMap<String, RegionNet>> = Mutex::default();
         let started = Instant::now();
         let cluster = TestCluster::start(bin, names, |name, cfg| {
-            let port = testkit::free_port();
-            cfg.internal_port = Some(port);
-            let net = RegionNet::start(SocketAddr::from(([127, 0, 0, 1], port)));
-            net.inbound.set_delay(delay);
-            cfg.config.auth.anonymous = Action::ALL.to_vec();
-            cfg.env.extend(net.node_env());
-            cfg.config.cluster.advertise_url = net.advertise_url();
+            let net = wire(cfg, delay);
             f(name, cfg);
             nets.lock().unwrap().insert(name.to_owned(), net);
         });
@@ -69,16 +77,12 @@ impl Chaos {
     /// Returns once the command has: the region is a voter, caught up to the entry that made
     /// it a learner.
     pub fn add_region(&mut self, via: &str, id: u64, name: &str, delay: Duration, f: impl Fn(&str, &mut NodeConfig)) {
-        let port = testkit::free_port();
-        let net = RegionNet::start(SocketAddr::from(([127, 0, 0, 1], port)));
-        net.inbound.set_delay(delay);
+        let mut net = None;
         let member = self.cluster.start_joining_region(id, name, |cfg| {
-            cfg.internal_port = Some(port);
-            cfg.config.auth.anonymous = Action::ALL.to_vec();
-            cfg.env.extend(net.node_env());
-            cfg.config.cluster.advertise_url = net.advertise_url();
+            net = Some(wire(cfg, delay));
             f(name, cfg);
         });
+        let net = net.expect("the joining region was configured");
         let (internal, api) = (net.advertise_url(), member.url());
         self.nets.insert(name.to_owned(), net);
         self.cluster.regions.push(member);
