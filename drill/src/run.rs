@@ -298,12 +298,14 @@ fn judge(
         progress(&format!("{checker}: {}", if ok { "ok" } else { "FAILED" }));
         verdicts.push(Verdict { checker: checker.to_owned(), ok, detail });
     };
-    let readable = history::check_acked_readable(&h, regions, repo, b.readable);
-    let lost = if readable.is_err() { h.unreadable(regions, repo) } else { 0 };
-    add("acked-readable", readable);
+    // Convergence first: its time is from the workload's end only if nothing runs before it
+    // (reading back every acknowledged manifest from every region takes seconds).
     let converged = target.converged(repo, b.converge);
     let converged_ms = converged.as_ref().ok().map(|d| d.as_millis() as u64);
     add("converged", converged.map(|d| format!("tags and pins identical in every region {d:.1?} after the workload stopped")));
+    let readable = history::check_acked_readable(&h, regions, repo, b.readable);
+    let lost = if readable.is_err() { h.unreadable(regions, repo) } else { 0 };
+    add("acked-readable", readable);
     let lin = history::check_tags_linearizable(&h, b.linearizable);
     let linearizable = if lin.is_ok() { "ok" } else { "violated" }.to_owned();
     add("linearizable", lin);
