@@ -5,8 +5,9 @@
 //! The queue is not a separate structure: it is every `blobs.cid` without a `pinned` row in
 //! the region-local `pins` table, so it survives restarts and snapshot installs. Each pin has
 //! a timeout (Kubo's `pin/add` waits forever for content no peer has); a failed pin is retried
-//! with exponential backoff. The pinner wakes when applied entries change the tables, and
-//! keeps its Kubo peered with every other region's Kubo so that blobs not pinned here yet are
+//! with exponential backoff. The pinner wakes when applied entries change the tables, when a
+//! pin that was not due becomes due (`pins::next_due`: a retry, or an upload's hold ending),
+//! and keeps its Kubo peered with every other region's Kubo so that blobs not pinned here yet are
 //! still served, fetched from the peers through the local Kubo.
 
 use std::collections::BTreeSet;
@@ -101,7 +102,7 @@ pub async fn run<I: Ipfs>(
         if busy {
             continue;
         }
-        let wait = match pins::next_retry(&pool).await {
+        let wait = match pins::next_due(&pool).await {
             Ok(Some(wait)) => wait.min(Duration::from_secs(30)),
             _ => Duration::from_secs(30),
         };

@@ -88,12 +88,22 @@ pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<PinJob>> {
 /// upload's own bookkeeping).
 pub const HOLD_DECIDES_SECS: f64 = 20.0;
 
-/// How long until the next failed pin is due (zero if it is), if one waits. Measured by
-/// Postgres, whose clock set `next_attempt_at`, not by this process's.
-pub async fn next_retry(pool: &PgPool) -> Result<Option<std::time::Duration>> {
+/// How long until a pin that is not due now will be, if one will: a failed pin's next
+/// attempt, or the end of the [`HOLD_DECIDES_SECS`] an upload's hold leaves a recorded blob's
+/// pin to that upload (whose commit may have ended unknown, so nobody else records the pin).
+/// The pinner sleeps until then at most, so neither waits out its idle sleep. Measured by
+/// Postgres, whose clock set both times, not by this process's.
+pub async fn next_due(pool: &PgPool) -> Result<Option<std::time::Duration>> {
     let secs: Option<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8 FROM pins WHERE state = 'failed'",
+        "SELECT extract(epoch FROM least(
+                (SELECT min(next_attempt_at) FROM pins WHERE state = 'failed'),
+                (SELECT min(h.created_at) + make_interval(secs => $1) FROM blob_holds h
+                  WHERE h.created_at > now() - make_interval(secs => $1)
+                    AND EXISTS (SELECT 1 FROM blobs b WHERE b.cid = h.cid)
+                    AND NOT EXISTS (SELECT 1 FROM pins p WHERE p.cid = h.cid AND p.state = 'pinned'))
+              ) - now())::float8",
     )
+    .bind(HOLD_DECIDES_SECS)
     .fetch_one(pool)
     .await?;
     Ok(secs.map(|s| std::time::Duration::from_secs_f64(s.clamp(0.0, 86_400.0))))

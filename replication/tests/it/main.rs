@@ -1,6 +1,8 @@
-//! The replication layer against a real PostgreSQL: openraft's own storage suite, and the state
-//! machine's apply, snapshots and determinism across regions. One binary, a module per area.
+//! The replication layer against a real PostgreSQL: openraft's own storage suite, the state
+//! machine's apply, snapshots and determinism across regions, and the pinner's queue. One
+//! binary, a module per area.
 
 mod common;
+mod pins;
 mod state_machine;
 mod suite;
