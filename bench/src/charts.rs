@@ -68,7 +68,10 @@ pub fn bars(path: &Path, title: &str, unit: &str, rows: &[Bar], line: Option<f64
     chart
         .draw_series(rows.iter().enumerate().filter(|(_, r)| r.median.is_finite()).map(|(i, r)| {
             let c = COLORS[r.color % COLORS.len()];
-            let mut bar = Rectangle::new([(0.0, SegmentValue::Exact(i)), (r.median, SegmentValue::Exact(i + 1))], c.mix(0.8).filled());
+            let mut bar = Rectangle::new(
+                [(0.0, SegmentValue::Exact(i)), (r.median, SegmentValue::Exact(i + 1))],
+                c.mix(0.8).filled(),
+            );
             bar.set_margin(4, 4, 0, 0);
             bar
         }))
@@ -149,11 +152,23 @@ pub fn draw_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut rows = vec![];
     for w in comparable_workloads(report) {
         if let Some((ratio, _)) = report.vs_best_peer(&w, "afreg") {
-            rows.push(Bar { label: w.clone(), median: ratio, min: f64::NAN, max: f64::NAN, color: if ratio >= 1.0 { 2 } else { 3 } });
+            rows.push(Bar {
+                label: w.clone(),
+                median: ratio,
+                min: f64::NAN,
+                max: f64::NAN,
+                color: if ratio >= 1.0 { 2 } else { 3 },
+            });
         }
     }
     let p = dir.join("ratios.svg");
-    bars(&p, "afreg ÷ the faster peer (median; > 1 is ahead; red rule = parity)", "times the faster peer", &rows, Some(1.0))?;
+    bars(
+        &p,
+        "afreg ÷ the faster peer (median; > 1 is ahead; red rule = parity)",
+        "times the faster peer",
+        &rows,
+        Some(1.0),
+    )?;
     out.push(p);
     // 2. Blob throughput, a chart per size.
     for &size in &report.blob_sizes {
@@ -161,7 +176,13 @@ pub fn draw_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         let mut rows = vec![];
         for w in ["push-mono", "push-single-post", "push-streamed", "push-chunked", "pull"] {
             for f in report.figures.iter().filter(|f| f.workload == format!("{w}/{s}")) {
-                rows.push(Bar { label: format!("{w} · {}", label(&f.target)), median: f.median, min: f.min, max: f.max, color: color_of(&f.target) });
+                rows.push(Bar {
+                    label: format!("{w} · {}", label(&f.target)),
+                    median: f.median,
+                    min: f.min,
+                    max: f.max,
+                    color: color_of(&f.target),
+                });
             }
         }
         let p = dir.join(format!("blobs-{s}.svg"));
@@ -183,13 +204,25 @@ pub fn draw_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
             }
         }
         let p = dir.join(format!("manifest-{method}.svg"));
-        lines(&p, &format!("Manifest {} by tag (req/s, higher is better)", method.to_uppercase()), "connections", "req/s", &series)?;
+        lines(
+            &p,
+            &format!("Manifest {} by tag (req/s, higher is better)", method.to_uppercase()),
+            "connections",
+            "req/s",
+            &series,
+        )?;
         out.push(p);
     }
     // 4. The cluster against its goals.
     let mut rows = vec![];
     for f in report.figures.iter().filter(|f| f.group == "cluster" && f.unit == "ms") {
-        rows.push(Bar { label: f.workload.clone(), median: f.median, min: f.min, max: f.max, color: color_of(&f.target) });
+        rows.push(Bar {
+            label: f.workload.clone(),
+            median: f.median,
+            min: f.min,
+            max: f.max,
+            color: color_of(&f.target),
+        });
     }
     let p = dir.join("replication-lag.svg");
     bars(&p, "Replication lag, us → region (ms, lower is better; red rule = 50 ms goal)", "ms", &rows, Some(50.0))?;
@@ -197,7 +230,13 @@ pub fn draw_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut rows = vec![];
     for f in report.figures.iter().filter(|f| f.group == "cluster" && f.unit == "MiB/s") {
         let who = if f.target == "reference" { "raw Kubo → Kubo" } else { "afreg eu (alone)" };
-        rows.push(Bar { label: format!("{} · {who}", f.workload), median: f.median, min: f.min, max: f.max, color: color_of(&f.target) });
+        rows.push(Bar {
+            label: format!("{} · {who}", f.workload),
+            median: f.median,
+            min: f.min,
+            max: f.max,
+            color: color_of(&f.target),
+        });
     }
     let p = dir.join("cross-region-pin.svg");
     bars(&p, "Cross-region pin (MiB/s, higher is better)", "MiB/s", &rows, None)?;

@@ -94,7 +94,13 @@ fn wait_pinned(region: &ClusterMember, cid: &str, from: Instant, bound: Duration
 /// One round of the pin comparison: eu pins a fresh `total`-byte blob alone (asia's node is
 /// stopped meanwhile and started again after), then raw Kubo B pins a fresh blob added on A.
 /// Returns (eu MiB/s, raw MiB/s).
-pub async fn pin_round(c: &Client, cluster: &mut TestCluster, raw: &(Kubo, Kubo), seed: u64, total: u64) -> Result<(f64, f64)> {
+pub async fn pin_round(
+    c: &Client,
+    cluster: &mut TestCluster,
+    raw: &(Kubo, Kubo),
+    seed: u64,
+    total: u64,
+) -> Result<(f64, f64)> {
     let bound = Duration::from_secs(120).max(Duration::from_secs(total >> 20));
     drain_pins(cluster, bound)?;
     cluster.region_mut("asia").node_mut().stop();

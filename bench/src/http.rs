@@ -106,7 +106,11 @@ pub async fn push(c: &Client, base: &str, repo: &str, how: Push, seed: u64, tota
                     .await?
             } else {
                 let loc = start_upload(c, base, repo).await?;
-                c.put(with_digest(&loc, &d)).header("content-type", "application/octet-stream").body(body()).send().await?
+                c.put(with_digest(&loc, &d))
+                    .header("content-type", "application/octet-stream")
+                    .body(body())
+                    .send()
+                    .await?
             };
             expect(r, StatusCode::CREATED, &format!("{base}: {how:?} push")).await?;
             Ok((t.elapsed(), d))
@@ -216,7 +220,14 @@ pub async fn mount(c: &Client, base: &str, repo: &str, from: &str, digest: &str)
 
 /// Requests per second of `method` on `url` from `conns` connections, each sending its next
 /// request when the previous answer is read, for `dur`. Every answer must be 200.
-pub async fn request_rate(c: &Client, t: &Target, url: &str, method: Method, conns: usize, dur: Duration) -> Result<f64> {
+pub async fn request_rate(
+    c: &Client,
+    t: &Target,
+    url: &str,
+    method: Method,
+    conns: usize,
+    dur: Duration,
+) -> Result<f64> {
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let stop = start + dur;

@@ -201,7 +201,13 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
         Err(why) => infos.push(info("distribution-2.8", "distribution 2.8", "peer", false, why.clone())),
     }
     match &zot {
-        Ok(_) => infos.push(info("zot", "zot", "peer", true, "zot, filesystem storage, dedupe and GC off, log level error, anonymous")),
+        Ok(_) => infos.push(info(
+            "zot",
+            "zot",
+            "peer",
+            true,
+            "zot, filesystem storage, dedupe and GC off, log level error, anonymous",
+        )),
         Err(why) => {
             progress(&format!("zot unavailable: {why}"));
             infos.push(info("zot", "zot", "peer", false, why.clone()));
@@ -209,12 +215,31 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     }
     infos.push(info("reference", "reference", "reference", true, "raw Kubo add, gateway read and RPC cat on a fresh Kubo of the regions' configuration; two such Kubos, connected, for Kubo→Kubo; SHA-256 (sha2 crate) on one core; one loopback TCP stream"));
 
-    let afreg_t =
-        Target { id: "afreg", url: region.node.url(), token: None, pid: Some(region.node.pid()), single_post: true, blob_dir: None };
+    let afreg_t = Target {
+        id: "afreg",
+        url: region.node.url(),
+        token: None,
+        pid: Some(region.node.pid()),
+        single_post: true,
+        blob_dir: None,
+    };
     let us = cluster.region("us");
-    let cluster_t =
-        Target { id: "afreg-cluster", url: us.url(), token: None, pid: Some(us.node().pid()), single_post: true, blob_dir: None };
-    let peer = |id, p: &Peer| Target { id, url: p.url.clone(), token: None, pid: Some(p.pid()), single_post: false, blob_dir: p.blob_dir() };
+    let cluster_t = Target {
+        id: "afreg-cluster",
+        url: us.url(),
+        token: None,
+        pid: Some(us.node().pid()),
+        single_post: true,
+        blob_dir: None,
+    };
+    let peer = |id, p: &Peer| Target {
+        id,
+        url: p.url.clone(),
+        token: None,
+        pid: Some(p.pid()),
+        single_post: false,
+        blob_dir: p.blob_dir(),
+    };
     let mut registries = vec![afreg_t.clone(), cluster_t, peer("distribution-v3", &dist3)];
     for (id, p) in [("distribution-2.8", dist28.as_ref().ok()), ("zot", zot.as_ref().ok())] {
         if let Some(p) = p {
@@ -232,10 +257,16 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     let pin_bound = Duration::from_secs(600);
 
     // ---- Fixtures: the manifest to read, the tags and repositories to list ----------------------
-    progress(&format!("pushing the fixtures: a manifest, {} tags and {} repositories per registry", plan.tags, plan.repos));
+    progress(&format!(
+        "pushing the fixtures: a manifest, {} tags and {} repositories per registry",
+        plan.tags, plan.repos
+    ));
     for t in &registries {
         let (body, _) = http::push_image(&c, &t.url, "bench/img", "latest").await?;
-        let d_cfg = serde_json::from_slice::<serde_json::Value>(&body)?["config"]["digest"].as_str().unwrap_or_default().to_owned();
+        let d_cfg = serde_json::from_slice::<serde_json::Value>(&body)?["config"]["digest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let puts = (0..plan.tags).map(|i| {
             let (c, url, body) = (c.clone(), t.url.clone(), body.clone());
             async move { http::put_manifest(&c, &url, "bench/tags", &format!("t{i:05}"), &body).await }
@@ -302,7 +333,14 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
                 let took = http::pull(&c, &t.url, "bench/blobs", mono.as_deref().unwrap_or_default(), size).await?;
                 s.add(&format!("pull/{sz}"), "blobs", t.id, "MiB/s", true, mib_s(size, took));
                 if let Some(pid) = t.pid {
-                    s.add(&format!("node-rss/{sz}"), "memory", t.id, "MiB", false, testkit::peak_rss_kib(pid) as f64 / 1024.0);
+                    s.add(
+                        &format!("node-rss/{sz}"),
+                        "memory",
+                        t.id,
+                        "MiB",
+                        false,
+                        testkit::peak_rss_kib(pid) as f64 / 1024.0,
+                    );
                 }
                 for d in &pushed {
                     t.forget_blob(d);
@@ -322,8 +360,22 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
         let cat = physical::rpc_cat(&c, &kubo.api_url(), &cid, big).await?;
         s.add(&format!("kubo-rpc-cat/{bz}"), "physical", "reference", "MiB/s", true, cat);
         physical::forget(&c, kubo, &cid).await?;
-        s.add("sha256-one-core", "physical", "reference", "MiB/s", true, physical::sha256_one_core(big.max(64 << 20)).await?);
-        s.add("loopback-tcp", "physical", "reference", "MiB/s", true, physical::loopback_tcp(big.max(256 << 20)).await?);
+        s.add(
+            "sha256-one-core",
+            "physical",
+            "reference",
+            "MiB/s",
+            true,
+            physical::sha256_one_core(big.max(64 << 20)).await?,
+        );
+        s.add(
+            "loopback-tcp",
+            "physical",
+            "reference",
+            "MiB/s",
+            true,
+            physical::loopback_tcp(big.max(256 << 20)).await?,
+        );
 
         // ---- Manifests -----------------------------------------------------------------------
         let mut manifest_targets = order.clone();
@@ -352,8 +404,22 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
         // ---- Cluster -------------------------------------------------------------------------
         let lags = cluster::replication_lag(&c, &cluster, plan.lag_samples, round).await?;
         for (region, l) in ["eu", "asia"].iter().zip(lags) {
-            s.add(&format!("replication-lag-p50/{region}"), "cluster", "afreg-cluster", "ms", false, report::percentile(&l, 50.0));
-            s.add(&format!("replication-lag-p99/{region}"), "cluster", "afreg-cluster", "ms", false, report::percentile(&l, 99.0));
+            s.add(
+                &format!("replication-lag-p50/{region}"),
+                "cluster",
+                "afreg-cluster",
+                "ms",
+                false,
+                report::percentile(&l, 50.0),
+            );
+            s.add(
+                &format!("replication-lag-p99/{region}"),
+                "cluster",
+                "afreg-cluster",
+                "ms",
+                false,
+                report::percentile(&l, 99.0),
+            );
         }
         let (eu, raw) = cluster::pin_round(&c, &mut cluster, &raw_pair, next_seed(), big).await?;
         s.add(&format!("cross-region-pin/{bz}"), "cluster", "afreg-cluster", "MiB/s", true, eu);

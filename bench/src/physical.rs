@@ -15,7 +15,8 @@ use crate::http::{drain, mib_s};
 /// `add` with the node's parameters (CIDv1, raw leaves, 1 MiB chunks) and `pin=true`; returns
 /// (MiB/s, CID).
 pub async fn kubo_add(c: &Client, api: &str, seed: u64, total: u64) -> Result<(f64, String)> {
-    let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(testkit::stream::frames(seed, total))).file_name("blob");
+    let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(testkit::stream::frames(seed, total)))
+        .file_name("blob");
     let t = Instant::now();
     let r = c
         .post(format!("{api}/api/v0/add?cid-version=1&raw-leaves=true&chunker=size-1048576&pin=true&quieter=true"))
@@ -26,7 +27,8 @@ pub async fn kubo_add(c: &Client, api: &str, seed: u64, total: u64) -> Result<(f
     let text = r.text().await?;
     let took = t.elapsed();
     let last = text.lines().filter(|l| !l.trim().is_empty()).last().context("kubo add: empty answer")?;
-    let cid = serde_json::from_str::<serde_json::Value>(last)?["Hash"].as_str().context("kubo add: no Hash")?.to_owned();
+    let cid =
+        serde_json::from_str::<serde_json::Value>(last)?["Hash"].as_str().context("kubo add: no Hash")?.to_owned();
     Ok((mib_s(total, took), cid))
 }
 

@@ -62,7 +62,14 @@ pub struct Figure {
 }
 
 impl Figure {
-    pub fn new(workload: &str, group: &str, target: &str, unit: &str, higher_is_better: bool, samples: Vec<f64>) -> Figure {
+    pub fn new(
+        workload: &str,
+        group: &str,
+        target: &str,
+        unit: &str,
+        higher_is_better: bool,
+        samples: Vec<f64>,
+    ) -> Figure {
         let (median, min, max) = stats(&samples);
         Figure {
             workload: workload.into(),
@@ -177,10 +184,25 @@ impl Report {
             goals.push(goal_of(goal, measured, r.map(|r| r.0), wanted, false));
         };
         vs_peer(&format!("pull {big} ≥ 1.0× the faster peer"), format!("pull/{big}"), "afreg", 1.0);
-        vs_peer(&format!("push {big} monolithic (POST + PUT) ≥ 1.0× the faster peer"), format!("push-mono/{big}"), "afreg", 1.0);
-        vs_peer(&format!("push {big} streamed (one PATCH) ≥ 1.0× the faster peer"), format!("push-streamed/{big}"), "afreg", 1.0);
+        vs_peer(
+            &format!("push {big} monolithic (POST + PUT) ≥ 1.0× the faster peer"),
+            format!("push-mono/{big}"),
+            "afreg",
+            1.0,
+        );
+        vs_peer(
+            &format!("push {big} streamed (one PATCH) ≥ 1.0× the faster peer"),
+            format!("push-streamed/{big}"),
+            "afreg",
+            1.0,
+        );
         vs_peer("manifest GET at 32 connections ≥ 2× the faster peer", "manifest-get/32".into(), "afreg", 2.0);
-        vs_peer("manifest GET at 32 connections, with a token, ≥ 2× the faster peer (anonymous)", "manifest-get/32".into(), "afreg-token", 2.0);
+        vs_peer(
+            "manifest GET at 32 connections, with a token, ≥ 2× the faster peer (anonymous)",
+            "manifest-get/32".into(),
+            "afreg-token",
+            2.0,
+        );
         // Memory: the peak RSS with the big blob over the peak with the small one.
         let rss = |size: &str| self.figure(&format!("node-rss/{size}"), "afreg").map(|f| f.median);
         let (r_big, r_small) = (rss(&big), rss(&small));

@@ -10,7 +10,9 @@ use crate::targets::label;
 fn cell(f: Option<&Figure>) -> String {
     match f {
         None => "–".into(),
-        Some(f) if f.samples.len() > 1 => format!("{} ({}–{})", fmt(Some(f.median)), fmt(Some(f.min)), fmt(Some(f.max))),
+        Some(f) if f.samples.len() > 1 => {
+            format!("{} ({}–{})", fmt(Some(f.median)), fmt(Some(f.min)), fmt(Some(f.max)))
+        }
         Some(f) => fmt(Some(f.median)),
     }
 }
@@ -32,7 +34,11 @@ fn group_table(out: &mut String, r: &Report, group: &str, targets: &[&str]) {
         return;
     }
     let unit = r.figures.iter().find(|f| f.group == group).map(|f| f.unit.clone()).unwrap_or_default();
-    let better = if r.figures.iter().find(|f| f.group == group).is_some_and(|f| f.higher_is_better) { "higher" } else { "lower" };
+    let better = if r.figures.iter().find(|f| f.group == group).is_some_and(|f| f.higher_is_better) {
+        "higher"
+    } else {
+        "lower"
+    };
     let _ = writeln!(out, "\n{unit}, {better} is better; median (min–max) over the rounds.\n");
     let mut head = "| workload |".to_owned();
     let mut rule = "|---|".to_owned();
@@ -48,7 +54,10 @@ fn group_table(out: &mut String, r: &Report, group: &str, targets: &[&str]) {
         for t in targets {
             let _ = write!(row, " {} |", cell(r.figure(&w, t)));
         }
-        let ratio = r.vs_best_peer(&w, "afreg").map(|(x, p)| format!("**{x:.2}×** ({})", label(&p.target))).unwrap_or_else(|| "–".into());
+        let ratio = r
+            .vs_best_peer(&w, "afreg")
+            .map(|(x, p)| format!("**{x:.2}×** ({})", label(&p.target)))
+            .unwrap_or_else(|| "–".into());
         let _ = writeln!(out, "{row} {ratio} |");
     }
 }
@@ -112,7 +121,8 @@ pub fn markdown(r: &Report) -> String {
 
     let big = size_label(*r.blob_sizes.last().unwrap_or(&0));
     let _ = writeln!(out, "\n## Physical references\n\nOn the same machine in the same run: raw Kubo `add` with the node's parameters (pinned), the same file read back through Kubo's gateway and its RPC `cat`, SHA-256 on one core, one loopback TCP stream; each next to the afreg figure it bounds.\n");
-    let _ = writeln!(out, "| reference | MiB/s | afreg figure | afreg MiB/s | afreg ÷ reference |\n|---|---|---|---|---|");
+    let _ =
+        writeln!(out, "| reference | MiB/s | afreg figure | afreg MiB/s | afreg ÷ reference |\n|---|---|---|---|---|");
     let pairs = [
         (format!("kubo-add/{big}"), format!("push-streamed/{big}")),
         (format!("kubo-add/{big}"), format!("push-mono/{big}")),

@@ -55,10 +55,13 @@ pub const AFREG_CONFIG: &str = "one region: afreg serve over its own PostgreSQL 
     manifest cache on (64 MiB)";
 pub const TOKEN_CONFIG: &str = "the same one-region node, every manifest request with a bearer token from its /token \
     (verified on each request; the verified-token cache on)";
-pub const CLUSTER_CONFIG: &str = "three regions us, eu, asia on loopback, one Raft group; each region its own PostgreSQL, \
+pub const CLUSTER_CONFIG: &str =
+    "three regions us, eu, asia on loopback, one Raft group; each region its own PostgreSQL, \
     Kubo (private swarm) and node, configured as the one-region node; the workloads push to and pull from us";
-pub const DIST_CONFIG: &str = "distribution v3 (`registry serve`), filesystem storage, access log disabled, log level error, anonymous";
-pub const DIST28_CONFIG: &str = "Debian's docker-registry (distribution 2.8, `docker-registry serve`), filesystem storage, \
+pub const DIST_CONFIG: &str =
+    "distribution v3 (`registry serve`), filesystem storage, access log disabled, log level error, anonymous";
+pub const DIST28_CONFIG: &str =
+    "Debian's docker-registry (distribution 2.8, `docker-registry serve`), filesystem storage, \
     access log disabled, log level error, anonymous";
 
 /// The one-region afreg.
@@ -128,11 +131,8 @@ impl Peer {
 
     fn spawn(mut cmd: Command, dir: tempfile::TempDir, port: u16, bin: &Path, distribution: bool) -> Result<Peer> {
         let log = std::fs::File::create(dir.path().join("log"))?;
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
+        let child =
+            cmd.stdout(Stdio::null()).stderr(log).spawn().with_context(|| format!("start {}", bin.display()))?;
         let url = format!("http://127.0.0.1:{port}");
         let mut peer = Peer { child, url, distribution, dir };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -141,7 +141,8 @@ impl Peer {
                 let log = std::fs::read_to_string(peer.dir.path().join("log")).unwrap_or_default();
                 bail!("{} exited at start ({status}): {}", bin.display(), log.trim());
             }
-            let up = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok();
+            let up = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+                .is_ok();
             if up {
                 return Ok(peer);
             }

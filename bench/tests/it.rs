@@ -86,10 +86,27 @@ fn afreg_bench_quick_reports_every_workload_for_every_target() {
     }
 
     let page = std::fs::read_to_string(out.path().join("README.md")).unwrap();
-    for needle in ["## Goals", "## Blobs", "## Manifests", "## Listing", "## Cluster", "## Physical references", "distribution 2.8", "zot"] {
+    for needle in [
+        "## Goals",
+        "## Blobs",
+        "## Manifests",
+        "## Listing",
+        "## Cluster",
+        "## Physical references",
+        "distribution 2.8",
+        "zot",
+    ] {
         assert!(page.contains(needle), "README.md lacks {needle:?}:\n{page}");
     }
-    for chart in ["ratios.svg", "blobs-1MiB.svg", "blobs-8MiB.svg", "manifest-get.svg", "manifest-head.svg", "replication-lag.svg", "cross-region-pin.svg"] {
+    for chart in [
+        "ratios.svg",
+        "blobs-1MiB.svg",
+        "blobs-8MiB.svg",
+        "manifest-get.svg",
+        "manifest-head.svg",
+        "replication-lag.svg",
+        "cross-region-pin.svg",
+    ] {
         let svg = std::fs::read_to_string(out.path().join(chart)).unwrap_or_else(|e| panic!("{chart}: {e}"));
         assert!(svg.starts_with("<svg") && svg.contains("<rect"), "{chart} is not a drawn SVG");
     }

@@ -330,7 +330,13 @@ async fn connection(mut client: TcpStream, target: Target, shared: Arc<Shared>) 
 /// Copies `r` to `w`, each chunk released `delay` after it was read. `first` goes first (the
 /// bytes an HTTP proxy read to find the target). With `handshake_from`, nothing is released
 /// before one emulated round trip after that instant. Err when `w` fails.
-async fn pipe<R, W>(r: &mut R, w: &mut W, shared: &Shared, first: Vec<u8>, handshake_from: Option<Instant>) -> Result<(), ()>
+async fn pipe<R, W>(
+    r: &mut R,
+    w: &mut W,
+    shared: &Shared,
+    first: Vec<u8>,
+    handshake_from: Option<Instant>,
+) -> Result<(), ()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -374,7 +380,12 @@ where
 
 /// A blackholed connection: whatever either side sends is dropped and nothing is answered,
 /// until the blackhole lifts (or the link is severed or dropped); then the caller closes it.
-async fn silence(client: &mut TcpStream, server: Option<&mut TcpStream>, faults: &mut watch::Receiver<Faults>, epoch: u64) {
+async fn silence(
+    client: &mut TcpStream,
+    server: Option<&mut TcpStream>,
+    faults: &mut watch::Receiver<Faults>,
+    epoch: u64,
+) {
     let drain = async {
         let s = async {
             if let Some(s) = server {
@@ -439,7 +450,10 @@ impl RegionNet {
     /// The inbound link (on [`LINK_IP`]) to the internal listener at `internal`, and the
     /// outbound proxy (on 127.0.0.1).
     pub fn start(internal: SocketAddr) -> RegionNet {
-        RegionNet { inbound: Link::start_on(LINK_IP.into(), internal), outbound: Link::http_proxy(Ipv4Addr::LOCALHOST.into()) }
+        RegionNet {
+            inbound: Link::start_on(LINK_IP.into(), internal),
+            outbound: Link::http_proxy(Ipv4Addr::LOCALHOST.into()),
+        }
     }
 
     /// The URL the region advertises to the others (`cluster.advertise_url`).
@@ -620,7 +634,10 @@ mod tests {
         let took = started.elapsed();
         // Serialized, 40 chunks would need 40 x 200 ms = 8 s.
         assert!(took >= Duration::from_millis(200), "{took:?}");
-        assert!(took < Duration::from_secs(3), "40 chunks through a 100 ms link took {took:?}: the delay serializes them");
+        assert!(
+            took < Duration::from_secs(3),
+            "40 chunks through a 100 ms link took {took:?}: the delay serializes them"
+        );
     }
 
     #[test]
@@ -684,7 +701,9 @@ mod tests {
         inbound.set_delay(Duration::from_millis(50));
         let proxy = Link::http_proxy(Ipv4Addr::LOCALHOST.into());
         let s = connect(proxy.addr());
-        let mut request = format!("POST {}/internal/raft/append HTTP/1.1\r\nhost: {}\r\n\r\n", inbound.url(), inbound.addr()).into_bytes();
+        let mut request =
+            format!("POST {}/internal/raft/append HTTP/1.1\r\nhost: {}\r\n\r\n", inbound.url(), inbound.addr())
+                .into_bytes();
         request.extend(pseudo_random(256 * 1024, 7));
         let started = StdInstant::now();
         assert_eq!(round_trip(&s, &request), request, "bytes through proxy and link");

@@ -34,7 +34,11 @@ impl InternalClient {
         Ok(InternalClient { base, secret, http })
     }
 
-    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> anyhow::Result<T> {
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.base);
         let r = self
             .http

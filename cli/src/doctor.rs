@@ -37,12 +37,8 @@ pub async fn run(a: DoctorArgs) -> anyhow::Result<()> {
         let ip: IpAddr = ip.parse().with_context(|| format!("--address {region}={ip}: not an IP address"))?;
         addresses.insert(region, ip);
     }
-    let opts = DoctorOptions {
-        regions,
-        nameserver: a.nameserver.map_or(NameServer::System, NameServer::At),
-        zone,
-        addresses,
-    };
+    let opts =
+        DoctorOptions { regions, nameserver: a.nameserver.map_or(NameServer::System, NameServer::At), zone, addresses };
     let report = doctor::run(&opts).await;
     for l in &report.lines {
         println!("{l}");
@@ -53,4 +49,3 @@ pub async fn run(a: DoctorArgs) -> anyhow::Result<()> {
     println!("doctor: every check passed");
     Ok(())
 }
-

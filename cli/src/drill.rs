@@ -152,8 +152,10 @@ impl LocalTarget {
     }
 
     fn from_cluster_json(path: &Path, scenario: Scenario, hold: Duration) -> anyhow::Result<LocalTarget> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {} (is `afreg up` running?)", path.display()))?;
-        let doc: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {} (is `afreg up` running?)", path.display()))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let user = doc["admin"]["username"].as_str().context("cluster.json has no admin.username")?.to_owned();
         let password = doc["admin"]["password"].as_str().context("cluster.json has no admin.password")?.to_owned();
         let mut t = LocalTarget::new(Vec::new(), Vec::new(), Vec::new(), scenario, hold)?;
@@ -162,7 +164,10 @@ impl LocalTarget {
             let mut e = Endpoint::open(name, url);
             e.credentials = Some((user.clone(), password.clone()));
             t.regions.push(e);
-            t.ids.push((r["id"].as_u64().with_context(|| format!("cluster.json: region {name} has no id"))?, name.clone()));
+            t.ids.push((
+                r["id"].as_u64().with_context(|| format!("cluster.json: region {name} has no id"))?,
+                name.clone(),
+            ));
             t.dirs.push((name.clone(), PathBuf::from(r["data_dir"].as_str().unwrap_or_default())));
         }
         Ok(t)
@@ -170,7 +175,8 @@ impl LocalTarget {
 
     /// The pids of every process of `region`, from its pid files.
     fn pids(&self, region: &str) -> anyhow::Result<Vec<i32>> {
-        let dir = &self.dirs.iter().find(|(n, _)| n == region).with_context(|| format!("no data directory for {region}"))?.1;
+        let dir =
+            &self.dirs.iter().find(|(n, _)| n == region).with_context(|| format!("no data directory for {region}"))?.1;
         let mut pids = Vec::new();
         for i in 0.. {
             let f = crate::up::pid_file(dir, i);
@@ -187,8 +193,11 @@ impl LocalTarget {
     fn raft_ids(&self) -> Vec<(u64, String)> {
         let c = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build();
         for r in &self.regions {
-            let v: Option<serde_json::Value> =
-                c.as_ref().ok().and_then(|c| c.get(format!("{}/status", r.url)).send().ok()).and_then(|r| r.json().ok());
+            let v: Option<serde_json::Value> = c
+                .as_ref()
+                .ok()
+                .and_then(|c| c.get(format!("{}/status", r.url)).send().ok())
+                .and_then(|r| r.json().ok());
             let ids: Vec<(u64, String)> = v
                 .iter()
                 .flat_map(|v| v["regions"].as_array().cloned().unwrap_or_default())
@@ -202,7 +211,13 @@ impl LocalTarget {
     }
 
     fn status(&self, region: &Endpoint) -> Option<serde_json::Value> {
-        self.http.get(format!("{}/status?scope=local", region.url)).send().ok().filter(|r| r.status().is_success())?.json().ok()
+        self.http
+            .get(format!("{}/status?scope=local", region.url))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())?
+            .json()
+            .ok()
     }
 
     /// Waits (≤ 60 s) until `region` answers its local status with a Raft view again.
@@ -227,7 +242,8 @@ impl LocalTarget {
     fn signal(&self, region: &str, sig: Signal) -> Result<Vec<i32>, String> {
         let pids = self.pids(region).map_err(|e| format!("{e:#}"))?;
         for pid in &pids {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), sig).map_err(|e| format!("{sig} to {region}'s pid {pid}: {e}"))?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), sig)
+                .map_err(|e| format!("{sig} to {region}'s pid {pid}: {e}"))?;
         }
         Ok(pids)
     }
@@ -269,16 +285,25 @@ impl Target for LocalTarget {
             let views: Vec<(u64, Option<u64>)> = self
                 .regions
                 .iter()
-                .filter_map(|r| self.status(r).and_then(|s| Some((s["raft"]["term"].as_u64()?, s["raft"]["leader"].as_u64()))))
+                .filter_map(|r| {
+                    self.status(r).and_then(|s| Some((s["raft"]["term"].as_u64()?, s["raft"]["leader"].as_u64())))
+                })
                 .collect();
             if let Some((term, Some(leader))) = views.first().copied() {
                 if views.len() * 2 > self.regions.len() && views.iter().all(|v| *v == (term, Some(leader))) {
-                    let name = self.ids.iter().find(|(id, _)| *id == leader).map(|(_, n)| n.clone()).unwrap_or_else(|| format!("id {leader}"));
+                    let name = self
+                        .ids
+                        .iter()
+                        .find(|(id, _)| *id == leader)
+                        .map(|(_, n)| n.clone())
+                        .unwrap_or_else(|| format!("id {leader}"));
                     return Ok((name, term));
                 }
             }
             if started.elapsed() > bound {
-                return Err(format!("the regions did not agree on a leader within {bound:?}: (term, leader) {views:?}"));
+                return Err(format!(
+                    "the regions did not agree on a leader within {bound:?}: (term, leader) {views:?}"
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -36,7 +36,12 @@ pub enum RegionCmd {
 pub async fn run(cmd: RegionCmd, cfg: &Config) -> anyhow::Result<()> {
     match cmd {
         RegionCmd::Add { id, name, internal_url, api_url, node } => {
-            let region = afreg_replication::Region { name: name.clone(), raft_addr: internal_url, api_url, ..Default::default() };
+            let region = afreg_replication::Region {
+                name: name.clone(),
+                raft_addr: internal_url,
+                api_url,
+                ..Default::default()
+            };
             InternalClient::new(cfg, node.as_deref())?.add_region(id, region).await?;
             println!("region {name} (id {id}) is a voter");
         }

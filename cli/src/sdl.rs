@@ -34,7 +34,9 @@ pub fn run(cmd: SdlCmd) -> anyhow::Result<()> {
         SdlCmd::Render { regions, out, secrets } => {
             let secrets = secrets.map(|d| Secrets::load(&d)).transpose()?;
             if secrets.is_some() && out == PathBuf::from("sdl") {
-                anyhow::bail!("with --secrets, write outside the repository's sdl/ (--out DIR): the files carry secrets");
+                anyhow::bail!(
+                    "with --secrets, write outside the repository's sdl/ (--out DIR): the files carry secrets"
+                );
             }
             for p in sdl::render_dir(&regions, &out, secrets.as_ref())? {
                 println!("{}", p.display());

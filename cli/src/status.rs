@@ -23,21 +23,40 @@ pub async fn run(args: StatusArgs, load: impl FnOnce() -> anyhow::Result<Config>
         None => load()?.server.public_url,
     };
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-    let v: serde_json::Value = http.get(format!("{}/status", url.trim_end_matches('/'))).send().await?.error_for_status()?.json().await?;
+    let v: serde_json::Value =
+        http.get(format!("{}/status", url.trim_end_matches('/'))).send().await?.error_for_status()?.json().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!(
         "{:<4} {:<10} {:<10} {:>5} {:>7} {:>9} {:>5} {:>8} {:>14}  {:<16} {:>5}  {:<24} {}",
-        "ID", "REGION", "ROLE", "TERM", "LEADER", "APPLIED", "LAG", "PIN-Q", "REPLICATED-B", "SEAT-HOLDER", "EPOCH", "OTHER-PROCESSES", "URL"
+        "ID",
+        "REGION",
+        "ROLE",
+        "TERM",
+        "LEADER",
+        "APPLIED",
+        "LAG",
+        "PIN-Q",
+        "REPLICATED-B",
+        "SEAT-HOLDER",
+        "EPOCH",
+        "OTHER-PROCESSES",
+        "URL"
     );
-    let opt = |x: &serde_json::Value| if x.is_null() { "-".to_owned() } else { x.to_string().trim_matches('"').to_owned() };
+    let opt =
+        |x: &serde_json::Value| if x.is_null() { "-".to_owned() } else { x.to_string().trim_matches('"').to_owned() };
     for r in v["regions"].as_array().into_iter().flatten() {
         let role = if r["reachable"] == true { opt(&r["role"]) } else { "unreachable".into() };
         let holder = opt(&r["seat_holder"]);
-        let others: Vec<&str> =
-            r["processes"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).filter(|p| *p != holder).collect();
+        let others: Vec<&str> = r["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str())
+            .filter(|p| *p != holder)
+            .collect();
         println!(
             "{:<4} {:<10} {:<10} {:>5} {:>7} {:>9} {:>5} {:>8} {:>14}  {:<16} {:>5}  {:<24} {}",
             opt(&r["id"]),

@@ -74,5 +74,10 @@ pub async fn run(cmd: UserCmd, cfg: &Config) -> anyhow::Result<()> {
 
 /// The replicated command that creates or replaces a user (its password argon2-hashed here).
 pub fn put_user(name: &str, password: &str, grants: Vec<(String, Vec<String>)>) -> Command {
-    Command::PutUser { name: name.to_owned(), password_hash: hash_password(password), grants, at: chrono::Utc::now().timestamp_millis() }
+    Command::PutUser {
+        name: name.to_owned(),
+        password_hash: hash_password(password),
+        grants,
+        at: chrono::Utc::now().timestamp_millis(),
+    }
 }

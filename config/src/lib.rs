@@ -558,7 +558,10 @@ impl Config {
     }
 
     /// [`Config::load`] with these variables in place of the process's environment.
-    pub fn load_from(path: Option<&Path>, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn load_from(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(p) = path {
             if !p.exists() {
@@ -698,8 +701,9 @@ impl EnvVar {
 
 impl figment::Provider for EnvVar {
     fn metadata(&self) -> figment::Metadata {
-        figment::Metadata::named("environment variable")
-            .interpolater(|_, keys| format!("{ENV_PREFIX}{}", keys.iter().map(|k| k.to_uppercase()).collect::<Vec<_>>().join("__")))
+        figment::Metadata::named("environment variable").interpolater(|_, keys| {
+            format!("{ENV_PREFIX}{}", keys.iter().map(|k| k.to_uppercase()).collect::<Vec<_>>().join("__"))
+        })
     }
 
     fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
@@ -711,7 +715,12 @@ impl figment::Provider for EnvVar {
 
 /// The variables of every value under `path` that differs from `default` (tables recurse:
 /// `server.acme.domains` is `AFREG_SERVER__ACME__DOMAINS`).
-fn flatten(path: &[&str], value: &toml::Value, default: Option<&toml::Value>, out: &mut Vec<(String, String)>) -> Result<(), ConfigError> {
+fn flatten(
+    path: &[&str],
+    value: &toml::Value,
+    default: Option<&toml::Value>,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), ConfigError> {
     if default == Some(value) {
         return Ok(());
     }
@@ -788,7 +797,10 @@ mod tests {
     fn acme_http01_reads_from_the_environment_and_refuses_a_peer_that_is_not_a_host() {
         let vars = |peers: &str| {
             vec![
-                ("AFREG_SERVER__ACME__DOMAINS".to_owned(), r#"["registry-eu.example.org","registry.example.org"]"#.to_owned()),
+                (
+                    "AFREG_SERVER__ACME__DOMAINS".to_owned(),
+                    r#"["registry-eu.example.org","registry.example.org"]"#.to_owned(),
+                ),
                 ("AFREG_SERVER__ACME__CHALLENGE".to_owned(), "http-01".to_owned()),
                 ("AFREG_SERVER__ACME__PEERS".to_owned(), peers.to_owned()),
             ]
@@ -802,10 +814,13 @@ mod tests {
             let e = Config::load_from(None, vars(bad)).unwrap_err().to_string();
             assert!(e.contains("server.acme.peers"), "{bad}: {e}");
         }
-        let e = Config::load_from(None, vec![
-            ("AFREG_SERVER__ACME__DOMAINS".to_owned(), r#"["a.example.org"]"#.to_owned()),
-            ("AFREG_SERVER__ACME__CHALLENGE".to_owned(), "dns-01".to_owned()),
-        ])
+        let e = Config::load_from(
+            None,
+            vec![
+                ("AFREG_SERVER__ACME__DOMAINS".to_owned(), r#"["a.example.org"]"#.to_owned()),
+                ("AFREG_SERVER__ACME__CHALLENGE".to_owned(), "dns-01".to_owned()),
+            ],
+        )
         .unwrap_err()
         .to_string();
         assert!(e.contains("AFREG_SERVER__ACME__CHALLENGE"), "{e}");
@@ -840,7 +855,12 @@ mod tests {
         c.cluster.election_timeout_min_ms = 1000;
         c.cluster.election_timeout_max_ms = 2000;
         c.cluster.kubo_swarm_addrs = vec!["/dns4/registry-eu.example.org/tcp/4001".into()];
-        c.cluster.bootstrap = vec![BootstrapPeer { id: 7, name: "eu".into(), url: "http://127.0.0.1:5100".into(), api_url: String::new() }];
+        c.cluster.bootstrap = vec![BootstrapPeer {
+            id: 7,
+            name: "eu".into(),
+            url: "http://127.0.0.1:5100".into(),
+            api_url: String::new(),
+        }];
         let mut acme = AcmeConfig::default();
         acme.domains = vec!["registry-eu.example.org".into(), "registry.example.org".into()];
         acme.contact = vec!["mailto:ops@example.org".into()];

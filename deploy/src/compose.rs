@@ -68,12 +68,7 @@ pub fn render(r: &RegionFile) -> Result<String, SdlError> {
                 ("environment", Yaml::seq(sdl::kubo_env(&format!("${{{}}}", sdl::SWARM_KEY_ENV)).map(Yaml::Str))),
                 // The swarm port is public (the other regions dial it); the RPC API stays on
                 // the project's network, where only the registry uses it.
-                (
-                    "ports",
-                    Yaml::seq([
-                        Yaml::Str(format!("{0}:{0}/tcp", sdl::KUBO_SWARM_PORT)),
-                    ]),
-                ),
+                ("ports", Yaml::seq([Yaml::Str(format!("{0}:{0}/tcp", sdl::KUBO_SWARM_PORT))])),
                 ("volumes", Yaml::seq([volume("kubo-data", "/data/ipfs")])),
                 ("restart", Yaml::str("unless-stopped")),
             ]),

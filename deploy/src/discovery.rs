@@ -46,8 +46,11 @@ pub fn resolver(ns: NameServer, bind: Option<IpAddr>) -> Result<TokioResolver, D
                 c.bind_addr = bind.map(|ip| SocketAddr::new(ip, 0));
                 c
             };
-            let server =
-                NameServerConfig::new(addr.ip(), true, vec![conn(ConnectionConfig::udp()), conn(ConnectionConfig::tcp())]);
+            let server = NameServerConfig::new(
+                addr.ip(),
+                true,
+                vec![conn(ConnectionConfig::udp()), conn(ConnectionConfig::tcp())],
+            );
             TokioResolver::builder_with_config(
                 ResolverConfig::from_parts(None, vec![], vec![server]),
                 TokioRuntimeProvider::default(),

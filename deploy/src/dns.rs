@@ -448,19 +448,28 @@ mod tests {
     fn committed_regions_render_geo_failover_and_srv_records() {
         let out = render(&regions(), &opts()).unwrap();
         let zone = &out.files["alternatefutures.ai.zone"];
-        assert!(zone.contains(
-            "registry-eu 30 IN LUA A \"ifurlup('https://registry-eu.alternatefutures.ai:443/readyz', \
+        assert!(
+            zone.contains(
+                "registry-eu 30 IN LUA A \"ifurlup('https://registry-eu.alternatefutures.ai:443/readyz', \
              {{'192.0.2.2'},{'192.0.2.1'},{'192.0.2.3'}}, {timeout=2})\""
-        ), "{zone}");
-        assert!(zone.contains(
-            "registry-us 30 IN LUA A \"ifurlup('https://registry-us.alternatefutures.ai:443/readyz', \
+            ),
+            "{zone}"
+        );
+        assert!(
+            zone.contains(
+                "registry-us 30 IN LUA A \"ifurlup('https://registry-us.alternatefutures.ai:443/readyz', \
              {{'192.0.2.1'},{'192.0.2.2'},{'192.0.2.3'}}, {timeout=2})\""
-        ), "{zone}");
-        assert!(zone.contains(
-            "registry 30 IN LUA CNAME \";if continent({'EU'}) then return 'registry-eu.alternatefutures.ai.' \
+            ),
+            "{zone}"
+        );
+        assert!(
+            zone.contains(
+                "registry 30 IN LUA CNAME \";if continent({'EU'}) then return 'registry-eu.alternatefutures.ai.' \
              elseif continent({'AS','OC'}) then return 'registry-asia.alternatefutures.ai.' \
              else return 'registry-us.alternatefutures.ai.' end\""
-        ), "{zone}");
+            ),
+            "{zone}"
+        );
         for r in ["us", "eu", "asia"] {
             assert!(zone.contains(&format!("_registry._tcp 30 IN SRV 10 10 443 registry-{r}.alternatefutures.ai.")));
             assert!(zone.contains(&format!("_afreg-internal._tcp 30 IN SRV 10 10 510")), "{zone}");
@@ -553,9 +562,12 @@ mod tests {
         let mut o = opts();
         o.includes = vec!["site.zone".into(), "/var/lib/acme/registry.zone".into()];
         let zone = render(&regions(), &o).unwrap().files["alternatefutures.ai.zone"].clone();
-        assert!(zone.ends_with(
-            "\n$ORIGIN alternatefutures.ai.\n$INCLUDE /etc/afreg-dns/site.zone\n\
+        assert!(
+            zone.ends_with(
+                "\n$ORIGIN alternatefutures.ai.\n$INCLUDE /etc/afreg-dns/site.zone\n\
              \n$ORIGIN alternatefutures.ai.\n$INCLUDE /var/lib/acme/registry.zone\n"
-        ), "{zone}");
+            ),
+            "{zone}"
+        );
     }
 }

@@ -137,7 +137,8 @@ pub async fn run(opts: &DoctorOptions) -> Report {
         Err(e) => rep.problem(format!("{e}")),
         Ok(peers) => {
             let got: BTreeSet<Peer> = peers.into_iter().collect();
-            let show = |s: &BTreeSet<Peer>| s.iter().map(|p| format!("{}:{}", p.host, p.port)).collect::<Vec<_>>().join(", ");
+            let show =
+                |s: &BTreeSet<Peer>| s.iter().map(|p| format!("{}:{}", p.host, p.port)).collect::<Vec<_>>().join(", ");
             if got == want {
                 rep.ok(format!("→ {}", show(&got)));
             } else {
@@ -177,7 +178,8 @@ async fn check_http(rep: &mut Report, host: &str, ip: IpAddr, ep: &Endpoint) {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_string();
-            let bearer = challenge.len() > 7 && challenge[..7].eq_ignore_ascii_case("bearer ") && challenge.contains("realm=");
+            let bearer =
+                challenge.len() > 7 && challenge[..7].eq_ignore_ascii_case("bearer ") && challenge.contains("realm=");
             match status {
                 200 => rep.ok(format!("{ip}: GET /v2/ → 200")),
                 401 if bearer => rep.ok(format!("{ip}: GET /v2/ → 401 with a Bearer challenge")),

@@ -164,10 +164,16 @@ impl RegionFile {
     pub fn apply_identity(&self, cfg: &mut Config) -> Result<(), RegionError> {
         let d = afreg_config::ClusterConfig::default();
         if cfg.cluster.id != d.id && cfg.cluster.id != self.raft_id {
-            return invalid(format!("cluster.id is {} but {}'s region file says raft_id {}", cfg.cluster.id, self.name, self.raft_id));
+            return invalid(format!(
+                "cluster.id is {} but {}'s region file says raft_id {}",
+                cfg.cluster.id, self.name, self.raft_id
+            ));
         }
         if cfg.cluster.region != d.region && cfg.cluster.region != self.name {
-            return invalid(format!("cluster.region is {:?} but the region file is {:?}", cfg.cluster.region, self.name));
+            return invalid(format!(
+                "cluster.region is {:?} but the region file is {:?}",
+                cfg.cluster.region, self.name
+            ));
         }
         cfg.cluster.id = self.raft_id;
         cfg.cluster.region = self.name.clone();

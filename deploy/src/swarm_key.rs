@@ -53,13 +53,15 @@ impl SwarmKey {
     }
 
     pub fn read(path: &Path) -> Result<SwarmKey, SwarmKeyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SwarmKeyError::Io { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SwarmKeyError::Io { path: path.to_owned(), source })?;
         SwarmKey::parse(&text)
     }
 
     /// Writes the key to a new file only its owner can read.
     pub fn write_new(&self, path: &Path) -> Result<(), SwarmKeyError> {
-        afreg_config::write_private(path, &self.file_text()).map_err(|source| SwarmKeyError::Io { path: path.to_owned(), source })
+        afreg_config::write_private(path, &self.file_text())
+            .map_err(|source| SwarmKeyError::Io { path: path.to_owned(), source })
     }
 }
 

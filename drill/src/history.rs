@@ -165,7 +165,9 @@ impl History {
                 Outcome::Unknown(_) => c.unknown += 1,
             }
             if let Some(k) = e.outcome.kind() {
-                c.examples.entry(k.clone()).or_insert_with(|| format!("{:?} via {} at {:.1?}: {:?}", e.op, e.region, e.invoked, e.outcome));
+                c.examples
+                    .entry(k.clone())
+                    .or_insert_with(|| format!("{:?} via {} at {:.1?}: {:?}", e.op, e.region, e.invoked, e.outcome));
                 *c.errors.entry(k).or_default() += 1;
             }
         }
@@ -224,9 +226,14 @@ pub fn check_tags_linearizable(h: &History, bound: Duration) -> Result<String, S
         match rx.recv_timeout(left) {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => return Err(format!("tag {repo}:{tag} is not linearizable:\n{}", listing(events))),
-            Ok(Err(e)) => return Err(format!("tag {repo}:{tag}: the history is malformed ({e}):\n{}", listing(events))),
+            Ok(Err(e)) => {
+                return Err(format!("tag {repo}:{tag}: the history is malformed ({e}):\n{}", listing(events)))
+            }
             Err(_) => {
-                return Err(format!("tag {repo}:{tag}: linearizability undecided within {bound:?} ({} operations)", events.len()))
+                return Err(format!(
+                    "tag {repo}:{tag}: linearizability undecided within {bound:?} ({} operations)",
+                    events.len()
+                ))
             }
         }
     }
@@ -240,7 +247,8 @@ pub fn check_tags_linearizable(h: &History, bound: Duration) -> Result<String, S
 fn tester_of(events: &[&Event]) -> Result<LinearizabilityTester<Tid, Reg>, String> {
     let mut epoch: BTreeMap<usize, u64> = BTreeMap::new();
     // (time, 0 return | 1 invoke, thread, op, ret)
-    let mut marks: Vec<(Duration, u8, Tid, Option<RegisterOp<Option<String>>>, Option<RegisterRet<Option<String>>>)> = Vec::new();
+    let mut marks: Vec<(Duration, u8, Tid, Option<RegisterOp<Option<String>>>, Option<RegisterRet<Option<String>>>)> =
+        Vec::new();
     for e in events {
         let ep = epoch.entry(e.client).or_default();
         let tid = e.client as u64 * 1_000_000 + *ep;
@@ -282,8 +290,11 @@ fn listing(events: &[&Event]) -> String {
 /// Plain (regional) tag reads: never a value nobody wrote, and never older than the last
 /// write acknowledged through the same region before the read began.
 pub fn check_regional_reads(h: &History) -> Result<String, String> {
-    let writes: Vec<&Event> =
-        h.events.iter().filter(|e| matches!(e.op, Op::SetTag { .. }) && !matches!(e.outcome, Outcome::Failed(_))).collect();
+    let writes: Vec<&Event> = h
+        .events
+        .iter()
+        .filter(|e| matches!(e.op, Op::SetTag { .. }) && !matches!(e.outcome, Outcome::Failed(_)))
+        .collect();
     let mut checked = 0;
     for r in &h.events {
         let Op::ReadTag { repo, tag, linearizable: false, got } = &r.op else { continue };
@@ -291,15 +302,20 @@ pub fn check_regional_reads(h: &History) -> Result<String, String> {
             continue;
         }
         checked += 1;
-        let of_tag: Vec<&&Event> =
-            writes.iter().filter(|w| matches!(&w.op, Op::SetTag { repo: wr, tag: wt, .. } if wr == repo && wt == tag)).collect();
+        let of_tag: Vec<&&Event> = writes
+            .iter()
+            .filter(|w| matches!(&w.op, Op::SetTag { repo: wr, tag: wt, .. } if wr == repo && wt == tag))
+            .collect();
         let to = |w: &Event| match &w.op {
             Op::SetTag { to, .. } => to.clone(),
             _ => unreachable!(),
         };
         // Written by someone before the read ended (or the initial absence).
         if got.is_some() && !of_tag.iter().any(|w| to(w) == *got && w.invoked <= r.completed) {
-            return Err(format!("regional read of {repo}:{tag} via {} at {:?} returned {got:?}, which nobody wrote", r.region, r.invoked));
+            return Err(format!(
+                "regional read of {repo}:{tag} via {} at {:?} returned {got:?}, which nobody wrote",
+                r.region, r.invoked
+            ));
         }
         // Not older than this region's own last acknowledged write.
         let own = of_tag
@@ -351,7 +367,12 @@ pub fn check_acked_readable(h: &History, regions: &[Endpoint], repo: &str, bound
             }
         }
     }
-    Ok(format!("{} acknowledged manifests read back from {} regions ({:.1?})", acked.len(), regions.len(), started.elapsed()))
+    Ok(format!(
+        "{} acknowledged manifests read back from {} regions ({:.1?})",
+        acked.len(),
+        regions.len(),
+        started.elapsed()
+    ))
 }
 
 impl History {
@@ -363,7 +384,9 @@ impl History {
             .iter()
             .filter(|e| e.outcome == Outcome::Ok)
             .filter_map(|e| match &e.op {
-                Op::Push { repo, digest, .. } | Op::SetTag { repo, to: Some(digest), .. } => Some((e, repo.as_str(), digest.as_str())),
+                Op::Push { repo, digest, .. } | Op::SetTag { repo, to: Some(digest), .. } => {
+                    Some((e, repo.as_str(), digest.as_str()))
+                }
                 _ => None,
             })
             .filter(|(_, _, d)| !deleted.contains(d))
@@ -373,11 +396,15 @@ impl History {
     /// How many acknowledged manifests do not read back (at once) from some region: the count
     /// of lost writes once [`check_acked_readable`] has failed.
     pub fn unreadable(&self, regions: &[Endpoint], repo: &str) -> usize {
-        let clients: Vec<(Client, &str)> =
-            regions.iter().filter_map(|r| r.client(repo, Duration::from_secs(30)).ok().map(|c| (c, r.url.as_str()))).collect();
+        let clients: Vec<(Client, &str)> = regions
+            .iter()
+            .filter_map(|r| r.client(repo, Duration::from_secs(30)).ok().map(|c| (c, r.url.as_str())))
+            .collect();
         self.acked_manifests()
             .iter()
-            .filter(|(_, repo, digest)| clients.iter().any(|(c, url)| check_pulls(c, url, repo, digest, &self.images[*digest]).is_err()))
+            .filter(|(_, repo, digest)| {
+                clients.iter().any(|(c, url)| check_pulls(c, url, repo, digest, &self.images[*digest]).is_err())
+            })
             .count()
     }
 }
@@ -390,7 +417,8 @@ pub fn check_converged_api(regions: &[Endpoint], repo: &str, bound: Duration) ->
     let started = Instant::now();
     loop {
         let mut why = String::new();
-        let maps: Vec<Result<BTreeMap<String, String>, String>> = regions.iter().map(|r| tag_map_api(r, repo)).collect();
+        let maps: Vec<Result<BTreeMap<String, String>, String>> =
+            regions.iter().map(|r| tag_map_api(r, repo)).collect();
         for (r, m) in regions.iter().zip(&maps) {
             if let Err(e) = m {
                 let _ = writeln!(why, "{}: {e}", r.name);
@@ -407,7 +435,14 @@ pub fn check_converged_api(regions: &[Endpoint], repo: &str, bound: Duration) ->
                     .map(|(t, d)| format!("{t} {d}"))
                     .collect();
                 if !differ.is_empty() {
-                    let _ = writeln!(why, "{} and {} differ ({} vs {} tags), e.g. {differ:?}", regions[0].name, r.name, maps[0].len(), m.len());
+                    let _ = writeln!(
+                        why,
+                        "{} and {} differ ({} vs {} tags), e.g. {differ:?}",
+                        regions[0].name,
+                        r.name,
+                        maps[0].len(),
+                        m.len()
+                    );
                 }
             }
         }
@@ -452,7 +487,8 @@ fn tag_map_api(r: &Endpoint, repo: &str) -> Result<BTreeMap<String, String>, Str
             .map_err(|e| e.to_string())?;
         match resp.status().as_u16() {
             200 => {
-                let d = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let d =
+                    resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
                 map.insert(t, d);
             }
             // Deleted between the list and the HEAD: the next round sees it gone.
@@ -466,9 +502,15 @@ fn tag_map_api(r: &Endpoint, repo: &str) -> Result<BTreeMap<String, String>, Str
 /// The region's own pin backlog, from its `/status?scope=local`.
 fn pin_backlog(r: &Endpoint) -> Result<u64, String> {
     let c = Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
-    let v: serde_json::Value =
-        c.get(format!("{}/status?scope=local", r.url)).send().and_then(|r| r.json()).map_err(|e| format!("/status: {e}"))?;
-    v["pins"]["backlog"].as_u64().or_else(|| v["pin_backlog"].as_u64()).ok_or_else(|| format!("/status has no pin backlog: {v}"))
+    let v: serde_json::Value = c
+        .get(format!("{}/status?scope=local", r.url))
+        .send()
+        .and_then(|r| r.json())
+        .map_err(|e| format!("/status: {e}"))?;
+    v["pins"]["backlog"]
+        .as_u64()
+        .or_else(|| v["pin_backlog"].as_u64())
+        .ok_or_else(|| format!("/status has no pin backlog: {v}"))
 }
 
 /// No pull failed in a region outside its outages.
@@ -476,7 +518,10 @@ pub fn check_available(h: &History, outages: &[Outage]) -> Result<String, String
     let pulls: Vec<&Event> = h.events.iter().filter(|e| matches!(e.op, Op::Pull { .. })).collect();
     for e in &pulls {
         if e.outcome != Outcome::Ok && !in_outage(outages, &e.region, e.invoked, e.completed) {
-            return Err(format!("a pull failed in healthy region {} at {:?}: {:?} -> {:?}", e.region, e.invoked, e.op, e.outcome));
+            return Err(format!(
+                "a pull failed in healthy region {} at {:?}: {:?} -> {:?}",
+                e.region, e.invoked, e.op, e.outcome
+            ));
         }
     }
     Ok(format!("{} pulls, none failed in a healthy region", pulls.len()))
@@ -484,7 +529,8 @@ pub fn check_available(h: &History, outages: &[Outage]) -> Result<String, String
 
 /// No request took longer than `bound` outside its region's outages.
 pub fn check_fail_fast(h: &History, outages: &[Outage], bound: Duration) -> Result<String, String> {
-    let slowest = h.events.iter().filter(|e| !in_outage(outages, &e.region, e.invoked, e.completed)).max_by_key(|e| e.took());
+    let slowest =
+        h.events.iter().filter(|e| !in_outage(outages, &e.region, e.invoked, e.completed)).max_by_key(|e| e.took());
     match slowest {
         Some(e) if e.took() > bound => Err(format!(
             "a request via {} took {:?} (bound {bound:?}): {:?} -> {:?} at {:?}",
@@ -606,8 +652,12 @@ mod tests {
     #[test]
     fn a_push_refused_for_blobs_uploaded_within_the_grace_is_early_gc() {
         let img = crate::oci::image_of_layers(b"{}".to_vec(), vec![b"layer".to_vec()]);
-        let up = |(d, _): &(String, Vec<u8>), at| ev(0, Op::Upload { repo: "r".into(), digest: d.clone() }, at, at + 10, Outcome::Ok);
-        let push = |at, outcome| ev(0, Op::Push { repo: "r".into(), tag: "t".into(), digest: img.digest.clone() }, at, at + 10, outcome);
+        let up = |(d, _): &(String, Vec<u8>), at| {
+            ev(0, Op::Upload { repo: "r".into(), digest: d.clone() }, at, at + 10, Outcome::Ok)
+        };
+        let push = |at, outcome| {
+            ev(0, Op::Push { repo: "r".into(), tag: "t".into(), digest: img.digest.clone() }, at, at + 10, outcome)
+        };
         let refused = Outcome::Failed(r#"400 {"errors":[{"code":"MANIFEST_BLOB_UNKNOWN"}]}"#.into());
         let h = |push_at| {
             let mut events: Vec<Event> = img.blobs.iter().enumerate().map(|(i, b)| up(b, i as u64 * 20)).collect();
@@ -631,7 +681,10 @@ mod tests {
             if let Op::ReadTag { got: g, .. } = &mut r {
                 *g = got.map(String::from);
             }
-            History { events: vec![ev(0, set(Some("a")), 0, 10, Outcome::Ok), ev(1, r, 20, 30, Outcome::Ok)], images: BTreeMap::new() }
+            History {
+                events: vec![ev(0, set(Some("a")), 0, 10, Outcome::Ok), ev(1, r, 20, 30, Outcome::Ok)],
+                images: BTreeMap::new(),
+            }
         };
         assert!(check_regional_reads(&h(Some("a"))).is_ok());
         assert!(check_regional_reads(&h(None)).unwrap_err().contains("older than"));

@@ -55,7 +55,8 @@ impl Endpoint {
     pub fn client(&self, repo: &str, timeout: Duration) -> Result<Client, String> {
         let mut b = Client::builder().no_proxy().timeout(timeout);
         if let Some((user, password)) = &self.credentials {
-            let plain = Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
+            let plain =
+                Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
             let what = format!("a token for {user} from {}", self.name);
             let r = plain
                 .get(format!("{}/token?service=afreg&scope=repository:{repo}:pull,push,delete", self.url))
@@ -69,7 +70,8 @@ impl Endpoint {
                 _ => return Err(format!("{what}: {status} {body}")),
             };
             let mut headers = reqwest::header::HeaderMap::new();
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
             b = b.default_headers(headers);
@@ -155,7 +157,10 @@ impl Refusal {
     }
 }
 
-fn expect(r: Result<reqwest::blocking::Response, reqwest::Error>, status: u16) -> Result<reqwest::blocking::Response, Refusal> {
+fn expect(
+    r: Result<reqwest::blocking::Response, reqwest::Error>,
+    status: u16,
+) -> Result<reqwest::blocking::Response, Refusal> {
     let r = r.map_err(Refusal::lost)?;
     if r.status().as_u16() == status {
         Ok(r)
@@ -199,7 +204,10 @@ fn absolute(base: &str, location: &str) -> String {
 /// Pushes a manifest as `repo:reference`.
 pub fn put_manifest(c: &Client, url: &str, repo: &str, reference: &str, manifest: &[u8]) -> Result<(), Refusal> {
     expect(
-        c.put(format!("{url}/v2/{repo}/manifests/{reference}")).header("content-type", OCI_MANIFEST).body(manifest.to_vec()).send(),
+        c.put(format!("{url}/v2/{repo}/manifests/{reference}"))
+            .header("content-type", OCI_MANIFEST)
+            .body(manifest.to_vec())
+            .send(),
         201,
     )
     .map(|_| ())
@@ -244,9 +252,19 @@ pub fn get_manifest(c: &Client, url: &str, repo: &str, reference: &str, query: &
 }
 
 /// [`get_manifest`], with `Err` when no answer came (or the body broke off).
-pub fn try_get_manifest(c: &Client, url: &str, repo: &str, reference: &str, query: &str) -> Result<(u16, Vec<u8>), String> {
+pub fn try_get_manifest(
+    c: &Client,
+    url: &str,
+    repo: &str,
+    reference: &str,
+    query: &str,
+) -> Result<(u16, Vec<u8>), String> {
     let what = format!("GET {url}/v2/{repo}/manifests/{reference}{query}");
-    let r = c.get(format!("{url}/v2/{repo}/manifests/{reference}{query}")).header("accept", OCI_MANIFEST).send().map_err(|e| format!("{what}: {e}"))?;
+    let r = c
+        .get(format!("{url}/v2/{repo}/manifests/{reference}{query}"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .map_err(|e| format!("{what}: {e}"))?;
     let status = r.status().as_u16();
     Ok((status, r.bytes().map_err(|e| format!("{what}: {e}"))?.to_vec()))
 }
@@ -279,7 +297,10 @@ pub fn check_pulls(c: &Client, url: &str, repo: &str, reference: &str, img: &Ima
         match get_blob(c, url, repo, digest) {
             Ok((200, got)) if got.len() == data.len() && sha256_digest(&got) == *digest => {}
             Ok((status, got)) => {
-                return Err(format!("GET blob {digest} of {repo}:{reference} from {url}: {status}, {} bytes", got.len()))
+                return Err(format!(
+                    "GET blob {digest} of {repo}:{reference} from {url}: {status}, {} bytes",
+                    got.len()
+                ))
             }
             Err(e) => return Err(format!("GET blob {digest} of {repo}:{reference} from {url}: {e}")),
         }

@@ -233,7 +233,10 @@ pub fn percentiles(v: &[Duration]) -> Option<(Duration, Duration)> {
 pub fn run(plan: &Plan, target: &mut dyn Target, progress: &dyn Fn(&str)) -> Result<Report, String> {
     let regions = target.regions();
     let (leader, term) = target.wait_leader(Duration::from_secs(30))?;
-    progress(&format!("{}: seed {}, {} round(s); leader {leader} (term {term})", plan.scenario, plan.seed, plan.rounds));
+    progress(&format!(
+        "{}: seed {}, {} round(s); leader {leader} (term {term})",
+        plan.scenario, plan.seed, plan.rounds
+    ));
     let work = Mixed::start(&regions, &plan.workload);
     let totals = |work: &Mixed| {
         let (ops, acked, errors) = work.progress();
@@ -262,7 +265,9 @@ pub fn run(plan: &Plan, target: &mut dyn Target, progress: &dyn Fn(&str)) -> Res
         outages.extend(f.outages);
         lost_at.extend(f.leader_lost_at);
         match target.wait_leader(Duration::from_secs(30)) {
-            Ok((leader, term)) => progress(&format!("round {}: healed at {:.1?}; leader {leader} (term {term})", round + 1, work.now())),
+            Ok((leader, term)) => {
+                progress(&format!("round {}: healed at {:.1?}; leader {leader} (term {term})", round + 1, work.now()))
+            }
             Err(e) => {
                 work.stop();
                 return Err(e);
@@ -302,7 +307,10 @@ fn judge(
     // (reading back every acknowledged manifest from every region takes seconds).
     let converged = target.converged(repo, b.converge);
     let converged_ms = converged.as_ref().ok().map(|d| d.as_millis() as u64);
-    add("converged", converged.map(|d| format!("tags and pins identical in every region {d:.1?} after the workload stopped")));
+    add(
+        "converged",
+        converged.map(|d| format!("tags and pins identical in every region {d:.1?} after the workload stopped")),
+    );
     let readable = history::check_acked_readable(&h, regions, repo, b.readable);
     let lost = if readable.is_err() { h.unreadable(regions, repo) } else { 0 };
     add("acked-readable", readable);
@@ -327,7 +335,14 @@ fn judge(
     if !lost_at.is_empty() && slow.is_empty() && failovers.len() == lost_at.len() {
         add("failover", Ok(format!("every round's first acknowledged write within {:.1?}", b.failover)));
     } else if !slow.is_empty() {
-        add("failover", Err(format!("first acknowledged write after the leader was lost took {} (bound {:.1?})", slow.join(", "), b.failover)));
+        add(
+            "failover",
+            Err(format!(
+                "first acknowledged write after the leader was lost took {} (bound {:.1?})",
+                slow.join(", "),
+                b.failover
+            )),
+        );
     }
     let c = h.counts();
     let pct = percentiles(&failovers);

@@ -12,7 +12,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
 use crate::history::{Event, History as Recorded, Op, Outcome};
-use crate::oci::{check_pulls, delete_manifest, image_of_layers, put_manifest, sha256_digest, try_get_manifest, upload_blob, Endpoint, Image, Refusal, TOKEN_REFRESH};
+use crate::oci::{
+    check_pulls, delete_manifest, image_of_layers, put_manifest, sha256_digest, try_get_manifest, upload_blob,
+    Endpoint, Image, Refusal, TOKEN_REFRESH,
+};
 
 /// How a [`Mixed`] workload behaves.
 #[derive(Clone, Debug)]
@@ -76,7 +79,11 @@ impl Mixed {
         // The run's own tag names: a cluster that ran drills before still holds their tags
         // (which this run's checkers would read as values nobody wrote). Only the names depend
         // on it; every client's choices and bytes still derive from the seed alone.
-        let run = format!("r{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() % 0xffff_ffff);
+        let run = format!(
+            "r{:x}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()
+                % 0xffff_ffff
+        );
         let mut threads = Vec::new();
         let mut id = 0;
         for region in regions {
@@ -156,7 +163,14 @@ struct DrillClient {
 }
 
 impl DrillClient {
-    fn new(id: usize, region: &Endpoint, cfg: &MixedConfig, started: Instant, progress: Arc<Progress>, run: String) -> DrillClient {
+    fn new(
+        id: usize,
+        region: &Endpoint,
+        cfg: &MixedConfig,
+        started: Instant,
+        progress: Arc<Progress>,
+        run: String,
+    ) -> DrillClient {
         let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(1_000_003).wrapping_add(id as u64));
         let base = bytes(&mut rng, 8 * 1024);
         // Until a token comes (the region may be down at the start), requests go without one.
@@ -210,7 +224,14 @@ impl DrillClient {
         } else if !ok {
             self.progress.errors.fetch_add(1, Ordering::Relaxed);
         }
-        self.events.push(Event { client: self.id, region: self.region.clone(), op, invoked, completed: self.now(), outcome });
+        self.events.push(Event {
+            client: self.id,
+            region: self.region.clone(),
+            op,
+            invoked,
+            completed: self.now(),
+            outcome,
+        });
         ok
     }
 
@@ -224,7 +245,9 @@ impl DrillClient {
 
     /// A new image of a unique config and these layers; remembered for the checkers.
     fn image(&mut self, layers: Vec<Vec<u8>>) -> Image {
-        let config = format!(r#"{{"architecture":"amd64","os":"linux","drill":"{}-{}"}}"#, self.id, self.rng.gen::<u64>()).into_bytes();
+        let config =
+            format!(r#"{{"architecture":"amd64","os":"linux","drill":"{}-{}"}}"#, self.id, self.rng.gen::<u64>())
+                .into_bytes();
         let img = image_of_layers(config, layers);
         self.images.push(img.clone());
         img

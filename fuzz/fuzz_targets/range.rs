@@ -50,6 +50,9 @@ fuzz_target!(|data: &[u8]| {
 
     if let Some((start, end)) = parse_content_range(header) {
         assert!(start <= end, "{header:?} gave {start}-{end}");
-        assert!(end.checked_sub(start).and_then(|n| n.checked_add(1)).is_some(), "{header:?}: the length of {start}-{end} overflows");
+        assert!(
+            end.checked_sub(start).and_then(|n| n.checked_add(1)).is_some(),
+            "{header:?}: the length of {start}-{end} overflows"
+        );
     }
 });

@@ -51,7 +51,8 @@ fn check(rest: &str) {
                 _ => {}
             }
             // The label is one of a fixed set (metrics never get a label per path).
-            assert!(["base", "catalog", "tags", "manifest", "blob", "upload_start", "upload", "referrers"].contains(&ep.route()));
+            assert!(["base", "catalog", "tags", "manifest", "blob", "upload_start", "upload", "referrers"]
+                .contains(&ep.route()));
         }
         Err(e) => {
             assert!(e.status.is_client_error(), "{rest:?} answered {}", e.status);

@@ -124,7 +124,10 @@ fn check_granted(grants: &Grants, scopes: &[String], access: &[Access]) {
             }
             "registry" => {
                 assert!(a.actions.iter().all(|x| x == "*"));
-                assert!(a.actions.is_empty() || (a.name == "catalog" && grants.catalog()), "catalog granted without pull on *");
+                assert!(
+                    a.actions.is_empty() || (a.name == "catalog" && grants.catalog()),
+                    "catalog granted without pull on *"
+                );
             }
             _ => assert!(a.actions.is_empty(), "granted {:?} on a {:?}", a.actions, a.kind),
         }

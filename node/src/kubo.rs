@@ -154,21 +154,17 @@ impl Kubo {
         }
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<ApiErr>(&text).map(|e| e.message).unwrap_or_else(|_| format!("HTTP {status}: {text}"));
+        let message = serde_json::from_str::<ApiErr>(&text)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| format!("HTTP {status}: {text}"));
         Err(KuboError::Api { cmd, message })
     }
 
     /// A short RPC call with the configured timeout; returns the body.
     async fn call(&self, cmd: &'static str, query: &[(&str, &str)], timeout: Duration) -> Result<Bytes, KuboError> {
         let started = Instant::now();
-        let resp = self
-            .http
-            .post(self.url(cmd))
-            .query(query)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| classify(cmd, e))?;
+        let resp =
+            self.http.post(self.url(cmd)).query(query).timeout(timeout).send().await.map_err(|e| classify(cmd, e))?;
         let resp = Self::check(cmd, resp).await?;
         let body = resp.bytes().await.map_err(|e| classify(cmd, e))?;
         observe(cmd, started);
@@ -183,9 +179,7 @@ impl Kubo {
             id: String,
         }
         let b = self.call("id", &[], Duration::from_secs(3)).await?;
-        serde_json::from_slice::<Id>(&b)
-            .map(|i| i.id)
-            .map_err(|e| KuboError::Api { cmd: "id", message: e.to_string() })
+        serde_json::from_slice::<Id>(&b).map(|i| i.id).map_err(|e| KuboError::Api { cmd: "id", message: e.to_string() })
     }
 
     /// Kubo's peer id and the swarm addresses it announces (what other regions dial).
@@ -201,16 +195,21 @@ impl Kubo {
         let id = serde_json::from_slice::<Id>(&b).map_err(|e| KuboError::Api { cmd: "id", message: e.to_string() })?;
         // Without the `/p2p/<id>` suffix: the region list stores it once, as the peer id.
         let suffix = format!("/p2p/{}", id.id);
-        let addrs = id.addresses.unwrap_or_default().into_iter().map(|a| a.trim_end_matches(&suffix).to_owned()).collect();
+        let addrs =
+            id.addresses.unwrap_or_default().into_iter().map(|a| a.trim_end_matches(&suffix).to_owned()).collect();
         Ok((id.id, addrs))
     }
 
     /// Pins with an explicit timeout (the cross-region pinner's, not the upload path's).
     pub async fn pin_add_within(&self, cid: &str, timeout: Duration) -> Result<(), KuboError> {
         let t = format!("{}ms", timeout.as_millis().max(1));
-        self.call("pin/add", &[("arg", cid), ("recursive", "true"), ("timeout", t.as_str())], timeout + Duration::from_secs(5))
-            .await
-            .map(|_| ())
+        self.call(
+            "pin/add",
+            &[("arg", cid), ("recursive", "true"), ("timeout", t.as_str())],
+            timeout + Duration::from_secs(5),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Keeps Kubo connected to a peer (`swarm/peering/add` reconnects after drops) and dials
@@ -252,16 +251,19 @@ impl Kubo {
         let progress = Arc::new(AtomicU64::new(0));
         let on_client = Arc::new(AtomicBool::new(false));
         let (seen, waiting) = (progress.clone(), on_client.clone());
-        let body = futures::stream::unfold(Box::pin(idle_bounded(body, self.timeout, std::io::ErrorKind::UnexpectedEof, "the upload body stalled")), move |mut s| {
-            let (seen, waiting) = (seen.clone(), waiting.clone());
-            async move {
-                waiting.store(true, Ordering::Relaxed);
-                let item = s.next().await;
-                waiting.store(false, Ordering::Relaxed);
-                seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                item.map(|i| (i, s))
-            }
-        });
+        let body = futures::stream::unfold(
+            Box::pin(idle_bounded(body, self.timeout, std::io::ErrorKind::UnexpectedEof, "the upload body stalled")),
+            move |mut s| {
+                let (seen, waiting) = (seen.clone(), waiting.clone());
+                async move {
+                    waiting.store(true, Ordering::Relaxed);
+                    let item = s.next().await;
+                    waiting.store(false, Ordering::Relaxed);
+                    seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    item.map(|i| (i, s))
+                }
+            },
+        );
         let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(body))
             .file_name("blob")
             .mime_str("application/octet-stream")
@@ -307,8 +309,8 @@ impl Kubo {
         }
         let mut cid = None;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let l: Line =
-                serde_json::from_str(line).map_err(|e| KuboError::Api { cmd: "add", message: format!("{e}: {line}") })?;
+            let l: Line = serde_json::from_str(line)
+                .map_err(|e| KuboError::Api { cmd: "add", message: format!("{e}: {line}") })?;
             if let Some(m) = l.message {
                 return Err(KuboError::Api { cmd: "add", message: m });
             }
@@ -369,7 +371,10 @@ impl Kubo {
         let expected = if ranged { reqwest::StatusCode::PARTIAL_CONTENT } else { reqwest::StatusCode::OK };
         if status != expected {
             let text = resp.text().await.unwrap_or_default();
-            return Err(KuboError::Api { cmd: CMD, message: format!("HTTP {status} (expected {expected}): {}", text.trim()) });
+            return Err(KuboError::Api {
+                cmd: CMD,
+                message: format!("HTTP {status} (expected {expected}): {}", text.trim()),
+            });
         }
         observe(CMD, started);
         Ok(resp.bytes_stream().map_err(std::io::Error::other).right_stream())
@@ -418,7 +423,9 @@ impl Kubo {
             key: String,
         }
         observe(CMD, started);
-        serde_json::from_slice::<Put>(&body).map(|p| p.key).map_err(|e| KuboError::Api { cmd: CMD, message: e.to_string() })
+        serde_json::from_slice::<Put>(&body)
+            .map(|p| p.key)
+            .map_err(|e| KuboError::Api { cmd: CMD, message: e.to_string() })
     }
 
     /// The raw leaves under `cid`, in file order (`refs`, recursive and not deduplicated, so a
@@ -434,7 +441,8 @@ impl Kubo {
         let body = self.call("refs", &[("arg", cid), ("recursive", "true"), ("unique", "false")], self.timeout).await?;
         let mut out = Vec::new();
         for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let r: Ref = serde_json::from_slice(line).map_err(|e| KuboError::Api { cmd: "refs", message: e.to_string() })?;
+            let r: Ref =
+                serde_json::from_slice(line).map_err(|e| KuboError::Api { cmd: "refs", message: e.to_string() })?;
             if !r.err.is_empty() {
                 return Err(KuboError::Api { cmd: "refs", message: r.err });
             }
@@ -489,7 +497,8 @@ impl Kubo {
             keys: std::collections::HashMap<String, serde_json::Value>,
         }
         let b = self.call("pin/ls", &[("type", "recursive"), ("quiet", "true")], self.timeout).await?;
-        let ls: Ls = serde_json::from_slice(&b).map_err(|e| KuboError::Api { cmd: "pin/ls", message: e.to_string() })?;
+        let ls: Ls =
+            serde_json::from_slice(&b).map_err(|e| KuboError::Api { cmd: "pin/ls", message: e.to_string() })?;
         Ok(ls.keys.into_keys().collect())
     }
 

@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use afreg_deploy::discovery::{self, NameServer};
 use afreg_replication::pinner::{self, Ipfs, PinnerOptions};
+use afreg_replication::seat::{self, SeatStatus};
 use afreg_replication::store::pins::{self, PinStats};
 use afreg_replication::store::regions;
-use afreg_deploy::discovery::{self, NameServer};
-use afreg_replication::seat::{self, SeatStatus};
-use afreg_replication::{duties, Cluster, ClusterOptions, ClusterSecret, RaftStatus, Region, Role, Seat, SeatOptions, Timings};
+use afreg_replication::{
+    duties, Cluster, ClusterOptions, ClusterSecret, RaftStatus, Region, Role, Seat, SeatOptions, Timings,
+};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +56,11 @@ pub fn cluster_secret(c: &ClusterConfig, create: bool) -> anyhow::Result<Cluster
 
 /// Raft's timings from `[cluster]`.
 pub fn timings(c: &ClusterConfig) -> Timings {
-    Timings { heartbeat_ms: c.heartbeat_ms, election_timeout_min_ms: c.election_timeout_min_ms, election_timeout_max_ms: c.election_timeout_max_ms }
+    Timings {
+        heartbeat_ms: c.heartbeat_ms,
+        election_timeout_min_ms: c.election_timeout_min_ms,
+        election_timeout_max_ms: c.election_timeout_max_ms,
+    }
 }
 
 /// This region's record for the region list, with whatever Kubo reports now.
@@ -140,7 +146,12 @@ pub fn cluster(cfg: &Config, pool: PgPool, me: Region, seat: Arc<Seat>) -> anyho
                     let region = if p.id == c.id {
                         me.clone()
                     } else {
-                        Region { name: p.name.clone(), raft_addr: p.url.clone(), api_url: p.api_url.clone(), ..Default::default() }
+                        Region {
+                            name: p.name.clone(),
+                            raft_addr: p.url.clone(),
+                            api_url: p.api_url.clone(),
+                            ..Default::default()
+                        }
                     };
                     (p.id, region)
                 })
@@ -198,12 +209,16 @@ async fn discover_and_initialize(cfg: Config, cluster: Arc<Cluster>, me: Region,
                 match cluster.initialize(members).await {
                     Ok(true) => return,
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(event = "discovery_failed", error = %e, "could not initialize the discovered cluster"),
+                    Err(e) => {
+                        tracing::warn!(event = "discovery_failed", error = %e, "could not initialize the discovered cluster")
+                    }
                 }
             }
             Ok(members) => tracing::info!(event = "discovery_wait", found = ?members.keys().collect::<Vec<_>>(),
                 "this region is not among the discovered ones yet"),
-            Err(e) => tracing::info!(event = "discovery_wait", reason = %e, "waiting for every region to be discoverable"),
+            Err(e) => {
+                tracing::info!(event = "discovery_wait", reason = %e, "waiting for every region to be discoverable")
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -231,10 +246,19 @@ enum MembersError {
 /// Whether discovery may send the cluster secret to `host` (an SRV target of `zone`) at `addr`
 /// over `scheme`: the target must lie inside the zone (a spoofed or misconfigured record must
 /// not collect the secret), and plain HTTP only reaches loopback unless `allow_insecure`.
-fn may_send_secret(host: &str, zone: &str, scheme: &str, addr: std::net::IpAddr, allow_insecure: bool) -> Result<(), String> {
-    let (host, zone) = (host.trim_end_matches('.').to_ascii_lowercase(), zone.trim_end_matches('.').to_ascii_lowercase());
+fn may_send_secret(
+    host: &str,
+    zone: &str,
+    scheme: &str,
+    addr: std::net::IpAddr,
+    allow_insecure: bool,
+) -> Result<(), String> {
+    let (host, zone) =
+        (host.trim_end_matches('.').to_ascii_lowercase(), zone.trim_end_matches('.').to_ascii_lowercase());
     if host != zone && !host.ends_with(&format!(".{zone}")) {
-        return Err(format!("SRV target {host} is outside the discovery zone {zone}: not sending it the cluster secret"));
+        return Err(format!(
+            "SRV target {host} is outside the discovery zone {zone}: not sending it the cluster secret"
+        ));
     }
     if scheme == "http" && !addr.is_loopback() {
         if !allow_insecure {
@@ -284,7 +308,8 @@ async fn discover_members(
             .json()
             .await
             .map_err(ask)?;
-        members.insert(who.id, Region { name: who.name, raft_addr: who.url, api_url: who.api_url, ..Default::default() });
+        members
+            .insert(who.id, Region { name: who.name, raft_addr: who.url, api_url: who.api_url, ..Default::default() });
     }
     if members.len() != peers.len() {
         return Err(MembersError::Duplicates { targets: peers.len(), regions: members.len() });
@@ -305,14 +330,17 @@ pub fn spawn_duties(
     stop: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let holder = {
-        let (cfg, pool, cluster, kubo, keys, stop) = (cfg.clone(), pool.clone(), cluster.clone(), kubo, keys.clone(), stop.clone());
+        let (cfg, pool, cluster, kubo, keys, stop) =
+            (cfg.clone(), pool.clone(), cluster.clone(), kubo, keys.clone(), stop.clone());
         tokio::spawn(async move {
             let mut serving = cluster.serving();
             loop {
                 let epoch = *serving.borrow_and_update();
                 let session = stop.child_token();
                 let tasks = match epoch {
-                    Some(_) => holder_duties(&cfg, pool.clone(), cluster.clone(), kubo.clone(), keys.clone(), session.clone()),
+                    Some(_) => {
+                        holder_duties(&cfg, pool.clone(), cluster.clone(), kubo.clone(), keys.clone(), session.clone())
+                    }
                     None => Vec::new(),
                 };
                 tokio::select! {
@@ -438,7 +466,8 @@ pub async fn local_status(cfg: &Config, pool: &PgPool, cluster: &Cluster) -> Res
     let me = process_name(cfg);
     let seat = seat::status(pool, &me).await.map_err(|e| format!("postgres: {e}"))?;
     let Some(raft) = cluster.status() else {
-        let holder = cluster.seat().holder().filter(|h| h.name != me).ok_or("no process of this region holds its Raft seat")?;
+        let holder =
+            cluster.seat().holder().filter(|h| h.name != me).ok_or("no process of this region holds its Raft seat")?;
         let mut s = holder_status(cluster, &holder).await.map_err(|e| format!("seat holder {}: {e}", holder.name))?;
         s.seat = seat;
         return Ok(s);
@@ -486,7 +515,12 @@ pub struct RegionStatus {
 /// Every live region's figures: this region's own, the others' asked over their public
 /// `/status?scope=local` (2 s each, in parallel; an unreachable region is reported so).
 /// `http` is shared by every call (its requests time out after 2 s).
-pub async fn cluster_status(cfg: &Config, pool: &PgPool, cluster: &Cluster, http: &reqwest::Client) -> Vec<RegionStatus> {
+pub async fn cluster_status(
+    cfg: &Config,
+    pool: &PgPool,
+    cluster: &Cluster,
+    http: &reqwest::Client,
+) -> Vec<RegionStatus> {
     let me = local_status(cfg, pool, cluster).await;
     let regions = regions::live_regions(pool).await.unwrap_or_default();
     let fetches = regions.iter().map(|r| {
@@ -568,9 +602,14 @@ mod tests {
         assert!(may_send_secret("Registry-EU.Example.org.", "example.org", "https", far, false).is_ok());
         assert!(may_send_secret("registry-eu.example.org", "example.org", "http", lo, false).is_ok());
         for outside in ["evil.org", "example.org.evil.org", "badexample.org"] {
-            assert!(may_send_secret(outside, "example.org", "https", far, false).unwrap_err().contains("outside"), "{outside}");
+            assert!(
+                may_send_secret(outside, "example.org", "https", far, false).unwrap_err().contains("outside"),
+                "{outside}"
+            );
         }
-        assert!(may_send_secret("registry-eu.example.org", "example.org", "http", far, false).unwrap_err().contains("plain HTTP"));
+        assert!(may_send_secret("registry-eu.example.org", "example.org", "http", far, false)
+            .unwrap_err()
+            .contains("plain HTTP"));
         assert!(may_send_secret("registry-eu.example.org", "example.org", "http", far, true).is_ok());
     }
 }

@@ -38,9 +38,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     // The cluster: this region's Raft seat and member, its internal endpoints and duties.
     let shared = cfg.cluster.shared_listeners;
-    let internal_listener = listener::bind(cfg.cluster.listen, shared).map_err(|e| anyhow::anyhow!("cluster.listen {}: {e}", cfg.cluster.listen))?;
+    let internal_listener = listener::bind(cfg.cluster.listen, shared)
+        .map_err(|e| anyhow::anyhow!("cluster.listen {}: {e}", cfg.cluster.listen))?;
     let process_at = cfg.cluster.process_listen.unwrap_or(std::net::SocketAddr::new(cfg.cluster.listen.ip(), 0));
-    let process_listener = listener::bind(process_at, false).map_err(|e| anyhow::anyhow!("cluster.process_listen {process_at}: {e}"))?;
+    let process_listener =
+        listener::bind(process_at, false).map_err(|e| anyhow::anyhow!("cluster.process_listen {process_at}: {e}"))?;
     let (process_url, process_addr) = crate::replica::process_url(&cfg, process_listener.local_addr()?);
     let seat = Arc::new(crate::replica::seat(&cfg, process_url.clone(), process_addr)?);
     let me = crate::replica::this_region(&cfg, &kubo, &keys).await;
@@ -101,11 +103,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         metrics::gauge!("afreg_upload_sessions_open").set(n as f64);
     }
     let sweeper = tokio::spawn(sweep_uploads(registry.clone(), shutdown.clone()));
-    let kubo_gc = tokio::spawn(collect_kubo_garbage(registry.kubo.clone(), cfg.kubo.gc_interval_secs, shutdown.clone()));
+    let kubo_gc =
+        tokio::spawn(collect_kubo_garbage(registry.kubo.clone(), cfg.kubo.gc_interval_secs, shutdown.clone()));
     let upkeep = tokio::spawn(metrics_upkeep(metrics.clone(), shutdown.clone()));
 
     let app = http::router(AppState { registry, auth, status: Arc::new(http::StatusCache::new()?) });
-    let listener = listener::bind(cfg.server.listen, shared).map_err(|e| anyhow::anyhow!("server.listen {}: {e}", cfg.server.listen))?;
+    let listener = listener::bind(cfg.server.listen, shared)
+        .map_err(|e| anyhow::anyhow!("server.listen {}: {e}", cfg.server.listen))?;
     tracing::info!(event = "listening", addr = %cfg.server.listen, public_url = %cfg.server.public_url, tls = cfg.server.https(), "afreg node serving");
     // The public listener drains first (`server.drain_secs`) while Raft, the internal endpoints
     // and the duties still run, so a write in flight commits or fails on its own terms; only
@@ -143,7 +147,8 @@ async fn store_close(_store: Store) {}
 async fn region_keys(cfg: &Config, store: &Store) -> anyhow::Result<Keys> {
     let local = Keys::load_or_create(&cfg.auth)?;
     let pem = std::fs::read_to_string(&cfg.auth.signing_key)?;
-    let shared = store.share_signing_key(&pem).await.map_err(|e| anyhow::anyhow!("recording the region's signing key: {e}"))?;
+    let shared =
+        store.share_signing_key(&pem).await.map_err(|e| anyhow::anyhow!("recording the region's signing key: {e}"))?;
     if shared == pem {
         return Ok(local);
     }
@@ -178,8 +183,11 @@ async fn spawn_metrics(
 /// the hard one (what Go's runtime does at start), and say so when even that is lower.
 fn raise_open_files_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) if n < 8192 => tracing::warn!(event = "open_files_limit", limit = n,
-            "the open-files limit is low for server.max_connections; raise the hard limit (ulimit -Hn)"),
+        Ok(n) if n < 8192 => tracing::warn!(
+            event = "open_files_limit",
+            limit = n,
+            "the open-files limit is low for server.max_connections; raise the hard limit (ulimit -Hn)"
+        ),
         Ok(_) => {}
         Err(e) => tracing::warn!(event = "open_files_limit", error = %e, "could not raise the open-files limit"),
     }
@@ -231,8 +239,12 @@ async fn collect_kubo_garbage(kubo: crate::kubo::Kubo, every_secs: u64, stop: Ca
         let started = std::time::Instant::now();
         match kubo.collect_garbage().await {
             Ok(None) => {}
-            Ok(Some(blocks)) => tracing::info!(event = "kubo_gc", blocks_removed = blocks,
-                duration_ms = started.elapsed().as_millis() as u64, "Kubo repository GC done"),
+            Ok(Some(blocks)) => tracing::info!(
+                event = "kubo_gc",
+                blocks_removed = blocks,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "Kubo repository GC done"
+            ),
             Err(e) => tracing::warn!(event = "kubo_gc_failed", error = %e, "Kubo repository GC failed; will retry"),
         }
     }

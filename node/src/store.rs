@@ -148,7 +148,12 @@ impl Store {
     // ---- manifests -------------------------------------------------------------------
 
     /// The manifest for a tag or digest in one round trip; `with_body` false for HEAD.
-    pub async fn manifest(&self, repo: &RepoName, reference: &Reference, with_body: bool) -> Result<Option<ManifestRow>> {
+    pub async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        with_body: bool,
+    ) -> Result<Option<ManifestRow>> {
         let t = Instant::now();
         let body = if with_body { "m.body" } else { "''::bytea" };
         let sql = match reference {
@@ -164,13 +169,14 @@ impl Store {
                   WHERE r.name = $1 AND m.digest = $2"
             ),
         };
-        let row = sqlx::query(&sql)
-            .bind(repo.as_str())
-            .bind(reference.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&sql).bind(repo.as_str()).bind(reference.to_string()).fetch_optional(&self.pool).await?;
         observe("manifest", t);
-        Ok(row.map(|r| ManifestRow { digest: r.get(0), media_type: r.get(1), size: r.get(2), body: r.get::<Vec<u8>, _>(3).into() }))
+        Ok(row.map(|r| ManifestRow {
+            digest: r.get(0),
+            media_type: r.get(1),
+            size: r.get(2),
+            body: r.get::<Vec<u8>, _>(3).into(),
+        }))
     }
 
     /// Tags in lexical order after `last`, at most `n`. `None` if the repository is unknown.
@@ -274,17 +280,23 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         let Some(size) = size else { return Ok(None) };
-        let chunks: Vec<(i64, i64, String)> =
-            sqlx::query_as("SELECT \"offset\", length, cid FROM upload_chunks WHERE upload_id = $1 ORDER BY \"offset\"")
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await?;
+        let chunks: Vec<(i64, i64, String)> = sqlx::query_as(
+            "SELECT \"offset\", length, cid FROM upload_chunks WHERE upload_id = $1 ORDER BY \"offset\"",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(Some(UploadRow { size, chunks }))
     }
 
     /// Records `chunk` in a session whose size is `size` (else `Gone`: the session ended or
     /// another chunk got there first); the session's size becomes the chunk's end.
-    pub async fn append_chunk(tx: &mut PgConnection, id: Uuid, size: i64, chunk: &NewChunk<'_>) -> Result<AppendOutcome> {
+    pub async fn append_chunk(
+        tx: &mut PgConnection,
+        id: Uuid,
+        size: i64,
+        chunk: &NewChunk<'_>,
+    ) -> Result<AppendOutcome> {
         let r = sqlx::query("UPDATE uploads SET size = $3, updated_at = now() WHERE id = $1 AND size = $2")
             .bind(id)
             .bind(size)
@@ -296,11 +308,12 @@ impl Store {
         }
         // A chunk that starts where an earlier one did holds all of it (the earlier one was the
         // unaligned tail, re-sent): the earlier one goes.
-        let replaced: Option<String> = sqlx::query_scalar("DELETE FROM upload_chunks WHERE upload_id = $1 AND \"offset\" = $2 RETURNING cid")
-            .bind(id)
-            .bind(chunk.start)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let replaced: Option<String> =
+            sqlx::query_scalar("DELETE FROM upload_chunks WHERE upload_id = $1 AND \"offset\" = $2 RETURNING cid")
+                .bind(id)
+                .bind(chunk.start)
+                .fetch_optional(&mut *tx)
+                .await?;
         sqlx::query("INSERT INTO upload_chunks (upload_id, \"offset\", length, cid) VALUES ($1, $2, $3, $4)")
             .bind(id)
             .bind(chunk.start)
@@ -372,7 +385,9 @@ impl Store {
 
     /// Deletes the holds past their expiry and returns their CIDs, for release.
     pub async fn take_expired_holds(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("DELETE FROM blob_holds WHERE expires_at < now() RETURNING cid").fetch_all(&self.pool).await?)
+        Ok(sqlx::query_scalar("DELETE FROM blob_holds WHERE expires_at < now() RETURNING cid")
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     // ---- users -----------------------------------------------------------------------

@@ -47,7 +47,8 @@ impl Drop for ServiceTagged {
     }
 }
 
-const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Installs the global metrics recorder; histograms get latency buckets.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -61,7 +62,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_histogram!("afreg_kubo_call_seconds", "Kubo RPC latency by command");
     metrics::describe_histogram!("afreg_postgres_query_seconds", "PostgreSQL latency by operation");
     metrics::describe_gauge!("afreg_upload_sessions_open", "Upload sessions in progress");
-    metrics::describe_gauge!("afreg_upload_sessions_in_memory", "Upload sessions with a lock and running hash in this process");
+    metrics::describe_gauge!(
+        "afreg_upload_sessions_in_memory",
+        "Upload sessions with a lock and running hash in this process"
+    );
     metrics::gauge!("afreg_upload_sessions_in_memory").set(0.0);
     Ok(handle)
 }

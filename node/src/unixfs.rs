@@ -53,7 +53,12 @@ pub fn balanced(leaves: &[Node]) -> Option<(Node, Vec<Block>)> {
 
 /// Fills a node of `depth` (1: its children are leaves) from `children` on, as far as the
 /// leaves and [`MAX_LINKS`] allow, and encodes it.
-fn fill(mut children: Vec<Node>, depth: usize, leaves: &mut std::iter::Peekable<impl Iterator<Item = Node>>, out: &mut Vec<Block>) -> Node {
+fn fill(
+    mut children: Vec<Node>,
+    depth: usize,
+    leaves: &mut std::iter::Peekable<impl Iterator<Item = Node>>,
+    out: &mut Vec<Block>,
+) -> Node {
     while children.len() < MAX_LINKS && leaves.peek().is_some() {
         let child = if depth == 1 { leaves.next().expect("peeked") } else { fill(Vec::new(), depth - 1, leaves, out) };
         children.push(child);

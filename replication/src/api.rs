@@ -51,7 +51,8 @@ async fn seat_gate(State(c): State<Arc<Cluster>>, req: Request, next: Next) -> R
         let resp = next.run(req).await;
         if raft_rpc && !c.seat().holds() {
             // Paused or cut off while answering: what it computed may be stale.
-            return (StatusCode::SERVICE_UNAVAILABLE, "this process lost the region's Raft seat while answering").into_response();
+            return (StatusCode::SERVICE_UNAVAILABLE, "this process lost the region's Raft seat while answering")
+                .into_response();
         }
         return resp;
     }
@@ -60,7 +61,11 @@ async fn seat_gate(State(c): State<Arc<Cluster>>, req: Request, next: Next) -> R
     }
     match c.seat().holder() {
         Some(h) if h.name != c.seat().options().process => c.relay(&h, req).await,
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "no process of this region holds its Raft seat yet (a takeover in progress)").into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no process of this region holds its Raft seat yet (a takeover in progress)",
+        )
+            .into_response(),
     }
 }
 

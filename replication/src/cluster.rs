@@ -329,7 +329,12 @@ impl Cluster {
         self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         *self.member.write().unwrap() = Some(raft);
         self.serving.send_replace(Some(epoch));
-        tracing::info!(event = "raft_member_started", epoch, region_id = self.id, "this process runs the region's Raft member");
+        tracing::info!(
+            event = "raft_member_started",
+            epoch,
+            region_id = self.id,
+            "this process runs the region's Raft member"
+        );
         if let Some(members) = self.bootstrap.clone() {
             self.initialize(members).await?;
         }
@@ -341,7 +346,11 @@ impl Cluster {
         self.serving.send_replace(None);
         if let Some(raft) = raft {
             let _ = tokio::time::timeout(Duration::from_secs(5), raft.shutdown()).await;
-            tracing::info!(event = "raft_member_stopped", region_id = self.id, "this process no longer runs the region's Raft member");
+            tracing::info!(
+                event = "raft_member_stopped",
+                region_id = self.id,
+                "this process no longer runs the region's Raft member"
+            );
         }
     }
 
@@ -461,7 +470,9 @@ impl Cluster {
                     };
                     match r {
                         Ok(Ok(r)) => return Ok((r.log_id.index, r.data)),
-                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => last = "leadership moved".into(),
+                        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                            last = "leadership moved".into()
+                        }
                         Ok(Err(e)) => return Err(ClusterError::Unavailable(format!("raft write failed: {e}"))),
                         Err(_) => {
                             return Err(ClusterError::Unavailable(format!(
@@ -472,10 +483,15 @@ impl Cluster {
                     }
                 }
                 Some(l) if !may_forward => {
-                    return Err(ClusterError::NotLeader(format!("region {} is not the leader (region {l} is)", self.id)))
+                    return Err(ClusterError::NotLeader(format!(
+                        "region {} is not the leader (region {l} is)",
+                        self.id
+                    )))
                 }
                 Some(l) => {
-                    let Some(node) = leader_node else { return Err(ClusterError::NoLeader(format!("leader {l} is not in the membership"))) };
+                    let Some(node) = leader_node else {
+                        return Err(ClusterError::NoLeader(format!("leader {l} is not in the membership")));
+                    };
                     let to = Target::Region(&node);
                     let forwarded = self.forward::<WriteReply>(&to, path::WRITE, &cmd, deadline);
                     let forwarded = tokio::select! {
@@ -496,7 +512,10 @@ impl Cluster {
                 None => self.wait_for_leader(&raft, deadline).await?,
             }
             if Instant::now() >= deadline {
-                return Err(ClusterError::Unavailable(format!("write not committed within {:?}: {last}", self.write_timeout)));
+                return Err(ClusterError::Unavailable(format!(
+                    "write not committed within {:?}: {last}",
+                    self.write_timeout
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -526,14 +545,18 @@ impl Cluster {
     pub(crate) async fn read_index(&self, may_forward: bool) -> Result<Option<u64>, ClusterError> {
         let deadline = Instant::now() + self.write_timeout;
         loop {
-            let raft = self.raft().ok_or_else(|| ClusterError::NotSeatHolder("this process does not run the region's Raft member".into()))?;
+            let raft = self.raft().ok_or_else(|| {
+                ClusterError::NotSeatHolder("this process does not run the region's Raft member".into())
+            })?;
             let (leader, node) = leader_of(&raft, self.timings)?;
             match leader {
                 Some(l) if l == self.id => {
                     return match tokio::time::timeout(left(deadline), raft.get_read_log_id()).await {
                         Ok(Ok((read, _))) => Ok(read.map(|l| l.index)),
                         Ok(Err(e)) => Err(ClusterError::Unavailable(format!("read index: {e}"))),
-                        Err(_) => Err(ClusterError::Unavailable("the leader could not confirm its quorum in time".into())),
+                        Err(_) => {
+                            Err(ClusterError::Unavailable("the leader could not confirm its quorum in time".into()))
+                        }
                     }
                 }
                 Some(l) if !may_forward => return Err(ClusterError::NotLeader(format!("region {l} is the leader"))),
@@ -599,19 +622,27 @@ impl Cluster {
                 match self.write(Command::PutRegion { id, region: region.clone() }).await? {
                     Applied::Ok => {}
                     Applied::RegionRetired => {
-                        return Err(ClusterError::Refused(format!("region id {id} belonged to a removed region; ids are never reused")))
+                        return Err(ClusterError::Refused(format!(
+                            "region id {id} belonged to a removed region; ids are never reused"
+                        )))
                     }
                     other => return Err(ClusterError::Refused(format!("region {} refused: {other:?}", region.name))),
                 }
                 tracing::info!(event = "region_add", region_id = id, region = %region.name, "adding a region as a learner");
-                let added = raft.add_learner(id, region.clone(), false).await.map_err(|e| unavailable("add learner", &e))?;
+                let added =
+                    raft.add_learner(id, region.clone(), false).await.map_err(|e| unavailable("add learner", &e))?;
                 // Catch up: the learner must hold everything the log had when it joined (its
                 // own learner entry included) before it may vote.
                 let target = added.log_id.index;
                 let caught_up = raft
                     .wait(Some(Duration::from_secs(240)))
                     .metrics(
-                        |m| m.replication.as_ref().and_then(|r| r.get(&id).copied().flatten()).is_some_and(|l| l.index >= target),
+                        |m| {
+                            m.replication
+                                .as_ref()
+                                .and_then(|r| r.get(&id).copied().flatten())
+                                .is_some_and(|l| l.index >= target)
+                        },
                         "learner caught up",
                     )
                     .await;
@@ -622,8 +653,7 @@ impl Cluster {
                     )));
                 }
                 tracing::info!(event = "region_caught_up", region_id = id, index = target, "learner caught up");
-                raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
                     .map_err(|e| unavailable("promote to voter", &e))?;
                 tracing::info!(event = "region_voter", region_id = id, region = %region.name, "region is a voter");
@@ -633,13 +663,11 @@ impl Cluster {
                 let m = raft.metrics().borrow().membership_config.clone();
                 let is_voter = m.membership().voter_ids().any(|v| v == id);
                 if is_voter {
-                    raft
-                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                    raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                         .await
                         .map_err(|e| unavailable("remove voter", &e))?;
                 } else if m.membership().get_node(&id).is_some() {
-                    raft
-                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                         .await
                         .map_err(|e| unavailable("remove learner", &e))?;
                 }
@@ -682,11 +710,11 @@ impl Cluster {
     async fn wait_for_leader(&self, raft: &Raft, deadline: Instant) -> Result<(), ClusterError> {
         // At most one election's worth: longer means there is no quorum to elect one.
         let wait = left(deadline).min(Duration::from_millis(self.timings.election_timeout_max_ms * 2));
-        raft.wait(Some(wait))
-            .metrics(|m| m.current_leader.is_some(), "a leader")
-            .await
-            .map(|_| ())
-            .map_err(|_| ClusterError::NoLeader(format!("no region has been leader for {wait:?}: a quorum of regions is unreachable")))
+        raft.wait(Some(wait)).metrics(|m| m.current_leader.is_some(), "a leader").await.map(|_| ()).map_err(|_| {
+            ClusterError::NoLeader(format!(
+                "no region has been leader for {wait:?}: a quorum of regions is unreachable"
+            ))
+        })
     }
 
     /// Sends a standby's operation to the region's seat holder, retrying while no process
@@ -730,7 +758,10 @@ impl Cluster {
             }
         }
         let host = reqwest::Url::parse(&h.url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
-        let c = client_builder(&self.roots, self.timings).resolve(&host, addr).build().unwrap_or_else(|_| self.http.clone());
+        let c = client_builder(&self.roots, self.timings)
+            .resolve(&host, addr)
+            .build()
+            .unwrap_or_else(|_| self.http.clone());
         *cached = Some((h.clone(), c.clone()));
         c
     }
@@ -757,7 +788,8 @@ impl Cluster {
             }
         }
         let unavailable = |e: &dyn std::fmt::Display| {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("relaying to the region's seat holder {}: {e}", to.name)).into_response()
+            (StatusCode::SERVICE_UNAVAILABLE, format!("relaying to the region's seat holder {}: {e}", to.name))
+                .into_response()
         };
         match r.send().await {
             Ok(resp) => {
@@ -788,9 +820,10 @@ impl Cluster {
         deadline: Instant,
     ) -> Result<R, Forward> {
         let (req, name) = match to {
-            Target::Region(r) => {
-                (self.http.post(format!("{}{path}", r.raft_addr.trim_end_matches('/'))).header(FORWARDED, "1"), format!("leader {}", r.name))
-            }
+            Target::Region(r) => (
+                self.http.post(format!("{}{path}", r.raft_addr.trim_end_matches('/'))).header(FORWARDED, "1"),
+                format!("leader {}", r.name),
+            ),
             Target::Holder(h) => (
                 self.client_for(h).post(format!("{}{path}", h.url.trim_end_matches('/'))).header(RELAYED, "1"),
                 format!("seat holder {}", h.name),
@@ -807,12 +840,17 @@ impl Cluster {
             // Not sent: safe to try again (perhaps at a new leader).
             Err(e) if e.is_connect() => return Err(Forward::Retry(format!("{name} unreachable: {e}"))),
             Err(e) => {
-                return Err(Forward::Fail(ClusterError::Unavailable(format!("forwarding to {name}: {e}; the outcome is unknown, retry"))))
+                return Err(Forward::Fail(ClusterError::Unavailable(format!(
+                    "forwarding to {name}: {e}; the outcome is unknown, retry"
+                ))))
             }
         };
         let status = resp.status();
         if status.is_success() {
-            return resp.json::<R>().await.map_err(|e| Forward::Fail(ClusterError::Unavailable(format!("leader reply: {e}"))));
+            return resp
+                .json::<R>()
+                .await
+                .map_err(|e| Forward::Fail(ClusterError::Unavailable(format!("leader reply: {e}"))));
         }
         let text = resp.text().await.unwrap_or_default();
         match status.as_u16() {
@@ -901,15 +939,14 @@ async fn leadership_lost(raft: &Raft, leader: NodeId, timings: Timings) -> Strin
 /// that is longer than the longest election timeout (the majority has likely elected another).
 fn quorum_silence(m: &openraft::RaftMetrics<NodeId, Region>, timings: Timings) -> Option<u64> {
     let several = m.membership_config.membership().voter_ids().count() > 1;
-    m.millis_since_quorum_ack.filter(|ms| m.state == ServerState::Leader && several && *ms > timings.election_timeout_max_ms)
+    m.millis_since_quorum_ack
+        .filter(|ms| m.state == ServerState::Leader && several && *ms > timings.election_timeout_max_ms)
 }
 
 async fn wait_applied(raft: &Raft, index: u64, deadline: Instant) -> Result<(), ClusterError> {
-    raft.wait(Some(left(deadline)))
-        .applied_index_at_least(Some(index), "applied here")
-        .await
-        .map(|_| ())
-        .map_err(|_| ClusterError::Unavailable(format!("entry {index} is committed but not yet applied in this region; retry")))
+    raft.wait(Some(left(deadline))).applied_index_at_least(Some(index), "applied here").await.map(|_| ()).map_err(
+        |_| ClusterError::Unavailable(format!("entry {index} is committed but not yet applied in this region; retry")),
+    )
 }
 
 /// Bumps `changed` whenever the region's seat holder announces applied entries through

@@ -39,11 +39,16 @@ where
                         "this region is in the region list");
                 }
                 Ok(Applied::RegionRetired) => {
-                    tracing::error!(event = "region_retired", region_id = cluster.id,
-                        "this region's id was removed from the cluster; it will not announce itself");
+                    tracing::error!(
+                        event = "region_retired",
+                        region_id = cluster.id,
+                        "this region's id was removed from the cluster; it will not announce itself"
+                    );
                     return;
                 }
-                Ok(other) => tracing::warn!(event = "region_announce_refused", reply = ?other, "region announcement refused"),
+                Ok(other) => {
+                    tracing::warn!(event = "region_announce_refused", reply = ?other, "region announcement refused")
+                }
                 Err(e) => tracing::debug!(event = "region_announce_retry", error = %e, "region announcement must wait"),
             }
         }
@@ -60,7 +65,13 @@ where
 /// The condition is checked again when each entry is applied, in every region alike, so a
 /// manifest or a re-upload that commits after the listing keeps its blobs. When a blob loses
 /// its last link its row goes, and every region's pinner unpins it.
-pub async fn collect_garbage(pool: PgPool, cluster: Arc<Cluster>, grace: Duration, interval: Duration, stop: CancellationToken) {
+pub async fn collect_garbage(
+    pool: PgPool,
+    cluster: Arc<Cluster>,
+    grace: Duration,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,

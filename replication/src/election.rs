@@ -49,7 +49,11 @@ pub(crate) struct Nudge {
 
 impl Nudge {
     pub(crate) fn new() -> Nudge {
-        Nudge { last_heard: Mutex::new(Instant::now()), may_elect: AtomicBool::new(false), running: AtomicBool::new(false) }
+        Nudge {
+            last_heard: Mutex::new(Instant::now()),
+            may_elect: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+        }
     }
 
     /// A member starts: elections stay off until [`Nudge::elections_enabled`].
@@ -71,11 +75,21 @@ impl Nudge {
 
     /// After this region answered `req` with `resp`: campaigns at once (on a task of its own)
     /// when the refusal was for a shorter log and no leader has been heard for the lease.
-    pub(crate) fn voted<E>(self: &Arc<Self>, raft: &Raft, timings: Timings, req: &VoteRequest<NodeId>, resp: &Result<VoteResponse<NodeId>, E>) {
+    pub(crate) fn voted<E>(
+        self: &Arc<Self>,
+        raft: &Raft,
+        timings: Timings,
+        req: &VoteRequest<NodeId>,
+        resp: &Result<VoteResponse<NodeId>, E>,
+    ) {
         let Ok(resp) = resp else { return };
         let lease = Duration::from_millis(timings.election_timeout_max_ms);
         let behind = req.last_log_id < resp.last_log_id;
-        if resp.vote_granted || !behind || !self.may_elect.load(Ordering::SeqCst) || self.last_heard.lock().unwrap().elapsed() <= lease {
+        if resp.vote_granted
+            || !behind
+            || !self.may_elect.load(Ordering::SeqCst)
+            || self.last_heard.lock().unwrap().elapsed() <= lease
+        {
             return;
         }
         if self.running.swap(true, Ordering::SeqCst) {
@@ -98,7 +112,12 @@ async fn campaign(raft: &Raft, timings: Timings) {
         if raft.metrics().borrow().state == ServerState::Leader || raft.trigger().elect().await.is_err() {
             return;
         }
-        tracing::info!(event = "raft_campaign", attempt, term, "a candidate with a shorter log asked for this region's vote after the leader's lease: campaigning now");
+        tracing::info!(
+            event = "raft_campaign",
+            attempt,
+            term,
+            "a candidate with a shorter log asked for this region's vote after the leader's lease: campaigning now"
+        );
         let settled = raft
             .wait(Some(round))
             .metrics(|m| m.current_term > term && m.state != ServerState::Candidate, "the campaign settled")

@@ -56,8 +56,8 @@ pub mod store;
 pub mod types;
 
 pub use cluster::{AdminOp, Cluster, ClusterError, ClusterOptions, RaftStatus, Role, Timings};
-pub use secret::ClusterSecret;
 pub use seat::{Seat, SeatOptions, SeatState};
+pub use secret::ClusterSecret;
 pub use store::{Fence, PgLogStore, PgSnapshotBuilder, PgStateMachine};
 pub use types::{Applied, Command, Region};
 

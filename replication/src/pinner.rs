@@ -168,7 +168,9 @@ async fn pin_one<I: Ipfs>(
             pins::lock_cid(&mut tx, &job.cid).await?;
             let r = if pins::cid_in_use(&mut tx, &job.cid).await? {
                 match ipfs.pin(&job.cid, CONFIRM_TIMEOUT).await {
-                    Ok(()) => pins::mark_pinned(&mut tx, &job.cid, if remote { job.size } else { 0 }).await.map(|_| Ok(true)),
+                    Ok(()) => {
+                        pins::mark_pinned(&mut tx, &job.cid, if remote { job.size } else { 0 }).await.map(|_| Ok(true))
+                    }
                     Err(e) => Ok(Err(e)),
                 }
             } else {
@@ -231,7 +233,11 @@ async fn no_longer_needed(pool: &PgPool, cid: &str) {
 /// - a `pinned` record whose CID Kubo does not hold is dropped, so the pinner pins it again.
 ///
 /// CIDv0 pins (`Qm…`, such as the empty directory Kubo pins itself) are never the registry's.
-pub async fn reconcile<I: Ipfs>(pool: &PgPool, ipfs: &I, suspects: &mut BTreeSet<String>) -> Result<(), ReconcileError<I::Error>> {
+pub async fn reconcile<I: Ipfs>(
+    pool: &PgPool,
+    ipfs: &I,
+    suspects: &mut BTreeSet<String>,
+) -> Result<(), ReconcileError<I::Error>> {
     let in_kubo: BTreeSet<String> =
         ipfs.pinned().await.map_err(ReconcileError::Ipfs)?.into_iter().filter(|c| c.starts_with('b')).collect();
     let needed = pins::needed_cids(pool).await?;
@@ -259,8 +265,12 @@ pub async fn reconcile<I: Ipfs>(pool: &PgPool, ipfs: &I, suspects: &mut BTreeSet
         }
     }
     if unpinned + dropped > 0 {
-        tracing::info!(event = "pins_reconciled", unpinned, records_dropped = dropped,
-            "Kubo's pins and the pin records were brought back in line");
+        tracing::info!(
+            event = "pins_reconciled",
+            unpinned,
+            records_dropped = dropped,
+            "Kubo's pins and the pin records were brought back in line"
+        );
     }
     Ok(())
 }
@@ -287,7 +297,9 @@ async fn peer_regions<I: Ipfs>(pool: &PgPool, me: NodeId, ipfs: &I, peered: &mut
             Ok(()) => {
                 peered.insert(key);
             }
-            Err(e) => tracing::warn!(event = "kubo_peer_failed", region_id = id, error = %e, "could not connect to a region's Kubo"),
+            Err(e) => {
+                tracing::warn!(event = "kubo_peer_failed", region_id = id, error = %e, "could not connect to a region's Kubo")
+            }
         }
     }
 }

@@ -116,7 +116,13 @@ enum Left {
 
 impl Seat {
     pub fn new(opts: SeatOptions, db: PgConnectOptions) -> Seat {
-        Seat { opts, db, state: watch::channel(SeatState::Standby { holder: None }).0, valid_until: Mutex::new(None), give_up: Notify::new() }
+        Seat {
+            opts,
+            db,
+            state: watch::channel(SeatState::Standby { holder: None }).0,
+            valid_until: Mutex::new(None),
+            give_up: Notify::new(),
+        }
     }
 
     pub fn options(&self) -> &SeatOptions {
@@ -135,9 +141,12 @@ impl Seat {
     /// The holder as this process last saw it (itself when it holds the seat).
     pub fn holder(&self) -> Option<Holder> {
         match self.state() {
-            SeatState::Holding { epoch } => {
-                Some(Holder { name: self.opts.process.clone(), url: self.opts.url.clone(), addr: self.opts.addr, epoch })
-            }
+            SeatState::Holding { epoch } => Some(Holder {
+                name: self.opts.process.clone(),
+                url: self.opts.url.clone(),
+                addr: self.opts.addr,
+                epoch,
+            }),
             SeatState::Standby { holder } => holder,
         }
     }
@@ -176,7 +185,10 @@ impl Seat {
             let epoch = match self.candidate(&mut conn, &stop).await {
                 Ok(Some(taken)) => taken,
                 Ok(None) => {
-                    let _ = sqlx::query("DELETE FROM region_processes WHERE name = $1").bind(&self.opts.process).execute(&mut conn).await;
+                    let _ = sqlx::query("DELETE FROM region_processes WHERE name = $1")
+                        .bind(&self.opts.process)
+                        .execute(&mut conn)
+                        .await;
                     return;
                 }
                 Err(e) => {
@@ -192,8 +204,14 @@ impl Seat {
             match self.hold(&mut conn, epoch, wait, &stop).await {
                 Left::Stopped => {
                     // Released cleanly: the next holder need not wait out the lease.
-                    let _ = sqlx::query("UPDATE raft_seat SET renewed_at = NULL WHERE epoch = $1").bind(epoch as i64).execute(&mut conn).await;
-                    let _ = sqlx::query("DELETE FROM region_processes WHERE name = $1").bind(&self.opts.process).execute(&mut conn).await;
+                    let _ = sqlx::query("UPDATE raft_seat SET renewed_at = NULL WHERE epoch = $1")
+                        .bind(epoch as i64)
+                        .execute(&mut conn)
+                        .await;
+                    let _ = sqlx::query("DELETE FROM region_processes WHERE name = $1")
+                        .bind(&self.opts.process)
+                        .execute(&mut conn)
+                        .await;
                     let _ = conn.close().await;
                     tracing::info!(event = "seat_released", epoch, "released the region's Raft seat");
                     return;
@@ -212,9 +230,8 @@ impl Seat {
 
     async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
         let opts = self.db.clone().application_name(&format!("afreg seat {}", self.opts.process));
-        let mut conn = tokio::time::timeout(self.opts.lease, opts.connect())
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        let mut conn =
+            tokio::time::timeout(self.opts.lease, opts.connect()).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
         // Postgres ends a session whose peer went silent within about keepalives_idle +
         // interval × count (or tcp_user_timeout for unacknowledged data), releasing the lock.
         let secs = self.opts.lease.as_secs().max(1);
@@ -241,11 +258,22 @@ impl Seat {
 
     /// Waits for the seat; returns the epoch taken and how long the previous holder's lease
     /// still runs, or `None` on `stop`.
-    async fn candidate(&self, conn: &mut PgConnection, stop: &CancellationToken) -> Result<Option<(u64, Duration)>, sqlx::Error> {
+    async fn candidate(
+        &self,
+        conn: &mut PgConnection,
+        stop: &CancellationToken,
+    ) -> Result<Option<(u64, Duration)>, sqlx::Error> {
         let lease = self.opts.lease.as_secs_f64();
         loop {
             self.report(conn).await?;
-            let got: bool = within(self.poll() * 4, sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)").bind(LOCK.0).bind(LOCK.1).fetch_one(&mut *conn)).await?;
+            let got: bool = within(
+                self.poll() * 4,
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                    .bind(LOCK.0)
+                    .bind(LOCK.1)
+                    .fetch_one(&mut *conn),
+            )
+            .await?;
             if got {
                 return self.take(conn).await.map(Some);
             }
@@ -261,7 +289,12 @@ impl Seat {
             )
             .await?;
             let (epoch, name, url, addr, pid, expired) = row;
-            let holder = (!name.is_empty()).then(|| Holder { name, url, addr: addr.and_then(|a| a.parse().ok()), epoch: epoch as u64 });
+            let holder = (!name.is_empty()).then(|| Holder {
+                name,
+                url,
+                addr: addr.and_then(|a| a.parse().ok()),
+                epoch: epoch as u64,
+            });
             if expired {
                 if let Some(pid) = pid {
                     // The lock's session outlived its lease (a paused or cut-off holder): end it.
@@ -304,8 +337,11 @@ impl Seat {
         .fetch_all(&mut *tx)
         .await?;
         if !ended.is_empty() {
-            tracing::warn!(event = "seat_writes_ended", transactions = ended.len(),
-                "ended the previous holder's unfinished storage transactions to take the seat over");
+            tracing::warn!(
+                event = "seat_writes_ended",
+                transactions = ended.len(),
+                "ended the previous holder's unfinished storage transactions to take the seat over"
+            );
         }
         let (prev, wait_ms): (String, f64) = sqlx::query_as(
             "SELECT holder, GREATEST(0, EXTRACT(EPOCH FROM (renewed_at + make_interval(secs => $1) - clock_timestamp())) * 1000)::float8
@@ -342,11 +378,15 @@ impl Seat {
             let sent = Instant::now();
             let renewed = within(
                 self.poll() * 2,
-                sqlx::query("UPDATE raft_seat SET renewed_at = clock_timestamp() WHERE epoch = $1").bind(epoch as i64).execute(&mut *conn),
+                sqlx::query("UPDATE raft_seat SET renewed_at = clock_timestamp() WHERE epoch = $1")
+                    .bind(epoch as i64)
+                    .execute(&mut *conn),
             )
             .await;
             match renewed {
-                Ok(r) if r.rows_affected() == 1 => *self.valid_until.lock().unwrap() = Some(sent + self.opts.lease - margin),
+                Ok(r) if r.rows_affected() == 1 => {
+                    *self.valid_until.lock().unwrap() = Some(sent + self.opts.lease - margin)
+                }
                 Ok(_) => break Left::Lost("another process took the seat (the epoch moved on)".into()),
                 Err(e) => break Left::Lost(format!("renewing the lease failed: {e}")),
             }
@@ -384,7 +424,9 @@ impl Seat {
             .execute(&mut *conn),
         )
         .await?;
-        sqlx::query("DELETE FROM region_processes WHERE seen_at < now() - interval '1 day'").execute(&mut *conn).await?;
+        sqlx::query("DELETE FROM region_processes WHERE seen_at < now() - interval '1 day'")
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 }
@@ -438,6 +480,9 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
 
 /// A statement on the seat's session, bounded: a Postgres that stops answering is a lost
 /// seat, not a hang.
-async fn within<T>(d: Duration, f: impl std::future::Future<Output = Result<T, sqlx::Error>>) -> Result<T, sqlx::Error> {
+async fn within<T>(
+    d: Duration,
+    f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
     tokio::time::timeout(d, f).await.map_err(|_| sqlx::Error::PoolTimedOut)?
 }

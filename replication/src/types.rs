@@ -122,9 +122,10 @@ impl Command {
     /// clock GC's cut-off (`linked_before`) comes from too.
     pub fn stamp(&mut self, now: i64) {
         match self {
-            Command::PutManifest { at, .. } | Command::PutBlob { at, .. } | Command::LinkBlob { at, .. } | Command::PutUser { at, .. } => {
-                *at = now
-            }
+            Command::PutManifest { at, .. }
+            | Command::PutBlob { at, .. }
+            | Command::LinkBlob { at, .. }
+            | Command::PutUser { at, .. } => *at = now,
             Command::DeleteManifest { .. }
             | Command::DeleteTag { .. }
             | Command::UnlinkBlob { .. }
@@ -195,15 +196,36 @@ mod tests {
 
     #[test]
     fn stamp_sets_the_time_of_every_timed_command_and_only_that() {
-        let mut blob = Command::PutBlob { repo: "r".into(), digest: "d".into(), cid: "c".into(), size: 1, origin_region: 2, at: 5 };
+        let mut blob = Command::PutBlob {
+            repo: "r".into(),
+            digest: "d".into(),
+            cid: "c".into(),
+            size: 1,
+            origin_region: 2,
+            at: 5,
+        };
         blob.stamp(42);
-        assert_eq!(blob, Command::PutBlob { repo: "r".into(), digest: "d".into(), cid: "c".into(), size: 1, origin_region: 2, at: 42 });
+        assert_eq!(
+            blob,
+            Command::PutBlob {
+                repo: "r".into(),
+                digest: "d".into(),
+                cid: "c".into(),
+                size: 1,
+                origin_region: 2,
+                at: 42
+            }
+        );
         let mut link = Command::LinkBlob { repo: "r".into(), digest: "d".into(), at: -3_600_000 };
         link.stamp(7);
         assert_eq!(link, Command::LinkBlob { repo: "r".into(), digest: "d".into(), at: 7 });
         let mut gc = Command::CollectLinks { links: vec![("r".into(), "d".into())], linked_before: 9 };
         gc.stamp(42);
-        assert_eq!(gc, Command::CollectLinks { links: vec![("r".into(), "d".into())], linked_before: 9 }, "GC's cut-off is its own");
+        assert_eq!(
+            gc,
+            Command::CollectLinks { links: vec![("r".into(), "d".into())], linked_before: 9 },
+            "GC's cut-off is its own"
+        );
     }
 
     #[test]

@@ -127,6 +127,8 @@ impl Api {
     /// `PUT` an OCI image manifest under `reference`.
     pub fn put_manifest(&self, repo: &str, reference: &str, body: &[u8]) -> Resp {
         let body = body.to_vec();
-        self.call(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"), |r| r.header("content-type", OCI_MANIFEST).body(body))
+        self.call(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"), |r| {
+            r.header("content-type", OCI_MANIFEST).body(body)
+        })
     }
 }

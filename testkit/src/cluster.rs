@@ -69,7 +69,6 @@ impl ClusterMember {
         self.region.node.local_status()
     }
 
-
     /// Runs a query against this region's Postgres and returns the first column of the first row.
     pub fn sql(&self, q: &str) -> String {
         self.region.pg.psql(q).trim().to_owned()
@@ -109,7 +108,12 @@ impl TestCluster {
             .iter()
             .zip(&cfgs)
             .enumerate()
-            .map(|(i, (n, cfg))| BootstrapPeer { id: i as u64 + 1, name: n.to_string(), url: cfg.advertised_url(), api_url: String::new() })
+            .map(|(i, (n, cfg))| BootstrapPeer {
+                id: i as u64 + 1,
+                name: n.to_string(),
+                url: cfg.advertised_url(),
+                api_url: String::new(),
+            })
             .collect();
         let mut regions = Vec::new();
         for (i, ((name, (pg, kubo)), mut cfg)) in names.iter().zip(backends).zip(cfgs).enumerate() {
@@ -118,7 +122,12 @@ impl TestCluster {
                 cfg.config.cluster.bootstrap = bootstrap.clone();
             }
             let node = Node::start(bin, cfg);
-            regions.push(ClusterMember { id: i as u64 + 1, name: name.to_string(), region: TestRegion { node, kubo, pg }, more: Vec::new() });
+            regions.push(ClusterMember {
+                id: i as u64 + 1,
+                name: name.to_string(),
+                region: TestRegion { node, kubo, pg },
+                more: Vec::new(),
+            });
         }
         let c = TestCluster { bin: bin.to_path_buf(), regions };
         c.wait_converged(Duration::from_secs(60));
@@ -130,7 +139,10 @@ impl TestCluster {
         self.regions
             .iter()
             .map(|r| {
-                let s = r.processes().find_map(Node::local_status).unwrap_or_else(|| panic!("no process of {} answers", r.name));
+                let s = r
+                    .processes()
+                    .find_map(Node::local_status)
+                    .unwrap_or_else(|| panic!("no process of {} answers", r.name));
                 (r.name.clone(), s["raft"]["term"].as_u64().unwrap())
             })
             .collect()
@@ -175,17 +187,18 @@ impl TestCluster {
         let n = self.regions.len();
         loop {
             let leader = self.leader();
-            let announced = self
-                .regions
-                .iter()
-                .filter(|r| r.node().is_running())
-                .all(|r| r.sql("SELECT count(*) FROM regions WHERE NOT removed AND kubo_peer_id <> ''") == n.to_string());
+            let announced = self.regions.iter().filter(|r| r.node().is_running()).all(|r| {
+                r.sql("SELECT count(*) FROM regions WHERE NOT removed AND kubo_peer_id <> ''") == n.to_string()
+            });
             if leader.is_some() && announced {
                 return;
             }
             if Instant::now() > deadline {
-                let logs: String = self.regions.iter().map(|r| format!("--- {}:\n{}\n", r.name, r.node().log_tail(30))).collect();
-                panic!("cluster did not converge within {timeout:?} (leader {leader:?}, announced {announced});\n{logs}");
+                let logs: String =
+                    self.regions.iter().map(|r| format!("--- {}:\n{}\n", r.name, r.node().log_tail(30))).collect();
+                panic!(
+                    "cluster did not converge within {timeout:?} (leader {leader:?}, announced {announced});\n{logs}"
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -208,7 +221,10 @@ impl TestCluster {
     /// internal port. The region must have been started with `cluster.shared_listeners`.
     pub fn process_config(&self, name: &str, process: &str) -> NodeConfig {
         let first = self.region(name).node();
-        assert!(first.config().config.cluster.shared_listeners, "start {name} with cluster.shared_listeners to add processes");
+        assert!(
+            first.config().config.cluster.shared_listeners,
+            "start {name} with cluster.shared_listeners to add processes"
+        );
         let mut cfg = first.config().clone();
         cfg.port = None;
         cfg.internal_port = Some(first.internal_port());

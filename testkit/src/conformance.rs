@@ -88,7 +88,13 @@ impl Junit {
                     "passed".into()
                 }
             });
-            cases.push(JunitCase { name: tc.attribute("name").unwrap_or("").to_string(), status, failure, error, skipped });
+            cases.push(JunitCase {
+                name: tc.attribute("name").unwrap_or("").to_string(),
+                status,
+                failure,
+                error,
+                skipped,
+            });
         }
         Ok(Junit { tests, failures, errors, disabled, cases })
     }

@@ -63,7 +63,11 @@ impl Drop for Podman {
         for name in &self.containers {
             if std::thread::panicking() {
                 if let Ok(o) = self.cmd().args(["logs", "--tail", "40", name]).output() {
-                    eprintln!("--- container {name} ---\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+                    eprintln!(
+                        "--- container {name} ---\n{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    );
                 }
             }
             let _ = self.cmd().args(["rm", "-f", "-t", "5", name]).output();

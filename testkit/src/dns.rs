@@ -75,8 +75,11 @@ impl PowerDns {
         }
         z.push_str(extra);
         std::fs::write(conf.join("zone"), z).unwrap();
-        std::fs::write(conf.join("named.conf"), format!("zone \"{zone}\" {{ type master; file \"{}\"; }};\n", conf.join("zone").display()))
-            .unwrap();
+        std::fs::write(
+            conf.join("named.conf"),
+            format!("zone \"{zone}\" {{ type master; file \"{}\"; }};\n", conf.join("zone").display()),
+        )
+        .unwrap();
         std::fs::write(
             conf.join("pdns.conf"),
             format!(

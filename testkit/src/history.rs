@@ -16,7 +16,12 @@ pub fn tag_map(r: &ClusterMember) -> String {
 /// CIDs of blob records `r` holds that its Kubo has not pinned.
 pub fn unpinned(r: &ClusterMember) -> Vec<String> {
     let pinned = r.kubo().pin_ls_recursive();
-    r.sql("SELECT cid FROM blobs ORDER BY cid").lines().map(str::trim).filter(|c| !c.is_empty() && !pinned.iter().any(|p| p == c)).map(String::from).collect()
+    r.sql("SELECT cid FROM blobs ORDER BY cid")
+        .lines()
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !pinned.iter().any(|p| p == c))
+        .map(String::from)
+        .collect()
 }
 
 /// All regions hold identical tag maps, and every blob record of each is pinned in its own
@@ -53,4 +58,3 @@ pub fn check_converged(regions: &[&ClusterMember], bound: Duration) -> Result<Du
         std::thread::sleep(Duration::from_millis(250));
     }
 }
-

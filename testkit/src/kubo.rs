@@ -6,13 +6,12 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use afreg_deploy::local::kubo::{self as recipe, KuboPorts, Network};
-use afreg_deploy::swarm_key::SwarmKey;
 use afreg_deploy::local::wait_listening;
+use afreg_deploy::swarm_key::SwarmKey;
 use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::{file_tail, free_port, http_client, off_runtime, open_log, terminate};
-
 
 /// A private, offline, loopback-only Kubo daemon (`ipfs init --profile=test`, routing none,
 /// no MDNS/relay/NAT/AutoConf/AutoTLS/providing), API, gateway and swarm on fixed free ports.

@@ -12,7 +12,6 @@ use tempfile::TempDir;
 
 use crate::{file_tail, free_port, http_client, off_runtime, open_log, terminate};
 
-
 /// How testkit runs a node: where it listens, extra environment variables, and its
 /// configuration, an [`afreg_config::Config`] value that tests change field by field.
 #[derive(Debug, Clone)]
@@ -71,10 +70,13 @@ impl NodeConfig {
     /// (Debian's `faketime`, installed by scripts/setup.sh). Only the time of day moves:
     /// monotonic clocks, and so every timer, timeout and Raft election, run true.
     pub fn clock_offset(&mut self, secs: i64) {
-        let lib = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).is_file())
-            .expect("libfaketime is not installed: run scripts/setup.sh (Debian package faketime)");
+        let lib = [
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+            "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("libfaketime is not installed: run scripts/setup.sh (Debian package faketime)");
         self.env.retain(|(k, _)| !k.starts_with("FAKETIME") && k != "LD_PRELOAD");
         self.env.extend([
             ("LD_PRELOAD".to_owned(), lib.to_owned()),
@@ -178,7 +180,12 @@ impl Node {
         assert!(self.child.is_none(), "node already running");
         assert!(self.bin.is_file(), "afreg binary not found at {}", self.bin.display());
         let log = open_log(&self.log_path());
-        let _ = writeln!(&log, "=== testkit: starting {} serve --config {} ===", self.bin.display(), self.config_path().display());
+        let _ = writeln!(
+            &log,
+            "=== testkit: starting {} serve --config {} ===",
+            self.bin.display(),
+            self.config_path().display()
+        );
         let mut cmd = Command::new(&self.bin);
         strip_inherited_afreg_env(&mut cmd);
         cmd.arg("serve")
@@ -290,7 +297,12 @@ impl Node {
                     return (s["seat"]["epoch"].as_u64().unwrap_or(0), started.elapsed());
                 }
             }
-            assert!(started.elapsed() < bound, "{holder} does not hold the seat within {bound:?} (seen {:?});\n{}", self.seat(), self.log_tail(40));
+            assert!(
+                started.elapsed() < bound,
+                "{holder} does not hold the seat within {bound:?} (seen {:?});\n{}",
+                self.seat(),
+                self.log_tail(40)
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -90,7 +90,8 @@ impl Postgres {
     /// transactions. A victim's transaction is rolled back whole, so running it again is safe.
     pub fn psql_retrying_deadlocks(&self, sql: &str) -> String {
         for _ in 0..10 {
-            let out = self.bin.psql(self.port).args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("run psql");
+            let out =
+                self.bin.psql(self.port).args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("run psql");
             if out.status.success() {
                 return String::from_utf8_lossy(&out.stdout).trim().to_owned();
             }

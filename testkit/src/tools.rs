@@ -116,11 +116,7 @@ pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 pub(crate) fn http_client(timeout: Duration) -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(timeout)
-        .build()
-        .expect("build reqwest client")
+    reqwest::blocking::Client::builder().no_proxy().timeout(timeout).build().expect("build reqwest client")
 }
 
 /// Sends SIGTERM, waits up to `grace`, then SIGKILLs; always reaps the child.

@@ -55,14 +55,24 @@ impl Workload {
             .map(|(i, url)| {
                 let (stop, url, repo) = (stop.clone(), url.clone(), repo.to_owned());
                 std::thread::spawn(move || {
-                    let c = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+                    let c = reqwest::blocking::Client::builder()
+                        .no_proxy()
+                        .timeout(Duration::from_secs(30))
+                        .build()
+                        .unwrap();
                     let mut h = History::default();
                     let mut n = 0;
                     while !stop.load(Ordering::SeqCst) {
                         let (tag, image) = (format!("w{i}-{n}"), new_image(4096));
                         n += 1;
                         match push(&c, &url, &repo, &tag, &image) {
-                            Ok(()) => h.acked.push(Ack { via: url.clone(), repo: repo.clone(), tag, image, at: started.elapsed() }),
+                            Ok(()) => h.acked.push(Ack {
+                                via: url.clone(),
+                                repo: repo.clone(),
+                                tag,
+                                image,
+                                at: started.elapsed(),
+                            }),
                             Err(r) if (400..500).contains(&r.status) => h.refused += 1,
                             Err(_) => h.unknown += 1,
                         }
@@ -102,7 +112,10 @@ pub fn assert_acked_readable(h: &History, from: &[String], bound: Duration) -> D
                 match check_pulls(&c, url, &a.repo, &a.tag, &a.image) {
                     Ok(()) => break,
                     Err(e) if started.elapsed() > bound => {
-                        panic!("acknowledged push {}:{} (through {}, at {:?}) is lost at {url}: {e}", a.repo, a.tag, a.via, a.at)
+                        panic!(
+                            "acknowledged push {}:{} (through {}, at {:?}) is lost at {url}: {e}",
+                            a.repo, a.tag, a.via, a.at
+                        )
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }

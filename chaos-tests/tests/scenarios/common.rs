@@ -1,7 +1,6 @@
 //! What the chaos scenarios share: a cluster whose regions reach each other only through
 //! [`RegionNet`]s; the plain-HTTP push/pull helpers are testkit's (`testkit::oci`).
 
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +12,8 @@ use chaos_tests::RegionNet;
 use reqwest::blocking::Client;
 use serde_json::Value;
 use testkit::cluster::{ClusterMember, TestCluster};
-use testkit::NodeConfig;
 use testkit::Action;
-
+use testkit::NodeConfig;
 
 /// The product's Raft timings (the WAN defaults of `[cluster]`) instead of testkit's loopback
 /// ones: the scenarios run over slow and broken links.
@@ -56,7 +54,12 @@ impl Chaos {
     }
 
     /// [`Chaos::start`] with another afreg binary (the deliberately broken build).
-    pub fn start_bin(bin: &std::path::Path, names: &[&str], delay: Duration, f: impl Fn(&str, &mut NodeConfig)) -> Chaos {
+    pub fn start_bin(
+        bin: &std::path::Path,
+        names: &[&str],
+        delay: Duration,
+        f: impl Fn(&str, &mut NodeConfig),
+    ) -> Chaos {
         let nets: Mutex<BTreeMap<String, RegionNet>> = Mutex::default();
         let started = Instant::now();
         let cluster = TestCluster::start(bin, names, |name, cfg| {
@@ -65,10 +68,7 @@ impl Chaos {
             nets.lock().unwrap().insert(name.to_owned(), net);
         });
         let nets = nets.into_inner().unwrap();
-        eprintln!(
-            "cluster {names:?} up in {:.1?} (one-way delay {delay:?} on every inbound link)",
-            started.elapsed()
-        );
+        eprintln!("cluster {names:?} up in {:.1?} (one-way delay {delay:?} on every inbound link)", started.elapsed());
         Chaos { cluster, nets }
     }
 
@@ -87,14 +87,27 @@ impl Chaos {
         self.nets.insert(name.to_owned(), net);
         self.cluster.regions.push(member);
         let id = id.to_string();
-        let out = self.region(via).node().cli(&["region", "add", "--id", &id, "--name", name, "--internal-url", &internal, "--api-url", &api], None);
-        assert!(out.status.success(), "region add {name}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .region(via)
+            .node()
+            .cli(&["region", "add", "--id", &id, "--name", name, "--internal-url", &internal, "--api-url", &api], None);
+        assert!(
+            out.status.success(),
+            "region add {name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The operator removes region `id` from the cluster (`afreg region remove` on `via`).
     pub fn remove_region(&self, via: &str, id: u64) {
         let out = self.region(via).node().cli(&["region", "remove", "--id", &id.to_string()], None);
-        assert!(out.status.success(), "region remove {id}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "region remove {id}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Region `name`'s node, Postgres and Kubo are gone for good, as when a provider ends its
@@ -166,8 +179,8 @@ fn raft_view_of(s: &Value) -> Option<RaftView> {
 // Each scenario binary uses some of these.
 #[allow(unused_imports)]
 pub use testkit::oci::{
-    OCI_MANIFEST, assert_pulls, cids_of, client, get_manifest, new_image, p50_max, pinned_all, push, push_timed, serves, within, Image,
-    Refusal,
+    assert_pulls, cids_of, client, get_manifest, new_image, p50_max, pinned_all, push, push_timed, serves, within,
+    Image, Refusal, OCI_MANIFEST,
 };
 
 /// Lines of a node's log that mention any of `words` (for failure reports), at most `max`.
@@ -242,7 +255,10 @@ pub fn longest_leaderless(rounds: &[Round], regions: &[&str], from: Instant) -> 
     let mut best: Option<(Instant, Duration)> = None;
     let mut open: Option<Instant> = None;
     for r in rounds.iter().filter(|r| r.at >= from) {
-        let led = r.views.iter().any(|(n, v)| regions.contains(&n.as_str()) && v.as_ref().is_some_and(|v| v.role == "leader"));
+        let led = r
+            .views
+            .iter()
+            .any(|(n, v)| regions.contains(&n.as_str()) && v.as_ref().is_some_and(|v| v.role == "leader"));
         match (led, open) {
             (false, None) => open = Some(r.at),
             (true, Some(s)) => {

@@ -89,17 +89,25 @@ fn drill(scenario: &'static str, default_seed: u64, fault: impl FnMut(&mut Chaos
 }
 
 /// [`drill`] on a cluster of `bin`, returning the report whatever it says.
-fn drill_on(bin: &std::path::Path, scenario: &'static str, default_seed: u64, fault: impl FnMut(&mut Chaos, &Mixed, &str) -> Fault) -> Report {
+fn drill_on(
+    bin: &std::path::Path,
+    scenario: &'static str,
+    default_seed: u64,
+    fault: impl FnMut(&mut Chaos, &Mixed, &str) -> Fault,
+) -> Report {
     let mut plan = Plan::new(scenario, seed(default_seed));
     plan.rounds = rounds();
     let chaos = drill_cluster(bin);
     chaos.wait_agreed(Duration::from_secs(30));
     let mut target = ChaosTarget { chaos, fault };
-    let report = run::run(&plan, &mut target, &|line| eprintln!("{scenario}: {line}")).unwrap_or_else(|e| panic!("{scenario}: {e}"));
+    let report = run::run(&plan, &mut target, &|line| eprintln!("{scenario}: {line}"))
+        .unwrap_or_else(|e| panic!("{scenario}: {e}"));
     if let Ok(dir) = std::env::var("DRILL_LOGS") {
         for r in &target.chaos.cluster.regions {
             let to = std::path::Path::new(&dir).join(format!("{scenario}-{}.log", r.name));
-            std::fs::create_dir_all(&dir).and_then(|_| std::fs::copy(r.node().log_path(), &to)).expect("copy a node's log");
+            std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::copy(r.node().log_path(), &to))
+                .expect("copy a node's log");
         }
     }
     eprintln!("{}\nDRILL {}", report.text(), report.row());
@@ -109,7 +117,9 @@ fn drill_on(bin: &std::path::Path, scenario: &'static str, default_seed: u64, fa
 /// The outage of `region` from `from` until its node answers `/healthz` again.
 fn outage_until_healthy(chaos: &Chaos, region: &str, from: Duration, work: &Mixed) -> Outage {
     let r = chaos.region(region);
-    within(Duration::from_secs(30), Duration::from_millis(50), &format!("{region} healthy again"), || r.local_status().is_some());
+    within(Duration::from_secs(30), Duration::from_millis(50), &format!("{region} healthy again"), || {
+        r.local_status().is_some()
+    });
     // Its clients' requests in flight when it came back may still be answered late.
     Outage { region: region.to_owned(), from, to: work.now() + Duration::from_secs(2) }
 }
@@ -172,7 +182,10 @@ fn drill_leader_paused_after_lagging_campaigns() {
             let (leader, _) = chaos.wait_agreed(Duration::from_secs(30));
             let names: Vec<String> = chaos.cluster.regions.iter().map(|r| r.name.clone()).collect();
             let Some(name) = names.into_iter().find(|n| *n != leader && !campaigned_behind(chaos, n)) else { break };
-            assert!(cut < 6, "after {cut} cuts, the followers of {leader} have not both campaigned behind a longer log");
+            assert!(
+                cut < 6,
+                "after {cut} cuts, the followers of {leader} have not both campaigned behind a longer log"
+            );
             chaos.net(&name).partition();
             eprintln!("lagging-campaigns: cut {name} off at {:.1?}", work.now());
             std::thread::sleep(CUT);
@@ -219,7 +232,10 @@ fn drill_catches_a_build_that_acknowledges_without_a_quorum() {
     });
     let report = drill_on(std::path::Path::new(&bin), "broken-ack-isolation", 13, isolate_leader);
     let readable = report.verdicts.iter().find(|v| v.checker == "acked-readable").expect("the acked-readable verdict");
-    assert!(!readable.ok && readable.detail.starts_with("LOST"), "the checker did not report the lost writes: {readable:?}");
+    assert!(
+        !readable.ok && readable.detail.starts_with("LOST"),
+        "the checker did not report the lost writes: {readable:?}"
+    );
     assert!(report.lost > 0, "the report counts no lost write: {}", report.text());
     assert!(!report.passed, "a drill of the broken build passed");
 }
@@ -294,7 +310,10 @@ fn drill_origin_kubo_killed() {
         std::thread::sleep(HOLD);
         chaos.cluster.region_mut(&name).region.kubo.start_again();
         eprintln!("origin-kubo-killed: {name}'s Kubo is back at {:.1?}", work.now());
-        Fault { leader_lost_at: None, outages: vec![Outage { region: name, from: at, to: work.now() + Duration::from_secs(2) }] }
+        Fault {
+            leader_lost_at: None,
+            outages: vec![Outage { region: name, from: at, to: work.now() + Duration::from_secs(2) }],
+        }
     });
 }
 
@@ -339,9 +358,12 @@ fn drill_clock_skew() {
 /// was taken and the log behind it purged, so a region added now must be sent the snapshot.
 fn wait_log_purged(chaos: &Chaos, region: &str) {
     let r = chaos.region(region);
-    within(Duration::from_secs(60), Duration::from_millis(200), &format!("{region}'s log purged behind a snapshot"), || {
-        r.sql("SELECT coalesce(min(log_index), 0) > 1 FROM raft_log") == "t"
-    });
+    within(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        &format!("{region}'s log purged behind a snapshot"),
+        || r.sql("SELECT coalesce(min(log_index), 0) > 1 FROM raft_log") == "t",
+    );
 }
 
 /// Whether region `name`'s node installed a snapshot from the leader (it was too far behind
@@ -365,7 +387,11 @@ fn drill_region_added_and_removed() {
         let at = work.now();
         chaos.add_region(leader, id, &new, DELAY, drill_config);
         eprintln!("region-churn: {new} added from {at:.1?}, a voter at {:.1?}", work.now());
-        assert!(installed_snapshot(chaos, &new), "{new} caught up without a snapshot:\n{}", chaos.region(&new).node().log_tail(40));
+        assert!(
+            installed_snapshot(chaos, &new),
+            "{new} caught up without a snapshot:\n{}",
+            chaos.region(&new).node().log_tail(40)
+        );
         std::thread::sleep(HOLD / 2);
         let gone = follower(chaos, leader);
         let removed = work.now();
@@ -399,7 +425,10 @@ fn drill_provider_vanishes() {
         eprintln!("provider-vanishes: {replacement} a voter at {:.1?}", work.now());
         assert!(installed_snapshot(chaos, &replacement), "{replacement} caught up without a snapshot");
         std::thread::sleep(HOLD / 2);
-        Fault { leader_lost_at: Some(at), outages: vec![Outage { region: leader.to_owned(), from: at, to: Duration::MAX }] }
+        Fault {
+            leader_lost_at: Some(at),
+            outages: vec![Outage { region: leader.to_owned(), from: at, to: Duration::MAX }],
+        }
     });
 }
 

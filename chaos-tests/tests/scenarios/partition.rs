@@ -3,7 +3,6 @@
 //! the partition heals it catches up — metadata and pins — while the rest of the cluster kept
 //! taking writes. No acknowledged write is lost anywhere.
 
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -105,16 +104,25 @@ fn partitioned_region_serves_pulls_and_catches_up() {
     // Meanwhile, watch when the region notices it has no leader (an election timeout).
     let (first_refusal, noticed) = std::thread::scope(|s| {
         let watcher = s.spawn(|| {
-            within(Duration::from_secs(20), Duration::from_millis(50), &format!("{cut_name} notices it lost the leader"), || {
-                raft_view(cut).is_some_and(|v| v.role != "follower" || v.leader.is_none())
-            });
+            within(
+                Duration::from_secs(20),
+                Duration::from_millis(50),
+                &format!("{cut_name} notices it lost the leader"),
+                || raft_view(cut).is_some_and(|v| v.role != "follower" || v.leader.is_none()),
+            );
             (cut_at.elapsed(), raft_view(cut))
         });
-        let refused = expect_refused(&cut.url(), "refused1", &new_image(4 * 1024), &format!("push to {cut_name} just cut off"));
+        let refused =
+            expect_refused(&cut.url(), "refused1", &new_image(4 * 1024), &format!("push to {cut_name} just cut off"));
         (refused, watcher.join().unwrap())
     });
     eprintln!("{cut_name} knew it had no leader {} ms after the cut: {:?}", noticed.0.as_millis(), noticed.1);
-    let second_refusal = expect_refused(&cut.url(), "refused2", &new_image(4 * 1024), &format!("push to {cut_name} that knows it is cut off"));
+    let second_refusal = expect_refused(
+        &cut.url(),
+        "refused2",
+        &new_image(4 * 1024),
+        &format!("push to {cut_name} that knows it is cut off"),
+    );
     // A linearizable read must not pretend: it is refused, not answered from stale state.
     let started = Instant::now();
     let (status, body) = get_manifest(&c, &cut.url(), REPO, "before", "?consistency=linearizable");
@@ -156,9 +164,10 @@ fn partitioned_region_serves_pulls_and_catches_up() {
     net.heal();
     let healed_at = Instant::now();
     eprintln!("{cut_name} healed at {}", utc_now());
-    let caught_up = within(Duration::from_secs(30), Duration::from_millis(50), &format!("{cut_name} catches up"), || {
-        during.iter().all(|(tag, img)| serves(&c, &cut.url(), REPO, tag, img))
-    });
+    let caught_up =
+        within(Duration::from_secs(30), Duration::from_millis(50), &format!("{cut_name} catches up"), || {
+            during.iter().all(|(tag, img)| serves(&c, &cut.url(), REPO, tag, img))
+        });
     let during_digests: Vec<&str> = during.iter().flat_map(|(_, i)| i.digests()).collect();
     let during_cids = cids_of(us, &during_digests);
     within(Duration::from_secs(30), Duration::from_millis(100), &format!("{cut_name} pins what it missed"), || {
@@ -171,16 +180,19 @@ fn partitioned_region_serves_pulls_and_catches_up() {
     // And it takes pushes again (a 503 is acceptable while an election settles).
     let after = new_image(300 * 1024);
     let mut refused_after = Vec::new();
-    within(Duration::from_secs(30), Duration::from_millis(200), &format!("{cut_name} takes pushes again"), || {
-        match push(&c, &cut.url(), REPO, "after", &after) {
+    within(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        &format!("{cut_name} takes pushes again"),
+        || match push(&c, &cut.url(), REPO, "after", &after) {
             Ok(()) => true,
             Err(e) => {
                 assert_eq!(e.status, 503, "push to {cut_name} after the heal: {e:?}");
                 refused_after.push(e);
                 false
             }
-        }
-    });
+        },
+    );
     let writable = healed_at.elapsed();
     acked.lock().unwrap().push(("after".into(), after));
     let (leader_after, term_after) = chaos.wait_agreed(Duration::from_secs(30));
@@ -205,8 +217,7 @@ fn partitioned_region_serves_pulls_and_catches_up() {
         }
     }
     let phase = |from: Instant, to: Option<Instant>| {
-        let v: Vec<&Attempt> =
-            attempts.iter().filter(|(t, _, _)| *t >= from && to.is_none_or(|to| *t < to)).collect();
+        let v: Vec<&Attempt> = attempts.iter().filter(|(t, _, _)| *t >= from && to.is_none_or(|to| *t < to)).collect();
         let refused = v.iter().filter(|a| a.2.is_some()).count();
         let (p50, max) = p50_max(v.iter().map(|a| a.1).collect());
         (v.len(), refused, p50, max)
@@ -247,9 +258,12 @@ fn partitioned_region_serves_pulls_and_catches_up() {
     let acked = acked.lock().unwrap();
     for r in &chaos.cluster.regions {
         let (last_tag, last) = acked.last().unwrap();
-        within(Duration::from_secs(20), Duration::from_millis(100), &format!("{} applied every acknowledged push", r.name), || {
-            serves(&c, &r.url(), REPO, last_tag, last)
-        });
+        within(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            &format!("{} applied every acknowledged push", r.name),
+            || serves(&c, &r.url(), REPO, last_tag, last),
+        );
         for (tag, img) in acked.iter() {
             assert_pulls(&c, &r.url(), REPO, tag, img);
         }
@@ -268,7 +282,8 @@ fn partitioned_region_serves_pulls_and_catches_up() {
 
 /// The leader and term the majority regions agree on.
 fn chaos_majority_view(chaos: &Chaos, majority: &[&str]) -> (String, u64) {
-    let views: Vec<RaftView> = majority.iter().map(|n| raft_view(chaos.region(n)).expect("majority region answers")).collect();
+    let views: Vec<RaftView> =
+        majority.iter().map(|n| raft_view(chaos.region(n)).expect("majority region answers")).collect();
     let (l, t) = (views[0].leader.expect("majority has a leader"), views[0].term);
     assert!(views.iter().all(|v| v.leader == Some(l) && v.term == t), "the majority disagrees: {views:?}");
     let name = chaos.cluster.regions.iter().find(|r| r.id == l).unwrap().name.clone();

@@ -5,7 +5,6 @@
 //! TCP connections: reset them all at once (NAT or load-balancer state lost, a middlebox
 //! restarting); new connections then pay a TCP handshake (one more round trip) first.
 
-
 use std::time::{Duration, Instant};
 
 use afreg_config::ClusterConfig;
@@ -33,7 +32,11 @@ fn wan_run(one_way: Duration, pushes: usize) {
     std::thread::sleep(Duration::from_millis(2 * t.election_timeout_max_ms));
     if verbose() {
         for r in &chaos.cluster.regions {
-            eprintln!("--- {} ---\n{}", r.name, log_lines(r, &["vote is changing", "new candidate", "become leader"], 10));
+            eprintln!(
+                "--- {} ---\n{}",
+                r.name,
+                log_lines(r, &["vote is changing", "new candidate", "become leader"], 10)
+            );
         }
     }
     let followers: Vec<&str> = chaos.cluster.regions.iter().map(|r| r.name.as_str()).filter(|n| *n != leader).collect();
@@ -68,9 +71,12 @@ fn wan_run(one_way: Duration, pushes: usize) {
         }
         latencies.push(took);
         // Replication lag: how long after the 201 the other follower serves the tag.
-        let lag = within(Duration::from_secs(10), Duration::from_millis(5), &format!("{tag} visible in {}", other.name), || {
-            serves(&c, &other.url(), REPO, &tag, &img)
-        });
+        let lag = within(
+            Duration::from_secs(10),
+            Duration::from_millis(5),
+            &format!("{tag} visible in {}", other.name),
+            || serves(&c, &other.url(), REPO, &tag, &img),
+        );
         lags.push(lag);
         images.push((tag, img));
     }
@@ -94,7 +100,8 @@ fn wan_run(one_way: Duration, pushes: usize) {
     let samples: Vec<(&str, &RaftView)> =
         rounds.iter().flat_map(|r| r.views.iter().filter_map(|(n, v)| v.as_ref().map(|v| (n.as_str(), v)))).collect();
     let unanswered = rounds.iter().flat_map(|r| r.views.iter()).filter(|(_, v)| v.is_none()).count();
-    let odd: Vec<&(&str, &RaftView)> = samples.iter().filter(|(_, v)| v.term != term || v.leader != Some(leader_id)).collect();
+    let odd: Vec<&(&str, &RaftView)> =
+        samples.iter().filter(|(_, v)| v.term != term || v.leader != Some(leader_id)).collect();
     let max_term = samples.iter().map(|(_, v)| v.term).max().unwrap_or(term);
     let (p50, max) = p50_max(latencies.clone());
     let (lag50, lagmax) = p50_max(lags);
@@ -168,7 +175,11 @@ fn wan_reset_run(one_way: Duration, bound: Duration) {
         net.outbound.sever();
     }
     let reset_at = Instant::now();
-    eprintln!("RTT {} ms: every inter-region connection reset at {} (leader {leader}, term {term})", rtt.as_millis(), utc_now());
+    eprintln!(
+        "RTT {} ms: every inter-region connection reset at {} (leader {leader}, term {term})",
+        rtt.as_millis(),
+        utc_now()
+    );
     let mut refusals = Vec::new();
     let mut i = 0;
     loop {
@@ -193,7 +204,11 @@ fn wan_reset_run(one_way: Duration, bound: Duration) {
                 refusals.len(),
                 refusals.last(),
                 chaos.raft_views(),
-                log_lines(chaos.region(&leader), &["timed out", "timeout after", "vote is changing", "become leader"], 16)
+                log_lines(
+                    chaos.region(&leader),
+                    &["timed out", "timeout after", "vote is changing", "become leader"],
+                    16
+                )
             );
         }
         std::thread::sleep(Duration::from_millis(500));

@@ -92,7 +92,8 @@ impl LocalRegion {
         anyhow::ensure!(processes >= 1, "region {}: --processes must be at least 1", r.name);
         let p = |port: u16| {
             let name = &r.name;
-            port.checked_add(shift).ok_or_else(|| anyhow!("region {name}: port {port} + --port-shift {shift} is over 65535"))
+            port.checked_add(shift)
+                .ok_or_else(|| anyhow!("region {name}: port {port} + --port-shift {shift} is over 65535"))
         };
         Ok(LocalRegion {
             name: r.name.clone(),
@@ -102,7 +103,11 @@ impl LocalRegion {
             internal: p(r.local.internal)?,
             metrics: p(r.local.metrics)?,
             postgres: p(r.local.postgres)?,
-            kubo: KuboPorts { api: p(r.local.kubo_api)?, gateway: p(r.local.kubo_gateway)?, swarm: p(r.local.kubo_swarm)? },
+            kubo: KuboPorts {
+                api: p(r.local.kubo_api)?,
+                gateway: p(r.local.kubo_gateway)?,
+                swarm: p(r.local.kubo_swarm)?,
+            },
             processes,
         })
     }
@@ -175,8 +180,10 @@ impl LocalRegion {
         c.cluster.advertise_url = self.internal_url();
         c.cluster.secret_file = secret_file.to_owned();
         c.cluster.kubo_swarm_addrs = vec![format!("/ip4/127.0.0.1/tcp/{}", self.kubo.swarm)];
-        c.cluster.bootstrap =
-            all.iter().map(|o| BootstrapPeer { id: o.id, name: o.name.clone(), url: o.internal_url(), api_url: o.url() }).collect();
+        c.cluster.bootstrap = all
+            .iter()
+            .map(|o| BootstrapPeer { id: o.id, name: o.name.clone(), url: o.internal_url(), api_url: o.url() })
+            .collect();
         // Loopback round trips are sub-millisecond: faster failover than the WAN defaults.
         c.cluster.heartbeat_ms = 250;
         c.cluster.election_timeout_min_ms = 1000;
@@ -225,7 +232,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let regions = afreg_deploy::regions::load_dir(&args.regions)
         .with_context(|| format!("reading the region files in {}", args.regions.display()))?;
     let locals_under = |data: &Path| {
-        regions.iter().map(|r| LocalRegion::new(r, data, args.port_shift, args.processes)).collect::<anyhow::Result<Vec<_>>>()
+        regions
+            .iter()
+            .map(|r| LocalRegion::new(r, data, args.port_shift, args.processes))
+            .collect::<anyhow::Result<Vec<_>>>()
     };
     check_ports_free(&locals_under(&args.data)?)?;
     let data = prepare_data_dir(&args.data)?;
@@ -277,14 +287,17 @@ async fn start_all(
         // Recorded before it starts: an interrupted start is still stopped.
         running.postgres.push(l.pg_dir());
         let (pg, port) = (l.pg_dir(), l.postgres);
-        blocking(move || start_postgres(&pg, port))
+        blocking(move || start_postgres(&pg, port)).await.with_context(|| {
+            format!("region {}: PostgreSQL (log {})", l.name, Postgres::log_of(&l.pg_dir()).display())
+        })?;
+        let kubo = start_kubo(l, network)
             .await
-            .with_context(|| format!("region {}: PostgreSQL (log {})", l.name, Postgres::log_of(&l.pg_dir()).display()))?;
-        let kubo = start_kubo(l, network).await.with_context(|| format!("region {}: Kubo (log {})", l.name, l.kubo_log().display()))?;
+            .with_context(|| format!("region {}: Kubo (log {})", l.name, l.kubo_log().display()))?;
         running.kubos.push(kubo);
     }
     for (n, l) in locals.iter().enumerate() {
-        write_config(l, locals, secret_file).with_context(|| format!("region {}: writing {}", l.name, l.config().display()))?;
+        write_config(l, locals, secret_file)
+            .with_context(|| format!("region {}: writing {}", l.name, l.config().display()))?;
         running.nodes.push(start_node(l, n, 0)?);
     }
     for (l, node) in locals.iter().zip(running.nodes.iter_mut()) {
@@ -408,7 +421,15 @@ async fn start_kubo(l: &LocalRegion, network: &Network) -> anyhow::Result<Proc> 
         Ok(child)
     })
     .await?;
-    Ok(Proc { region: l.name.clone(), log: l.kubo_log(), child, exited: false, node: None, pid_file: None, started: Instant::now() })
+    Ok(Proc {
+        region: l.name.clone(),
+        log: l.kubo_log(),
+        child,
+        exited: false,
+        node: None,
+        pid_file: None,
+        started: Instant::now(),
+    })
 }
 
 // ---- the nodes -------------------------------------------------------------------------------
@@ -463,7 +484,15 @@ fn start_node(l: &LocalRegion, n: usize, i: u32) -> anyhow::Result<Proc> {
         eprintln!("afreg up: region {}: writing {}: {e}", l.name, l.pid_file(i).display());
     }
     let region = if l.processes > 1 { format!("{}-{i}", l.name) } else { l.name.clone() };
-    Ok(Proc { region, log: l.process_log(i), child, exited: false, node: Some((n, i)), pid_file: Some(l.pid_file(i)), started: Instant::now() })
+    Ok(Proc {
+        region,
+        log: l.process_log(i),
+        child,
+        exited: false,
+        node: Some((n, i)),
+        pid_file: Some(l.pid_file(i)),
+        started: Instant::now(),
+    })
 }
 
 /// Waits until the node answers `GET /healthz` with 200; fails at once if it exits.
@@ -476,7 +505,12 @@ async fn wait_healthy(l: &LocalRegion, child: &mut Child) -> anyhow::Result<()> 
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            bail!("region {}: afreg serve exited ({status}); see {}:\n{}", l.name, l.log().display(), tail(&l.log(), TAIL_LINES));
+            bail!(
+                "region {}: afreg serve exited ({status}); see {}:\n{}",
+                l.name,
+                l.log().display(),
+                tail(&l.log(), TAIL_LINES)
+            );
         }
         if Instant::now() > deadline {
             bail!(
@@ -497,10 +531,11 @@ async fn wait_leader(locals: &[LocalRegion]) -> anyhow::Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         for l in locals {
-            let status: Option<serde_json::Value> = match http.get(format!("{}/status?scope=local", l.url())).send().await {
-                Ok(r) if r.status().is_success() => r.json().await.ok(),
-                _ => None,
-            };
+            let status: Option<serde_json::Value> =
+                match http.get(format!("{}/status?scope=local", l.url())).send().await {
+                    Ok(r) if r.status().is_success() => r.json().await.ok(),
+                    _ => None,
+                };
             if status.is_some_and(|s| s["raft"]["role"] == "leader" && s["raft"]["leader"].is_u64()) {
                 return Ok(());
             }
@@ -537,7 +572,9 @@ async fn ensure_admin(data: &Path, locals: &[LocalRegion]) -> anyhow::Result<Str
             Ok(_) => break,
             Err(e) if Instant::now() > deadline => {
                 let log = region.log();
-                return Err(e).with_context(|| format!("region {}: creating the admin user; see {}", region.name, log.display()));
+                return Err(e).with_context(|| {
+                    format!("region {}: creating the admin user; see {}", region.name, log.display())
+                });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
@@ -611,10 +648,15 @@ async fn watch_nodes(nodes: &mut [Proc], locals: &[LocalRegion]) {
             if !p.exited {
                 if let Ok(Some(status)) = p.child.try_wait() {
                     p.exited = true;
-                    backoff[k] = if p.started.elapsed() >= RAN_WELL { RESTART_AFTER } else { (backoff[k] * 2).min(RESTART_MAX) };
+                    backoff[k] =
+                        if p.started.elapsed() >= RAN_WELL { RESTART_AFTER } else { (backoff[k] * 2).min(RESTART_MAX) };
                     let wait = backoff[k];
                     pending[k] = Some(Instant::now() + wait);
-                    eprintln!("afreg up: region {} exited ({status}); starting it again in {wait:?}; see {}", p.region, p.log.display());
+                    eprintln!(
+                        "afreg up: region {} exited ({status}); starting it again in {wait:?}; see {}",
+                        p.region,
+                        p.log.display()
+                    );
                 }
             }
             let (Some(at), Some((n, i))) = (pending[k], p.node) else { continue };
@@ -695,7 +737,11 @@ fn terminate_all(procs: &mut [Proc]) {
     let deadline = Instant::now() + STOP_GRACE;
     for p in procs.iter_mut() {
         if terminate(&mut p.child, deadline.saturating_duration_since(Instant::now())).is_none() {
-            eprintln!("afreg up: region {}: {} did not stop within {STOP_GRACE:?}, killed it", p.region, p.log.display());
+            eprintln!(
+                "afreg up: region {}: {} did not stop within {STOP_GRACE:?}, killed it",
+                p.region,
+                p.log.display()
+            );
         }
     }
 }

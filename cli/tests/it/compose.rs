@@ -60,7 +60,9 @@ fn compose_yaml_is_rendered_from_the_region_and_docker_compose_reads_it() {
     let env = |svc: &str| -> Vec<String> {
         match &services[svc]["environment"] {
             Value::Array(a) => a.iter().map(|v| v.as_str().unwrap().to_owned()).collect(),
-            Value::Object(m) => m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(&v.to_string()))).collect(),
+            Value::Object(m) => {
+                m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(&v.to_string()))).collect()
+            }
             other => panic!("{svc}: environment {other}"),
         }
     };

@@ -104,7 +104,14 @@ impl GeoDns {
             .args(["dns", "render", "--zone", ZONE, "--local-address", "127.0.0.1", "--no-cache"])
             .args(["--health-interval", "1", "--health-timeout", "1"])
             .args(["--health-url-template", "http://{ip}:{port}/readyz"])
-            .args(["--address", &format!("us={US}"), "--address", &format!("eu={EU}"), "--address", &format!("asia={ASIA}")])
+            .args([
+                "--address",
+                &format!("us={US}"),
+                "--address",
+                &format!("eu={EU}"),
+                "--address",
+                &format!("asia={ASIA}"),
+            ])
             .args(["--ns", "ns1.alternatefutures.ai=127.0.0.1"])
             .arg("--port")
             .arg(port.to_string())
@@ -157,7 +164,14 @@ async fn ask(r: &TokioResolver, name: &str) -> Result<(Vec<IpAddr>, Vec<String>)
 
 /// Polls until `name` (asked through `r`) answers exactly `want` `times` times in a row;
 /// returns how long that took. Panics with the last answer after `bound`.
-async fn wait_answer(r: &TokioResolver, name: &str, want: Ipv4Addr, times: usize, bound: Duration, what: &str) -> Duration {
+async fn wait_answer(
+    r: &TokioResolver,
+    name: &str,
+    want: Ipv4Addr,
+    times: usize,
+    bound: Duration,
+    what: &str,
+) -> Duration {
     let start = Instant::now();
     let mut streak = 0;
     let mut last = String::new();
@@ -198,9 +212,17 @@ async fn continents_route_to_their_region_and_a_region_that_is_down_fails_over()
     assert_eq!(cluster.region("eu").url(), format!("http://{EU}:{port}"));
     for r in &cluster.regions {
         let config = afreg_config::Config::load_from(Some(&r.node().config_path()), []).unwrap();
-        assert!(config.cluster.bootstrap.is_empty(), "{} was given static peers: {:?}", r.name, config.cluster.bootstrap);
+        assert!(
+            config.cluster.bootstrap.is_empty(),
+            "{} was given static peers: {:?}",
+            r.name,
+            config.cluster.bootstrap
+        );
     }
-    assert!(cluster.region("us").node().log().contains("raft_initialize"), "us (lowest id) initialized the discovered cluster");
+    assert!(
+        cluster.region("us").node().log().contains("raft_initialize"),
+        "us (lowest id) initialized the discovered cluster"
+    );
 
     // Health checks start with the first query of each record: ask, then wait until every
     // regional name steadily answers its own address (all three are up).
@@ -228,15 +250,19 @@ async fn continents_route_to_their_region_and_a_region_that_is_down_fails_over()
 
     // Every answer's TTL is at most 30 s (a resolver with default options keeps them).
     let plain = TokioResolver::builder_with_config(
-        ResolverConfig::from_parts(None, vec![], vec![NameServerConfig::new(
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            true,
-            vec![{
-                let mut c = ConnectionConfig::udp();
-                c.port = dns.addr().port();
-                c
-            }],
-        )]),
+        ResolverConfig::from_parts(
+            None,
+            vec![],
+            vec![NameServerConfig::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                true,
+                vec![{
+                    let mut c = ConnectionConfig::udp();
+                    c.port = dns.addr().port();
+                    c
+                }],
+            )],
+        ),
         TokioRuntimeProvider::default(),
     )
     .build()
@@ -265,8 +291,7 @@ async fn continents_route_to_their_region_and_a_region_that_is_down_fails_over()
 
     // Peer discovery: the SRV records list every region at its registry port.
     let peers = discovery::discover_peers(&local, ZONE).await.unwrap();
-    let want: BTreeSet<Peer> =
-        ["us", "eu", "asia"].iter().map(|r| Peer { host: regional(r), port }).collect();
+    let want: BTreeSet<Peer> = ["us", "eu", "asia"].iter().map(|r| Peer { host: regional(r), port }).collect();
     assert_eq!(peers.len(), 3, "{peers:?}");
     assert_eq!(peers.into_iter().collect::<BTreeSet<_>>(), want);
 
@@ -274,7 +299,11 @@ async fn continents_route_to_their_region_and_a_region_that_is_down_fails_over()
     let out = dns.doctor();
     let report = String::from_utf8_lossy(&out.stdout).to_string();
     eprintln!("--- afreg doctor, every region up ---\n{report}");
-    assert!(out.status.success(), "doctor failed while every region is up:\n{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "doctor failed while every region is up:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(report.contains("doctor: every check passed"), "{report}");
     assert!(!report.contains("PROBLEM"), "{report}");
     for r in ["us", "eu", "asia"] {

@@ -22,7 +22,12 @@ fn repo() -> PathBuf {
 fn the_image_runs_the_node_under_podman_and_serves_pushes_and_pulls() {
     // Built offline, from the binary under test.
     let out = tempfile::tempdir().unwrap();
-    let built = run_stdout(Command::new(repo().join("scripts/image.sh")).arg("--out").arg(out.path()).env("AFREG_BIN", testkit::afreg_bin()));
+    let built = run_stdout(
+        Command::new(repo().join("scripts/image.sh"))
+            .arg("--out")
+            .arg(out.path())
+            .env("AFREG_BIN", testkit::afreg_bin()),
+    );
     let archive = PathBuf::from(built.lines().last().unwrap());
     assert_eq!(archive, out.path().canonicalize().unwrap().join(format!("afreg-{VERSION}.oci.tar")));
 
@@ -34,7 +39,17 @@ fn the_image_runs_the_node_under_podman_and_serves_pushes_and_pulls() {
     assert_eq!(inspect("{{json .Config.Entrypoint}}"), r#"["/usr/local/bin/afreg"]"#);
     assert_eq!(inspect("{{json .Config.Cmd}}"), r#"["serve"]"#);
     // A shell for lease-shell: copying certificates onto the volume.
-    let shell = run_stdout(podman.cmd().args(["run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", &image, "-c", "echo shell; cat /etc/passwd"]));
+    let shell = run_stdout(podman.cmd().args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "/bin/sh",
+        &image,
+        "-c",
+        "echo shell; cat /etc/passwd",
+    ]));
     assert!(shell.starts_with("shell") && shell.contains("afreg:x:10001"), "{shell}");
 
     // The node's state on a volume the image's user owns.

@@ -86,7 +86,11 @@ fn committed_sdl_files_are_what_render_produces() {
         let want = std::fs::read_to_string(out.path().join(&name)).unwrap();
         let got = std::fs::read_to_string(committed.join(&name)).unwrap();
         if got != want {
-            let line = got.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(got.lines().count().min(want.lines().count()));
+            let line = got
+                .lines()
+                .zip(want.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.lines().count().min(want.lines().count()));
             panic!(
                 "sdl/{name} differs from what `afreg sdl render` produces (first at line {}):\n  committed: {:?}\n  rendered:  {:?}\n{fix}",
                 line + 1,
@@ -100,7 +104,11 @@ fn committed_sdl_files_are_what_render_produces() {
     let o = render(again.path(), None);
     assert!(o.status.success());
     for name in yaml_files(out.path()) {
-        assert_eq!(std::fs::read(out.path().join(&name)).unwrap(), std::fs::read(again.path().join(&name)).unwrap(), "{name}");
+        assert_eq!(
+            std::fs::read(out.path().join(&name)).unwrap(),
+            std::fs::read(again.path().join(&name)).unwrap(),
+            "{name}"
+        );
     }
 }
 
@@ -115,7 +123,8 @@ fn committed_sdl_environments_parse_back_into_the_registry_config() {
         let o = validate(&[&path], true);
         assert!(o.status.success(), "{}: {}", r.name, text(&o.stderr));
         let v: Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
-        let registry = v["manifest"][0]["services"].as_array().unwrap().iter().find(|s| s["name"] == "registry").unwrap();
+        let registry =
+            v["manifest"][0]["services"].as_array().unwrap().iter().find(|s| s["name"] == "registry").unwrap();
         let vars: Vec<(String, String)> = registry["env"]
             .as_array()
             .unwrap()
@@ -136,7 +145,12 @@ fn services_of(path: &Path) -> std::collections::BTreeMap<String, Value> {
     let o = validate(&[path], true);
     assert!(o.status.success(), "{}: {}", path.display(), text(&o.stderr));
     let v: Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
-    v["manifest"][0]["services"].as_array().unwrap().iter().map(|s| (s["name"].as_str().unwrap().to_owned(), s.clone())).collect()
+    v["manifest"][0]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_owned(), s.clone()))
+        .collect()
 }
 
 fn env_of(service: &Value) -> Vec<String> {
@@ -165,21 +179,42 @@ fn rendered_sdl_puts_kubo_in_the_private_network_and_carries_secrets_only_when_a
         assert_eq!(kubo["command"], serde_json::json!(["/bin/sh", "-c"]), "{name}");
         let script = kubo["args"][0].as_str().unwrap();
         for (k, v) in afreg_deploy::local::kubo::private_network_settings() {
-            assert!(script.contains(&format!("ipfs config --json {k} '{v}'")), "{name}: the start script does not set {k} = {v}:\n{script}");
+            assert!(
+                script.contains(&format!("ipfs config --json {k} '{v}'")),
+                "{name}: the start script does not set {k} = {v}:\n{script}"
+            );
         }
         let swarm_key_written = script.find("swarm.key").expect("the script writes swarm.key");
-        assert!(swarm_key_written < script.find("exec ipfs daemon").unwrap(), "{name}: the key is written before the daemon starts");
+        assert!(
+            swarm_key_written < script.find("exec ipfs daemon").unwrap(),
+            "{name}: the key is written before the daemon starts"
+        );
         let registry = env_of(&deployable["registry"]);
-        assert!(registry.contains(&format!("AFREG_CLUSTER__SECRET={}", cluster_secret.trim())), "{name}: no cluster secret");
+        assert!(
+            registry.contains(&format!("AFREG_CLUSTER__SECRET={}", cluster_secret.trim())),
+            "{name}: no cluster secret"
+        );
 
         let committed = services_of(&repo().join("sdl").join(&name));
-        assert!(env_of(&committed["kubo"]).contains(&"AFREG_SWARM_KEY=".to_owned()), "{name}: a committed SDL carries a swarm key");
-        assert!(env_of(&committed["registry"]).contains(&"AFREG_CLUSTER__SECRET=".to_owned()), "{name}: a committed SDL carries a secret");
+        assert!(
+            env_of(&committed["kubo"]).contains(&"AFREG_SWARM_KEY=".to_owned()),
+            "{name}: a committed SDL carries a swarm key"
+        );
+        assert!(
+            env_of(&committed["registry"]).contains(&"AFREG_CLUSTER__SECRET=".to_owned()),
+            "{name}: a committed SDL carries a secret"
+        );
         let text = std::fs::read_to_string(repo().join("sdl").join(&name)).unwrap();
         assert!(!text.contains(&key.hex()) && !text.contains(cluster_secret.trim()));
     }
     // Secrets are never written into the repository's sdl/.
-    let o = afreg().args(["sdl", "render", "--regions"]).arg(repo().join("regions")).arg("--secrets").arg(secrets.path()).output().unwrap();
+    let o = afreg()
+        .args(["sdl", "render", "--regions"])
+        .arg(repo().join("regions"))
+        .arg("--secrets")
+        .arg(secrets.path())
+        .output()
+        .unwrap();
     assert!(!o.status.success(), "render --secrets into sdl/ must be refused");
 }
 
@@ -235,7 +270,13 @@ fn akashjs_reads_the_intended_network_layout() {
             assert!(storage[0]["mount"].as_str().unwrap().starts_with('/'));
         }
         let registry = &services[2];
-        let public: Vec<u64> = registry["expose"].as_array().unwrap().iter().filter(|e| e["global"] == true).map(|e| e["externalPort"].as_u64().unwrap()).collect();
+        let public: Vec<u64> = registry["expose"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["global"] == true)
+            .map(|e| e["externalPort"].as_u64().unwrap())
+            .collect();
         assert!(public.contains(&443), "{name}: registry not on 443: {public:?}");
         // The on-chain resource groups: leased IPs; the shared HTTP ingress only where Akash
         // adds it for a global port 80, the registry's ACME port (which is on the leased IP
@@ -243,15 +284,26 @@ fn akashjs_reads_the_intended_network_layout() {
         let resources = v["groups"][0]["resources"].as_array().unwrap();
         assert_eq!(resources.len(), 3);
         for (i, r) in resources.iter().enumerate() {
-            let shared =
-                r["resource"]["endpoints"].as_array().unwrap().iter().filter(|ep| ep["kind"].as_u64().unwrap_or(SHARED_HTTP) == SHARED_HTTP).count();
+            let shared = r["resource"]["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|ep| ep["kind"].as_u64().unwrap_or(SHARED_HTTP) == SHARED_HTTP)
+                .count();
             let want = if names[i] == "registry" && public.contains(&80) { 1 } else { 0 };
             assert_eq!(shared, want, "{name}: {} has {shared} endpoints on the HTTP ingress", names[i]);
             assert_eq!(r["price"]["denom"], "uakt");
             assert!(r["price"]["amount"].as_str().unwrap().parse::<u64>().unwrap() > 0);
         }
-        let leased = resources.iter().flat_map(|r| r["resource"]["endpoints"].as_array().unwrap()).filter(|e| e["kind"] == LEASED_IP).count();
-        assert_eq!(leased, 4, "{name}: kubo 4001 (tcp), registry 443, the internal port and ACME's 80 on the leased IP");
+        let leased = resources
+            .iter()
+            .flat_map(|r| r["resource"]["endpoints"].as_array().unwrap())
+            .filter(|e| e["kind"] == LEASED_IP)
+            .count();
+        assert_eq!(
+            leased, 4,
+            "{name}: kubo 4001 (tcp), registry 443, the internal port and ACME's 80 on the leased IP"
+        );
     }
 }
 
@@ -263,7 +315,9 @@ fn remove_block(yaml: &str, path: &[&str]) -> String {
     let (mut from, mut to) = (0, lines.len());
     for (depth, key) in path.iter().enumerate() {
         let head = format!("{}{key}:", " ".repeat(depth * 2));
-        let at = (from..to).find(|&i| lines[i] == head || lines[i].starts_with(&format!("{head} "))).unwrap_or_else(|| panic!("no {path:?} in the SDL"));
+        let at = (from..to)
+            .find(|&i| lines[i] == head || lines[i].starts_with(&format!("{head} ")))
+            .unwrap_or_else(|| panic!("no {path:?} in the SDL"));
         let end = (at + 1..to).find(|&i| indent(lines[i]) <= depth * 2).unwrap_or(to);
         (from, to) = (at, end);
     }
@@ -287,7 +341,11 @@ fn akashjs_rejects_an_sdl_missing_a_required_piece() {
 
     let cases: [(&str, &[&str], &str); 3] = [
         ("no-pricing", &["profiles", "placement", "eu", "pricing"], "pricing"),
-        ("no-registry-profile", &["profiles", "compute", "registry"], r#"compute requirements for the "registry" profile"#),
+        (
+            "no-registry-profile",
+            &["profiles", "compute", "registry"],
+            r#"compute requirements for the "registry" profile"#,
+        ),
         ("no-leased-ip", &["endpoints"], r#"Unknown endpoint "region-ip""#),
     ];
     for (label, path, message) in cases {
@@ -295,7 +353,12 @@ fn akashjs_rejects_an_sdl_missing_a_required_piece() {
         assert!(mutated.len() < committed.len(), "{label}: nothing removed");
         let o = check(label, mutated);
         let err = text(&o.stderr);
-        assert_eq!(o.status.code(), Some(1), "{label}: akashjs accepted it (stdout {:?}, stderr {err:?})", text(&o.stdout));
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{label}: akashjs accepted it (stdout {:?}, stderr {err:?})",
+            text(&o.stdout)
+        );
         assert!(err.contains("SdlValidationError") && err.contains(message), "{label}: unexpected message {err:?}");
         assert!(err.contains(&format!("{label}.yaml")), "{label}: the message names no file: {err:?}");
     }

@@ -146,7 +146,10 @@ fn regions_of(cluster: &Value) -> Vec<Region> {
         .iter()
         .map(|name| Region {
             name: name.to_string(),
-            url: cluster["regions"][name]["url"].as_str().unwrap_or_else(|| panic!("no url for {name}: {cluster}")).to_owned(),
+            url: cluster["regions"][name]["url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no url for {name}: {cluster}"))
+                .to_owned(),
         })
         .collect()
 }
@@ -212,7 +215,11 @@ fn wait_manifest(c: &reqwest::blocking::Client, region: &Region, token: &str, wa
             }
             Err(e) => e.to_string(),
         };
-        assert!(Instant::now() < deadline, "{} does not serve {REPO}:v1 as pushed within {timeout:?}: {last}", region.name);
+        assert!(
+            Instant::now() < deadline,
+            "{} does not serve {REPO}:v1 as pushed within {timeout:?}: {last}",
+            region.name
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -228,8 +235,9 @@ fn processes_under(data: &Path) -> Vec<String> {
         if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
             continue;
         }
-        let read =
-            |f: &str| fs::read(e.path().join(f)).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default();
+        let read = |f: &str| {
+            fs::read(e.path().join(f)).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default()
+        };
         let cmdline = read("cmdline");
         if cmdline.contains(&needle) || read("environ").contains(&needle) {
             found.push(format!("{pid}: {cmdline}"));
@@ -276,7 +284,11 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
     let regions = regions_of(&cluster);
     let output = up.output();
     for r in &regions {
-        assert!(output.lines().any(|l| l.starts_with(&r.name) && l.trim_end().ends_with(&r.url)), "no line for {}:\n{output}", r.name);
+        assert!(
+            output.lines().any(|l| l.starts_with(&r.name) && l.trim_end().ends_with(&r.url)),
+            "no line for {}:\n{output}",
+            r.name
+        );
     }
     let password = cluster["admin"]["password"].as_str().unwrap().to_owned();
     assert_eq!(cluster["admin"]["username"], "admin");
@@ -289,7 +301,10 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
     }
     for name in ["eu", "asia"] {
         let cfg = fs::read_to_string(data.join(name).join("afreg.toml")).unwrap();
-        assert!(cfg.contains(&format!("secret_file = \"{}\"", data.join("cluster-secret").display())), "{name}: one shared secret");
+        assert!(
+            cfg.contains(&format!("secret_file = \"{}\"", data.join("cluster-secret").display())),
+            "{name}: one shared secret"
+        );
     }
     // One private IPFS network: the swarm key (mode 0600) is in every region's Kubo repository.
     let key_file = data.join("swarm.key");
@@ -297,12 +312,20 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
     assert_eq!(fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600, "swarm.key mode");
     let key = fs::read(&key_file).unwrap();
     for r in &regions {
-        assert_eq!(fs::read(data.join(&r.name).join("kubo/swarm.key")).unwrap(), key, "{}: the cluster's swarm key", r.name);
+        assert_eq!(
+            fs::read(data.join(&r.name).join("kubo/swarm.key")).unwrap(),
+            key,
+            "{}: the cluster's swarm key",
+            r.name
+        );
     }
     // Each region's config reads back through the node's loader as what `afreg up` meant.
     for r in &regions {
         let cfg = afreg_config::Config::load_from(Some(&data.join(&r.name).join("afreg.toml")), []).unwrap();
-        assert_eq!((cfg.cluster.id, cfg.cluster.region.as_str()), (cluster["regions"][&r.name]["id"].as_u64().unwrap(), r.name.as_str()));
+        assert_eq!(
+            (cfg.cluster.id, cfg.cluster.region.as_str()),
+            (cluster["regions"][&r.name]["id"].as_u64().unwrap(), r.name.as_str())
+        );
         assert_eq!(cfg.server.public_url, r.url);
         assert_eq!(cfg.cluster.secret_file, data.join("cluster-secret"));
         assert_eq!(cfg.cluster.bootstrap.len(), regions.len(), "{}: every region bootstraps", r.name);
@@ -358,13 +381,15 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
             .env_remove("AFREG_CONFIG")
             .output()
             .unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
         assert!(out.status.success(), "afreg drill {args:?} failed ({}):\n{stderr}\n{stdout}", out.status);
         eprintln!("--- afreg drill {args:?} ---\n{stderr}{stdout}");
         (stdout, stderr)
     };
     let (stdout, stderr) = drill(&["leader-kill", "--json"]);
-    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("drill --json printed no JSON ({e}):\n{stdout}"));
+    let report: Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("drill --json printed no JSON ({e}):\n{stdout}"));
     assert_eq!(report["scenario"], "leader-kill");
     assert_eq!(report["passed"], true, "{report}");
     assert_eq!(report["lost"], 0, "{report}");
@@ -372,11 +397,24 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
     assert!(report["acknowledged"].as_u64().unwrap() > 20, "too few writes acknowledged to judge: {report}");
     let failover = report["failover_ms"].as_array().unwrap();
     assert!(failover.len() == 1 && failover[0].as_u64().unwrap() <= 6000, "failover: {report}");
-    let checkers: Vec<&str> = report["verdicts"].as_array().unwrap().iter().map(|v| v["checker"].as_str().unwrap()).collect();
-    for c in ["acked-readable", "converged", "linearizable", "regional-reads", "available", "fail-fast", "no-early-gc", "failover"] {
+    let checkers: Vec<&str> =
+        report["verdicts"].as_array().unwrap().iter().map(|v| v["checker"].as_str().unwrap()).collect();
+    for c in [
+        "acked-readable",
+        "converged",
+        "linearizable",
+        "regional-reads",
+        "available",
+        "fail-fast",
+        "no-early-gc",
+        "failover",
+    ] {
         assert!(checkers.contains(&c), "no {c} verdict: {report}");
     }
-    assert!(stderr.contains("SIGKILLed the leader") && stderr.contains("is back after"), "no progress shown:\n{stderr}");
+    assert!(
+        stderr.contains("SIGKILLed the leader") && stderr.contains("is back after"),
+        "no progress shown:\n{stderr}"
+    );
     assert!(up.output().contains("started again"), "afreg up did not start the killed node again:\n{}", up.output());
     // `watch` (no fault of its own), as text: every region stayed up, so no failover to time.
     let (stdout, _) = drill(&["watch", "--hold", "3", "--seed", "2"]);
@@ -408,7 +446,8 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
     // "Ready" is every region answering; a region's second process shows in the list once it
     // has announced itself (within a seat renewal), so the list is read until it is complete.
     let sorted_processes = |r: &Value| -> Vec<String> {
-        let mut p: Vec<String> = r["processes"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_owned()).collect();
+        let mut p: Vec<String> =
+            r["processes"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_owned()).collect();
         p.sort();
         p
     };
@@ -436,10 +475,17 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
     eprintln!("{table}");
     assert!(table.lines().next().unwrap().contains("SEAT-HOLDER"), "{table}");
     for name in ["us", "eu", "asia"] {
-        let line = table.lines().find(|l| l.split_whitespace().nth(1) == Some(name)).unwrap_or_else(|| panic!("no row for {name}:
-{table}"));
-        assert!(line.contains(&format!("{name}-0")) && line.contains(&format!("{name}-1")), "{name}: holder and other process:
-{table}");
+        let line = table.lines().find(|l| l.split_whitespace().nth(1) == Some(name)).unwrap_or_else(|| {
+            panic!(
+                "no row for {name}:
+{table}"
+            )
+        });
+        assert!(
+            line.contains(&format!("{name}-0")) && line.contains(&format!("{name}-1")),
+            "{name}: holder and other process:
+{table}"
+        );
     }
     let again = read_json(&data.join("cluster.json"));
     assert_eq!(again["admin"]["password"], password.as_str(), "the admin password survives a restart");
@@ -447,7 +493,8 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
     let eu = &regions[1];
     let eu_token = token(&c, eu, &password);
     wait_manifest(&c, eu, &eu_token, &manifest, Duration::from_secs(10));
-    let r = c.get(format!("{}/v2/{REPO}/blobs/{}", eu.url, sha256_digest(&layer))).bearer_auth(&eu_token).send().unwrap();
+    let r =
+        c.get(format!("{}/v2/{REPO}/blobs/{}", eu.url, sha256_digest(&layer))).bearer_auth(&eu_token).send().unwrap();
     assert_eq!(r.status(), 200, "eu serves the layer after a restart");
     assert_eq!(r.bytes().unwrap().as_ref(), layer.as_slice());
 

@@ -98,7 +98,12 @@ pub fn local_settings(ports: KuboPorts) -> Vec<(&'static str, Value)> {
 /// key, then `tweak` over the JSON config (e.g. `Datastore.StorageMax`); built as `repo.init`
 /// and renamed once configured, so an interrupted first run is never left with Kubo's public
 /// defaults.
-pub fn init(repo: &Path, ports: KuboPorts, network: &Network, tweak: impl FnOnce(&mut Value)) -> Result<(), ProcessError> {
+pub fn init(
+    repo: &Path,
+    ports: KuboPorts,
+    network: &Network,
+    tweak: impl FnOnce(&mut Value),
+) -> Result<(), ProcessError> {
     build_then_rename(repo, |partial| {
         run(ipfs(partial).args(["init", "--profile=test", "--empty-repo"]), "ipfs init")?;
         if let Network::Private(key) = network {

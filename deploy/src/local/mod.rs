@@ -101,7 +101,13 @@ pub fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
 
 /// Waits until `child` accepts TCP connections on 127.0.0.1:`port`, failing at once (with the
 /// log's tail) if it exits, or after `timeout`.
-pub fn wait_listening(child: &mut Child, port: u16, timeout: Duration, what: &str, log: &Path) -> Result<(), ProcessError> {
+pub fn wait_listening(
+    child: &mut Child,
+    port: u16,
+    timeout: Duration,
+    what: &str,
+    log: &Path,
+) -> Result<(), ProcessError> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().map_err(ProcessError::io(what))? {
@@ -131,7 +137,11 @@ pub fn tail(path: &Path, lines: usize) -> String {
 
 /// A log file opened for appending (a restarted process continues it).
 pub fn append_log(path: &Path) -> Result<fs::File, ProcessError> {
-    fs::OpenOptions::new().create(true).append(true).open(path).map_err(ProcessError::io(format!("opening {}", path.display())))
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(ProcessError::io(format!("opening {}", path.display())))
 }
 
 /// Creates `dir` (and its parents) with mode 0755, so that `postgres` can traverse it.
@@ -143,10 +153,14 @@ pub fn create_traversable_dir(dir: &Path) -> Result<(), ProcessError> {
 
 /// Builds `dir` as `dir.init` with `build`, then renames it, so that an interrupted first run
 /// leaves no half-made directory behind to be mistaken for a finished one.
-pub(crate) fn build_then_rename(dir: &Path, build: impl FnOnce(&Path) -> Result<(), ProcessError>) -> Result<(), ProcessError> {
+pub(crate) fn build_then_rename(
+    dir: &Path,
+    build: impl FnOnce(&Path) -> Result<(), ProcessError>,
+) -> Result<(), ProcessError> {
     let partial = dir.with_extension("init");
     if partial.exists() {
-        fs::remove_dir_all(&partial).map_err(ProcessError::io(format!("removing the unfinished {}", partial.display())))?;
+        fs::remove_dir_all(&partial)
+            .map_err(ProcessError::io(format!("removing the unfinished {}", partial.display())))?;
     }
     build(&partial)?;
     fs::rename(&partial, dir).map_err(ProcessError::io(format!("renaming {} to {}", partial.display(), dir.display())))

@@ -35,7 +35,8 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn find() -> Result<Postgres, ProcessError> {
-        let missing = || ProcessError::NotInstalled("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin".into());
+        let missing =
+            || ProcessError::NotInstalled("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin".into());
         let mut dirs: Vec<(Vec<u32>, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
             .map_err(|_| missing())?
             .filter_map(|e| e.ok())
@@ -88,7 +89,8 @@ impl Postgres {
                     .ok()
                     .flatten()
                     .ok_or_else(|| ProcessError::NotInstalled("no user postgres".into()))?;
-                std::os::unix::fs::chown(partial, Some(user.uid.as_raw()), Some(user.gid.as_raw())).map_err(ProcessError::io(what()))?;
+                std::os::unix::fs::chown(partial, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                    .map_err(ProcessError::io(what()))?;
             }
             let mut c = self.server_tool("initdb", cwd);
             c.arg("-D").arg(partial).args(["--auth=trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]);
@@ -106,9 +108,11 @@ impl Postgres {
         let mut c = self.server_tool("pg_ctl", data.parent().unwrap_or(data));
         c.args(["start", "-w", "-t", "60", "-D"]).arg(data).arg("-l").arg(Self::log_of(data)).arg("-o").arg(opts);
         run(&mut c, "pg_ctl start").map(drop).map_err(|e| match e {
-            ProcessError::Failed { what, status, output } => {
-                ProcessError::Failed { what, status, output: format!("{output}\n{}", super::tail(&Self::log_of(data), 40)) }
-            }
+            ProcessError::Failed { what, status, output } => ProcessError::Failed {
+                what,
+                status,
+                output: format!("{output}\n{}", super::tail(&Self::log_of(data), 40)),
+            },
             e => e,
         })
     }

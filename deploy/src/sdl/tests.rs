@@ -51,13 +51,16 @@ fn kubo_rpc_its_gateway_and_postgres_are_never_global() {
         let doc = sdl(&r, None).unwrap();
         for (svc, e, to) in exposes(&doc) {
             let port = int(e.get("port"));
-            if (svc == "kubo" && (port == KUBO_API_PORT || port == KUBO_GATEWAY_PORT)) || (svc == "postgres" && port == POSTGRES_PORT) {
+            if (svc == "kubo" && (port == KUBO_API_PORT || port == KUBO_GATEWAY_PORT))
+                || (svc == "postgres" && port == POSTGRES_PORT)
+            {
                 assert!(!is_global(to), "{}: {svc}:{port} is global", r.name);
                 assert_eq!(to, &to_registry(), "{}: {svc}:{port} must be reachable by registry only", r.name);
             }
         }
         // Each of them is exposed at all (registry needs it), and only in that one way.
-        let n = |s: &str, p: u64| exposes(&doc).iter().filter(|(svc, e, _)| svc == s && int(e.get("port")) == p).count();
+        let n =
+            |s: &str, p: u64| exposes(&doc).iter().filter(|(svc, e, _)| svc == s && int(e.get("port")) == p).count();
         assert_eq!(n("kubo", KUBO_API_PORT), 1);
         assert_eq!(n("kubo", KUBO_GATEWAY_PORT), 1);
         assert_eq!(n("postgres", POSTGRES_PORT), 1);
@@ -73,13 +76,28 @@ fn every_public_port_is_on_the_leased_ip_and_none_goes_through_the_http_ingress(
             if !is_global(to) {
                 continue;
             }
-            assert_eq!(to.get("ip").and_then(Yaml::as_str), Some(IP_ENDPOINT), "{}: {svc} global without the leased IP", r.name);
+            assert_eq!(
+                to.get("ip").and_then(Yaml::as_str),
+                Some(IP_ENDPOINT),
+                "{}: {svc} global without the leased IP",
+                r.name
+            );
             // Akash may route a global port 80 through its HTTP ingress (100 MiB body cap), so
             // no registry API is there: only the ACME HTTP-01 responder, whose answers are tiny.
             if int(e.get("as")) == 80 {
-                assert_eq!((svc.as_str(), int(e.get("port"))), ("registry", ACME_HTTP_PORT), "{}: {svc} on port 80", r.name);
+                assert_eq!(
+                    (svc.as_str(), int(e.get("port"))),
+                    ("registry", ACME_HTTP_PORT),
+                    "{}: {svc} on port 80",
+                    r.name
+                );
             }
-            public.push((svc, int(e.get("port")), int(e.get("as")), e.get("proto").and_then(Yaml::as_str).unwrap_or("tcp").to_owned()));
+            public.push((
+                svc,
+                int(e.get("port")),
+                int(e.get("as")),
+                e.get("proto").and_then(Yaml::as_str).unwrap_or("tcp").to_owned(),
+            ));
         }
         let internal = u64::from(r.local.internal);
         let mut want = vec![
@@ -114,7 +132,11 @@ fn committed_regions_get_their_certificates_through_acme_for_both_names() {
         ] {
             assert!(env.contains(&want.as_str()), "{}: registry env lacks {want}: {env:?}", r.name);
         }
-        assert!(!env.iter().any(|kv| kv.starts_with("AFREG_SERVER__TLS_")), "{}: ACME and files both set: {env:?}", r.name);
+        assert!(
+            !env.iter().any(|kv| kv.starts_with("AFREG_SERVER__TLS_")),
+            "{}: ACME and files both set: {env:?}",
+            r.name
+        );
         let got = registry_config(&r, None).server.acme.unwrap();
         assert_eq!(got.contact, acme.contact);
         // Peers are found through the discovery zone (the SRV records of every region).
@@ -132,7 +154,10 @@ fn a_region_without_acme_reads_its_certificate_files() {
         assert!(env.contains(&want.as_str()), "registry env lacks {want}: {env:?}");
     }
     assert!(!env.iter().any(|kv| kv.starts_with("AFREG_SERVER__ACME")), "{env:?}");
-    assert!(!exposes(&doc).iter().any(|(_, e, _)| int(e.get("as")) == ACME_HTTP_PUBLIC_PORT), "port 80 published without ACME");
+    assert!(
+        !exposes(&doc).iter().any(|(_, e, _)| int(e.get("as")) == ACME_HTTP_PUBLIC_PORT),
+        "port 80 published without ACME"
+    );
 }
 
 #[test]
@@ -165,7 +190,9 @@ fn registry_serves_tls_and_reaches_its_backends_by_service_name() {
 fn data_lives_on_persistent_volumes_sized_from_the_region_file() {
     for r in regions() {
         let doc = sdl(&r, None).unwrap();
-        for (svc, res) in [("postgres", &r.resources.postgres), ("kubo", &r.resources.kubo), ("registry", &r.resources.registry)] {
+        for (svc, res) in
+            [("postgres", &r.resources.postgres), ("kubo", &r.resources.kubo), ("registry", &r.resources.registry)]
+        {
             let profile = doc.at(&format!("profiles.compute.{svc}.resources")).unwrap();
             assert_eq!(profile.at("memory.size").and_then(Yaml::as_str), Some(res.memory.as_str()));
             assert_eq!(profile.at("cpu.units"), Some(&Yaml::Num(res.cpu.to_string())));
@@ -197,8 +224,14 @@ fn placement_and_pricing_come_from_the_region_file() {
         }
         for (svc, amount) in &r.placement.price {
             assert_eq!(int(placement.at(&format!("pricing.{svc}.amount"))), *amount);
-            assert_eq!(placement.at(&format!("pricing.{svc}.denom")).and_then(Yaml::as_str), Some(r.placement.denom.as_str()));
-            assert_eq!(doc.at(&format!("deployment.{svc}.{}.profile", r.name)).and_then(Yaml::as_str), Some(svc.as_str()));
+            assert_eq!(
+                placement.at(&format!("pricing.{svc}.denom")).and_then(Yaml::as_str),
+                Some(r.placement.denom.as_str())
+            );
+            assert_eq!(
+                doc.at(&format!("deployment.{svc}.{}.profile", r.name)).and_then(Yaml::as_str),
+                Some(svc.as_str())
+            );
         }
     }
 }
@@ -214,7 +247,9 @@ fn bad_resources_are_refused_with_the_field_named() {
     let mut r = regions().remove(0);
     r.local.internal = REGISTRY_PORT as u16;
     assert!(sdl(&r, None).unwrap_err().to_string().contains("local.internal"));
-    assert!(is_quantity("512Mi") && is_quantity("20Gi") && is_quantity("1000") && !is_quantity("0Gi") && !is_quantity("Gi"));
+    assert!(
+        is_quantity("512Mi") && is_quantity("20Gi") && is_quantity("1000") && !is_quantity("0Gi") && !is_quantity("Gi")
+    );
 }
 
 #[test]
@@ -240,13 +275,18 @@ fn a_region_of_several_processes_runs_that_many_registries_that_reach_each_other
     let count = |svc: &str| int(doc.at("deployment").unwrap().get(svc).unwrap().get(&r.name).unwrap().get("count"));
     assert_eq!((count("registry"), count("postgres"), count("kubo")), (3, 1, 1));
     let own = u64::from(r.local.internal) + 1;
-    let to: Vec<&Yaml> = exposes(&doc).into_iter().filter(|(s, e, _)| s == "registry" && int(e.get("port")) == own).map(|(_, _, t)| t).collect();
+    let to: Vec<&Yaml> = exposes(&doc)
+        .into_iter()
+        .filter(|(s, e, _)| s == "registry" && int(e.get("port")) == own)
+        .map(|(_, _, t)| t)
+        .collect();
     assert_eq!(to, [&to_registry()], "each replica's own internal port is exposed to the replicas only");
     let c = registry_config(&r, None);
     assert_eq!(c.cluster.process_listen, Some(([0, 0, 0, 0], own as u16).into()));
 
     // ACME and several processes are refused, saying why.
-    all[0].acme = Some(crate::regions::RegionAcme { contact: vec!["mailto:ops@example.org".into()], directory_url: None });
+    all[0].acme =
+        Some(crate::regions::RegionAcme { contact: vec!["mailto:ops@example.org".into()], directory_url: None });
     let e = crate::regions::validate(&all).unwrap_err().to_string();
     assert!(e.contains("certificate files"), "{e}");
 }

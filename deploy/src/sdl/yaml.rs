@@ -97,7 +97,11 @@ fn key(k: &str) -> String {
     let plain = !k.is_empty()
         && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
         && k.as_bytes()[0].is_ascii_alphabetic();
-    if plain { k.to_owned() } else { serde_json::to_string(k).expect("a string serialises") }
+    if plain {
+        k.to_owned()
+    } else {
+        serde_json::to_string(k).expect("a string serialises")
+    }
 }
 
 fn write_map(out: &mut String, m: &[(String, Yaml)], indent: usize) {

@@ -127,7 +127,10 @@ impl LoginGuard {
     }
 
     fn count(&self, client: IpAddr, user: &str) -> Result<(), Refused> {
-        let limited = |who, e: governor::NotUntil<_>| Refused::Limited { who, retry_after: e.wait_time_from(DefaultClock::default().now()) };
+        let limited = |who, e: governor::NotUntil<_>| Refused::Limited {
+            who,
+            retry_after: e.wait_time_from(DefaultClock::default().now()),
+        };
         self.per_client.check_key(&client).map_err(|e| limited("client", e))?;
         self.per_user.check_key(&user.to_owned()).map_err(|e| limited("user name", e))?;
         Ok(())
@@ -156,9 +159,13 @@ impl LoginGuard {
             // Recognised a moment ago, but the stored hash changed (or the user is gone).
             self.count(client, user)?;
         }
-        let _slot = tokio::time::timeout(QUEUE_WAIT, self.checks.acquire()).await.map_err(|_| Refused::Busy)?.expect("never closed");
+        let _slot = tokio::time::timeout(QUEUE_WAIT, self.checks.acquire())
+            .await
+            .map_err(|_| Refused::Busy)?
+            .expect("never closed");
         let (hash, password) = (stored_hash.unwrap_or(&self.dummy_hash).to_owned(), password.to_owned());
-        let matched = tokio::task::spawn_blocking(move || super::verify_password(&hash, &password)).await.unwrap_or(false);
+        let matched =
+            tokio::task::spawn_blocking(move || super::verify_password(&hash, &password)).await.unwrap_or(false);
         let ok = matched && stored_hash.is_some();
         if ok && !self.verified_for.is_zero() {
             let mut v = self.verified.lock().unwrap();
@@ -174,7 +181,13 @@ impl LoginGuard {
     }
 
     /// Both steps at once, for a caller that has the stored hash already.
-    pub async fn check(&self, client: IpAddr, user: &str, stored_hash: Option<&str>, password: &str) -> Result<bool, Refused> {
+    pub async fn check(
+        &self,
+        client: IpAddr,
+        user: &str,
+        stored_hash: Option<&str>,
+        password: &str,
+    ) -> Result<bool, Refused> {
         let admission = self.admit(client, user, password)?;
         self.verify(admission, client, user, stored_hash, password).await
     }
@@ -225,7 +238,9 @@ mod tests {
         }
         let r = g.check(ip, "c", None, "x").await;
         match r {
-            Err(Refused::Limited { who: "client", retry_after }) => assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(30)),
+            Err(Refused::Limited { who: "client", retry_after }) => {
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(30))
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -51,7 +51,8 @@ impl Grants {
         self.0.iter().any(|(p, a)| p == "*" && a.contains(&Action::Pull))
     }
     pub fn parse(spec: &str) -> Result<(String, Vec<Action>), String> {
-        let (pattern, actions) = spec.rsplit_once(':').ok_or_else(|| format!("grant {spec:?}: expected PATTERN:ACTIONS"))?;
+        let (pattern, actions) =
+            spec.rsplit_once(':').ok_or_else(|| format!("grant {spec:?}: expected PATTERN:ACTIONS"))?;
         let actions = actions
             .split(',')
             .map(|a| Action::parse(a.trim()).ok_or_else(|| format!("grant {spec:?}: unknown action {a:?}")))
@@ -169,10 +170,9 @@ impl Auth {
         match () {
             _ if granted || anon_ok => Ok(user),
             // Asked for and refused, by a signed-in user: more tokens will not help.
-            _ if listed && !claims.sub.is_empty() => Err(RegistryError::new(
-                ErrorCode::Denied,
-                format!("{} may not {action} {kind} {name}", claims.sub),
-            )),
+            _ if listed && !claims.sub.is_empty() => {
+                Err(RegistryError::new(ErrorCode::Denied, format!("{} may not {action} {kind} {name}", claims.sub)))
+            }
             _ => Err(self.challenge(
                 need,
                 mount_from,
@@ -213,8 +213,10 @@ impl Auth {
                 };
                 let admission = self.logins.admit(client, &user, &password).map_err(refused)?;
                 let found = self.store.user(&user).await?;
-                let checked =
-                    self.logins.verify(admission, client, &user, found.as_ref().map(|u| u.password_hash.as_str()), &password).await;
+                let checked = self
+                    .logins
+                    .verify(admission, client, &user, found.as_ref().map(|u| u.password_hash.as_str()), &password)
+                    .await;
                 let ok = checked.map_err(refused)?;
                 if !ok {
                     tracing::info!(event = "login_failed", user = %user, client = %client, "invalid username or password");
@@ -250,7 +252,13 @@ pub fn grant_scopes(grants: &Grants, scopes: &[String]) -> Vec<Access> {
                 wanted
                     .iter()
                     .filter(|w| w.as_str() == "*" || Action::parse(w).is_some_and(|a| allowed.contains(&a)))
-                    .flat_map(|w| if w == "*" { allowed.iter().map(|a| a.as_str().to_owned()).collect() } else { vec![w.clone()] })
+                    .flat_map(|w| {
+                        if w == "*" {
+                            allowed.iter().map(|a| a.as_str().to_owned()).collect()
+                        } else {
+                            vec![w.clone()]
+                        }
+                    })
                     .collect()
             }
             "registry" if name == "catalog" && grants.catalog() => vec!["*".into()],
@@ -290,7 +298,9 @@ pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>
     let Some(b64) = credentials(headers, "Basic") else {
         return Ok(None);
     };
-    let bad = || RegistryError::new(ErrorCode::Unauthorized, "malformed Basic credentials").with_status(StatusCode::UNAUTHORIZED);
+    let bad = || {
+        RegistryError::new(ErrorCode::Unauthorized, "malformed Basic credentials").with_status(StatusCode::UNAUTHORIZED)
+    };
     let raw = STANDARD.decode(b64.trim()).map_err(|_| bad())?;
     let s = String::from_utf8(raw).map_err(|_| bad())?;
     let (u, p) = s.split_once(':').ok_or_else(bad)?;
@@ -303,10 +313,8 @@ mod tests {
 
     #[test]
     fn grants_match_patterns() {
-        let g = Grants(vec![
-            ("team/*".into(), vec![Action::Pull, Action::Push]),
-            ("public".into(), vec![Action::Pull]),
-        ]);
+        let g =
+            Grants(vec![("team/*".into(), vec![Action::Pull, Action::Push]), ("public".into(), vec![Action::Pull])]);
         assert_eq!(g.allowed("team/app"), vec![Action::Pull, Action::Push]);
         assert_eq!(g.allowed("public"), vec![Action::Pull]);
         assert!(g.allowed("teamx/app").is_empty());
@@ -340,7 +348,10 @@ mod tests {
         let access = grant_scopes(&g, &scopes);
         assert_eq!(access.len(), 2);
         assert_eq!((access[0].name.as_str(), access[0].actions.clone()), ("a", vec!["pull".to_string()]));
-        assert_eq!((access[1].name.as_str(), access[1].actions.clone()), ("b", vec!["pull".to_string(), "push".into()]));
+        assert_eq!(
+            (access[1].name.as_str(), access[1].actions.clone()),
+            ("b", vec!["pull".to_string(), "push".into()])
+        );
     }
 
     #[test]

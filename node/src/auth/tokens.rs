@@ -154,7 +154,9 @@ impl Keys {
         let mut map = std::collections::HashMap::new();
         for j in jwks {
             let Ok(jwk) = serde_json::from_str::<serde_json::Value>(j) else { continue };
-            let (Some(kid), Some(n), Some(e)) = (jwk["kid"].as_str(), jwk["n"].as_str(), jwk["e"].as_str()) else { continue };
+            let (Some(kid), Some(n), Some(e)) = (jwk["kid"].as_str(), jwk["n"].as_str(), jwk["e"].as_str()) else {
+                continue;
+            };
             if kid == self.kid {
                 continue;
             }
@@ -195,16 +197,14 @@ impl Keys {
             Some(k) if k != self.kid => peers.get(k).unwrap_or(&self.decoding),
             _ => &self.decoding,
         };
-        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                jsonwebtoken::errors::ErrorKind::InvalidAudience => TokenError::OtherService,
-                jsonwebtoken::errors::ErrorKind::InvalidIssuer => TokenError::UnknownIssuer,
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
-                jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-                k => TokenError::Invalid(format!("{k:?}")),
-            })
+        jsonwebtoken::decode::<Claims>(token, key, &self.validation).map(|d| d.claims).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => TokenError::OtherService,
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer => TokenError::UnknownIssuer,
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            k => TokenError::Invalid(format!("{k:?}")),
+        })
     }
 
     /// The public key as a JWKS document.

@@ -47,7 +47,9 @@ fn header_u64(h: &HeaderMap, name: header::HeaderName) -> Option<u64> {
     h.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
-fn body_stream(body: Body) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+fn body_stream(
+    body: Body,
+) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>> + Send + 'static {
     body.into_data_stream().map_err(|e| std::io::Error::other(format!("upload body: {e}")))
 }
 
@@ -81,7 +83,11 @@ pub async fn handle(
 
         (Endpoint::Manifest(repo, r), Method::GET | Method::HEAD) => {
             let m = reg.get_manifest(&repo, &r, method == Method::GET).await?;
-            let mut resp = if method == Method::GET { Body::from(m.body.clone()).into_response() } else { Body::empty().into_response() };
+            let mut resp = if method == Method::GET {
+                Body::from(m.body.clone()).into_response()
+            } else {
+                Body::empty().into_response()
+            };
             let hs = resp.headers_mut();
             hs.insert(header::CONTENT_TYPE, hv(oci::manifest::served_type(&m.media_type)));
             hs.insert(header::CONTENT_LENGTH, HeaderValue::from(m.size as u64));
@@ -99,7 +105,9 @@ pub async fn handle(
             let mut body = body.into_data_stream();
             let mut bytes = Vec::new();
             while let Some(frame) = body.next().await {
-                let frame = frame.map_err(|e| RegistryError::new(ErrorCode::ManifestInvalid, format!("reading the manifest: {e}")))?;
+                let frame = frame.map_err(|e| {
+                    RegistryError::new(ErrorCode::ManifestInvalid, format!("reading the manifest: {e}"))
+                })?;
                 if bytes.len() + frame.len() > max {
                     // Read on (bounded) before answering, so the client gets the 413 rather
                     // than a connection closed under its upload.
@@ -124,23 +132,31 @@ pub async fn handle(
             Ok(StatusCode::ACCEPTED.into_response())
         }
 
-        (Endpoint::Blob(repo, d), Method::GET | Method::HEAD) => get_blob(st, &repo, &d, method == Method::GET, h).await,
+        (Endpoint::Blob(repo, d), Method::GET | Method::HEAD) => {
+            get_blob(st, &repo, &d, method == Method::GET, h).await
+        }
         (Endpoint::Blob(repo, d), Method::DELETE) => {
             reg.delete_blob(&repo, &d).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
 
         (Endpoint::UploadStart(repo), _) => start_upload(st, &repo, q, h, body, owner).await,
-        (Endpoint::Upload(repo, id), Method::GET) => Ok(upload_accepted(&repo, &reg.upload_status(&repo, &id).await?, StatusCode::NO_CONTENT)),
+        (Endpoint::Upload(repo, id), Method::GET) => {
+            Ok(upload_accepted(&repo, &reg.upload_status(&repo, &id).await?, StatusCode::NO_CONTENT))
+        }
         (Endpoint::Upload(repo, id), Method::PATCH) => {
             let cr = content_range(h)?;
-            let status = reg.upload_chunk(&repo, &id, cr, header_u64(h, header::CONTENT_LENGTH), body_stream(body)).await?;
+            let status =
+                reg.upload_chunk(&repo, &id, cr, header_u64(h, header::CONTENT_LENGTH), body_stream(body)).await?;
             Ok(upload_accepted(&repo, &status, StatusCode::ACCEPTED))
         }
         (Endpoint::Upload(repo, id), Method::PUT) => {
-            let digest = q.digest()?.ok_or_else(|| RegistryError::new(ErrorCode::DigestInvalid, "the digest query parameter is required"))?;
+            let digest = q.digest()?.ok_or_else(|| {
+                RegistryError::new(ErrorCode::DigestInvalid, "the digest query parameter is required")
+            })?;
             let cr = content_range(h)?;
-            reg.finish_upload(&repo, &id, &digest, cr, header_u64(h, header::CONTENT_LENGTH), body_stream(body)).await?;
+            reg.finish_upload(&repo, &id, &digest, cr, header_u64(h, header::CONTENT_LENGTH), body_stream(body))
+                .await?;
             Ok(blob_created(&repo, &digest))
         }
         (Endpoint::Upload(repo, id), Method::DELETE) => {
@@ -234,14 +250,23 @@ async fn get_blob(st: &AppState, repo: &RepoName, d: &Digest, with_body: bool, h
     Ok(resp)
 }
 
-async fn start_upload(st: &AppState, repo: &RepoName, q: &Query, h: &HeaderMap, body: Body, owner: &str) -> Result<Response> {
+async fn start_upload(
+    st: &AppState,
+    repo: &RepoName,
+    q: &Query,
+    h: &HeaderMap,
+    body: Body,
+    owner: &str,
+) -> Result<Response> {
     let reg = &st.registry;
     if let Some(mount) = q.get("mount") {
         let digest: Digest = mount.parse()?;
         if let Some(from) = q.get("from") {
             let from: RepoName = from.parse()?;
             // Mount only what the caller may read; otherwise fall back to a plain upload.
-            if st.auth.authorize(h, &Need::Repo(from.clone(), Action::Pull)).is_ok() && reg.mount(repo, &from, &digest).await? {
+            if st.auth.authorize(h, &Need::Repo(from.clone(), Action::Pull)).is_ok()
+                && reg.mount(repo, &from, &digest).await?
+            {
                 return Ok(blob_created(repo, &digest));
             }
         }
@@ -301,16 +326,28 @@ mod tests {
 
     #[test]
     fn next_links() {
-        assert_eq!(next_link("/v2/a/tags/list", Some(2), Some(&"b".to_string())), "</v2/a/tags/list?n=2&last=b>; rel=\"next\"");
+        assert_eq!(
+            next_link("/v2/a/tags/list", Some(2), Some(&"b".to_string())),
+            "</v2/a/tags/list?n=2&last=b>; rel=\"next\""
+        );
     }
 
     #[test]
     fn needs() {
         let r: RepoName = "a".parse().unwrap();
         let d: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
-        assert_eq!(super::super::need(&Endpoint::Blob(r.clone(), d.clone()), &Method::GET), Need::Repo(r.clone(), Action::Pull));
-        assert_eq!(super::super::need(&Endpoint::Blob(r.clone(), d), &Method::DELETE), Need::Repo(r.clone(), Action::Delete));
-        assert_eq!(super::super::need(&Endpoint::Upload(r.clone(), "x".into()), &Method::GET), Need::Repo(r.clone(), Action::Push));
+        assert_eq!(
+            super::super::need(&Endpoint::Blob(r.clone(), d.clone()), &Method::GET),
+            Need::Repo(r.clone(), Action::Pull)
+        );
+        assert_eq!(
+            super::super::need(&Endpoint::Blob(r.clone(), d), &Method::DELETE),
+            Need::Repo(r.clone(), Action::Delete)
+        );
+        assert_eq!(
+            super::super::need(&Endpoint::Upload(r.clone(), "x".into()), &Method::GET),
+            Need::Repo(r.clone(), Action::Push)
+        );
         assert_eq!(super::super::need(&Endpoint::UploadStart(r.clone()), &Method::POST), Need::Repo(r, Action::Push));
     }
 }

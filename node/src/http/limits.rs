@@ -52,7 +52,10 @@ impl RequestLimits {
         self.sweep();
         let refuse = |who: &str, e: governor::NotUntil<_>| {
             let wait = e.wait_time_from(DefaultClock::default().now());
-            RegistryError::too_many_requests(format!("too many requests from this {who}; slow down"), wait.as_secs().max(1))
+            RegistryError::too_many_requests(
+                format!("too many requests from this {who}; slow down"),
+                wait.as_secs().max(1),
+            )
         };
         if let Some(l) = &self.per_client {
             l.check_key(&client).map_err(|e| refuse("address", e))?;
@@ -82,7 +85,12 @@ impl RequestLimits {
 /// The middleware: refuses a request over either limit before it is routed, and answers
 /// every 429 (these, and the login and upload-session limits') only after about
 /// `server.refusal_delay_ms`, so refusals cannot be looped at full speed.
-pub async fn limit(State(limits): State<std::sync::Arc<RequestLimits>>, client: super::ClientAddr, req: Request, next: Next) -> Response {
+pub async fn limit(
+    State(limits): State<std::sync::Arc<RequestLimits>>,
+    client: super::ClientAddr,
+    req: Request,
+    next: Next,
+) -> Response {
     let auth = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let resp = match limits.check(client.0, auth) {
         Err(e) => {

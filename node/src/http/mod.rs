@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
+use axum::http::header;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
-use axum::http::header;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::{Auth, Need};
@@ -121,7 +121,14 @@ fn need(ep: &Endpoint, method: &Method) -> Need {
     Need::Repo(ep.repo().expect("repository endpoint").clone(), action)
 }
 
-async fn v2(State(st): State<AppState>, client: ClientAddr, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+async fn v2(
+    State(st): State<AppState>,
+    client: ClientAddr,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let path = percent_encoding::percent_decode_str(uri.path()).decode_utf8_lossy().into_owned();
     let rest = path.strip_prefix("/v2").unwrap_or("").trim_start_matches('/');
@@ -139,8 +146,11 @@ async fn v2(State(st): State<AppState>, client: ClientAddr, method: Method, uri:
         route = ep.route();
         repo = ep.repo().map(|r| r.to_string()).unwrap_or_default();
         if !ep.allows(&method) {
-            return Err(RegistryError::new(ErrorCode::Unsupported, format!("{method} is not supported on this endpoint"))
-                .with_status(StatusCode::METHOD_NOT_ALLOWED));
+            return Err(RegistryError::new(
+                ErrorCode::Unsupported,
+                format!("{method} is not supported on this endpoint"),
+            )
+            .with_status(StatusCode::METHOD_NOT_ALLOWED));
         }
         let mount_from = match (&ep, query.get("mount"), query.get("from")) {
             (Endpoint::UploadStart(_), Some(_), Some(from)) => Some(from.parse::<oci::RepoName>()?),

@@ -56,9 +56,7 @@ pub async fn post_token(
             (Some(u), Some(p)) => Some((u, p)),
             _ => return Err(RegistryError::new(ErrorCode::Unauthorized, "username and password are required")),
         },
-        other => {
-            return Err(RegistryError::new(ErrorCode::Unsupported, format!("unsupported grant_type {other:?}")))
-        }
+        other => return Err(RegistryError::new(ErrorCode::Unsupported, format!("unsupported grant_type {other:?}"))),
     };
     let scopes: Vec<String> = f.scope.into_iter().collect();
     let t = st.auth.issue(client, creds, f.service.as_deref(), &scopes).await?;

@@ -152,9 +152,10 @@ impl From<sqlx::Error> for RegistryError {
                 RegistryError::unavailable("the metadata database (PostgreSQL)", &e)
             }
             // lock_not_available: a lock wait passed its bound (`lock_timeout`).
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
-                RegistryError::unavailable("the metadata database (PostgreSQL)", format!("a lock stayed busy past its bound: {e}"))
-            }
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => RegistryError::unavailable(
+                "the metadata database (PostgreSQL)",
+                format!("a lock stayed busy past its bound: {e}"),
+            ),
             _ => RegistryError::internal(format!("database: {e}")),
         }
     }

@@ -120,11 +120,8 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
                     blobs.push(d);
                 }
             }
-            let artifact_type = m
-                .artifact_type()
-                .as_ref()
-                .map(|t| t.to_string())
-                .or_else(|| Some(m.config().media_type().to_string()));
+            let artifact_type =
+                m.artifact_type().as_ref().map(|t| t.to_string()).or_else(|| Some(m.config().media_type().to_string()));
             Ok(ParsedManifest {
                 media_type,
                 blobs,

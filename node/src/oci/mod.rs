@@ -11,7 +11,6 @@ pub use error::{ErrorCode, RegistryError};
 pub use names::{Algorithm, Digest, Reference, RepoName, Tag};
 pub use router::Endpoint;
 
-
 /// An action a token may grant on a repository (Docker token spec).
 pub use afreg_config::Action;
 

@@ -10,9 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ErrorCode, RegistryError};
 
-static REPO_RE: Lazy<Regex> = Lazy::new(|| {
-    Regex::new(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$").unwrap()
-});
+static REPO_RE: Lazy<Regex> =
+    Lazy::new(|| Regex::new(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$").unwrap());
 static TAG_RE: Lazy<Regex> = Lazy::new(|| Regex::new(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$").unwrap());
 
 /// Longest repository name accepted, as distribution does.
@@ -136,7 +135,9 @@ impl FromStr for Digest {
         let alg = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
-            a if !a.is_empty() && a.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)) => {
+            a if !a.is_empty()
+                && a.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)) =>
+            {
                 return Err(RegistryError::new(
                     ErrorCode::Unsupported,
                     format!("unsupported digest algorithm {a:?}: use sha256 or sha512"),

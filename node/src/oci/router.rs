@@ -127,8 +127,13 @@ mod tests {
         assert_eq!(parse("").unwrap(), Endpoint::Base);
         assert_eq!(parse("_catalog").unwrap(), Endpoint::Catalog);
         assert_eq!(parse("a/b/tags/list").unwrap(), Endpoint::Tags("a/b".parse().unwrap()));
-        assert!(matches!(parse("a/manifests/latest").unwrap(), Endpoint::Manifest(r, Reference::Tag(_)) if r.as_str() == "a"));
-        assert!(matches!(parse(&format!("x/y/z/manifests/{}", d())).unwrap(), Endpoint::Manifest(_, Reference::Digest(_))));
+        assert!(
+            matches!(parse("a/manifests/latest").unwrap(), Endpoint::Manifest(r, Reference::Tag(_)) if r.as_str() == "a")
+        );
+        assert!(matches!(
+            parse(&format!("x/y/z/manifests/{}", d())).unwrap(),
+            Endpoint::Manifest(_, Reference::Digest(_))
+        ));
         assert!(matches!(parse(&format!("a/blobs/{}", d())).unwrap(), Endpoint::Blob(..)));
         assert_eq!(parse("a/b/blobs/uploads/").unwrap(), Endpoint::UploadStart("a/b".parse().unwrap()));
         assert_eq!(parse("a/b/blobs/uploads").unwrap(), Endpoint::UploadStart("a/b".parse().unwrap()));
@@ -140,7 +145,9 @@ mod tests {
     fn repo_names_may_contain_keywords() {
         assert!(matches!(parse("blobs/manifests/v1").unwrap(), Endpoint::Manifest(r, _) if r.as_str() == "blobs"));
         assert!(matches!(parse("tags/list/tags/list").unwrap(), Endpoint::Tags(r) if r.as_str() == "tags/list"));
-        assert!(matches!(parse("manifests/blobs/uploads/").unwrap(), Endpoint::UploadStart(r) if r.as_str() == "manifests"));
+        assert!(
+            matches!(parse("manifests/blobs/uploads/").unwrap(), Endpoint::UploadStart(r) if r.as_str() == "manifests")
+        );
     }
 
     #[test]

@@ -42,13 +42,16 @@ pub struct Miss {
 impl ManifestCache {
     pub fn new(bytes: u64, cluster: Arc<Cluster>) -> Self {
         // Estimated items: manifests of a few KiB each.
-        let cache = (bytes > 0).then(|| quick_cache::sync::Cache::with_weighter((bytes / 4096).max(16) as usize, bytes, Weigh));
+        let cache =
+            (bytes > 0).then(|| quick_cache::sync::Cache::with_weighter((bytes / 4096).max(16) as usize, bytes, Weigh));
         ManifestCache { cache, cluster }
     }
 
     /// The cached manifest, or what to pass to [`ManifestCache::fill`] (`Err(None)`: do not cache).
     pub fn get(&self, repo: &RepoName, r: &Reference) -> Result<Arc<ManifestRow>, Option<Miss>> {
-        let (Some(cache), Some(generation)) = (&self.cache, self.cluster.applied_generation()) else { return Err(None) };
+        let (Some(cache), Some(generation)) = (&self.cache, self.cluster.applied_generation()) else {
+            return Err(None);
+        };
         let key = (repo.to_string(), r.to_string());
         match cache.get(&key) {
             Some((g, row)) if g == generation => {

@@ -23,13 +23,22 @@ pub struct Page {
 }
 
 impl Registry {
-    pub async fn get_manifest(&self, repo: &RepoName, r: &Reference, with_body: bool) -> Result<std::sync::Arc<ManifestRow>, RegistryError> {
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        r: &Reference,
+        with_body: bool,
+    ) -> Result<std::sync::Arc<ManifestRow>, RegistryError> {
         let miss = match self.manifests.get(repo, r) {
             Ok(row) => return Ok(row),
             Err(miss) => miss,
         };
         // A miss the cache will keep fetches the body even for HEAD: the next GET needs it.
-        let row = self.store.manifest(repo, r, with_body || miss.is_some()).await?.ok_or_else(|| RegistryError::manifest_unknown(r))?;
+        let row = self
+            .store
+            .manifest(repo, r, with_body || miss.is_some())
+            .await?
+            .ok_or_else(|| RegistryError::manifest_unknown(r))?;
         if let Some(miss) = miss {
             self.manifests.fill(miss, &row);
         }

@@ -75,13 +75,23 @@ pub struct Registry {
 impl Registry {
     pub fn new(store: Store, kubo: Kubo, cfg: Config, cluster: Arc<Cluster>) -> Self {
         let manifests = cache::ManifestCache::new(cfg.storage.manifest_cache_bytes, cluster.clone());
-        Registry { store, kubo, cfg, cluster, sessions: Mutex::new(HashMap::new()), cid_locks: Default::default(), manifests }
+        Registry {
+            store,
+            kubo,
+            cfg,
+            cluster,
+            sessions: Mutex::new(HashMap::new()),
+            cid_locks: Default::default(),
+            manifests,
+        }
     }
 
     /// Replicates a metadata change; returns once it is committed and applied in this region.
     pub async fn replicate(&self, cmd: Command) -> Result<Applied, RegistryError> {
         match self.propose(cmd).await? {
-            Applied::Invalid { reason } => Err(RegistryError::internal(format!("the cluster refused the change: {reason}"))),
+            Applied::Invalid { reason } => {
+                Err(RegistryError::internal(format!("the cluster refused the change: {reason}")))
+            }
             a => Ok(a),
         }
     }
@@ -125,7 +135,8 @@ impl Registry {
     /// pinned is not pinned again.
     async fn pin_and_record<F, T>(&self, cid: &str, record: F) -> Result<T, RegistryError>
     where
-        F: for<'c> FnOnce(&'c mut sqlx::PgConnection) -> futures::future::BoxFuture<'c, Result<T, RegistryError>> + Send,
+        F: for<'c> FnOnce(&'c mut sqlx::PgConnection) -> futures::future::BoxFuture<'c, Result<T, RegistryError>>
+            + Send,
         T: Send,
     {
         let mut l = self.lock_cid(cid).await?;

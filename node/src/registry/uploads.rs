@@ -57,7 +57,11 @@ struct Tapped {
 
 /// Counts and hashes the bytes of a body stream as they pass, and records bytes in. A body
 /// that goes past `limit` bytes ends in an error there, so nothing past the limit is stored.
-fn tap<S>(body: S, hasher: Hasher, limit: u64) -> (impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, Arc<StdMutex<Tapped>>)
+fn tap<S>(
+    body: S,
+    hasher: Hasher,
+    limit: u64,
+) -> (impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, Arc<StdMutex<Tapped>>)
 where
     S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 {
@@ -68,7 +72,10 @@ where
         let mut g = s2.lock().unwrap();
         if g.n + b.len() as u64 > limit {
             g.over = true;
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the blob is larger than storage.max_blob_bytes"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the blob is larger than storage.max_blob_bytes",
+            ));
         }
         g.n += b.len() as u64;
         g.hasher.update(&b);
@@ -174,11 +181,18 @@ impl Registry {
     /// here the blob row keeps the CID in use and the hold goes. If the write's outcome is
     /// unknown (a timeout: the record may still commit) the hold stays until it expires, so
     /// the bytes are still here when the record applies.
-    async fn commit_blob(&self, repo: &RepoName, digest: &Digest, cid: &str, size: i64) -> Result<String, RegistryError> {
+    async fn commit_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        cid: &str,
+        size: i64,
+    ) -> Result<String, RegistryError> {
         let hold = Uuid::new_v4();
         let ttl = std::time::Duration::from_secs(self.cfg.storage.upload_ttl_secs);
         let held = cid.to_owned();
-        let record = self.pin_and_record(cid, move |tx| Box::pin(async move { Store::insert_hold(tx, hold, &held, ttl).await }));
+        let record =
+            self.pin_and_record(cid, move |tx| Box::pin(async move { Store::insert_hold(tx, hold, &held, ttl).await }));
         if let Err(e) = record.await {
             self.release_cid(cid).await;
             return Err(e);
@@ -215,7 +229,9 @@ impl Registry {
             other => {
                 self.release_cid(cid).await;
                 match other {
-                    Ok(Applied::Invalid { reason }) => Err(RegistryError::internal(format!("the cluster refused the blob: {reason}"))),
+                    Ok(Applied::Invalid { reason }) => {
+                        Err(RegistryError::internal(format!("the cluster refused the blob: {reason}")))
+                    }
                     Ok(a) => Err(RegistryError::internal(format!("blob record: unexpected outcome {a:?}"))),
                     Err(e) => Err(e.into()),
                 }
@@ -281,7 +297,9 @@ impl Registry {
             }
             if let Some(len) = content_length {
                 if end - start + 1 != len {
-                    return Err(range_error(format!("Content-Range {start}-{end} does not match Content-Length {len}")));
+                    return Err(range_error(format!(
+                        "Content-Range {start}-{end} does not match Content-Length {len}"
+                    )));
                 }
             }
         }
@@ -380,7 +398,8 @@ impl Registry {
         let boundary = offset - offset % size;
         let (last_start, _, cid) = row.chunks.last()?;
         let last_start = *last_start as u64;
-        (boundary != offset && last_start <= boundary && last_start % size == 0).then(|| (boundary, cid.clone(), boundary - last_start))
+        (boundary != offset && last_start <= boundary && last_start % size == 0)
+            .then(|| (boundary, cid.clone(), boundary - last_start))
     }
 
     /// The part of the blob each chunk contributes, in order: `(cid, length)`, where a chunk
@@ -433,7 +452,8 @@ impl Registry {
                 Ok(put) if put == b.cid => stored.push(put),
                 Ok(put) => {
                     stored.push(put.clone());
-                    failed = Some(RegistryError::internal(format!("Kubo stored a DAG node as {put}, expected {}", b.cid)));
+                    failed =
+                        Some(RegistryError::internal(format!("Kubo stored a DAG node as {put}, expected {}", b.cid)));
                     break;
                 }
                 Err(e) => {
@@ -570,7 +590,10 @@ impl Registry {
 }
 
 fn digest_mismatch(want: &Digest, got: &Digest) -> RegistryError {
-    RegistryError::new(ErrorCode::DigestInvalid, format!("digest mismatch: the client said {want}, the content is {got}"))
+    RegistryError::new(
+        ErrorCode::DigestInvalid,
+        format!("digest mismatch: the client said {want}, the content is {got}"),
+    )
 }
 
 #[cfg(test)]

@@ -58,7 +58,12 @@ pub struct Responder {
 }
 
 impl Responder {
-    pub fn new(resolver: Arc<ResolvesServerCertAcme>, acme: &AcmeConfig, cfg: &Config, pool: PgPool) -> anyhow::Result<Responder> {
+    pub fn new(
+        resolver: Arc<ResolvesServerCertAcme>,
+        acme: &AcmeConfig,
+        cfg: &Config,
+        pool: PgPool,
+    ) -> anyhow::Result<Responder> {
         let ns = cfg.cluster.dns_server.map(NameServer::At).unwrap_or(NameServer::System);
         Ok(Responder {
             resolver,
@@ -67,7 +72,10 @@ impl Responder {
             port: acme.http_port,
             pool,
             discovery: cfg.cluster.discovery_zone.clone().map(|z| (z, ns)),
-            http: reqwest::Client::builder().timeout(ASK_TIMEOUT).redirect(reqwest::redirect::Policy::none()).build()?,
+            http: reqwest::Client::builder()
+                .timeout(ASK_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
             forwards: Semaphore::new(MAX_FORWARDS),
         })
     }
@@ -139,7 +147,8 @@ async fn challenge(State(r): State<Arc<Responder>>, Path(token): Path<String>, h
 }
 
 async fn elsewhere() -> Response {
-    (StatusCode::NOT_FOUND, "this port answers ACME HTTP-01 challenges only; the registry is served over HTTPS\n").into_response()
+    (StatusCode::NOT_FOUND, "this port answers ACME HTTP-01 challenges only; the registry is served over HTTPS\n")
+        .into_response()
 }
 
 /// Binds `listen` (a start-up error if it cannot) and serves the challenges there until `stop`.

@@ -180,7 +180,8 @@ impl Slots {
     /// The connection within the caps, or `None` (and the stream closed) past them.
     fn admit(&self, stream: TcpStream, client: IpAddr) -> Option<Guarded<TcpStream>> {
         let refused = |reason: &'static str| {
-            metrics::counter!("afreg_connections_refused_total", "listener" => self.name, "reason" => reason).increment(1);
+            metrics::counter!("afreg_connections_refused_total", "listener" => self.name, "reason" => reason)
+                .increment(1);
             None
         };
         let Ok(permit) = self.total.clone().try_acquire_owned() else { return refused("listener") };

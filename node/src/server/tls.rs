@@ -21,7 +21,10 @@ use tokio_util::sync::CancellationToken;
 /// Where the listeners' certificate comes from.
 #[derive(Clone)]
 pub enum Tls {
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
     /// A rustls config whose certificate resolver is ACME's.
     Acme(Arc<rustls::ServerConfig>),
 }
@@ -55,7 +58,9 @@ async fn reload_on_sighup(config: RustlsConfig, cert: PathBuf, key: PathBuf) {
     while hup.recv().await.is_some() {
         match config.reload_from_pem_file(&cert, &key).await {
             Ok(()) => tracing::info!(event = "tls_reloaded", cert = %cert.display(), "TLS certificate reloaded"),
-            Err(e) => tracing::warn!(event = "tls_reload_failed", error = %e, "TLS certificate not reloaded; keeping the previous one"),
+            Err(e) => {
+                tracing::warn!(event = "tls_reload_failed", error = %e, "TLS certificate not reloaded; keeping the previous one")
+            }
         }
     }
 }
@@ -68,7 +73,9 @@ pub fn start_acme(acme: &AcmeConfig, stop: CancellationToken) -> anyhow::Result<
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca) = &acme.ca_file {
-        for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("server.acme.ca_file {}", ca.display()))? {
+        for cert in
+            CertificateDer::pem_file_iter(ca).with_context(|| format!("server.acme.ca_file {}", ca.display()))?
+        {
             roots.add(cert.with_context(|| format!("server.acme.ca_file {}", ca.display()))?)?;
         }
     }
@@ -76,7 +83,8 @@ pub fn start_acme(acme: &AcmeConfig, stop: CancellationToken) -> anyhow::Result<
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    std::fs::create_dir_all(&acme.cache_dir).with_context(|| format!("server.acme.cache_dir {}", acme.cache_dir.display()))?;
+    std::fs::create_dir_all(&acme.cache_dir)
+        .with_context(|| format!("server.acme.cache_dir {}", acme.cache_dir.display()))?;
     let mut state = rustls_acme::AcmeConfig::new_with_client_config(&acme.domains, Arc::new(client))
         .directory(&acme.directory_url)
         .contact(&acme.contact)

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tempfile::TempDir;
 use testkit::dns::PowerDns;
-use testkit::{afreg_bin as bin, file_tail, free_port, open_log, sha256_digest, tools_dir, Action, Kubo, Node, NodeConfig, Postgres};
+use testkit::{
+    afreg_bin as bin, file_tail, free_port, open_log, sha256_digest, tools_dir, Action, Kubo, Node, NodeConfig,
+    Postgres,
+};
 
 /// Pebble on loopback. It validates `localhost` at 127.0.0.1, and other names where `dns`
 /// (when given) resolves them.
@@ -171,7 +174,8 @@ fn the_node_gets_renews_and_serves_its_certificate_through_acme() {
     assert_eq!(r.status(), 201, "{}", r.text().unwrap());
     let mut pull = c.get(format!("{url}/v2/acme/blob/blobs/{digest}")).send().unwrap();
     assert_eq!(pull.status(), 200);
-    let in_flight_cert = pull.extensions().get::<reqwest::tls::TlsInfo>().and_then(|t| t.peer_certificate()).unwrap().to_vec();
+    let in_flight_cert =
+        pull.extensions().get::<reqwest::tls::TlsInfo>().and_then(|t| t.peer_certificate()).unwrap().to_vec();
     let pid_now = node.pid();
 
     let mut got = Vec::with_capacity(blob.len());
@@ -268,7 +272,8 @@ fn a_global_name_that_dns_sends_to_another_region_is_certified_through_http01() 
                 match r {
                     Ok(r) => {
                         // The handshake verified the name; the registry answered behind it.
-                        let api = r.headers().get("docker-distribution-api-version").map(|v| v.to_str().unwrap().to_owned());
+                        let api =
+                            r.headers().get("docker-distribution-api-version").map(|v| v.to_str().unwrap().to_owned());
                         assert_eq!(api.as_deref(), Some("registry/2.0"), "{name} at {ip}: {}", r.status());
                         break;
                     }
@@ -287,6 +292,9 @@ fn a_global_name_that_dns_sends_to_another_region_is_certified_through_http01() 
     let plain = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
     let r = plain.get(format!("http://{US}:{http_port}/v2/")).send().unwrap();
     assert_eq!(r.status(), 404);
-    let r = plain.get(format!("http://{US}:{http_port}/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0")).send().unwrap();
+    let r = plain
+        .get(format!("http://{US}:{http_port}/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 404, "an unknown token is not answered");
 }

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use testkit::{Action, random_bytes, run_ok, run_stdout, tool, TestRegion};
+use testkit::{random_bytes, run_ok, run_stdout, tool, Action, TestRegion};
 
 fn crane(home: &Path) -> Command {
     let mut c = Command::new(tool("crane"));
@@ -45,7 +45,14 @@ fn anonymous_pull_registry_still_runs_the_token_flow_for_pushes() {
     let anon = tempfile::tempdir().unwrap();
     let pulled = run_stdout(crane(anon.path()).args(["digest", &reference]));
     assert_eq!(pulled.trim(), pushed.trim());
-    let out = crane(anon.path()).arg("append").arg("-f").arg(&tar).arg("-t").arg(format!("{host}/open/other:v1")).output().unwrap();
+    let out = crane(anon.path())
+        .arg("append")
+        .arg("-f")
+        .arg(&tar)
+        .arg("-t")
+        .arg(format!("{host}/open/other:v1"))
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "an anonymous push must be refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("UNAUTHORIZED"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(region.pg.psql("SELECT count(*) FROM repositories WHERE name = 'open/other'").trim(), "0");

@@ -14,7 +14,7 @@ use base64::Engine;
 use reqwest::Method;
 use serde_json::{json, Value};
 use testkit::api::{Api, Resp};
-use testkit::{Action, random_bytes, random_hex, sha256_digest, TestRegion};
+use testkit::{random_bytes, random_hex, sha256_digest, Action, TestRegion};
 
 use testkit::afreg_bin as bin;
 
@@ -72,10 +72,7 @@ const TABLES: &[(&str, &str)] = &[
 ];
 
 fn stored(region: &TestRegion) -> Stored {
-    let tables = TABLES
-        .iter()
-        .map(|(t, sql)| (*t, region.pg.psql(sql).lines().map(str::to_owned).collect()))
-        .collect();
+    let tables = TABLES.iter().map(|(t, sql)| (*t, region.pg.psql(sql).lines().map(str::to_owned).collect())).collect();
     Stored { tables, pins: region.kubo.pin_ls_recursive() }
 }
 
@@ -289,7 +286,9 @@ fn digest_mismatch_on_upload_stores_nothing_and_releases_pins() {
     let half = n / 2;
     let first = data[..half].to_vec();
     api.call(Method::PATCH, &session, |r| {
-        r.header("content-type", "application/octet-stream").header("content-range", format!("0-{}", half - 1)).body(first)
+        r.header("content-type", "application/octet-stream")
+            .header("content-range", format!("0-{}", half - 1))
+            .body(first)
     })
     .expect_status(202);
     let rest = data[half..].to_vec();
@@ -346,7 +345,10 @@ fn manifests_with_unknown_blobs_or_invalid_json_store_nothing() {
         ("invalid JSON", b"{not json".to_vec()),
         ("truncated JSON", m[..m.len() - 1].to_vec()),
         ("a JSON array", b"[]".to_vec()),
-        ("schemaVersion 1", br#"{"schemaVersion":1,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#.to_vec()),
+        (
+            "schemaVersion 1",
+            br#"{"schemaVersion":1,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#.to_vec(),
+        ),
         ("an empty body", Vec::new()),
     ];
     for (what, body) in &bad_bodies {
@@ -429,7 +431,6 @@ fn manifest_of_exactly_the_default_4_mib_limit_round_trips() {
     assert_unchanged(&region, &before, "a manifest one byte over 4 MiB");
     api.get(&format!("/v2/{repo}/manifests/too-huge")).expect_error(404, "MANIFEST_UNKNOWN");
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Upload sessions
@@ -534,7 +535,8 @@ fn now() -> u64 {
 
 /// `GET /token` with Basic auth; asserts 200 and returns the token.
 fn get_token(api: &Api, user: &str, password: &str, scope: &str) -> String {
-    let r = api.call(Method::GET, &format!("/token?service=afreg&scope={scope}"), |r| r.basic_auth(user, Some(password)));
+    let r =
+        api.call(Method::GET, &format!("/token?service=afreg&scope={scope}"), |r| r.basic_auth(user, Some(password)));
     r.expect_status(200);
     let v: Value = serde_json::from_slice(&r.body).expect("token JSON");
     v["token"].as_str().unwrap_or_else(|| panic!("no token in {v}")).to_owned()
@@ -590,7 +592,8 @@ fn missing_expired_foreign_forged_and_tampered_tokens_are_401() {
     let repo = "mine/x";
     let push_scope = format!("repository:{repo}:pull,push");
     let key_path = region.node.dir().join("key.pem");
-    let pem = std::fs::read(&key_path).unwrap_or_else(|e| panic!("read the node's signing key {}: {e}", key_path.display()));
+    let pem =
+        std::fs::read(&key_path).unwrap_or_else(|e| panic!("read the node's signing key {}: {e}", key_path.display()));
 
     let before = stored(&region);
 
@@ -648,12 +651,16 @@ fn insufficient_scope_is_403_and_a_wrong_password_gets_no_token() {
     let region = private_region();
     let (user, password) = ("limited", "only-pulls-other");
     region.node.add_user_with_grants(user, password, &["other/*:pull"]);
-    assert_eq!(region.pg.psql(&format!("SELECT pattern, actions FROM user_grants WHERE username = '{user}'")), "other/*|{pull}");
+    assert_eq!(
+        region.pg.psql(&format!("SELECT pattern, actions FROM user_grants WHERE username = '{user}'")),
+        "other/*|{pull}"
+    );
     let api = api(&region);
 
     // Wrong password, unknown user: no token.
     for (u, p) in [(user, "wrong-password"), ("nobody", password)] {
-        let r = api.call(Method::GET, "/token?service=afreg&scope=repository:mine/x:pull,push", |r| r.basic_auth(u, Some(p)));
+        let r = api
+            .call(Method::GET, "/token?service=afreg&scope=repository:mine/x:pull,push", |r| r.basic_auth(u, Some(p)));
         r.expect_error(401, "UNAUTHORIZED");
         assert!(!r.text().contains("\"token\""), "{}: {}", r.what, r.text());
     }
@@ -672,7 +679,8 @@ fn insufficient_scope_is_403_and_a_wrong_password_gets_no_token() {
     let r = upload_with(&api, "mine/x", &token);
     r.expect_error(403, "DENIED");
     let auth = format!("Bearer {token}");
-    api.call(Method::GET, "/v2/mine/x/manifests/latest", |r| r.header("authorization", auth)).expect_error(403, "DENIED");
+    api.call(Method::GET, "/v2/mine/x/manifests/latest", |r| r.header("authorization", auth))
+        .expect_error(403, "DENIED");
 
     // Pull on other/y is granted, push is not.
     let token = get_token(&api, user, password, "repository:other/y:pull,push");
@@ -680,14 +688,16 @@ fn insufficient_scope_is_403_and_a_wrong_password_gets_no_token() {
     upload_with(&api, "other/y", &token).expect_error(403, "DENIED");
     let auth = format!("Bearer {token}");
     // Pull is allowed through: the repository simply does not exist.
-    api.call(Method::GET, "/v2/other/y/tags/list", |r| r.header("authorization", auth)).expect_error(404, "NAME_UNKNOWN");
+    api.call(Method::GET, "/v2/other/y/tags/list", |r| r.header("authorization", auth))
+        .expect_error(404, "NAME_UNKNOWN");
 
     assert_unchanged(&region, &before, "pushes without the push grant");
     assert_eq!(count(&region, "SELECT count(*) FROM uploads"), 0);
 
     // The header form of Basic auth with a wrong password is refused too (STANDARD base64).
     let basic = format!("Basic {}", STANDARD.encode(format!("{user}:nope")));
-    api.call(Method::GET, "/token?service=afreg", |r| r.header("authorization", basic)).expect_error(401, "UNAUTHORIZED");
+    api.call(Method::GET, "/token?service=afreg", |r| r.header("authorization", basic))
+        .expect_error(401, "UNAUTHORIZED");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -785,7 +795,12 @@ fn tokens_are_bound_to_their_repository_and_actions_and_grant_patterns_cannot_be
         move |r: reqwest::blocking::RequestBuilder| r.header("authorization", format!("Bearer {t}"))
     };
     for (d, data) in &img.blobs {
-        let r = c.post(format!("{}/v2/team/a/blobs/uploads/?digest={d}", region.node.url())).bearer_auth(&root).body(data.clone()).send().unwrap();
+        let r = c
+            .post(format!("{}/v2/team/a/blobs/uploads/?digest={d}", region.node.url()))
+            .bearer_auth(&root)
+            .body(data.clone())
+            .send()
+            .unwrap();
         assert_eq!(r.status(), 201);
     }
     let r = c
@@ -853,8 +868,10 @@ fn blobs_and_upload_sessions_are_reachable_only_through_their_own_repository() {
     let secret = random_bytes(1000);
     let d = sha256_digest(&secret);
     let root = get_token(&api, "root", "root-passw0rd", "repository:secret/x:pull,push");
-    api.call(Method::POST, &format!("/v2/secret/x/blobs/uploads/?digest={d}"), |r| r.bearer_auth(&root).body(secret.clone()))
-        .expect_status(201);
+    api.call(Method::POST, &format!("/v2/secret/x/blobs/uploads/?digest={d}"), |r| {
+        r.bearer_auth(&root).body(secret.clone())
+    })
+    .expect_status(201);
     // Team members push something of their own to team/b.
     let mine = random_bytes(500);
     let md = sha256_digest(&mine);
@@ -870,7 +887,8 @@ fn blobs_and_upload_sessions_are_reachable_only_through_their_own_repository() {
     // Mount from a repository the caller may not read: no mount, a plain upload session instead.
     // (team/b the caller may read, but it never linked the secret.)
     for from in ["secret/x", "team/b"] {
-        let r = api.call(Method::POST, &format!("/v2/team/a/blobs/uploads/?mount={d}&from={from}"), |r| r.bearer_auth(&t));
+        let r =
+            api.call(Method::POST, &format!("/v2/team/a/blobs/uploads/?mount={d}&from={from}"), |r| r.bearer_auth(&t));
         r.expect_status(202);
         api.call(Method::DELETE, r.header("location").unwrap(), |r| r.bearer_auth(&t)).expect_status(204);
     }
@@ -882,9 +900,14 @@ fn blobs_and_upload_sessions_are_reachable_only_through_their_own_repository() {
     let id = r.header("location").unwrap().rsplit('/').next().unwrap().to_owned();
     let elsewhere = format!("/v2/team/b/blobs/uploads/{id}");
     api.call(Method::GET, &elsewhere, |r| r.bearer_auth(&t)).expect_error(404, "BLOB_UPLOAD_UNKNOWN");
-    api.call(Method::PATCH, &elsewhere, |r| r.bearer_auth(&t).body(mine.clone())).expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    api.call(Method::PATCH, &elsewhere, |r| r.bearer_auth(&t).body(mine.clone()))
+        .expect_error(404, "BLOB_UPLOAD_UNKNOWN");
     api.call(Method::PUT, &format!("{elsewhere}?digest={md}"), |r| r.bearer_auth(&t).body(mine.clone()))
         .expect_error(404, "BLOB_UPLOAD_UNKNOWN");
     api.call(Method::DELETE, &elsewhere, |r| r.bearer_auth(&t)).expect_error(404, "BLOB_UPLOAD_UNKNOWN");
-    assert_eq!(count(&region, &format!("SELECT size FROM uploads WHERE id = '{id}'")), 0, "the session in team/a is untouched");
+    assert_eq!(
+        count(&region, &format!("SELECT size FROM uploads WHERE id = '{id}'")),
+        0,
+        "the session in team/a is untouched"
+    );
 }

@@ -47,8 +47,13 @@ fn manifests_come_from_memory_between_writes_and_a_write_is_read_at_once() {
         let img = new_image(100);
         push(&c, &url, "cached/app", "latest", &img).unwrap();
         let (status, body) = get_manifest(&c, &url, "cached/app", "latest", "");
-        assert_eq!((status, body == img.manifest), (200, true), "round {round}: the tag moved before the push was acknowledged");
-        let r = c.head(format!("{url}/v2/cached/app/manifests/latest")).header("accept", oci::OCI_MANIFEST).send().unwrap();
+        assert_eq!(
+            (status, body == img.manifest),
+            (200, true),
+            "round {round}: the tag moved before the push was acknowledged"
+        );
+        let r =
+            c.head(format!("{url}/v2/cached/app/manifests/latest")).header("accept", oci::OCI_MANIFEST).send().unwrap();
         assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), img.digest, "round {round}: HEAD agrees");
     }
     stop.store(true, Ordering::Relaxed);
@@ -60,6 +65,10 @@ fn manifests_come_from_memory_between_writes_and_a_write_is_read_at_once() {
     assert_eq!(get_manifest(&c, &url, "cached/app", &digest, "").0, 200);
     let r = c.delete(format!("{url}/v2/cached/app/manifests/{digest}")).send().unwrap();
     assert_eq!(r.status().as_u16(), 202);
-    assert_eq!(get_manifest(&c, &url, "cached/app", &digest, "").0, 404, "a deleted manifest is not served from memory");
+    assert_eq!(
+        get_manifest(&c, &url, "cached/app", &digest, "").0,
+        404,
+        "a deleted manifest is not served from memory"
+    );
     assert_eq!(get_manifest(&c, &url, "cached/app", "latest", "").0, 404, "nor through its tag");
 }

@@ -152,7 +152,8 @@ fn crane_push_and_pull_round_trip_through_token_auth() {
     assert!(unzipped == layer_tar, "pulled layer content differs from the pushed tarball");
 
     // The blob endpoint serves the same bytes.
-    let blob = run_ok(env.cmd("crane").args(["blob", &format!("{host}/{}@{layer_digest}", repo_of(&reference))])).stdout;
+    let blob =
+        run_ok(env.cmd("crane").args(["blob", &format!("{host}/{}@{layer_digest}", repo_of(&reference))])).stdout;
     assert!(blob == layer_blob, "crane blob differs from the pulled layer");
 
     // And the config blob matches its digest.
@@ -281,17 +282,24 @@ fn docker_and_podman_push_to_one_region_and_pull_and_run_from_another() {
     let (us, eu) = (cluster.region("us"), cluster.region("eu"));
     us.node().add_user(USER, PASSWORD);
     // The user reaches eu through the log: wait until eu issues it a token.
-    testkit::oci::within(std::time::Duration::from_secs(15), std::time::Duration::from_millis(100), "eu knows the user", || {
-        reqwest::blocking::Client::new()
-            .get(format!("{}/token?service=afreg&scope=repository:x:pull", eu.url()))
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .is_ok_and(|r| r.status() == 200)
-    });
+    testkit::oci::within(
+        std::time::Duration::from_secs(15),
+        std::time::Duration::from_millis(100),
+        "eu knows the user",
+        || {
+            reqwest::blocking::Client::new()
+                .get(format!("{}/token?service=afreg&scope=repository:x:pull", eu.url()))
+                .basic_auth(USER, Some(PASSWORD))
+                .send()
+                .is_ok_and(|r| r.status() == 200)
+        },
+    );
 
     let repo_root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = tempfile::tempdir().unwrap();
-    let archive = run_stdout(Command::new(repo_root.join("scripts/image.sh")).arg("--out").arg(out.path()).env("AFREG_BIN", bin()));
+    let archive = run_stdout(
+        Command::new(repo_root.join("scripts/image.sh")).arg("--out").arg(out.path()).env("AFREG_BIN", bin()),
+    );
     let archive = archive.lines().last().unwrap().to_owned();
     let version = run_stdout(Command::new(bin()).arg("--version"));
     let local = format!("localhost/afreg:{}", version.trim_start_matches("afreg "));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use testkit::cluster::{ClusterMember, TestCluster};
 use testkit::oci::{assert_pulls, cids_of, client, get_manifest, push, within, Image, OCI_MANIFEST};
-use testkit::{Action, random_bytes, run_ok, run_stdout, sha256_digest, tool};
+use testkit::{random_bytes, run_ok, run_stdout, sha256_digest, tool, Action};
 
 /// How long every region may take to pin every CID of a pushed image.
 const PIN_BOUND: Duration = Duration::from_secs(30);
@@ -84,7 +84,8 @@ fn crane_push_to_us_is_pulled_from_eu_and_asia_and_pinned_everywhere() {
         });
         let layout = home.path().join(format!("pulled-{name}"));
         run_ok(crane().args(["pull", "--format=oci", &remote]).arg(&layout));
-        let pulled_manifest = std::fs::read(layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))).unwrap();
+        let pulled_manifest =
+            std::fs::read(layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))).unwrap();
         assert_eq!(pulled_manifest, manifest_bytes, "manifest bytes pulled from {name}");
         for d in &digests {
             let bytes = std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap();
@@ -131,7 +132,8 @@ fn crane_push_to_us_is_pulled_from_eu_and_asia_and_pinned_everywhere() {
     let leaders = regions.iter().filter(|r| r["role"] == "leader").count();
     assert_eq!(leaders, 1, "{status}");
     // Bytes replicated: the two regions that fetched the blobs report them.
-    let fetched: i64 = regions.iter().filter(|r| r["name"] != "us").map(|r| r["replicated_bytes"].as_i64().unwrap()).sum();
+    let fetched: i64 =
+        regions.iter().filter(|r| r["name"] != "us").map(|r| r["replicated_bytes"].as_i64().unwrap()).sum();
     let sizes: i64 = digests
         .iter()
         .map(|d| us.sql(&format!("SELECT size FROM blobs WHERE digest = '{d}'")).parse::<i64>().unwrap())
@@ -190,7 +192,9 @@ fn killing_the_leader_elects_another_and_the_old_one_catches_up() {
             }
         }
     });
-    eprintln!("pushes succeeded again {took:?} after the leader was killed (bound {FAILOVER_BOUND:?}); last refusal {last:?}");
+    eprintln!(
+        "pushes succeeded again {took:?} after the leader was killed (bound {FAILOVER_BOUND:?}); last refusal {last:?}"
+    );
     let new_leader = cluster.wait_leader(Duration::from_secs(10));
     assert_ne!(new_leader, leader);
     assert!(killed.elapsed() >= took);
@@ -226,9 +230,13 @@ fn losing_a_region_keeps_the_others_serving_and_a_lone_region_still_serves_pulls
     }
     let second = new_image();
     let us = cluster.region("us").url();
-    within(FAILOVER_BOUND, POLL, "a push with one region down", || push(&c, &us, "loss/app", "second", &second).is_ok());
+    within(FAILOVER_BOUND, POLL, "a push with one region down", || {
+        push(&c, &us, "loss/app", "second", &second).is_ok()
+    });
     let eu = cluster.region("eu").url();
-    within(Duration::from_secs(10), POLL, "eu serves the new tag", || get_manifest(&c, &eu, "loss/app", "second", "").0 == 200);
+    within(Duration::from_secs(10), POLL, "eu serves the new tag", || {
+        get_manifest(&c, &eu, "loss/app", "second", "").0 == 200
+    });
     assert_pulls(&c, &eu, "loss/app", "second", &second);
     assert_pulls(&c, &eu, "loss/app", "first", &first);
 
@@ -240,7 +248,9 @@ fn losing_a_region_keeps_the_others_serving_and_a_lone_region_still_serves_pulls
         asia.node_mut().restart();
     }
     let asia_url = cluster.region("asia").url();
-    within(Duration::from_secs(30), POLL, "asia catches up", || get_manifest(&c, &asia_url, "loss/app", "second", "").0 == 200);
+    within(Duration::from_secs(30), POLL, "asia catches up", || {
+        get_manifest(&c, &asia_url, "loss/app", "second", "").0 == 200
+    });
     let digests2: Vec<&str> = second.blobs.iter().map(|b| b.0.as_str()).collect();
     let cids2 = cids_of(cluster.region("us"), &digests2);
     let asia_kubo_pinned = |cids: &[String]| {
@@ -313,7 +323,12 @@ fn a_fourth_region_joins_and_leaves_under_load_without_losing_a_write() {
         ],
         None,
     );
-    assert!(out.status.success(), "region add: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "region add: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Promoted only after catching up: when `region add` returns, ap's own Postgres already
     // holds the log up to the entry that made it a learner. (ap's openraft metrics are not
     // the witness: they are published asynchronously and may trail its durable log.)
@@ -338,7 +353,9 @@ fn a_fourth_region_joins_and_leaves_under_load_without_losing_a_write() {
         acked.lock().unwrap().iter().take(3).map(|(t, i)| (t.clone(), i.manifest.clone())).collect();
     assert!(!sample.is_empty(), "no push was acknowledged under load");
     for (tag, manifest) in &sample {
-        within(Duration::from_secs(20), POLL, &format!("ap serves {tag}"), || get_manifest(&c, &ap.url(), "load/app", tag, "").1 == *manifest);
+        within(Duration::from_secs(20), POLL, &format!("ap serves {tag}"), || {
+            get_manifest(&c, &ap.url(), "load/app", tag, "").1 == *manifest
+        });
     }
 
     // A token ap issued is honoured by the other regions while ap is a member...
@@ -352,9 +369,8 @@ fn a_fourth_region_joins_and_leaves_under_load_without_losing_a_write() {
         .unwrap()
         .to_owned();
     let (tag0, _) = &sample[0];
-    let with_ap_token = |url: &str| {
-        c.get(format!("{url}/v2/load/app/manifests/{tag0}")).bearer_auth(&ap_token).send().unwrap()
-    };
+    let with_ap_token =
+        |url: &str| c.get(format!("{url}/v2/load/app/manifests/{tag0}")).bearer_auth(&ap_token).send().unwrap();
     within(Duration::from_secs(10), POLL, "us honours a token ap issued", || with_ap_token(&us.url()).status() == 200);
 
     let out = us.node().cli(&["region", "remove", "--id", "4"], None);
@@ -391,11 +407,26 @@ fn a_fourth_region_joins_and_leaves_under_load_without_losing_a_write() {
     assert_eq!(voters, vec![1, 2, 3], "{s}");
     assert_eq!(us.sql("SELECT removed FROM regions WHERE id = 4"), "t");
     let again = us.node().cli(
-        &["region", "add", "--id", "4", "--name", "ap2", "--internal-url", &ap.node().internal_url(), "--api-url", &ap.url()],
+        &[
+            "region",
+            "add",
+            "--id",
+            "4",
+            "--name",
+            "ap2",
+            "--internal-url",
+            &ap.node().internal_url(),
+            "--api-url",
+            &ap.url(),
+        ],
         None,
     );
     assert!(!again.status.success(), "re-using a retired region id must be refused");
-    assert!(String::from_utf8_lossy(&again.stderr).contains("never reused"), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("never reused"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
 }
 
 #[test]
@@ -463,9 +494,15 @@ fn deleted_and_collected_blobs_are_unpinned_in_every_region() {
     assert_eq!(r.status().as_u16(), 201);
     let l_cid = cids_of(eu, &[&l]).remove(0);
     for r in &cluster.regions {
-        within(Duration::from_secs(30), POLL, &format!("unreferenced blob collected and unpinned in {}", r.name), || {
-            r.sql(&format!("SELECT count(*) FROM blobs WHERE digest = '{l}'")) == "0" && !r.kubo().pin_ls_recursive().contains(&l_cid)
-        });
+        within(
+            Duration::from_secs(30),
+            POLL,
+            &format!("unreferenced blob collected and unpinned in {}", r.name),
+            || {
+                r.sql(&format!("SELECT count(*) FROM blobs WHERE digest = '{l}'")) == "0"
+                    && !r.kubo().pin_ls_recursive().contains(&l_cid)
+            },
+        );
     }
     // What a manifest references outlives the grace period, pinned and served everywhere.
     let refs: Vec<&str> = kept.blobs.iter().map(|b| b.0.as_str()).collect();
@@ -490,7 +527,9 @@ fn status_reports_every_region_and_metrics_carry_the_raft_figures() {
     assert_eq!(table.lines().filter(|l| l.contains(" leader ")).count(), 1, "{table}");
     within(Duration::from_secs(5), POLL, "raft gauges exported", || {
         let m = client().get(us.node().metrics_url()).send().unwrap().text().unwrap();
-        ["afreg_raft_term", "afreg_raft_is_leader", "afreg_raft_last_applied", "afreg_pin_backlog"].iter().all(|k| m.contains(k))
+        ["afreg_raft_term", "afreg_raft_is_leader", "afreg_raft_last_applied", "afreg_pin_backlog"]
+            .iter()
+            .all(|k| m.contains(k))
     });
 }
 
@@ -518,7 +557,11 @@ fn a_region_that_could_not_pin_yet_still_serves_the_blob_from_its_peers() {
     assert!(backlog["pins"]["failing"].as_i64().unwrap() >= 1, "{backlog}");
     // Served anyway: asia's Kubo fetches the blocks from its peers as it streams.
     assert_pulls(&c, &asia.url(), "unpinned/app", "v1", &img);
-    let r = c.get(format!("{}/v2/unpinned/app/blobs/{layer}", asia.url())).header("range", "bytes=1000-1999").send().unwrap();
+    let r = c
+        .get(format!("{}/v2/unpinned/app/blobs/{layer}", asia.url()))
+        .header("range", "bytes=1000-1999")
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 206);
     assert_eq!(r.bytes().unwrap().as_ref(), &img.blobs[1].1[1000..2000]);
 }

@@ -2,8 +2,7 @@
 //! pull, push, content discovery, content management) against a real node backed by real
 //! Postgres and Kubo — once through the token flow with a user, once anonymously.
 
-
-use testkit::{Action, run_conformance, ConformanceRun, TestRegion};
+use testkit::{run_conformance, Action, ConformanceRun, TestRegion};
 
 use testkit::afreg_bin as bin;
 
@@ -54,11 +53,8 @@ fn assert_conformant(run: &ConformanceRun, node_log: &str) {
         .map(|c| c.name.as_str())
         .filter(|n| !EXPECTED_SKIPS.iter().any(|e| n.contains(e)))
         .collect();
-    let missing: Vec<&str> = MUST_PASS
-        .iter()
-        .copied()
-        .filter(|m| !junit.passed().iter().any(|c| c.name.contains(m)))
-        .collect();
+    let missing: Vec<&str> =
+        MUST_PASS.iter().copied().filter(|m| !junit.passed().iter().any(|c| c.name.contains(m))).collect();
     let summary = format!(
         "exit {}; junit: tests={} failures={} errors={} passed={} skipped={}",
         run.status,

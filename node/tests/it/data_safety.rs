@@ -13,7 +13,7 @@ use testkit::oci::{
     check_pulls, cids_of, client, get_blob, new_image, put_manifest, upload_blob, upload_blob_streamed, within, Image,
     Refusal,
 };
-use testkit::{Action, random_bytes, random_hex, rss_kib, sha256_digest, TestRegion};
+use testkit::{random_bytes, random_hex, rss_kib, sha256_digest, Action, TestRegion};
 
 use testkit::afreg_bin as bin;
 
@@ -29,7 +29,13 @@ fn open_cluster(f: impl Fn(&mut testkit::NodeConfig)) -> TestCluster {
 fn cid_of(region: &ClusterMember, data: &[u8]) -> String {
     region.kubo().add_bytes_with(
         data,
-        &[("cid-version", "1"), ("raw-leaves", "true"), ("chunker", "size-1048576"), ("only-hash", "true"), ("pin", "false")],
+        &[
+            ("cid-version", "1"),
+            ("raw-leaves", "true"),
+            ("chunker", "size-1048576"),
+            ("only-hash", "true"),
+            ("pin", "false"),
+        ],
     )
 }
 
@@ -39,7 +45,8 @@ fn pins_agree(r: &ClusterMember) -> Result<(), String> {
     // The registry adds CIDv1 only; Kubo's own pins (the empty directory it pins at init, a
     // CIDv0 `Qm…`) are not the registry's.
     let kubo: BTreeSet<String> = r.kubo().pin_ls_recursive().into_iter().filter(|c| !c.starts_with("Qm")).collect();
-    let rows = |q: &str| -> BTreeSet<String> { r.sql(q).lines().map(str::to_owned).filter(|l| !l.is_empty()).collect() };
+    let rows =
+        |q: &str| -> BTreeSet<String> { r.sql(q).lines().map(str::to_owned).filter(|l| !l.is_empty()).collect() };
     let blobs = rows("SELECT DISTINCT cid FROM blobs");
     let recorded = rows("SELECT cid FROM pins WHERE state = 'pinned'");
     let mut needed = blobs.clone();
@@ -136,8 +143,16 @@ fn gc_never_collects_a_layer_of_an_acknowledged_manifest() {
         }
     });
     let acked = acked.lock().unwrap().clone();
-    let collected: usize = cluster.region("us").sql("SELECT count(*) FROM raft_log WHERE payload::text LIKE '%unlink%' OR payload::text LIKE '%collect%'").parse().unwrap();
-    eprintln!("acknowledged {} manifests, {} refused for a collected layer, {collected} GC entries", acked.len(), refused.lock().unwrap());
+    let collected: usize = cluster
+        .region("us")
+        .sql("SELECT count(*) FROM raft_log WHERE payload::text LIKE '%unlink%' OR payload::text LIKE '%collect%'")
+        .parse()
+        .unwrap();
+    eprintln!(
+        "acknowledged {} manifests, {} refused for a collected layer, {collected} GC entries",
+        acked.len(),
+        refused.lock().unwrap()
+    );
     assert!(acked.len() >= 20, "too few manifests acknowledged to mean anything: {}", acked.len());
     assert!(collected > 0, "GC never ran");
     // Let every region apply and pin, then pull every acknowledged manifest everywhere.
@@ -212,7 +227,10 @@ fn assert_burst_queued(cluster: &TestCluster, label: &str) {
     );
     assert!(refused.is_empty(), "{label}: {} of 64 uploads refused, e.g. {:?}", refused.len(), refused.first());
     assert!(slowest < Duration::from_secs(60), "{label}: an upload took {slowest:?}");
-    assert!(during < bound, "{label}: a push to eu during the burst took {during:?} (usual {usual:?}, bound {bound:?})");
+    assert!(
+        during < bound,
+        "{label}: a push to eu during the burst took {during:?} (usual {usual:?}, bound {bound:?})"
+    );
 }
 
 #[test]
@@ -242,11 +260,13 @@ fn a_deleted_blob_pushed_again_elsewhere_is_pinned_again_everywhere() {
     let cid = cids_of(cluster.region("asia"), &[&digest])[0].clone();
     for r in &cluster.regions {
         within(Duration::from_secs(30), Duration::from_millis(100), &format!("{} pins the blob", r.name), || {
-            r.kubo().is_pinned(&cid) && r.sql(&format!("SELECT count(*) FROM pins WHERE cid = '{cid}' AND state = 'pinned'")) == "1"
+            r.kubo().is_pinned(&cid)
+                && r.sql(&format!("SELECT count(*) FROM pins WHERE cid = '{cid}' AND state = 'pinned'")) == "1"
         });
     }
 
-    let mut lock = us.pg().psql_background("BEGIN; LOCK TABLE pins IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT;");
+    let mut lock =
+        us.pg().psql_background("BEGIN; LOCK TABLE pins IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT;");
     std::thread::sleep(Duration::from_millis(500));
     std::thread::scope(|s| {
         let del = s.spawn(|| {
@@ -262,9 +282,12 @@ fn a_deleted_blob_pushed_again_elsewhere_is_pinned_again_everywhere() {
     assert!(lock.wait().unwrap().success(), "the lock holder failed");
 
     for r in &cluster.regions {
-        within(Duration::from_secs(30), Duration::from_millis(200), &format!("{} pins the re-pushed blob again", r.name), || {
-            r.kubo().is_pinned(&cid)
-        });
+        within(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            &format!("{} pins the re-pushed blob again", r.name),
+            || r.kubo().is_pinned(&cid),
+        );
     }
     assert_pins_agree_within(&cluster, Duration::from_secs(30));
     for r in &cluster.regions {
@@ -303,7 +326,9 @@ fn a_blob_whose_record_times_out_stays_pinned_in_its_origin() {
     assert!(eu.kubo().is_pinned(&cid), "eu lost the pin once the record applied");
     eu.kubo().repo_gc();
     for r in &cluster.regions {
-        within(Duration::from_secs(30), Duration::from_millis(200), &format!("{} pins the blob", r.name), || r.kubo().is_pinned(&cid));
+        within(Duration::from_secs(30), Duration::from_millis(200), &format!("{} pins the blob", r.name), || {
+            r.kubo().is_pinned(&cid)
+        });
         let (status, got) = get_blob(&c, &r.url(), "timeout/a", &digest).unwrap();
         assert_eq!((status, sha256_digest(&got)), (200, digest.clone()), "blob from {}", r.name);
     }
@@ -423,7 +448,11 @@ fn unknown_upload_ids_leave_nothing_in_memory() {
         let id = format!("{:08x}-0000-4000-8000-{:012x}", i, i);
         let r = c.patch(format!("{url}/v2/ghost/blobs/uploads/{id}")).body("x").send().unwrap();
         assert_eq!(r.status().as_u16(), 404);
-        let r = c.put(format!("{url}/v2/ghost/blobs/uploads/{id}?digest={}", sha256_digest(b"x"))).body("x").send().unwrap();
+        let r = c
+            .put(format!("{url}/v2/ghost/blobs/uploads/{id}?digest={}", sha256_digest(b"x")))
+            .body("x")
+            .send()
+            .unwrap();
         assert_eq!(r.status().as_u16(), 404);
     }
     let metrics = c.get(region.node.metrics_url()).send().unwrap().text().unwrap();
@@ -515,7 +544,9 @@ fn mixed_soak_loses_nothing() {
                                 t.acked = 1;
                                 mine.push(img);
                             }
-                            Err(r) if r.status == 400 && r.body.contains("MANIFEST_BLOB_UNKNOWN") => t.refused("push", &r),
+                            Err(r) if r.status == 400 && r.body.contains("MANIFEST_BLOB_UNKNOWN") => {
+                                t.refused("push", &r)
+                            }
                             Err(r) => t.refused("push", &r),
                         }
                     } else if dice < 11 {
@@ -538,7 +569,11 @@ fn mixed_soak_loses_nothing() {
                             Ok(r) => {
                                 let refusal = Refusal {
                                     status: r.status().as_u16(),
-                                    retry_after: r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(String::from),
+                                    retry_after: r
+                                        .headers()
+                                        .get("retry-after")
+                                        .and_then(|v| v.to_str().ok())
+                                        .map(String::from),
                                     body: r.text().unwrap_or_default(),
                                 };
                                 t.refused("delete", &refusal);
@@ -568,8 +603,10 @@ fn mixed_soak_loses_nothing() {
 
     // Converged: every region holds the same tag → digest map, within a bound.
     let tag_map = |r: &ClusterMember| {
-        r.sql("SELECT string_agg(rp.name || ':' || t.name || '=' || t.manifest_digest, ',' ORDER BY rp.name, t.name)
-                 FROM tags t JOIN repositories rp ON rp.id = t.repository_id")
+        r.sql(
+            "SELECT string_agg(rp.name || ':' || t.name || '=' || t.manifest_digest, ',' ORDER BY rp.name, t.name)
+                 FROM tags t JOIN repositories rp ON rp.id = t.repository_id",
+        )
     };
     let converged = within(Duration::from_secs(30), Duration::from_millis(200), "regions hold identical tags", || {
         let maps: BTreeSet<String> = cluster.regions.iter().map(tag_map).collect();

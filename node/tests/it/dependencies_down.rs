@@ -135,7 +135,8 @@ fn postgres_down_is_a_prompt_503_and_nothing_acknowledged_is_lost() {
 
     // New pushes work again.
     let blob_after = random_bytes(2000);
-    let first = until_recovered("first push after PostgreSQL restarted", || unless_503(api.post_blob(repo, &blob_after)));
+    let first =
+        until_recovered("first push after PostgreSQL restarted", || unless_503(api.post_blob(repo, &blob_after)));
     first.expect_status(201);
     let after = push_image(&api, repo, "after");
     let got = api.get(&format!("/v2/{repo}/manifests/after"));
@@ -185,7 +186,8 @@ fn kubo_down_is_a_prompt_503_and_blobs_survive() {
 
     region.kubo.start_again();
 
-    let got = until_recovered("GET blob after Kubo restarted", || unless_503(api.get(&format!("/v2/{repo}/blobs/{digest}"))));
+    let got =
+        until_recovered("GET blob after Kubo restarted", || unless_503(api.get(&format!("/v2/{repo}/blobs/{digest}"))));
     got.expect_status(200);
     assert_eq!(got.body.len(), blob.len());
     assert!(got.body == blob, "the blob uploaded before the outage came back different");

@@ -23,7 +23,11 @@ pub(super) fn client_from(source: Ipv4Addr) -> reqwest::blocking::Client {
 
 /// `GET /token` with Basic credentials: (status, Retry-After).
 fn login(c: &reqwest::blocking::Client, url: &str, user: &str, password: &str) -> (u16, Option<String>) {
-    let r = c.get(format!("{url}/token?service=afreg&scope=repository:x/y:pull")).basic_auth(user, Some(password)).send().unwrap();
+    let r = c
+        .get(format!("{url}/token?service=afreg&scope=repository:x/y:pull"))
+        .basic_auth(user, Some(password))
+        .send()
+        .unwrap();
     let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
     let status = r.status().as_u16();
     if status == 429 {
@@ -80,9 +84,17 @@ fn a_password_brute_force_is_bounded_in_memory_and_refused_past_its_limit() {
     let count = |s: u16| results.iter().filter(|r| r.0 == s).count();
     // The user name's allowance (10 a minute, one more every 6 s) is all that is ever
     // checked; the rest is 429.
-    assert!(count(401) <= 11, "{} wrong passwords were checked: {:?}", count(401), results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(
+        count(401) <= 11,
+        "{} wrong passwords were checked: {:?}",
+        count(401),
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
     assert_eq!(count(401) + count(429), ATTEMPTS, "{results:?}");
-    assert!(results.iter().filter(|r| r.0 == 429).all(|r| r.1.as_deref().is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n >= 1))));
+    assert!(results
+        .iter()
+        .filter(|r| r.0 == 429)
+        .all(|r| r.1.as_deref().is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n >= 1))));
     let grown_mib = peak.load(Ordering::Relaxed).saturating_sub(idle) / 1024;
     eprintln!(
         "brute force: {ATTEMPTS} attempts, {} checked (401), {} refused (429); RSS idle {} MiB, peak +{grown_mib} MiB",
@@ -163,12 +175,21 @@ fn stored_bytes_are_served_safely_and_tokens_are_read_as_the_spec_says() {
     let t = token(&c, &url, "eve", "eves-passw0rd", &["repository:site/page:pull", "repository:site/page:push"]);
     let config = br#"{"architecture":"amd64","os":"linux"}"#;
     let digest = testkit::sha256_digest(config);
-    let r = c.post(format!("{url}/v2/site/page/blobs/uploads/?digest={digest}")).bearer_auth(&t).body(config.to_vec()).send().unwrap();
+    let r = c
+        .post(format!("{url}/v2/site/page/blobs/uploads/?digest={digest}"))
+        .bearer_auth(&t)
+        .body(config.to_vec())
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 201, "a push with pull and push in separate scope entries: {}", r.text().unwrap());
 
     // The scheme in any case.
     for scheme in ["bearer", "BEARER"] {
-        let r = c.head(format!("{url}/v2/site/page/blobs/{digest}")).header("authorization", format!("{scheme} {t}")).send().unwrap();
+        let r = c
+            .head(format!("{url}/v2/site/page/blobs/{digest}"))
+            .header("authorization", format!("{scheme} {t}"))
+            .send()
+            .unwrap();
         assert_eq!(r.status(), 200, "Authorization: {scheme} …");
     }
 
@@ -177,33 +198,61 @@ fn stored_bytes_are_served_safely_and_tokens_are_read_as_the_spec_says() {
         r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{digest}","size":{}}},"layers":[],"annotations":{{"x":"<html><script>alert(document.cookie)</script></html>"}}}}"#,
         config.len()
     );
-    let r = c.put(format!("{url}/v2/site/page/manifests/v1")).bearer_auth(&t).header("content-type", "text/html").body(manifest).send().unwrap();
+    let r = c
+        .put(format!("{url}/v2/site/page/manifests/v1"))
+        .bearer_auth(&t)
+        .header("content-type", "text/html")
+        .body(manifest)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().unwrap());
     let r = c.get(format!("{url}/v2/site/page/manifests/v1")).bearer_auth(&t).send().unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-type"], "application/vnd.oci.image.manifest.v1+json", "served as what it was pushed as");
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.oci.image.manifest.v1+json",
+        "served as what it was pushed as"
+    );
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
     let r = c.get(format!("{url}/v2/site/page/blobs/{digest}")).bearer_auth(&t).send().unwrap();
     assert_eq!(r.headers()["x-content-type-options"], "nosniff", "blobs too");
 
     // Several ranges: the whole blob, 200.
-    let r = c.get(format!("{url}/v2/site/page/blobs/{digest}")).bearer_auth(&t).header("range", "bytes=0-1,4-5").send().unwrap();
+    let r = c
+        .get(format!("{url}/v2/site/page/blobs/{digest}"))
+        .bearer_auth(&t)
+        .header("range", "bytes=0-1,4-5")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().unwrap().as_ref(), config);
 
     // Challenges say why a token was not enough (RFC 6750).
     let pull = token(&c, &url, "eve", "eves-passw0rd", &["repository:site/page:pull"]);
-    let anon = c.get(format!("{url}/token?service=afreg&scope=repository:site/page:pull")).send().unwrap().json::<serde_json::Value>().unwrap()["token"]
+    let anon = c
+        .get(format!("{url}/token?service=afreg&scope=repository:site/page:pull"))
+        .send()
+        .unwrap()
+        .json::<serde_json::Value>()
+        .unwrap()["token"]
         .as_str()
         .unwrap()
         .to_owned();
     let r = c.post(format!("{url}/v2/site/page/blobs/uploads/")).bearer_auth("not.a.token").send().unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains(r#"error="invalid_token""#), "{:?}", r.headers());
+    assert!(
+        r.headers()["www-authenticate"].to_str().unwrap().contains(r#"error="invalid_token""#),
+        "{:?}",
+        r.headers()
+    );
     let r = c.post(format!("{url}/v2/site/page/blobs/uploads/")).bearer_auth(&anon).send().unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains(r#"error="insufficient_scope""#), "{:?}", r.headers());
+    assert!(
+        r.headers()["www-authenticate"].to_str().unwrap().contains(r#"error="insufficient_scope""#),
+        "{:?}",
+        r.headers()
+    );
     // A signed-in user's pull token, used to push: refused (DENIED, no challenge to retry).
     let r = c.post(format!("{url}/v2/site/page/blobs/uploads/")).bearer_auth(&pull).send().unwrap();
     assert_eq!(r.status(), 403);
@@ -260,7 +309,11 @@ fn a_flood_of_status_requests_is_computed_once_a_second_and_methods_do_not_grow_
     let metrics = region.node.metrics_url();
     let c = client_from(Ipv4Addr::new(127, 0, 0, 1));
     let computed = |c: &reqwest::blocking::Client| {
-        metric_value(&c.get(&metrics).send().unwrap().text().unwrap(), "afreg_status_computed_total", &["scope=\"cluster\""])
+        metric_value(
+            &c.get(&metrics).send().unwrap().text().unwrap(),
+            "afreg_status_computed_total",
+            &["scope=\"cluster\""],
+        )
     };
     let before = computed(&c);
     // 200 requests from 8 clients, within about a second.
@@ -283,7 +336,10 @@ fn a_flood_of_status_requests_is_computed_once_a_second_and_methods_do_not_grow_
 
     // Made-up methods are counted under one label value.
     for m in ["BREW", "PROPFIND", "X-ANYTHING"] {
-        let r = c.request(reqwest::Method::from_bytes(m.as_bytes()).unwrap(), format!("{url}/v2/a/b/manifests/x")).send().unwrap();
+        let r = c
+            .request(reqwest::Method::from_bytes(m.as_bytes()).unwrap(), format!("{url}/v2/a/b/manifests/x"))
+            .send()
+            .unwrap();
         assert!(r.status().is_client_error(), "{m}: {}", r.status());
     }
     let text = c.get(&metrics).send().unwrap().text().unwrap();

@@ -44,7 +44,9 @@ fn closed_within(s: &mut TcpStream, bound: Duration) -> bool {
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false
+            }
             Err(_) => return true,
         }
     }
@@ -77,7 +79,11 @@ fn half_open_connections_are_capped_per_client_and_closed_after_the_header_timeo
         std::thread::sleep(Duration::from_millis(500));
         let closed: Vec<bool> = conns.iter_mut().map(|s| closed_within(s, Duration::from_millis(1))).collect();
         assert!(opened.elapsed() < Duration::from_millis(1800), "checked too late to tell the cap from the timeout");
-        assert_eq!(closed.iter().filter(|c| **c).count(), 40, "{listener}: connections past the per-client cap of 20 closed at once");
+        assert_eq!(
+            closed.iter().filter(|c| **c).count(),
+            40,
+            "{listener}: connections past the per-client cap of 20 closed at once"
+        );
         // Meanwhile another address is served.
         let r = honest.get(format!("{url}/healthz")).send();
         if listener == "public" {
@@ -88,7 +94,10 @@ fn half_open_connections_are_capped_per_client_and_closed_after_the_header_timeo
         }
         // The 20 held ones are closed once the header timeout (2 s) passes.
         for (s, _) in conns.iter_mut().zip(&closed).filter(|(_, c)| !**c) {
-            assert!(closed_within(s, Duration::from_secs(5)), "{listener}: an idle connection outlived the 2 s header timeout");
+            assert!(
+                closed_within(s, Duration::from_secs(5)),
+                "{listener}: an idle connection outlived the 2 s header timeout"
+            );
         }
     }
 
@@ -119,7 +128,12 @@ fn a_stalled_body_and_an_unread_response_are_dropped_and_shutdown_drains_within_
     });
     let url = region.node.url();
     // No pooled connections: the open-connection gauge below counts only the test's own.
-    let c = reqwest::blocking::Client::builder().no_proxy().pool_max_idle_per_host(0).timeout(Duration::from_secs(30)).build().unwrap();
+    let c = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
     let addr = addr_of(&url);
 
     // A chunk that promises 1 MiB and stops after 10 bytes: the request fails after the 2 s
@@ -133,7 +147,11 @@ fn a_stalled_body_and_an_unread_response_are_dropped_and_shutdown_drains_within_
     assert!(closed_within(&mut s, Duration::from_secs(10)), "a stalled body held its request past 10 s");
     assert!(started.elapsed() >= Duration::from_millis(1500), "dropped before the idle bound: {:?}", started.elapsed());
     let id = location.rsplit('/').next().unwrap();
-    assert_eq!(region.pg.psql(&format!("SELECT size FROM uploads WHERE id = '{id}'")), "0", "the stalled chunk left nothing");
+    assert_eq!(
+        region.pg.psql(&format!("SELECT size FROM uploads WHERE id = '{id}'")),
+        "0",
+        "the stalled chunk left nothing"
+    );
 
     // A 16 MiB blob fetched by a client that never reads: the node's write stalls, and after
     // the idle bound it drops the connection (the open-connection gauge falls back).
@@ -141,7 +159,11 @@ fn a_stalled_body_and_an_unread_response_are_dropped_and_shutdown_drains_within_
     let digest = sha256_digest(&blob);
     testkit::oci::upload_blob(&c, &url, "slow/app", &digest, &blob).unwrap();
     let open = |c: &reqwest::blocking::Client| {
-        metric_value(&c.get(region.node.metrics_url()).send().unwrap().text().unwrap(), "afreg_connections_open", &["listener=\"public\""])
+        metric_value(
+            &c.get(region.node.metrics_url()).send().unwrap().text().unwrap(),
+            "afreg_connections_open",
+            &["listener=\"public\""],
+        )
     };
     let reader = || {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -154,14 +176,21 @@ fn a_stalled_body_and_an_unread_response_are_dropped_and_shutdown_drains_within_
     // The upload's connection closes on its own after its answer, but the node may count it a
     // moment longer: take the baseline once no connection of the test is open any more, or a
     // late close could hide the reader's connection from the count.
-    within(Duration::from_secs(5), Duration::from_millis(50), "the test's earlier connections closed", || open(&c) == 0.0);
+    within(Duration::from_secs(5), Duration::from_millis(50), "the test's earlier connections closed", || {
+        open(&c) == 0.0
+    });
     let base = 0.0;
     let reader = reader();
-    within(Duration::from_secs(5), Duration::from_millis(50), "the unread download counted open", || open(&c) >= base + 1.0);
-    let stalled = Instant::now();
-    within(Duration::from_secs(15), Duration::from_millis(200), "the unread download dropped after the 2 s idle bound", || {
-        open(&c) <= base
+    within(Duration::from_secs(5), Duration::from_millis(50), "the unread download counted open", || {
+        open(&c) >= base + 1.0
     });
+    let stalled = Instant::now();
+    within(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        "the unread download dropped after the 2 s idle bound",
+        || open(&c) <= base,
+    );
     assert!(stalled.elapsed() >= Duration::from_millis(1000), "dropped before the idle bound");
     drop(reader);
 
@@ -200,7 +229,8 @@ fn request_rates_are_limited_per_address_and_per_token() {
     let url = region.node.url();
     // One address: a burst of 50, then 429 TOOMANYREQUESTS with Retry-After.
     let flooder = client_from(Ipv4Addr::new(127, 0, 0, 3));
-    let statuses: Vec<u16> = (0..80).map(|_| flooder.get(format!("{url}/v2/")).send().unwrap().status().as_u16()).collect();
+    let statuses: Vec<u16> =
+        (0..80).map(|_| flooder.get(format!("{url}/v2/")).send().unwrap().status().as_u16()).collect();
     let limited = statuses.iter().filter(|s| **s == 429).count();
     assert!(statuses[..45].iter().all(|s| *s != 429), "limited inside the burst: {statuses:?}");
     assert!(limited >= 25, "only {limited} of 80 limited: {statuses:?}");
@@ -213,8 +243,12 @@ fn request_rates_are_limited_per_address_and_per_token() {
     assert_eq!(honest.get(format!("{url}/v2/")).send().unwrap().status(), 401);
 
     // One token from many addresses: limited on the token, though each address is fresh.
-    let token = honest.get(format!("{url}/token?service=afreg&scope=repository:r/x:pull")).send().unwrap().json::<serde_json::Value>().unwrap()
-        ["token"]
+    let token = honest
+        .get(format!("{url}/token?service=afreg&scope=repository:r/x:pull"))
+        .send()
+        .unwrap()
+        .json::<serde_json::Value>()
+        .unwrap()["token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -238,7 +272,11 @@ fn upload_sessions_are_capped_per_user_and_blobs_by_size() {
     let url = region.node.url();
     let c = client_from(Ipv4Addr::new(127, 0, 0, 1));
     let token = |user: &str, pw: &str, repo: &str| {
-        let r = c.get(format!("{url}/token?service=afreg&scope=repository:{repo}:pull,push")).basic_auth(user, Some(pw)).send().unwrap();
+        let r = c
+            .get(format!("{url}/token?service=afreg&scope=repository:{repo}:pull,push"))
+            .basic_auth(user, Some(pw))
+            .send()
+            .unwrap();
         r.json::<serde_json::Value>().unwrap()["token"].as_str().unwrap().to_owned()
     };
     let bob = token("bob", "bobs-passw0rd", "b/x");
@@ -258,7 +296,8 @@ fn upload_sessions_are_capped_per_user_and_blobs_by_size() {
     assert_eq!(region.pg.psql("SELECT count(*) FROM uploads"), "3");
     // Another user is not affected; cancelling one of bob's makes room for one more.
     assert_eq!(start(&carol, "c/x").status(), 202);
-    let open: Vec<String> = region.pg.psql("SELECT id FROM uploads WHERE owner = 'user:bob'").lines().map(str::to_owned).collect();
+    let open: Vec<String> =
+        region.pg.psql("SELECT id FROM uploads WHERE owner = 'user:bob'").lines().map(str::to_owned).collect();
     assert_eq!(open.len(), 3);
     let r = c.delete(format!("{url}/v2/b/x/blobs/uploads/{}", open[0])).bearer_auth(&bob).send().unwrap();
     assert_eq!(r.status(), 204);
@@ -269,15 +308,22 @@ fn upload_sessions_are_capped_per_user_and_blobs_by_size() {
     // The blob size cap: exactly 1000 bytes is accepted; 1001 in one request is 413
     // SIZE_INVALID, declared or streamed without a length, and nothing is kept.
     let ok = vec![7u8; 1000];
-    let r = c.post(format!("{url}/v2/c/x/blobs/uploads/?digest={}", sha256_digest(&ok))).bearer_auth(&carol).body(ok.clone()).send().unwrap();
+    let r = c
+        .post(format!("{url}/v2/c/x/blobs/uploads/?digest={}", sha256_digest(&ok)))
+        .bearer_auth(&carol)
+        .body(ok.clone())
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 201, "a blob of exactly the limit");
     let big = vec![8u8; 1001];
     let d = sha256_digest(&big);
-    let r = c.post(format!("{url}/v2/c/x/blobs/uploads/?digest={d}")).bearer_auth(&carol).body(big.clone()).send().unwrap();
+    let r =
+        c.post(format!("{url}/v2/c/x/blobs/uploads/?digest={d}")).bearer_auth(&carol).body(big.clone()).send().unwrap();
     assert_eq!(r.status(), 413);
     assert!(r.text().unwrap().contains("SIZE_INVALID"));
     let streamed = reqwest::blocking::Body::new(std::io::Cursor::new(big.clone()));
-    let r = c.post(format!("{url}/v2/c/x/blobs/uploads/?digest={d}")).bearer_auth(&carol).body(streamed).send().unwrap();
+    let r =
+        c.post(format!("{url}/v2/c/x/blobs/uploads/?digest={d}")).bearer_auth(&carol).body(streamed).send().unwrap();
     assert_eq!(r.status(), 413, "streamed without Content-Length");
     assert_eq!(c.head(format!("{url}/v2/c/x/blobs/{d}")).bearer_auth(&carol).send().unwrap().status(), 404);
     // In chunks: 600 accepted, then 401 more is refused and the session stays at 600.
@@ -322,9 +368,13 @@ fn referrers_are_paged_and_metrics_are_off_the_public_port() {
     while let Some(path) = next.take() {
         let r = c.get(format!("{url}{path}")).send().unwrap();
         assert_eq!(r.status(), 200, "{path}");
-        next = r.headers().get("link").map(|l| l.to_str().unwrap().trim_start_matches('<').split('>').next().unwrap().to_owned());
+        next = r
+            .headers()
+            .get("link")
+            .map(|l| l.to_str().unwrap().trim_start_matches('<').split('>').next().unwrap().to_owned());
         let v: serde_json::Value = r.json().unwrap();
-        let page: Vec<String> = v["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap().to_owned()).collect();
+        let page: Vec<String> =
+            v["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap().to_owned()).collect();
         assert!(page.len() <= 2, "a page of {} with max_page_entries = 2", page.len());
         seen.extend(page);
         pages += 1;
@@ -368,7 +418,11 @@ fn manifest_gets(c: &reqwest::blocking::Client, url: &str, window: Duration) -> 
     while started.elapsed() < window {
         std::thread::sleep(Duration::from_millis(2));
         let t = Instant::now();
-        let r = c.get(format!("{url}/v2/load/app/manifests/v1")).header("accept", testkit::oci::OCI_MANIFEST).send().unwrap();
+        let r = c
+            .get(format!("{url}/v2/load/app/manifests/v1"))
+            .header("accept", testkit::oci::OCI_MANIFEST)
+            .send()
+            .unwrap();
         assert_eq!(r.status(), 200);
         r.bytes().unwrap();
         out.push(t.elapsed());
@@ -394,15 +448,30 @@ fn under_a_login_brute_force_and_1500_half_open_connections_other_clients_are_se
     let honest = client_from(Ipv4Addr::new(127, 0, 0, 1));
     let root = {
         region.node.add_user_with_grants("pusher", "pusher-passw0rd", &["load/*:pull,push"]);
-        let r = honest.get(format!("{url}/token?service=afreg&scope=repository:load/app:pull,push")).basic_auth("pusher", Some("pusher-passw0rd")).send().unwrap();
+        let r = honest
+            .get(format!("{url}/token?service=afreg&scope=repository:load/app:pull,push"))
+            .basic_auth("pusher", Some("pusher-passw0rd"))
+            .send()
+            .unwrap();
         r.json::<serde_json::Value>().unwrap()["token"].as_str().unwrap().to_owned()
     };
     let img = testkit::oci::new_image(1000);
     for (d, data) in &img.blobs {
-        let r = honest.post(format!("{url}/v2/load/app/blobs/uploads/?digest={d}")).bearer_auth(&root).body(data.clone()).send().unwrap();
+        let r = honest
+            .post(format!("{url}/v2/load/app/blobs/uploads/?digest={d}"))
+            .bearer_auth(&root)
+            .body(data.clone())
+            .send()
+            .unwrap();
         assert_eq!(r.status(), 201);
     }
-    let r = honest.put(format!("{url}/v2/load/app/manifests/v1")).bearer_auth(&root).header("content-type", testkit::oci::OCI_MANIFEST).body(img.manifest.clone()).send().unwrap();
+    let r = honest
+        .put(format!("{url}/v2/load/app/manifests/v1"))
+        .bearer_auth(&root)
+        .header("content-type", testkit::oci::OCI_MANIFEST)
+        .body(img.manifest.clone())
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 201);
 
     // Idle: warm, then the figures.
@@ -420,7 +489,8 @@ fn under_a_login_brute_force_and_1500_half_open_connections_other_clients_are_se
         std::thread::spawn(move || {
             as_a_remote_attacker();
             go.wait();
-            let mut conns: Vec<TcpStream> = (0..HALF_OPEN).map(|_| connect_from(Ipv4Addr::new(127, 0, 0, 2), addr)).collect();
+            let mut conns: Vec<TcpStream> =
+                (0..HALF_OPEN).map(|_| connect_from(Ipv4Addr::new(127, 0, 0, 2), addr)).collect();
             // Held (the attacker keeps its end open) for the attack; the node closes those past
             // its per-address cap at once, the rest at its header timeout.
             std::thread::sleep(Duration::from_secs(1));
@@ -508,7 +578,11 @@ fn under_a_login_brute_force_and_1500_half_open_connections_other_clients_are_se
     // are gone), so one quiet moment does not set it.
     let metrics = region.node.metrics_url();
     within(Duration::from_secs(40), Duration::from_millis(200), "the attack's connections closed", || {
-        metric_value(&honest.get(&metrics).send().unwrap().text().unwrap(), "afreg_connections_open", &["listener=\"public\""]) <= 2.0
+        metric_value(
+            &honest.get(&metrics).send().unwrap().text().unwrap(),
+            "afreg_connections_open",
+            &["listener=\"public\""],
+        ) <= 2.0
     });
     idle.extend(manifest_gets(&honest, &url, WINDOW));
     let idle_p99 = p99(idle.clone());

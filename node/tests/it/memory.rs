@@ -4,7 +4,7 @@
 use futures::StreamExt;
 use reqwest::{Client, StatusCode};
 use sha2::Digest as _;
-use testkit::{Action, peak_rss_kib, TestRegion};
+use testkit::{peak_rss_kib, Action, TestRegion};
 
 const GIB: u64 = 1024 * 1024 * 1024;
 const LIMIT_KIB: u64 = 150 * 1024;

@@ -15,14 +15,18 @@ use testkit::{json_set, Action, Kubo};
 
 #[test]
 fn a_stranger_without_the_swarm_key_can_neither_connect_nor_fetch_a_blob() {
-    let cluster = TestCluster::start(bin(), &["us", "eu", "asia"], |_, c| c.config.auth.anonymous = Action::ALL.to_vec());
+    let cluster =
+        TestCluster::start(bin(), &["us", "eu", "asia"], |_, c| c.config.auth.anonymous = Action::ALL.to_vec());
     let (us, eu, asia) = (cluster.region("us"), cluster.region("eu"), cluster.region("asia"));
     let img = new_image(300_000);
     push(&client(), &us.url(), "private/app", "v1", &img).unwrap_or_else(|e| panic!("push: {e:?}"));
     let cids = cids_of(us, &img.digests());
-    within(Duration::from_secs(30), Duration::from_millis(100), "eu and asia pin us's blobs over the private network", || {
-        pinned_all(eu, &cids) && pinned_all(asia, &cids)
-    });
+    within(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "eu and asia pin us's blobs over the private network",
+        || pinned_all(eu, &cids) && pinned_all(asia, &cids),
+    );
 
     // A stranger speaking the public protocol, configured to peer with every region.
     let peers: Vec<_> = cluster
@@ -41,7 +45,11 @@ fn a_stranger_without_the_swarm_key_can_neither_connect_nor_fetch_a_blob() {
         assert!(fetched.is_err(), "a stranger fetched {cid} without the swarm key");
     }
     for r in &cluster.regions {
-        assert!(!r.kubo().swarm_peers().iter().any(|p| p == stranger.peer_id()), "{} lists the stranger as a peer", r.name);
+        assert!(
+            !r.kubo().swarm_peers().iter().any(|p| p == stranger.peer_id()),
+            "{} lists the stranger as a peer",
+            r.name
+        );
     }
 
     // The same daemon with the key (testkit's default network) connects and fetches.
@@ -49,6 +57,8 @@ fn a_stranger_without_the_swarm_key_can_neither_connect_nor_fetch_a_blob() {
     member.connect(us.kubo());
     let (digest, layer) = img.blobs.iter().max_by_key(|(_, b)| b.len()).unwrap();
     let cid = &cids_of(us, &[digest])[0];
-    let got = member.rpc("cat", &[("arg", cid), ("timeout", "30s")]).unwrap_or_else(|e| panic!("a member could not fetch {cid}: {e}"));
+    let got = member
+        .rpc("cat", &[("arg", cid), ("timeout", "30s")])
+        .unwrap_or_else(|e| panic!("a member could not fetch {cid}: {e}"));
     assert_eq!(&got, layer, "a member fetched other bytes");
 }

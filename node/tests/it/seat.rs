@@ -53,7 +53,8 @@ fn both_processes_of_a_region_serve_pushes_pulls_and_one_chunked_upload_and_read
     let (holder, epoch) = a.seat().expect("us-0 reports the seat");
     assert_eq!(b.seat(), Some((holder.clone(), epoch)), "both processes name the same holder and epoch");
     let s = b.local_status().unwrap();
-    let names: Vec<&str> = s["seat"]["processes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        s["seat"]["processes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["us-0", "us-1"], "the seat reports every process of the region");
     eprintln!("us seat: held by {holder} at epoch {epoch}");
 
@@ -77,20 +78,32 @@ fn both_processes_of_a_region_serve_pushes_pulls_and_one_chunked_upload_and_read
     // A chunked upload whose requests alternate between the processes.
     let data = random_bytes(3 * 1024 * 1024 + 5);
     let digest = sha256_digest(&data);
-    let apis = [testkit::api::Api::new(a.url(), Duration::from_secs(30)), testkit::api::Api::new(b.url(), Duration::from_secs(30))];
+    let apis = [
+        testkit::api::Api::new(a.url(), Duration::from_secs(30)),
+        testkit::api::Api::new(b.url(), Duration::from_secs(30)),
+    ];
     let mut session = apis[0].start_upload("two/chunked");
     let chunk = 1024 * 1024;
     for (i, start) in (0..data.len()).step_by(chunk).enumerate() {
         let end = (start + chunk).min(data.len());
         let body = data[start..end].to_vec();
         let r = apis[(i + 1) % 2].call(Method::PATCH, &session, |r| {
-            r.header("content-type", "application/octet-stream").header("content-range", format!("{start}-{}", end - 1)).body(body)
+            r.header("content-type", "application/octet-stream")
+                .header("content-range", format!("{start}-{}", end - 1))
+                .body(body)
         });
         r.expect_status(202);
-        assert_eq!(r.header("range"), Some(format!("0-{}", end - 1).as_str()), "PATCH {i} through process {}", (i + 1) % 2);
+        assert_eq!(
+            r.header("range"),
+            Some(format!("0-{}", end - 1).as_str()),
+            "PATCH {i} through process {}",
+            (i + 1) % 2
+        );
         session = r.header("location").expect("location").to_owned();
     }
-    apis[0].call(Method::PUT, &format!("{session}{}digest={digest}", if session.contains('?') { '&' } else { '?' }), |r| r).expect_status(201);
+    apis[0]
+        .call(Method::PUT, &format!("{session}{}digest={digest}", if session.contains('?') { '&' } else { '?' }), |r| r)
+        .expect_status(201);
     for node in [a, b] {
         let (status, got) = get_blob(&c, &node.url(), "two/chunked", &digest).unwrap();
         assert_eq!(status, 200);
@@ -172,7 +185,8 @@ fn a_paused_seat_holder_that_wakes_up_writes_nothing_steps_down_and_no_acknowled
     // A holder paused in the middle of a storage write leaves a transaction open that holds
     // the seat's row (FOR KEY SHARE); this one stands in for it, deterministically, beside
     // whatever the paused process itself left open.
-    let mut stalled_write = us.pg().psql_background("BEGIN; SELECT epoch FROM raft_seat FOR KEY SHARE; SELECT pg_sleep(60); COMMIT;");
+    let mut stalled_write =
+        us.pg().psql_background("BEGIN; SELECT epoch FROM raft_seat FOR KEY SHARE; SELECT pg_sleep(60); COMMIT;");
     std::thread::sleep(Duration::from_millis(300));
     signal(paused, libc::SIGSTOP);
     let guard = Paused(paused.pid() as i32);
@@ -196,14 +210,29 @@ fn a_paused_seat_holder_that_wakes_up_writes_nothing_steps_down_and_no_acknowled
     });
     std::thread::sleep(Duration::from_secs(3));
     let history = workload.stop();
-    let writers: Vec<String> =
-        us.pg().psql("SELECT DISTINCT app || ' ' || tbl FROM seat_audit ORDER BY 1").lines().map(str::to_owned).collect();
+    let writers: Vec<String> = us
+        .pg()
+        .psql("SELECT DISTINCT app || ' ' || tbl FROM seat_audit ORDER BY 1")
+        .lines()
+        .map(str::to_owned)
+        .collect();
     eprintln!("writes since the takeover, by connection: {writers:?}");
-    let from_paused: Vec<&String> = writers.iter().filter(|w| w.starts_with(&format!("afreg {holder} ")) || w.starts_with(&format!("afreg seat {holder} "))).collect();
+    let from_paused: Vec<&String> = writers
+        .iter()
+        .filter(|w| w.starts_with(&format!("afreg {holder} ")) || w.starts_with(&format!("afreg seat {holder} ")))
+        .collect();
     assert!(from_paused.is_empty(), "the resumed holder wrote: {from_paused:?}");
-    assert!(writers.iter().any(|w| w.starts_with(&format!("afreg {other_name} raft raft_log"))), "the new holder appends to the log");
+    assert!(
+        writers.iter().any(|w| w.starts_with(&format!("afreg {other_name} raft raft_log"))),
+        "the new holder appends to the log"
+    );
 
-    eprintln!("workload: {} acknowledged, {} refused, {} unknown", history.acked.len(), history.refused, history.unknown);
+    eprintln!(
+        "workload: {} acknowledged, {} refused, {} unknown",
+        history.acked.len(),
+        history.refused,
+        history.unknown
+    );
     assert!(history.acked.len() > 20, "too few pushes were acknowledged to judge");
     let mut from: Vec<String> = cluster.regions.iter().filter(|r| r.name != "us").map(|r| r.url()).collect();
     from.extend([survivor.url(), paused.url()]);
@@ -263,9 +292,14 @@ fn two_processes_started_at_the_same_instant_seat_exactly_one_holder() {
         });
         let lock_holders = pg.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1634103911 AND objid = 1 AND granted");
         assert_eq!(lock_holders, "1", "round {round}: one session holds the seat's lock");
-        let members: Vec<usize> = (0..2).filter(|&i| nodes[i].log().matches("\"raft_member_started\"").count() > 0).collect();
+        let members: Vec<usize> =
+            (0..2).filter(|&i| nodes[i].log().matches("\"raft_member_started\"").count() > 0).collect();
         assert_eq!(members.len(), 1, "round {round}: exactly one process started a Raft member: {members:?}");
-        assert_eq!(format!("p-{}", members[0]), holder, "round {round}: the process that runs the member is the holder");
+        assert_eq!(
+            format!("p-{}", members[0]),
+            holder,
+            "round {round}: the process that runs the member is the holder"
+        );
         eprintln!("round {round}: {holder} holds the seat at epoch {epoch}");
         // Both process pushes and pulls.
         let c = client();
@@ -342,7 +376,8 @@ fn a_standby_relays_to_its_holder_over_https_checking_the_regions_certificate() 
     let first = Node::start_unready(bin(), cfg(0));
     let (holder, epoch) = within_value(Duration::from_secs(30), || {
         let s = status(0)?;
-        (s["seat"]["holder"] == "tls-0" && s["raft"]["role"] == "leader").then(|| ("tls-0".to_owned(), s["seat"]["epoch"].as_u64().unwrap()))
+        (s["seat"]["holder"] == "tls-0" && s["raft"]["role"] == "leader")
+            .then(|| ("tls-0".to_owned(), s["seat"]["epoch"].as_u64().unwrap()))
     });
     let second = Node::start_unready(bin(), cfg(1));
     // The standby's status comes from the holder, over HTTPS.
@@ -355,11 +390,15 @@ fn a_standby_relays_to_its_holder_over_https_checking_the_regions_certificate() 
     // reads back linearizably through the standby and plainly through the holder.
     let img = testkit::oci::new_image(16 * 1024);
     let base = |i: usize| format!("https://localhost:{}", ports[i]);
-    push(&c, &base(1), "tls/app", "v1", &img).unwrap_or_else(|e| panic!("push through the standby: {e:?}\n{}", second.log_tail(30)));
+    push(&c, &base(1), "tls/app", "v1", &img)
+        .unwrap_or_else(|e| panic!("push through the standby: {e:?}\n{}", second.log_tail(30)));
     let (code, body) = get_manifest(&c, &base(1), "tls/app", "v1", "?consistency=linearizable");
     assert_eq!((code, body), (200, img.manifest.clone()));
     assert_pulls(&c, &base(0), "tls/app", "v1", &img);
     let relayed = second.log();
-    assert!(relayed.contains(&format!("\"process_url\":\"https://localhost:")), "the standby's own URL keeps the certificate's name");
+    assert!(
+        relayed.contains(&format!("\"process_url\":\"https://localhost:")),
+        "the standby's own URL keeps the certificate's name"
+    );
     assert!(!first.log().contains("internal_unauthorized"), "nothing reached the holder without the secret");
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Client, StatusCode};
 use sha2::Digest as _;
-use testkit::{Action, random_bytes, TestRegion};
+use testkit::{random_bytes, Action, TestRegion};
 
 use testkit::afreg_bin as bin;
 
@@ -34,7 +34,11 @@ async fn start_upload(c: &Client, base: &str, repo: &str) -> String {
     let r = c.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let loc = r.headers()["location"].to_str().unwrap().to_owned();
-    if loc.starts_with("http") { loc } else { format!("{base}{loc}") }
+    if loc.starts_with("http") {
+        loc
+    } else {
+        format!("{base}{loc}")
+    }
 }
 
 async fn patch(c: &Client, url: &str, start: usize, chunk: &[u8]) -> reqwest::Response {
@@ -227,7 +231,8 @@ async fn push_chunked(region: &TestRegion, repo: &str, chunks: &[Vec<u8>]) -> St
 
 /// The CID `add` gives the bytes with the node's options and `chunker`, without storing them.
 fn cid_of(region: &TestRegion, bytes: &[u8], chunker: &str) -> String {
-    let q = [("cid-version", "1"), ("raw-leaves", "true"), ("chunker", chunker), ("only-hash", "true"), ("pin", "false")];
+    let q =
+        [("cid-version", "1"), ("raw-leaves", "true"), ("chunker", chunker), ("only-hash", "true"), ("pin", "false")];
     region.kubo.add_bytes_with(bytes, &q)
 }
 

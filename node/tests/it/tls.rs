@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::{Certificate, Client, StatusCode};
-use testkit::{free_port, file_tail, Kubo, NodeConfig, Postgres};
+use testkit::{file_tail, free_port, Kubo, NodeConfig, Postgres};
 
 /// A self-signed certificate for 127.0.0.1, written as PEM files into `dir`; returns its PEM.
 fn write_cert(dir: &Path, stem: &str) -> (PathBuf, PathBuf, String) {
@@ -62,7 +62,11 @@ async fn node_serves_https_with_the_configured_certificate() {
     cfg.config.server.tls_cert = Some(cert.clone());
     cfg.config.server.tls_key = Some(key.clone());
     let config = dir.path().join("afreg.toml");
-    std::fs::write(&config, cfg.to_config(port, testkit::free_port(), testkit::free_port(), dir.path()).to_toml().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        cfg.to_config(port, testkit::free_port(), testkit::free_port(), dir.path()).to_toml().unwrap(),
+    )
+    .unwrap();
     let log = dir.path().join("afreg.log");
     let out = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new(testkit::afreg_bin());
@@ -126,7 +130,10 @@ async fn node_serves_https_with_the_configured_certificate() {
         assert!(Instant::now() < deadline, "the renewed certificate is not served after SIGHUP: {r:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(client_trusting(&pem).get(format!("{base}/healthz")).send().await.is_err(), "the old certificate is still served");
+    assert!(
+        client_trusting(&pem).get(format!("{base}/healthz")).send().await.is_err(),
+        "the old certificate is still served"
+    );
     assert!(node.child.try_wait().unwrap().is_none(), "SIGHUP stopped the node");
 
     // SIGTERM: a graceful stop, exit status 0.

@@ -189,12 +189,15 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        retrying("save committed", || self.write_committed(committed)).await.map_err(|e| e.sto(ErrorSubject::Store, ErrorVerb::Write))
+        retrying("save committed", || self.write_committed(committed))
+            .await
+            .map_err(|e| e.sto(ErrorSubject::Store, ErrorVerb::Write))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed: Option<Option<LogId>> =
-            retrying("read committed", || self.read_key(key::COMMITTED)).await.map_err(|e| e.sto(ErrorSubject::Store, ErrorVerb::Read))?;
+        let committed: Option<Option<LogId>> = retrying("read committed", || self.read_key(key::COMMITTED))
+            .await
+            .map_err(|e| e.sto(ErrorSubject::Store, ErrorVerb::Read))?;
         Ok(committed.flatten())
     }
 
@@ -218,7 +221,9 @@ impl RaftLogStorage<TypeConfig> for PgLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        retrying("truncate", || self.delete_since(log_id.index)).await.map_err(|e| e.sto(ErrorSubject::Logs, ErrorVerb::Delete))
+        retrying("truncate", || self.delete_since(log_id.index))
+            .await
+            .map_err(|e| e.sto(ErrorSubject::Logs, ErrorVerb::Delete))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -127,7 +127,10 @@ pub(crate) enum DbError {
     /// A stored value that cannot be right, e.g. a snapshot of an unknown format version.
     Corrupt(String),
     /// Another process of the region took the Raft seat: this one may not write.
-    Fenced { ours: u64, now: u64 },
+    Fenced {
+        ours: u64,
+        now: u64,
+    },
 }
 
 impl std::fmt::Display for DbError {
@@ -169,7 +172,12 @@ impl DbError {
     /// As openraft's error, saying what was being done to what.
     pub(crate) fn sto(self, subject: ErrorSubject<NodeId>, verb: ErrorVerb) -> StorageError {
         if let DbError::Fenced { ours, now } = self {
-            tracing::warn!(event = "raft_fenced", epoch = ours, current_epoch = now, "a Raft storage write was refused: this process lost the seat");
+            tracing::warn!(
+                event = "raft_fenced",
+                epoch = ours,
+                current_epoch = now,
+                "a Raft storage write was refused: this process lost the seat"
+            );
         }
         StorageIOError::new(subject, verb, AnyError::new(&self)).into()
     }

@@ -142,12 +142,10 @@ pub async fn mark_failed(pool: &PgPool, cid: &str, attempts: i32, retry_in_secs:
 
 /// CIDs this region pinned for blobs that no longer exist (deleted or collected).
 pub async fn orphans(pool: &PgPool, limit: i64) -> Result<Vec<String>> {
-    sqlx::query_scalar(
-        "SELECT p.cid FROM pins p WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.cid = p.cid) LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    sqlx::query_scalar("SELECT p.cid FROM pins p WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.cid = p.cid) LIMIT $1")
+        .bind(limit)
+        .fetch_all(pool)
+        .await
 }
 
 /// Drops this region's pin record of `cid` (call under [`lock_cid`], when its pin goes).

@@ -64,5 +64,7 @@ pub struct LiveRegion {
 
 /// Every live region, by id.
 pub async fn live_regions(pool: &PgPool) -> Result<Vec<LiveRegion>> {
-    sqlx::query_as("SELECT id, name, api_url, token_jwk FROM regions WHERE NOT removed ORDER BY id").fetch_all(pool).await
+    sqlx::query_as("SELECT id, name, api_url, token_jwk FROM regions WHERE NOT removed ORDER BY id")
+        .fetch_all(pool)
+        .await
 }

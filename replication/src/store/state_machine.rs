@@ -47,7 +47,12 @@ impl PgStateMachine {
     /// A state machine over `pool`, whose database has `migrations/` applied, for the holder
     /// of the region's Raft seat at `fence`'s epoch: every write checks it.
     pub fn new(pool: PgPool, fence: Fence) -> Self {
-        PgStateMachine { pool, fence, changed: std::sync::Arc::new(tokio::sync::watch::channel(0).0), generation: Default::default() }
+        PgStateMachine {
+            pool,
+            fence,
+            changed: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+            generation: Default::default(),
+        }
     }
 
     /// Counts applied changes into `generation` (which outlives this state machine).
@@ -223,7 +228,9 @@ impl PgSnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for PgSnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        retrying("build snapshot", || self.build()).await.map_err(|e| e.sto(ErrorSubject::Snapshot(None), ErrorVerb::Write))
+        retrying("build snapshot", || self.build())
+            .await
+            .map_err(|e| e.sto(ErrorSubject::Snapshot(None), ErrorVerb::Write))
     }
 }
 
@@ -231,7 +238,9 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
     type SnapshotBuilder = PgSnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        retrying("applied state", || self.read_applied()).await.map_err(|e| e.sto(ErrorSubject::StateMachine, ErrorVerb::Read))
+        retrying("applied state", || self.read_applied())
+            .await
+            .map_err(|e| e.sto(ErrorSubject::StateMachine, ErrorVerb::Read))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
@@ -278,6 +287,8 @@ impl RaftStateMachine<TypeConfig> for PgStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        retrying("read snapshot", || self.current_snapshot()).await.map_err(|e| e.sto(ErrorSubject::Snapshot(None), ErrorVerb::Read))
+        retrying("read snapshot", || self.current_snapshot())
+            .await
+            .map_err(|e| e.sto(ErrorSubject::Snapshot(None), ErrorVerb::Read))
     }
 }

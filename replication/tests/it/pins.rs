@@ -19,7 +19,10 @@ async fn a_blob_held_by_its_upload_is_due_when_the_hold_stops_deciding() {
     assert!(pins::due(&pool, 10).await.unwrap().is_empty(), "the hold leaves the pin to its upload for now");
     let wait = pins::next_due(&pool).await.unwrap().expect("the held pin becomes due");
     let window = Duration::from_secs_f64(pins::HOLD_DECIDES_SECS);
-    assert!(wait <= window && wait > window - Duration::from_secs(5), "due in {wait:?}, not at the end of the hold's {window:?}");
+    assert!(
+        wait <= window && wait > window - Duration::from_secs(5),
+        "due in {wait:?}, not at the end of the hold's {window:?}"
+    );
 
     // Once this region records the pin, nothing is left to wake for.
     sql("INSERT INTO pins (cid, state, attempts, fetched_bytes) VALUES ('bafyheld', 'pinned', 0, 0)").await.unwrap();

@@ -294,7 +294,8 @@ async fn a_snapshot_carries_every_table_to_another_region() {
     // Region B is empty; region C has stale rows of its own that the install must replace.
     let b = common::fresh_db(&pg, "region_b").await;
     let c = common::fresh_db(&pg, "region_c").await;
-    common::state_machine(&c).await
+    common::state_machine(&c)
+        .await
         .apply(vec![Entry {
             log_id: log_id(1, 1),
             payload: EntryPayload::Normal(blob("stale/repo", "sha256:old", "bafkold", 3, T0)),
@@ -386,7 +387,8 @@ async fn a_store_whose_seat_epoch_is_over_writes_nothing() {
         async move { sqlx::query_scalar::<_, String>(q).fetch_one(&pool).await.unwrap() }
     };
     let log_before = state("SELECT count(*)::text || '/' || coalesce(max(log_index), 0)::text FROM raft_log").await;
-    let raft_state_before = state("SELECT string_agg(key || '=' || value::text, ',' ORDER BY key) FROM raft_state").await;
+    let raft_state_before =
+        state("SELECT string_agg(key || '=' || value::text, ',' ORDER BY key) FROM raft_state").await;
     let tables_before = common::dump(&pool).await;
 
     use openraft::storage::RaftLogStorageExt;
@@ -399,8 +401,14 @@ async fn a_store_whose_seat_epoch_is_over_writes_nothing() {
     let mut builder = sm.get_snapshot_builder().await;
     assert!(builder.build_snapshot().await.is_err(), "snapshot after the epoch moved on");
 
-    assert_eq!(state("SELECT count(*)::text || '/' || coalesce(max(log_index), 0)::text FROM raft_log").await, log_before);
-    assert_eq!(state("SELECT string_agg(key || '=' || value::text, ',' ORDER BY key) FROM raft_state").await, raft_state_before);
+    assert_eq!(
+        state("SELECT count(*)::text || '/' || coalesce(max(log_index), 0)::text FROM raft_log").await,
+        log_before
+    );
+    assert_eq!(
+        state("SELECT string_agg(key || '=' || value::text, ',' ORDER BY key) FROM raft_state").await,
+        raft_state_before
+    );
     assert_eq!(common::dump(&pool).await, tables_before);
     let snapshots: i64 = sqlx::query_scalar("SELECT count(*) FROM raft_snapshot").fetch_one(&pool).await.unwrap();
     assert_eq!(snapshots, 0);
