@@ -28,9 +28,15 @@ cp "$target_dir/release/afreg" "$target_dir/release/afreg-broken"
 export AFREG_BROKEN_BIN="$(cd "$target_dir/release" && pwd)/afreg-broken"
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+times=$(mktemp)
+artifacts=$(mktemp)
+trap 'rm -f "$log" "$times" "$artifacts"' EXIT
 set +e
-cargo test --workspace --release --no-fail-fast "$@" -- --test-threads=1 2>&1 | tee "$log"
+# Each test's time (scripts/test-times.py); the executables' packages come from cargo's
+# artifact messages, which this build (the one the run below reuses) prints.
+cargo test --workspace --release --no-run --message-format=json "$@" > "$artifacts"
+cargo test --workspace --release --no-fail-fast "$@" -- --test-threads=1 2>&1 \
+  | scripts/test-times.py "$times" "$artifacts" | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # Then a brief fuzz run of every parser of client input (scripts/fuzz.sh, the targets in fuzz/):
@@ -50,4 +56,5 @@ fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      /^fuzz: [a-z0-9_]+: ok,/ { p++ } /^fuzz: [a-z0-9_]+: FAILED/ { f++ }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+scripts/test-times.py --slowest "${AFREG_SLOWEST:-15}" "$times"
 exit "$status"
