@@ -41,6 +41,14 @@ if [ -z "$BIN" ]; then
   BIN=$TARGET/release/afreg
 fi
 
+# The image carries the server and the operator's tools, never test code: the benchmark is a
+# binary of its own (afreg-bench), so nothing the afreg binary links depends on testkit.
+if cargo tree -q -p afreg -e normal --prefix none | grep -Eq '^(testkit|afreg-bench) '; then
+  log "the afreg binary links test code: $(cargo tree -q -p afreg -e normal -i testkit 2>&1 | head -n 5 | tr '\n' ' ')"
+  exit 1
+fi
+log "afreg links no test code (cargo tree -p afreg -e normal: no testkit, no afreg-bench)"
+
 work=$(mktemp -d)
 registry_pid=
 cleanup() { [ -z "$registry_pid" ] || kill "$registry_pid" 2>/dev/null || true; rm -rf "$work"; }

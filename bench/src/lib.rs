@@ -1,5 +1,7 @@
-//! `afreg bench`: one command that measures afreg against the registries people would pick
-//! instead, and against the physical limits, side by side in one run on loopback.
+//! `afreg bench` (the `afreg-bench` binary, `src/main.rs`, which `afreg bench` runs): one command
+//! that measures afreg against the registries people would pick instead, and against the
+//! physical limits, side by side in one run on loopback. A binary of its own, so the `afreg`
+//! binary and the image link no testkit.
 //!
 //! It starts afreg with one region and the local three-region cluster (real PostgreSQL, Kubo and
 //! `afreg serve` processes, through testkit), distribution v3 and Debian's distribution 2.8 on

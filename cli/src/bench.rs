@@ -1,35 +1,28 @@
-//! `afreg bench`: runs the benchmark package (afreg-bench) with this binary as the node, and
-//! prints where its report went.
+//! `afreg bench`: runs the benchmark binary, `afreg-bench` (package afreg-bench), with this
+//! binary as the node. The benchmark is a binary of its own so that this one, and the image,
+//! links no test code; it is looked for beside this binary, then on `PATH`.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Small blobs and short durations, a few seconds a workload (what CI runs).
-    #[arg(long)]
-    quick: bool,
-    /// Directory for bench.json, README.md and the SVG charts.
-    #[arg(long, default_value = "docs/bench")]
-    out: PathBuf,
-    /// Interleaved rounds; each figure is their median (default 3, or 2 with --quick).
-    #[arg(long)]
-    rounds: Option<usize>,
+    /// The benchmark's own options (`afreg-bench --help`): --quick, --out DIR, --rounds N.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let me = std::env::current_exe()?;
-    let opts = afreg_bench::Options { quick: args.quick, out: args.out.clone(), rounds: args.rounds };
-    let report = afreg_bench::run(opts, &me).await?;
-    for g in &report.goals {
-        let verdict = match g.met {
-            Some(true) => "met",
-            Some(false) => "MISSED",
-            None => "not measured",
-        };
-        println!("{verdict:>12}  {}  ({}; ratio {})", g.goal, g.measured, afreg_bench::report::fmt(g.ratio));
-    }
-    println!("report: {}", args.out.join("README.md").display());
+    let beside = me.with_file_name("afreg-bench");
+    let bench = if beside.is_file() { beside } else { PathBuf::from("afreg-bench") };
+    let status =
+        tokio::process::Command::new(&bench).arg("--afreg").arg(&me).args(&args.args).status().await.with_context(
+            || format!("run {} (build it with `cargo build --release -p afreg-bench`)", bench.display()),
+        )?;
+    anyhow::ensure!(status.success(), "{} exited {status}", bench.display());
     Ok(())
 }

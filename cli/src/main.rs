@@ -3,7 +3,8 @@
 //! `status` read the node's configuration; `sdl`, `compose`, `dns`, `doctor` and `up` read the region
 //! files and never the node's configuration (so an unrelated `AFREG_X__Y` in the shell cannot
 //! break them); `bench` starts registries of its own; `drill` reads `afreg up`'s cluster.json
-//! or the regions it is given.
+//! or the regions it is given. `client` is the operator's client of a region's internal
+//! endpoint, shared by the commands that call one.
 
 use std::path::PathBuf;
 
