@@ -197,7 +197,7 @@ impl Report {
         s
     }
 
-    /// The row of the closing note's table.
+    /// The row of the drills' table (docs/drills.md; its header is in scripts/drills.sh).
     pub fn row(&self) -> String {
         let ms = |v: Option<u64>| v.map(|m| format!("{:.1}", m as f64 / 1000.0)).unwrap_or_else(|| "-".into());
         format!(

@@ -83,6 +83,13 @@ fn drill_cluster(bin: &std::path::Path) -> Chaos {
 /// round, heals, rules on the history, and fails the test on any failed checker.
 fn drill(scenario: &'static str, default_seed: u64, fault: impl FnMut(&mut Chaos, &Mixed, &str) -> Fault) -> Report {
     let report = drill_on(testkit::afreg_bin(), scenario, default_seed, fault);
+    // The table of the product's drills, passed or not (scripts/test.sh prints it, and
+    // docs/drills.md is one); the broken build's drill is not the product's, so not in it.
+    if let Ok(table) = std::env::var("DRILL_TABLE") {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&table).expect("open DRILL_TABLE");
+        writeln!(f, "{}", report.row()).expect("append to DRILL_TABLE");
+    }
     let failed: Vec<&str> = report.verdicts.iter().filter(|v| !v.ok).map(|v| v.checker.as_str()).collect();
     assert!(report.passed, "{scenario}: checkers failed: {failed:?} (seed {})", report.seed);
     report
