@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::network::HttpNetwork;
 use crate::seat::{Holder, Seat, SeatState};
 use crate::secret::ClusterSecret;
+use crate::types::Timings;
 use crate::{Applied, Command, Fence, NodeId, PgLogStore, PgStateMachine, Raft, Region};
 
 /// Paths of the cluster's own internal endpoints (besides the Raft RPCs).
@@ -41,17 +42,6 @@ pub(crate) const RELAYED: &str = "x-afreg-relayed";
 
 /// Header on a request one region forwards to another; the receiver never forwards again.
 pub(crate) const FORWARDED: &str = "x-afreg-forwarded";
-
-/// Raft timings (their defaults are the node's `[cluster]` configuration's). openraft uses the
-/// heartbeat interval as the AppendEntries timeout, so it must exceed the p99 round trip plus a
-/// follower's commit, and elections wait several heartbeats.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Timings {
-    pub heartbeat_ms: u64,
-    pub election_timeout_min_ms: u64,
-    pub election_timeout_max_ms: u64,
-}
 
 /// How a region's Raft node starts.
 pub struct ClusterOptions {

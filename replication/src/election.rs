@@ -37,7 +37,7 @@ use openraft::raft::{AppendEntriesResponse, VoteRequest, VoteResponse};
 use openraft::MessageSummary;
 use openraft::ServerState;
 
-use crate::cluster::Timings;
+use crate::types::Timings;
 use crate::{NodeId, Raft};
 
 /// What a region's member needs to decide whether to campaign at once.

@@ -9,7 +9,7 @@
 //!
 //! - [`TypeConfig`] (this file): the openraft type configuration, `declare_raft_types!`.
 //! - [`types`]: [`Command`], the versioned entries of the log; [`Applied`], the result of
-//!   applying one; [`Region`], the node type of the membership.
+//!   applying one; [`Region`], the node type of the membership; [`Timings`], the Raft timings.
 //! - [`store::log`]: [`PgLogStore`], the Raft log, vote and committed id (`raft_log`,
 //!   `raft_state`), durable before openraft hears it was written.
 //! - [`store::state_machine`]: [`PgStateMachine`], which applies committed commands to the
@@ -55,11 +55,11 @@ pub mod secret;
 pub mod store;
 pub mod types;
 
-pub use cluster::{AdminOp, Cluster, ClusterError, ClusterOptions, RaftStatus, Role, Timings};
+pub use cluster::{AdminOp, Cluster, ClusterError, ClusterOptions, RaftStatus, Role};
 pub use seat::{Seat, SeatOptions, SeatState};
 pub use secret::ClusterSecret;
 pub use store::{Fence, PgLogStore, PgSnapshotBuilder, PgStateMachine};
-pub use types::{Applied, Command, Region};
+pub use types::{Applied, Command, Region, Timings};
 
 /// A region's Raft node id. Ids are never reused: a removed region stays in `regions` as a
 /// tombstone.

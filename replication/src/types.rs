@@ -1,5 +1,7 @@
 //! What is replicated: the commands in the Raft log, what applying one returns, and the
-//! region record that is both a Raft node and a row of `regions`.
+//! region record that is both a Raft node and a row of `regions`. Also the Raft [`Timings`]:
+//! they are configuration, not replicated, but here (a file that imports none of the others)
+//! both the cluster and the election nudge can use them without importing each other.
 //!
 //! # Versioning
 //!
@@ -171,6 +173,17 @@ pub enum Applied {
     /// The entry was at or below the last applied log id, so it was skipped. Openraft does not
     /// re-deliver applied entries; this answers a replay after a crash.
     AlreadyApplied,
+}
+
+/// Raft timings (their defaults are the node's `[cluster]` configuration's). openraft uses the
+/// heartbeat interval as the AppendEntries timeout, so it must exceed the p99 round trip plus a
+/// follower's commit, and elections wait several heartbeats.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Timings {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
 }
 
 /// `Vec<u8>` as a base64 string (standard alphabet, padded) in JSON.
