@@ -64,7 +64,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 }
             }),
         );
-    let internal = afreg_replication::api::router(cluster.clone(), extra);
+    let internal = afreg_replication::rpc::server::router(cluster.clone(), extra);
     tracing::info!(event = "internal_listening", addr = %cfg.cluster.listen, process_url = %process_url, region = %cfg.cluster.region,
         region_id = cfg.cluster.id, process = %crate::replica::process_name(&cfg), "internal endpoints (raft, forwarding) serving");
     let stop_internal = shutdown.clone();

@@ -22,26 +22,12 @@ use sqlx::PgPool;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::network::HttpNetwork;
+use crate::rpc::client::HttpNetwork;
+use crate::rpc::wire::{path, AdminOp, ReadIndexReply, WriteReply, FORWARDED, RELAYED};
 use crate::seat::{Holder, Seat, SeatState};
 use crate::secret::ClusterSecret;
 use crate::types::Timings;
 use crate::{Applied, Command, Fence, NodeId, PgLogStore, PgStateMachine, Raft, Region};
-
-/// Paths of the cluster's own internal endpoints (besides the Raft RPCs).
-pub(crate) mod path {
-    pub const WRITE: &str = "/internal/write";
-    pub const READ_INDEX: &str = "/internal/read-index";
-    pub const ADMIN: &str = "/internal/admin";
-    pub const READ_BARRIER: &str = "/internal/read-barrier";
-}
-
-/// Header on a request one process of a region relays to its seat holder; the receiver never
-/// relays again (it answers 421 if it no longer holds the seat).
-pub(crate) const RELAYED: &str = "x-afreg-relayed";
-
-/// Header on a request one region forwards to another; the receiver never forwards again.
-pub(crate) const FORWARDED: &str = "x-afreg-forwarded";
 
 /// How a region's Raft node starts.
 pub struct ClusterOptions {
@@ -94,29 +80,6 @@ impl ClusterError {
     pub fn outcome_unknown(&self) -> bool {
         matches!(self, ClusterError::Unavailable(_))
     }
-}
-
-/// What a leader answers a forwarded write.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct WriteReply {
-    pub index: u64,
-    pub applied: Applied,
-}
-
-/// What a leader answers a read-index request.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct ReadIndexReply {
-    pub index: Option<u64>,
-}
-
-/// A membership change, run on the leader.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum AdminOp {
-    /// Records the region, joins it as a learner, waits for it to catch up, makes it a voter.
-    AddRegion { id: NodeId, region: Region },
-    /// Takes the region out of the voters and the membership, then retires its id.
-    RemoveRegion { id: NodeId },
 }
 
 /// A region's place in the Raft group, as openraft reports it.
@@ -754,50 +717,6 @@ impl Cluster {
             .unwrap_or_else(|_| self.http.clone());
         *cached = Some((h.clone(), c.clone()));
         c
-    }
-
-    /// Relays a request that reached this process (not the seat holder) to the holder, once.
-    pub(crate) async fn relay(&self, to: &Holder, req: axum::extract::Request) -> axum::response::Response {
-        use axum::http::{header, StatusCode};
-        use axum::response::IntoResponse;
-        let (parts, body) = req.into_parts();
-        let body = match axum::body::to_bytes(body, crate::api::MAX_BODY).await {
-            Ok(b) => b,
-            Err(e) => return (StatusCode::BAD_REQUEST, format!("reading the request to relay: {e}")).into_response(),
-        };
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let mut r = self
-            .client_for(to)
-            .request(parts.method, format!("{}{pq}", to.url.trim_end_matches('/')))
-            .header(RELAYED, "1")
-            .timeout(Duration::from_secs(60))
-            .body(body);
-        for h in [header::AUTHORIZATION.as_str(), header::CONTENT_TYPE.as_str(), FORWARDED] {
-            if let Some(v) = parts.headers.get(h) {
-                r = r.header(h, v);
-            }
-        }
-        let unavailable = |e: &dyn std::fmt::Display| {
-            (StatusCode::SERVICE_UNAVAILABLE, format!("relaying to the region's seat holder {}: {e}", to.name))
-                .into_response()
-        };
-        match r.send().await {
-            Ok(resp) => {
-                let status = resp.status();
-                let ct = resp.headers().get(header::CONTENT_TYPE).cloned();
-                match resp.bytes().await {
-                    Ok(bytes) => {
-                        let mut out = (status, bytes).into_response();
-                        if let Some(ct) = ct {
-                            out.headers_mut().insert(header::CONTENT_TYPE, ct);
-                        }
-                        out
-                    }
-                    Err(e) => unavailable(&e),
-                }
-            }
-            Err(e) => unavailable(&e),
-        }
     }
 
     /// Sends an operation to the leader's region (marked forwarded: it is not forwarded again)

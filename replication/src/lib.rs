@@ -19,9 +19,11 @@
 //! - `store::snapshot` (private): the versioned snapshot format, dumped from and restored to
 //!   the replicated tables.
 //!
-//! - [`network`]: openraft's RPCs as JSON over HTTP to the other regions; [`api`]: the
-//!   internal endpoints that answer them, plus forwarded writes, read index and membership,
-//!   behind the [`secret`] (cluster secret).
+//! - [`rpc`]: the internal endpoints over HTTP, behind the [`secret`] (cluster secret).
+//!   `rpc::wire` (private): their paths, headers and reply bodies, and [`AdminOp`];
+//!   [`rpc::client`]: openraft's RPCs as JSON over HTTP to the other regions;
+//!   [`rpc::server`]: the router that answers them, plus forwarded writes, read index and
+//!   membership, and relays what reaches a standby process to the region's seat holder.
 //! - [`cluster`]: [`Cluster`], one region's handle: start, replicate a write (forwarding to the
 //!   leader), linearizable read point, membership changes, status.
 //! - `election` (private): campaigns at once when a lagging candidate would otherwise cost
@@ -44,18 +46,18 @@
 //! - Applying is idempotent: the last applied log id is written in the same transaction as
 //!   the change, and entries at or below it are skipped.
 
-pub mod api;
 pub mod cluster;
 pub mod duties;
 mod election;
-pub mod network;
 pub mod pinner;
+pub mod rpc;
 pub mod seat;
 pub mod secret;
 pub mod store;
 pub mod types;
 
-pub use cluster::{AdminOp, Cluster, ClusterError, ClusterOptions, RaftStatus, Role};
+pub use cluster::{Cluster, ClusterError, ClusterOptions, RaftStatus, Role};
+pub use rpc::wire::AdminOp;
 pub use seat::{Seat, SeatOptions, SeatState};
 pub use secret::ClusterSecret;
 pub use store::{Fence, PgLogStore, PgSnapshotBuilder, PgStateMachine};

@@ -1,5 +1,5 @@
 //! The Raft network: openraft's RPCs as JSON over HTTP to the other regions' internal
-//! endpoints ([`crate::api`]), authenticated with the cluster secret.
+//! endpoints ([`super::server`]), authenticated with the cluster secret.
 //!
 //! The address of a peer is the `raft_addr` of its node in the Raft membership, which comes
 //! from configuration or `afreg region add`, so a test (or an operator) can route it through
@@ -16,15 +16,9 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::rpc::wire::path;
 use crate::secret::ClusterSecret;
 use crate::{NodeId, Region, TypeConfig};
-
-/// Paths of the Raft RPCs on the internal listener.
-pub(crate) mod path {
-    pub const APPEND: &str = "/internal/raft/append";
-    pub const VOTE: &str = "/internal/raft/vote";
-    pub const SNAPSHOT: &str = "/internal/raft/snapshot";
-}
 
 /// Makes one [`Peer`] per target region; all share one connection pool.
 #[derive(Clone)]

@@ -4,31 +4,34 @@
 //!
 //! Every process of a region serves them, on the region's internal URL and on its own
 //! listener. Only the seat holder answers them; any other process relays the request to the
-//! holder once ([`Cluster::relay`]). The holder answers a Raft RPC only while its lease is
-//! valid, checked before and after, so a paused holder that wakes up answers nothing.
+//! holder once (`relay`). The holder answers a Raft RPC only while its lease is valid, checked
+//! before and after, so a paused holder that wakes up answers nothing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
-use crate::cluster::{path, AdminOp, Cluster, ClusterError, ReadIndexReply, WriteReply, FORWARDED, RELAYED};
+use crate::cluster::{Cluster, ClusterError};
+use crate::rpc::wire::{path, AdminOp, ReadIndexReply, WriteReply, FORWARDED, MAX_BODY, RELAYED};
+use crate::seat::Holder;
 use crate::secret::ClusterSecret;
-use crate::{network, Command, TypeConfig};
+use crate::{Command, TypeConfig};
 
 /// The internal router: the cluster's endpoints plus `extra` (the node's own internal
 /// routes, e.g. status), all behind the cluster secret.
 pub fn router(cluster: Arc<Cluster>, extra: Router) -> Router {
     let secret = cluster.secret().clone();
     Router::new()
-        .route(network::path::APPEND, post(append))
-        .route(network::path::VOTE, post(vote))
-        .route(network::path::SNAPSHOT, post(snapshot))
+        .route(path::APPEND, post(append))
+        .route(path::VOTE, post(vote))
+        .route(path::SNAPSHOT, post(snapshot))
         .route(path::WRITE, post(write))
         .route(path::READ_INDEX, post(read_index))
         .route(path::READ_BARRIER, post(read_barrier))
@@ -40,9 +43,6 @@ pub fn router(cluster: Arc<Cluster>, extra: Router) -> Router {
         // Snapshots and manifests can be large; the secret already gates who may send them.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
-
-/// The largest internal request body (a snapshot, a relayed one).
-pub(crate) const MAX_BODY: usize = 512 * 1024 * 1024;
 
 /// Lets the seat holder answer; relays everything else to it, once.
 async fn seat_gate(State(c): State<Arc<Cluster>>, req: Request, next: Next) -> Response {
@@ -60,12 +60,54 @@ async fn seat_gate(State(c): State<Arc<Cluster>>, req: Request, next: Next) -> R
         return error(ClusterError::NotSeatHolder("this process does not hold the region's Raft seat".into()));
     }
     match c.seat().holder() {
-        Some(h) if h.name != c.seat().options().process => c.relay(&h, req).await,
+        Some(h) if h.name != c.seat().options().process => relay(&c, &h, req).await,
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no process of this region holds its Raft seat yet (a takeover in progress)",
         )
             .into_response(),
+    }
+}
+
+/// Relays a request that reached this process (not the seat holder) to the holder, once.
+async fn relay(c: &Cluster, to: &Holder, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("reading the request to relay: {e}")).into_response(),
+    };
+    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut r = c
+        .client_for(to)
+        .request(parts.method, format!("{}{pq}", to.url.trim_end_matches('/')))
+        .header(RELAYED, "1")
+        .timeout(Duration::from_secs(60))
+        .body(body);
+    for h in [header::AUTHORIZATION.as_str(), header::CONTENT_TYPE.as_str(), FORWARDED] {
+        if let Some(v) = parts.headers.get(h) {
+            r = r.header(h, v);
+        }
+    }
+    let unavailable = |e: &dyn std::fmt::Display| {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("relaying to the region's seat holder {}: {e}", to.name))
+            .into_response()
+    };
+    match r.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let ct = resp.headers().get(header::CONTENT_TYPE).cloned();
+            match resp.bytes().await {
+                Ok(bytes) => {
+                    let mut out = (status, bytes).into_response();
+                    if let Some(ct) = ct {
+                        out.headers_mut().insert(header::CONTENT_TYPE, ct);
+                    }
+                    out
+                }
+                Err(e) => unavailable(&e),
+            }
+        }
+        Err(e) => unavailable(&e),
     }
 }
 
