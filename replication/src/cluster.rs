@@ -22,8 +22,10 @@ use sqlx::PgPool;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::error::ClusterError;
+use crate::forward::{Forward, Forwarder, Target};
 use crate::rpc::client::HttpNetwork;
-use crate::rpc::wire::{path, AdminOp, ReadIndexReply, WriteReply, FORWARDED, RELAYED};
+use crate::rpc::wire::{path, AdminOp, ReadIndexReply, WriteReply};
 use crate::seat::{Holder, Seat, SeatState};
 use crate::secret::ClusterSecret;
 use crate::types::Timings;
@@ -51,35 +53,6 @@ pub struct ClusterOptions {
     /// CA certificates trusted on the other regions' and processes' internal endpoints,
     /// besides the public roots.
     pub roots: Vec<reqwest::Certificate>,
-}
-
-/// Why a cluster operation did not happen. Every variant but `Refused` is retriable.
-/// `Unavailable` may follow a write that was proposed, so its outcome is unknown; the others
-/// mean nothing was proposed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    #[error("no leader: {0}")]
-    NoLeader(String),
-    /// A forwarded request reached a region that is no longer the leader; nothing was done.
-    #[error("not the leader: {0}")]
-    NotLeader(String),
-    #[error("{0}")]
-    Unavailable(String),
-    /// The operation is wrong, not the cluster: e.g. a region id that was retired.
-    #[error("{0}")]
-    Refused(String),
-    /// A relayed request reached a process that no longer holds the region's seat; nothing
-    /// was done.
-    #[error("{0}")]
-    NotSeatHolder(String),
-}
-
-impl ClusterError {
-    /// Whether the write may still commit and apply later (a timeout after it was proposed or
-    /// forwarded): its effects must be kept ready for it, not undone.
-    pub fn outcome_unknown(&self) -> bool {
-        matches!(self, ClusterError::Unavailable(_))
-    }
 }
 
 /// A region's place in the Raft group, as openraft reports it.
@@ -131,8 +104,8 @@ pub struct RaftStatus {
 /// the means to reach the others.
 pub struct Cluster {
     pub id: NodeId,
-    secret: ClusterSecret,
-    http: reqwest::Client,
+    /// The internal endpoints' clients, which forward to the leader and the seat holder.
+    forwarder: Forwarder,
     timings: Timings,
     write_timeout: Duration,
     config: Arc<openraft::Config>,
@@ -148,9 +121,6 @@ pub struct Cluster {
     generation: Arc<std::sync::atomic::AtomicU64>,
     /// One membership change at a time (openraft refuses overlapping ones).
     admin_lock: tokio::sync::Mutex<()>,
-    /// A client per holder whose URL's host resolves to a given address.
-    relay_client: std::sync::Mutex<Option<(Holder, reqwest::Client)>>,
-    roots: Vec<reqwest::Certificate>,
     nudge: Arc<crate::election::Nudge>,
 }
 
@@ -174,11 +144,10 @@ impl Cluster {
             ..Default::default()
         }
         .validate()?;
-        let http = client_builder(&opts.roots, t).build()?;
+        let forwarder = Forwarder::new(opts.secret, opts.roots, t)?;
         Ok(Arc::new(Cluster {
             id: opts.id,
-            secret: opts.secret,
-            http,
+            forwarder,
             timings: t,
             write_timeout: opts.write_timeout,
             config: Arc::new(config),
@@ -190,8 +159,6 @@ impl Cluster {
             changed: Arc::new(tokio::sync::watch::channel(0).0),
             generation: Default::default(),
             admin_lock: tokio::sync::Mutex::new(()),
-            relay_client: Default::default(),
-            roots: opts.roots,
             nudge: Arc::new(crate::election::Nudge::new()),
         }))
     }
@@ -247,7 +214,7 @@ impl Cluster {
         let fence = Fence(epoch);
         let sm = PgStateMachine::new(self.pool.clone(), fence).with_generation(self.generation.clone());
         let mut applied = sm.subscribe();
-        let network = HttpNetwork::new(self.http.clone(), self.secret.clone());
+        let network = HttpNetwork::new(self.forwarder.http().clone(), self.forwarder.secret().clone());
         // A member that takes over from another process must not start an election before
         // the leader has had a chance to reach it at the region's URL: that would change the
         // cluster's term for nothing. Elections start disabled, and are enabled once a leader
@@ -386,7 +353,7 @@ impl Cluster {
     }
 
     pub fn secret(&self) -> &ClusterSecret {
-        &self.secret
+        self.forwarder.secret()
     }
 
     /// Replicates `cmd` and returns once it is committed by a quorum and applied here, with
@@ -446,7 +413,7 @@ impl Cluster {
                         return Err(ClusterError::NoLeader(format!("leader {l} is not in the membership")));
                     };
                     let to = Target::Region(&node);
-                    let forwarded = self.forward::<WriteReply>(&to, path::WRITE, &cmd, deadline);
+                    let forwarded = self.forwarder.forward::<WriteReply>(&to, path::WRITE, &cmd, deadline);
                     let forwarded = tokio::select! {
                         r = forwarded => r,
                         lost = leadership_lost(&raft, l, self.timings) => Err(Forward::Fail(ClusterError::Unavailable(format!(
@@ -516,7 +483,7 @@ impl Cluster {
                 Some(l) => {
                     let Some(node) = node else { return Err(ClusterError::NoLeader("leader unknown".into())) };
                     let to = Target::Region(&node);
-                    let forwarded = self.forward::<ReadIndexReply>(&to, path::READ_INDEX, &(), deadline);
+                    let forwarded = self.forwarder.forward::<ReadIndexReply>(&to, path::READ_INDEX, &(), deadline);
                     let forwarded = tokio::select! {
                         r = forwarded => r,
                         lost = leadership_lost(&raft, l, self.timings) => Err(Forward::Retry(lost)),
@@ -554,7 +521,7 @@ impl Cluster {
                 Some(l) if !may_forward => return Err(ClusterError::NotLeader(format!("region {l} is the leader"))),
                 Some(_) => {
                     let Some(node) = node else { return Err(ClusterError::NoLeader("leader unknown".into())) };
-                    match self.forward::<()>(&Target::Region(&node), path::ADMIN, &op, deadline).await {
+                    match self.forwarder.forward::<()>(&Target::Region(&node), path::ADMIN, &op, deadline).await {
                         Ok(()) => return Ok(()),
                         Err(Forward::Fail(e)) => return Err(e),
                         Err(Forward::Retry(_)) if Instant::now() + Duration::from_secs(10) < deadline => {}
@@ -686,11 +653,13 @@ impl Cluster {
                 return Ok(None);
             }
             match self.seat.holder() {
-                Some(h) if &h.name != me => match self.forward::<R>(&Target::Holder(&h), path, body, deadline).await {
-                    Ok(r) => return Ok(Some(r)),
-                    Err(Forward::Retry(e)) => last = e,
-                    Err(Forward::Fail(e)) => return Err(e),
-                },
+                Some(h) if &h.name != me => {
+                    match self.forwarder.forward::<R>(&Target::Holder(&h), path, body, deadline).await {
+                        Ok(r) => return Ok(Some(r)),
+                        Err(Forward::Retry(e)) => last = e,
+                        Err(Forward::Fail(e)) => return Err(e),
+                    }
+                }
                 _ => last = String::from("no process of this region holds its Raft seat (a takeover in progress?)"),
             }
             if Instant::now() + Duration::from_millis(100) >= deadline {
@@ -703,97 +672,8 @@ impl Cluster {
     /// The client that reaches `h` (its URL's host pinned to its address, when it has one, so
     /// that TLS checks the region's certificate name). Its requests need their own timeout.
     pub fn client_for(&self, h: &Holder) -> reqwest::Client {
-        let Some(addr) = h.addr else { return self.http.clone() };
-        let mut cached = self.relay_client.lock().unwrap();
-        if let Some((for_holder, c)) = cached.as_ref() {
-            if for_holder.url == h.url && for_holder.addr == h.addr {
-                return c.clone();
-            }
-        }
-        let host = reqwest::Url::parse(&h.url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
-        let c = client_builder(&self.roots, self.timings)
-            .resolve(&host, addr)
-            .build()
-            .unwrap_or_else(|_| self.http.clone());
-        *cached = Some((h.clone(), c.clone()));
-        c
+        self.forwarder.client_for(h)
     }
-
-    /// Sends an operation to the leader's region (marked forwarded: it is not forwarded again)
-    /// or to this region's seat holder (not marked: the holder forwards it to the leader).
-    async fn forward<R: serde::de::DeserializeOwned>(
-        &self,
-        to: &Target<'_>,
-        path: &str,
-        body: &impl Serialize,
-        deadline: Instant,
-    ) -> Result<R, Forward> {
-        let (req, name) = match to {
-            Target::Region(r) => (
-                self.http.post(format!("{}{path}", r.raft_addr.trim_end_matches('/'))).header(FORWARDED, "1"),
-                format!("leader {}", r.name),
-            ),
-            Target::Holder(h) => (
-                self.client_for(h).post(format!("{}{path}", h.url.trim_end_matches('/'))).header(RELAYED, "1"),
-                format!("seat holder {}", h.name),
-            ),
-        };
-        let resp = req
-            .bearer_auth(self.secret.expose())
-            .timeout(left(deadline).max(Duration::from_millis(1)))
-            .json(body)
-            .send()
-            .await;
-        let resp = match resp {
-            Ok(r) => r,
-            // Not sent: safe to try again (perhaps at a new leader).
-            Err(e) if e.is_connect() => return Err(Forward::Retry(format!("{name} unreachable: {e}"))),
-            Err(e) => {
-                return Err(Forward::Fail(ClusterError::Unavailable(format!(
-                    "forwarding to {name}: {e}; the outcome is unknown, retry"
-                ))))
-            }
-        };
-        let status = resp.status();
-        if status.is_success() {
-            return resp
-                .json::<R>()
-                .await
-                .map_err(|e| Forward::Fail(ClusterError::Unavailable(format!("leader reply: {e}"))));
-        }
-        let text = resp.text().await.unwrap_or_default();
-        match status.as_u16() {
-            // The leader moved, or the seat did, before the request arrived: nothing was proposed.
-            409 | 421 => Err(Forward::Retry(text)),
-            400 => Err(Forward::Fail(ClusterError::Refused(text))),
-            _ => Err(Forward::Fail(ClusterError::Unavailable(format!("{name} answered {status}: {text}")))),
-        }
-    }
-}
-
-enum Forward {
-    Retry(String),
-    Fail(ClusterError),
-}
-
-/// The internal endpoints' client: the public roots and `roots`, a connect timeout of one
-/// election timeout, idle connections kept a minute.
-fn client_builder(roots: &[reqwest::Certificate], t: Timings) -> reqwest::ClientBuilder {
-    let mut b = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(t.election_timeout_min_ms))
-        .pool_idle_timeout(Duration::from_secs(60));
-    for r in roots {
-        b = b.add_root_certificate(r.clone());
-    }
-    b
-}
-
-/// Where [`Cluster::forward`] sends an operation.
-enum Target<'a> {
-    /// The leader's region, at its internal URL.
-    Region(&'a Region),
-    /// This region's seat holder, at its own internal listener.
-    Holder(&'a Holder),
 }
 
 /// The leader as `raft` knows it, with its node. Fails when Raft has stopped, or when this

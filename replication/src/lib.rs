@@ -26,6 +26,9 @@
 //!   membership, and relays what reaches a standby process to the region's seat holder.
 //! - [`cluster`]: [`Cluster`], one region's handle: start, replicate a write (forwarding to the
 //!   leader), linearizable read point, membership changes, status.
+//! - `forward` (private): the HTTP clients that send an operation to the leader's region or
+//!   to the region's seat holder, and what their answers mean; `error` (private):
+//!   [`ClusterError`], shared by the cluster, the forwarding and the server.
 //! - `election` (private): campaigns at once when a lagging candidate would otherwise cost
 //!   the cluster a wasted term after the leader is lost.
 //! - [`seat`]: which of the region's processes runs its Raft member (an advisory lock, a
@@ -49,6 +52,8 @@
 pub mod cluster;
 pub mod duties;
 mod election;
+mod error;
+mod forward;
 pub mod pinner;
 pub mod rpc;
 pub mod seat;
@@ -56,7 +61,8 @@ pub mod secret;
 pub mod store;
 pub mod types;
 
-pub use cluster::{Cluster, ClusterError, ClusterOptions, RaftStatus, Role};
+pub use cluster::{Cluster, ClusterOptions, RaftStatus, Role};
+pub use error::ClusterError;
 pub use rpc::wire::AdminOp;
 pub use seat::{Seat, SeatOptions, SeatState};
 pub use secret::ClusterSecret;

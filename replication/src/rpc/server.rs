@@ -18,7 +18,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::Cluster;
+use crate::error::ClusterError;
 use crate::rpc::wire::{path, AdminOp, ReadIndexReply, WriteReply, FORWARDED, MAX_BODY, RELAYED};
 use crate::seat::Holder;
 use crate::secret::ClusterSecret;
