@@ -38,6 +38,11 @@
 //! - [`store::pins`], [`store::regions`], [`store::gc`]: the SQL of the pinner (and the
 //!   per-CID lock), of the region list, and of GC's listing.
 //!
+//! The files never import each other in a circle (`tests/it/modules.rs` checks it):
+//! `rpc::server` uses `cluster`, which uses `forward`, `rpc::client` and `election`
+//! (`rpc::client` uses `election` too), and below them the leaves, `rpc::wire`, `error`,
+//! `seat`, `secret`, `types` and `store`, import none of those.
+//!
 //! # Invariants
 //!
 //! - Nothing but [`PgStateMachine`] writes the replicated tables (`repositories`, `blobs`,
