@@ -21,6 +21,20 @@ fn postgres_starts_answers_sql_and_restarts_with_its_data() {
 }
 
 #[test]
+fn postgres_servers_start_from_one_template_and_share_nothing() {
+    let (a, b) = (Postgres::start(), Postgres::start());
+    assert_ne!(a.port, b.port);
+    a.psql("CREATE TABLE only_in_a (x int)");
+    assert_eq!(a.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'only_in_a'"), "1");
+    assert_eq!(b.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'only_in_a'"), "0");
+    // A copy of a cluster, not the template itself: a new server starts without a's table.
+    drop(a);
+    let c = Postgres::start();
+    assert_eq!(c.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'only_in_a'"), "0");
+    assert_eq!(c.psql("SELECT current_database()"), "afreg");
+}
+
+#[test]
 fn kubo_adds_cats_pins_and_survives_restart() {
     let mut kubo = Kubo::start();
     assert!(kubo.peer_id().starts_with("12D3") || kubo.peer_id().starts_with("Qm"), "{}", kubo.peer_id());

@@ -50,6 +50,16 @@ impl Postgres {
         dirs.pop().map(|(_, bin)| Postgres { bin }).ok_or_else(missing)
     }
 
+    /// The server's major version, as the binaries' folder names it (`15` for
+    /// `/usr/lib/postgresql/15/bin`).
+    pub fn version(&self) -> Result<String, ProcessError> {
+        self.bin
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|v| v.to_string_lossy().into_owned())
+            .ok_or_else(|| ProcessError::Invalid(format!("no version in {}", self.bin.display())))
+    }
+
     /// The server's log, inside its data directory.
     pub fn log_of(data: &Path) -> PathBuf {
         data.join("postgres.log")
