@@ -91,8 +91,11 @@ impl Plan {
 #[derive(Default)]
 struct Samples {
     order: Vec<(String, String)>,
-    by: BTreeMap<(String, String), (String, String, bool, Vec<f64>)>,
+    by: BTreeMap<(String, String), Series>,
 }
+
+/// One workload's samples on one target: (group, unit, higher is better, the samples).
+type Series = (String, String, bool, Vec<f64>);
 
 impl Samples {
     fn add(&mut self, workload: &str, group: &str, target: &str, unit: &str, higher_is_better: bool, v: f64) {

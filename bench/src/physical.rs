@@ -26,7 +26,7 @@ pub async fn kubo_add(c: &Client, api: &str, seed: u64, total: u64) -> Result<(f
     ensure!(r.status().is_success(), "kubo add: {}", r.status());
     let text = r.text().await?;
     let took = t.elapsed();
-    let last = text.lines().filter(|l| !l.trim().is_empty()).last().context("kubo add: empty answer")?;
+    let last = text.lines().rfind(|l| !l.trim().is_empty()).context("kubo add: empty answer")?;
     let cid =
         serde_json::from_str::<serde_json::Value>(last)?["Hash"].as_str().context("kubo add: no Hash")?.to_owned();
     Ok((mib_s(total, took), cid))

@@ -124,9 +124,9 @@ pub fn percentile(samples: &[f64], p: f64) -> f64 {
 /// A size in bytes as the workloads name it: `1MiB`, `100MiB`, `1GiB`.
 pub fn size_label(bytes: u64) -> String {
     const MIB: u64 = 1 << 20;
-    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{}GiB", bytes >> 30)
-    } else if bytes % MIB == 0 {
+    } else if bytes.is_multiple_of(MIB) {
         format!("{}MiB", bytes / MIB)
     } else {
         format!("{}KiB", bytes / 1024)

@@ -1,7 +1,7 @@
 //! `afreg sdl render|secrets`: one Akash SDL per region file, and the operator's secrets that
 //! a deployable one carries (the work is in `afreg_deploy::sdl`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use afreg_deploy::sdl::{self, Secrets};
 
@@ -33,7 +33,7 @@ pub fn run(cmd: SdlCmd) -> anyhow::Result<()> {
     match cmd {
         SdlCmd::Render { regions, out, secrets } => {
             let secrets = secrets.map(|d| Secrets::load(&d)).transpose()?;
-            if secrets.is_some() && out == PathBuf::from("sdl") {
+            if secrets.is_some() && out == Path::new("sdl") {
                 anyhow::bail!(
                     "with --secrets, write outside the repository's sdl/ (--out DIR): the files carry secrets"
                 );

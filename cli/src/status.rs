@@ -30,7 +30,7 @@ pub async fn run(args: StatusArgs, load: impl FnOnce() -> anyhow::Result<Config>
         return Ok(());
     }
     println!(
-        "{:<4} {:<10} {:<10} {:>5} {:>7} {:>9} {:>5} {:>8} {:>14}  {:<16} {:>5}  {:<24} {}",
+        "{:<4} {:<10} {:<10} {:>5} {:>7} {:>9} {:>5} {:>8} {:>14}  {:<16} {:>5}  {:<24} URL",
         "ID",
         "REGION",
         "ROLE",
@@ -43,7 +43,6 @@ pub async fn run(args: StatusArgs, load: impl FnOnce() -> anyhow::Result<Config>
         "SEAT-HOLDER",
         "EPOCH",
         "OTHER-PROCESSES",
-        "URL"
     );
     let opt =
         |x: &serde_json::Value| if x.is_null() { "-".to_owned() } else { x.to_string().trim_matches('"').to_owned() };

@@ -861,10 +861,12 @@ mod tests {
             url: "http://127.0.0.1:5100".into(),
             api_url: String::new(),
         }];
-        let mut acme = AcmeConfig::default();
-        acme.domains = vec!["registry-eu.example.org".into(), "registry.example.org".into()];
-        acme.contact = vec!["mailto:ops@example.org".into()];
-        acme.cache_dir = "/data/acme".into();
+        let acme = AcmeConfig {
+            domains: vec!["registry-eu.example.org".into(), "registry.example.org".into()],
+            contact: vec!["mailto:ops@example.org".into()],
+            cache_dir: "/data/acme".into(),
+            ..AcmeConfig::default()
+        };
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, c.to_toml().unwrap()).unwrap();

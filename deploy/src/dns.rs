@@ -472,7 +472,7 @@ mod tests {
         );
         for r in ["us", "eu", "asia"] {
             assert!(zone.contains(&format!("_registry._tcp 30 IN SRV 10 10 443 registry-{r}.alternatefutures.ai.")));
-            assert!(zone.contains(&format!("_afreg-internal._tcp 30 IN SRV 10 10 510")), "{zone}");
+            assert!(zone.contains(&"_afreg-internal._tcp 30 IN SRV 10 10 510".to_string()), "{zone}");
         }
         assert!(zone.contains("ns1 30 IN A 192.0.2.53"));
         assert!(out.warnings.is_empty());

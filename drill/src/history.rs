@@ -247,8 +247,8 @@ pub fn check_tags_linearizable(h: &History, bound: Duration) -> Result<String, S
 fn tester_of(events: &[&Event]) -> Result<LinearizabilityTester<Tid, Reg>, String> {
     let mut epoch: BTreeMap<usize, u64> = BTreeMap::new();
     // (time, 0 return | 1 invoke, thread, op, ret)
-    let mut marks: Vec<(Duration, u8, Tid, Option<RegisterOp<Option<String>>>, Option<RegisterRet<Option<String>>>)> =
-        Vec::new();
+    type Mark = (Duration, u8, Tid, Option<RegisterOp<Option<String>>>, Option<RegisterRet<Option<String>>>);
+    let mut marks: Vec<Mark> = Vec::new();
     for e in events {
         let ep = epoch.entry(e.client).or_default();
         let tid = e.client as u64 * 1_000_000 + *ep;
@@ -366,12 +366,14 @@ pub fn check_acked_readable(h: &History, regions: &[Endpoint], repo: &str, bound
                     for (e, repo, digest) in acked.iter().skip(reader).step_by(READERS) {
                         let img = &images[*digest];
                         loop {
-                            match check_pulls(&c, url, repo, digest, img) {
+                            match check_pulls(c, url, repo, digest, img) {
                                 Ok(()) => break,
-                                Err(err) if started.elapsed() > bound => return Err(format!(
+                                Err(err) if started.elapsed() > bound => {
+                                    return Err(format!(
                                     "LOST: {:?} acknowledged through {} at {:?} does not read back from {url}: {err}",
                                     e.op, e.region, e.completed
-                                )),
+                                ))
+                                }
                                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
                             }
                         }

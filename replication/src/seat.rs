@@ -394,7 +394,7 @@ impl Seat {
                 self.set(SeatState::Holding { epoch });
             }
             rounds += 1;
-            if rounds % 12 == 0 {
+            if rounds.is_multiple_of(12) {
                 if let Err(e) = self.report(conn).await {
                     break Left::Lost(format!("reporting this process failed: {e}"));
                 }

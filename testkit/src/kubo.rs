@@ -216,7 +216,7 @@ impl Kubo {
             }
             body
         });
-        let last = body.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("");
+        let last = body.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
         let v: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("kubo add: bad JSON ({e}): {body}"));
         v["Hash"].as_str().unwrap_or_else(|| panic!("kubo add: no Hash in {body}")).to_string()
     }

@@ -16,6 +16,8 @@
 //! - [`cluster`]: several regions in one Raft group.
 //! - [`conformance`]: the OCI conformance suite and its JUnit report.
 //! - [`containers`]: podman and a dockerd of the test's own.
+//! - [`dns`]: PowerDNS on a loopback port, serving the zone `afreg dns render` writes or a
+//!   plain zone of A records.
 //! - [`api`]: a raw client of a node's API (exact statuses, headers, error bodies).
 //! - [`workload`]: workloads run under faults; [`history`]: the drills' recorded history and
 //!   the checkers that rule on it (both from `afreg_drill`, plus checks that read a region's

@@ -97,8 +97,8 @@ fn gc_never_collects_a_layer_of_an_acknowledged_manifest() {
     let started = Instant::now();
     std::thread::scope(|s| {
         // Garbage: blobs nobody references, so that every GC round has a long list to unlink.
-        for w in 0..2 {
-            let url = urls[w].clone();
+        for (w, url) in urls.iter().take(2).enumerate() {
+            let url = url.clone();
             s.spawn(move || {
                 let c = client();
                 while started.elapsed() < run_for {
@@ -124,7 +124,7 @@ fn gc_never_collects_a_layer_of_an_acknowledged_manifest() {
                     // a re-upload, which must restart the grace period.
                     let wait = 800 + (i * 137 % 600);
                     std::thread::sleep(Duration::from_millis(wait));
-                    if i % 2 == 0 {
+                    if i.is_multiple_of(2) {
                         std::thread::sleep(Duration::from_millis(700));
                         if img.blobs.iter().any(|(d, b)| upload_blob(&c, &url, &repo, d, b).is_err()) {
                             continue;
@@ -512,7 +512,9 @@ fn mixed_soak_loses_nothing() {
     // What must exist at the end: (repo, image), acknowledged and not deleted by its writer.
     let live: Arc<Mutex<Vec<(String, Image)>>> = Arc::default();
     let hot_writes: Arc<Mutex<BTreeSet<String>>> = Arc::default();
-    let rss: Arc<Mutex<Vec<(Duration, Vec<u64>)>>> = Arc::default();
+    // (when, each region's RSS in KiB)
+    type RssSample = (Duration, Vec<u64>);
+    let rss: Arc<Mutex<Vec<RssSample>>> = Arc::default();
     let started = Instant::now();
     std::thread::scope(|s| {
         // RSS is sampled once the nodes are warm (pools filled, statements prepared).
@@ -535,10 +537,9 @@ fn mixed_soak_loses_nothing() {
                 while started.elapsed() < run_for {
                     k += 1;
                     let dice = (k * 7 + w as u64 * 3) % 20;
-                    let mut t = Tally::default();
-                    t.ops = 1;
+                    let mut t = Tally { ops: 1, ..Tally::default() };
                     if dice < 8 || mine.is_empty() {
-                        let img = new_image(if k % 5 == 0 { 1 << 20 } else { 32 * 1024 });
+                        let img = new_image(if k.is_multiple_of(5) { 1 << 20 } else { 32 * 1024 });
                         match testkit::oci::push(&c, &url, &repo, &format!("n{k}"), &img) {
                             Ok(()) => {
                                 t.acked = 1;

@@ -397,7 +397,7 @@ fn a_standby_relays_to_its_holder_over_https_checking_the_regions_certificate() 
     assert_pulls(&c, &base(0), "tls/app", "v1", &img);
     let relayed = second.log();
     assert!(
-        relayed.contains(&format!("\"process_url\":\"https://localhost:")),
+        relayed.contains(&"\"process_url\":\"https://localhost:".to_string()),
         "the standby's own URL keeps the certificate's name"
     );
     assert!(!first.log().contains("internal_unauthorized"), "nothing reached the holder without the secret");

@@ -218,7 +218,7 @@ fn log_id(term: u64, index: u64) -> LogId {
 }
 
 async fn applied_id(pool: &PgPool) -> Option<LogId> {
-    common::state_machine(&pool).await.applied_state().await.unwrap().0
+    common::state_machine(pool).await.applied_state().await.unwrap().0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,7 +303,7 @@ async fn a_snapshot_carries_every_table_to_another_region() {
         .await
         .unwrap();
     for pool in [&b, &c] {
-        let mut sm = common::state_machine(&pool).await;
+        let mut sm = common::state_machine(pool).await;
         let mut rx = sm.begin_receiving_snapshot().await.unwrap();
         rx.get_mut().extend_from_slice(&data);
         sm.install_snapshot(&snap.meta, rx).await.unwrap();
