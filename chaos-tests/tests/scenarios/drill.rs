@@ -8,9 +8,10 @@
 //! the leader is lost within 6 s (`run::Bounds`).
 //!
 //! Each scenario is reproducible from its seed (`DRILL_SEED` overrides it: the clients'
-//! choices and bytes derive from it). CI runs one round of each; `DRILL_ROUNDS=N` runs N
-//! rounds (a soak), each hitting whichever region leads then, and reports failover p50/p99
-//! over them. `DRILL_LOGS=DIR` keeps every node's log there.
+//! choices and bytes derive from it). CI runs one round of each, the short form, which must
+//! finish within `SHORT_FORM_BUDGET`; `DRILL_ROUNDS=N` runs N rounds (a soak), each hitting
+//! whichever region leads then, and reports failover p50/p99 over them. `DRILL_LOGS=DIR`
+//! keeps every node's log there.
 
 use std::time::Duration;
 
@@ -27,6 +28,11 @@ const HOLD: Duration = Duration::from_secs(8);
 fn seed(default: u64) -> u64 {
     std::env::var("DRILL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
+
+/// How long one drill may take in its short form (one round, what CI runs), from starting its
+/// cluster to its report. Measured on 2 cores under other load (2026-12-06): 22-51 s, 66 s for
+/// the broken build's; a drill that outgrows this slows every CI run, so it fails instead.
+const SHORT_FORM_BUDGET: Duration = Duration::from_secs(120);
 
 fn rounds() -> usize {
     std::env::var("DRILL_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
@@ -102,6 +108,7 @@ fn drill_on(
     default_seed: u64,
     fault: impl FnMut(&mut Chaos, &Mixed, &str) -> Fault,
 ) -> Report {
+    let started = std::time::Instant::now();
     let mut plan = Plan::new(scenario, seed(default_seed));
     plan.rounds = rounds();
     let chaos = drill_cluster(bin);
@@ -118,6 +125,11 @@ fn drill_on(
         }
     }
     eprintln!("{}\nDRILL {}", report.text(), report.row());
+    let took = started.elapsed();
+    assert!(
+        plan.rounds > 1 || took <= SHORT_FORM_BUDGET,
+        "{scenario}: the short form took {took:.1?}, past its budget of {SHORT_FORM_BUDGET:?}"
+    );
     report
 }
 
