@@ -87,7 +87,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(p) => p,
         Err(e) => {
             assert_eq!(e.code, ErrorCode::ManifestInvalid, "{}", e.message);
-            assert!(e.status.is_client_error());
+            assert!(e.status().is_client_error());
             return;
         }
     };

@@ -124,7 +124,7 @@ fn check_digest(s: &str) {
         Err(e) => {
             assert!(digest_ok(s).is_none(), "Digest rejected {s:?}, which the grammar allows");
             assert!(matches!(e.code, ErrorCode::DigestInvalid | ErrorCode::Unsupported), "{s:?}: {:?}", e.code);
-            assert!(e.status.is_client_error());
+            assert!(e.status().is_client_error());
         }
     }
 }

@@ -55,11 +55,11 @@ fn check(rest: &str) {
                 .contains(&ep.route()));
         }
         Err(e) => {
-            assert!(e.status.is_client_error(), "{rest:?} answered {}", e.status);
+            assert!(e.status().is_client_error(), "{rest:?} answered {}", e.status());
             assert!(
                 matches!(
                     e.code,
-                    ErrorCode::NameUnknown
+                    ErrorCode::EndpointUnknown
                         | ErrorCode::NameInvalid
                         | ErrorCode::TagInvalid
                         | ErrorCode::DigestInvalid

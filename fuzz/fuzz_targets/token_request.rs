@@ -60,7 +60,7 @@ fn check_basic(value: &[u8]) {
         Ok(None) => {}
         Err(e) => {
             assert_eq!(e.code, ErrorCode::Unauthorized);
-            assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+            assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
         }
     }
 }

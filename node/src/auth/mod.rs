@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
@@ -298,9 +298,7 @@ pub fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, String)>
     let Some(b64) = credentials(headers, "Basic") else {
         return Ok(None);
     };
-    let bad = || {
-        RegistryError::new(ErrorCode::Unauthorized, "malformed Basic credentials").with_status(StatusCode::UNAUTHORIZED)
-    };
+    let bad = || RegistryError::new(ErrorCode::Unauthorized, "malformed Basic credentials");
     let raw = STANDARD.decode(b64.trim()).map_err(|_| bad())?;
     let s = String::from_utf8(raw).map_err(|_| bad())?;
     let (u, p) = s.split_once(':').ok_or_else(bad)?;

@@ -98,10 +98,8 @@ pub async fn handle(
         }
         (Endpoint::Manifest(repo, r), Method::PUT) => {
             let max = reg.cfg.storage.max_manifest_bytes;
-            let too_big = || {
-                RegistryError::new(ErrorCode::SizeInvalid, format!("manifest is larger than the limit of {max} bytes"))
-                    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-            };
+            let too_big =
+                || RegistryError::new(ErrorCode::TooLarge, format!("manifest is larger than the limit of {max} bytes"));
             let mut body = body.into_data_stream();
             let mut bytes = Vec::new();
             while let Some(frame) = body.next().await {
@@ -184,8 +182,9 @@ pub async fn handle(
             Ok(resp)
         }
 
-        (ep, m) => Err(RegistryError::new(ErrorCode::Unsupported, format!("{m} is not supported on {}", ep.route()))
-            .with_status(StatusCode::METHOD_NOT_ALLOWED)),
+        (ep, m) => {
+            Err(RegistryError::new(ErrorCode::MethodNotAllowed, format!("{m} is not supported on {}", ep.route())))
+        }
     }
 }
 
@@ -205,10 +204,9 @@ async fn discard(mut body: axum::body::BodyDataStream, limit: usize) {
 fn content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>> {
     match h.get(header::CONTENT_RANGE).map(|v| v.to_str().unwrap_or("")) {
         None => Ok(None),
-        Some(v) => parse_content_range(v).map(Some).ok_or_else(|| {
-            RegistryError::new(ErrorCode::BlobUploadInvalid, format!("malformed Content-Range {v:?}"))
-                .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
-        }),
+        Some(v) => parse_content_range(v)
+            .map(Some)
+            .ok_or_else(|| RegistryError::new(ErrorCode::UploadRangeInvalid, format!("malformed Content-Range {v:?}"))),
     }
 }
 

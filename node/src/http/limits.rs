@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::oci::RegistryError;
+use crate::oci::{ErrorCode, RegistryError};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -99,7 +99,7 @@ pub async fn limit(
         }
         Ok(()) => next.run(req).await,
     };
-    if resp.status() == axum::http::StatusCode::TOO_MANY_REQUESTS {
+    if resp.status() == ErrorCode::TooManyRequests.status() {
         // Between half and one and a half times the delay, at random: refusals of a burst come
         // back spread out, not as one synchronized wave (nor does the next burst arrive as one).
         let d = limits.refusal_delay.mul_f64(0.5 + rand::random::<f64>());
@@ -125,7 +125,8 @@ mod tests {
             l.check(a, None).unwrap();
         }
         let e = l.check(a, None).unwrap_err();
-        assert_eq!(e.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.code.as_str(), "TOOMANYREQUESTS");
         assert!(e.retry_after.is_some());
         // One token from many addresses: 30, then refused, though each address is fresh.
         for i in 0..30u8 {

@@ -147,10 +147,9 @@ async fn v2(
         repo = ep.repo().map(|r| r.to_string()).unwrap_or_default();
         if !ep.allows(&method) {
             return Err(RegistryError::new(
-                ErrorCode::Unsupported,
+                ErrorCode::MethodNotAllowed,
                 format!("{method} is not supported on this endpoint"),
-            )
-            .with_status(StatusCode::METHOD_NOT_ALLOWED));
+            ));
         }
         let mount_from = match (&ep, query.get("mount"), query.get("from")) {
             (Endpoint::UploadStart(_), Some(_), Some(from)) => Some(from.parse::<oci::RepoName>()?),
@@ -170,7 +169,7 @@ async fn v2(
     }
     .await;
     let mut resp = result.unwrap_or_else(|e| {
-        if e.status.is_server_error() {
+        if e.status().is_server_error() {
             tracing::warn!(event = "request_failed", route, repository = %repo, error = %e, "request failed");
         }
         e.into_response()
@@ -213,7 +212,8 @@ async fn status(State(st): State<AppState>, uri: Uri) -> Response {
         match crate::replica::local_status(&reg.cfg, reg.store.pool(), &reg.cluster).await {
             Ok(s) => serde_json::to_value(s).unwrap_or_default(),
             Err(e) => {
-                return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": e}))).into_response();
+                let body = axum::Json(serde_json::json!({"error": e}));
+                return (ErrorCode::Unavailable.status(), body).into_response();
             }
         }
     } else {
@@ -238,6 +238,6 @@ async fn readyz(State(st): State<AppState>) -> Response {
         Err(_) => "Kubo did not answer within 2s".into(),
     };
     let ready = pg == "ok" && kubo == "ok";
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready { StatusCode::OK } else { ErrorCode::Unavailable.status() };
     (status, axum::Json(serde_json::json!({"ready": ready, "postgres": pg, "kubo": kubo}))).into_response()
 }

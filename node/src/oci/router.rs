@@ -71,8 +71,7 @@ impl Endpoint {
 }
 
 fn not_found(path: &str) -> RegistryError {
-    RegistryError::new(ErrorCode::NameUnknown, format!("no such endpoint: /v2/{path}"))
-        .with_status(axum::http::StatusCode::NOT_FOUND)
+    RegistryError::new(ErrorCode::EndpointUnknown, format!("no such endpoint: /v2/{path}"))
 }
 
 /// Parses the part of the path after `/v2/`.
@@ -155,7 +154,10 @@ mod tests {
         assert_eq!(parse("UPPER/manifests/v1").unwrap_err().code, ErrorCode::NameInvalid);
         assert_eq!(parse("a/manifests/.bad").unwrap_err().code, ErrorCode::TagInvalid);
         assert_eq!(parse("a/blobs/sha256:zz").unwrap_err().code, ErrorCode::DigestInvalid);
-        assert_eq!(parse("a/whatever/x").unwrap_err().status, axum::http::StatusCode::NOT_FOUND);
-        assert_eq!(parse("manifests/v1").unwrap_err().status, axum::http::StatusCode::NOT_FOUND);
+        for path in ["a/whatever/x", "manifests/v1"] {
+            let e = parse(path).unwrap_err();
+            assert_eq!(e.status(), axum::http::StatusCode::NOT_FOUND, "{path}");
+            assert_eq!(e.code.as_str(), "NAME_UNKNOWN", "{path}");
+        }
     }
 }

@@ -97,8 +97,7 @@ impl Registry {
 
 /// 416 for a `Range` that cannot be served.
 pub fn range_not_satisfiable() -> RegistryError {
-    RegistryError::new(ErrorCode::BlobUnknown, "requested range is not satisfiable")
-        .with_status(axum::http::StatusCode::RANGE_NOT_SATISFIABLE)
+    RegistryError::new(ErrorCode::RangeNotSatisfiable, "requested range is not satisfiable")
 }
 
 #[cfg(test)]

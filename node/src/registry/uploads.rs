@@ -44,7 +44,7 @@ pub fn parse_content_range(h: &str) -> Option<(u64, u64)> {
 }
 
 fn range_error(msg: String) -> RegistryError {
-    RegistryError::new(ErrorCode::BlobUploadInvalid, msg).with_status(axum::http::StatusCode::RANGE_NOT_SATISFIABLE)
+    RegistryError::new(ErrorCode::UploadRangeInvalid, msg)
 }
 
 /// What [`tap`] saw: the bytes counted and hashed so far, and whether the body went past its
@@ -97,8 +97,7 @@ fn take(state: Arc<StdMutex<Tapped>>) -> Tapped {
 
 /// 413 `SIZE_INVALID`: the blob would be larger than `storage.max_blob_bytes`.
 fn too_large(max: u64) -> RegistryError {
-    RegistryError::new(ErrorCode::SizeInvalid, format!("the blob is larger than this registry accepts ({max} bytes)"))
-        .with_status(axum::http::StatusCode::PAYLOAD_TOO_LARGE)
+    RegistryError::new(ErrorCode::TooLarge, format!("the blob is larger than this registry accepts ({max} bytes)"))
 }
 
 fn upload_id(s: &str) -> Result<Uuid, RegistryError> {
