@@ -37,14 +37,15 @@ pub enum KuboError {
 
 impl From<KuboError> for RegistryError {
     fn from(e: KuboError) -> Self {
-        match &e {
+        let err = match &e {
             KuboError::Unreachable(_) | KuboError::Timeout(_) => RegistryError::unavailable("blob storage", &e),
             KuboError::Api { message, .. } if message.contains("deadline") || message.contains("timeout") => {
                 RegistryError::unavailable("blob storage", &e)
             }
             KuboError::Body(_) => RegistryError::new(crate::oci::ErrorCode::BlobUploadInvalid, e.to_string()),
-            KuboError::Api { .. } | KuboError::NoAddress => RegistryError::internal(e),
-        }
+            KuboError::Api { .. } | KuboError::NoAddress => RegistryError::internal(&e),
+        };
+        err.with_source(e)
     }
 }
 

@@ -104,7 +104,7 @@ pub async fn handle(
             let mut bytes = Vec::new();
             while let Some(frame) = body.next().await {
                 let frame = frame.map_err(|e| {
-                    RegistryError::new(ErrorCode::ManifestInvalid, format!("reading the manifest: {e}"))
+                    RegistryError::new(ErrorCode::ManifestInvalid, format!("reading the manifest: {e}")).with_source(e)
                 })?;
                 if bytes.len() + frame.len() > max {
                     // Read on (bounded) before answering, so the client gets the 413 rather

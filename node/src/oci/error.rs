@@ -37,6 +37,8 @@
 //! internal local-status): they still take their failure status from here, as
 //! `ErrorCode::Unavailable.status()`.
 
+use std::sync::Arc;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -129,15 +131,23 @@ pub struct RegistryError {
     pub challenge: Option<String>,
     /// `Retry-After` (seconds) of a 429 or 503; 503s default to 5.
     pub retry_after: Option<u64>,
+    /// The failure behind this one, for [`std::error::Error::source`]; what the client reads
+    /// is `message` alone (which usually quotes it).
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl RegistryError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), challenge: None, retry_after: None }
+        Self { code, message: message.into(), challenge: None, retry_after: None, source: None }
     }
     /// The status the error is answered with: its code's.
     pub fn status(&self) -> StatusCode {
         self.code.status()
+    }
+    /// Keeps `source` as the cause of this error; the message is unchanged.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
     }
     /// 429 TOOMANYREQUESTS, to be retried after `secs`.
     pub fn too_many_requests(message: impl Into<String>, secs: u64) -> Self {
@@ -165,7 +175,11 @@ impl std::fmt::Display for RegistryError {
         write!(f, "{}: {}", self.code.as_str(), self.message)
     }
 }
-impl std::error::Error for RegistryError {}
+impl std::error::Error for RegistryError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -196,7 +210,7 @@ impl IntoResponse for RegistryError {
 
 impl From<sqlx::Error> for RegistryError {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
+        let err = match &e {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
                 RegistryError::unavailable("the metadata database (PostgreSQL)", &e)
             }
@@ -209,17 +223,19 @@ impl From<sqlx::Error> for RegistryError {
                 format!("a lock stayed busy past its bound: {e}"),
             ),
             _ => RegistryError::internal(format!("database: {e}")),
-        }
+        };
+        err.with_source(e)
     }
 }
 
 impl From<afreg_replication::ClusterError> for RegistryError {
     fn from(e: afreg_replication::ClusterError) -> Self {
         use afreg_replication::ClusterError as C;
-        match e {
+        let err = match &e {
             C::Refused(why) => RegistryError::internal(format!("the cluster refused the write: {why}")),
             e => RegistryError::unavailable("the registry cluster (a quorum of regions)", e),
-        }
+        };
+        err.with_source(e)
     }
 }
 
@@ -282,5 +298,16 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
             assert_eq!(v["errors"][0]["code"], s, "{code:?}");
         }
+    }
+
+    #[test]
+    fn a_wrapped_failure_stays_the_source_and_the_message_is_unchanged() {
+        let io = std::io::Error::other("disk on fire");
+        let e = RegistryError::unavailable("blob storage", &io).with_source(io);
+        assert_eq!(e.message, "blob storage is unavailable: disk on fire");
+        assert_eq!(std::error::Error::source(&e).unwrap().to_string(), "disk on fire");
+        let e = RegistryError::from(sqlx::Error::PoolTimedOut);
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(std::error::Error::source(&e).unwrap().downcast_ref::<sqlx::Error>().is_some());
     }
 }

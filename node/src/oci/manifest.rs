@@ -75,8 +75,9 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
     }
     // JSON text is UTF-8 (RFC 8259 section 8.1), and serde_json does not check the strings it
     // skips (unknown fields), so a body with other bytes there would be stored as JSON.
-    let text = std::str::from_utf8(body).map_err(|e| invalid(format!("not valid JSON: not UTF-8: {e}")))?;
-    let peek: Peek = serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+    let text =
+        std::str::from_utf8(body).map_err(|e| invalid(format!("not valid JSON: not UTF-8: {e}")).with_source(e))?;
+    let peek: Peek = serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")).with_source(e))?;
     if peek.schema_version != Some(2) {
         return Err(invalid("schemaVersion must be 2"));
     }
@@ -109,7 +110,7 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
 
     match kind {
         Kind::Image => {
-            let m: ImageManifest = serde_json::from_slice(body).map_err(invalid)?;
+            let m: ImageManifest = serde_json::from_slice(body).map_err(|e| invalid(&e).with_source(e))?;
             let mut blobs = vec![digest_of(m.config())?];
             let mut foreign = vec![];
             for l in m.layers() {
@@ -133,7 +134,7 @@ pub fn parse(body: &[u8], content_type: Option<&str>) -> Result<ParsedManifest, 
             })
         }
         Kind::Index => {
-            let m: ImageIndex = serde_json::from_slice(body).map_err(invalid)?;
+            let m: ImageIndex = serde_json::from_slice(body).map_err(|e| invalid(&e).with_source(e))?;
             Ok(ParsedManifest {
                 media_type,
                 blobs: vec![],

@@ -476,7 +476,7 @@ impl Registry {
         let mut h = Hasher::new(alg);
         let mut s = Box::pin(self.chunk_bytes(row));
         while let Some(b) = s.next().await {
-            h.update(&b.map_err(|e| RegistryError::unavailable("blob storage", e))?);
+            h.update(&b.map_err(|e| RegistryError::unavailable("blob storage", &e).with_source(e))?);
         }
         Ok(h)
     }
@@ -487,7 +487,7 @@ impl Registry {
         futures::stream::iter(Self::contributions(row))
             .then(move |(cid, len)| {
                 let kubo = kubo.clone();
-                async move { kubo.cat(&cid, 0, Some(len)).await.map_err(|e| std::io::Error::other(e.to_string())) }
+                async move { kubo.cat(&cid, 0, Some(len)).await.map_err(std::io::Error::other) }
             })
             .try_flatten()
     }
