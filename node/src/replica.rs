@@ -239,8 +239,19 @@ enum MembersError {
     #[error("{targets} SRV targets answered as {regions} distinct regions (health checks settling?)")]
     Duplicates { targets: usize, regions: usize },
     /// Discovery will not send the cluster secret there.
-    #[error("{0}")]
-    Untrusted(String),
+    #[error(transparent)]
+    Untrusted(#[from] Untrusted),
+}
+
+/// Why discovery will not send the cluster secret to an SRV target.
+#[derive(Debug, thiserror::Error)]
+enum Untrusted {
+    #[error("SRV target {host} is outside the discovery zone {zone}: not sending it the cluster secret")]
+    OutsideZone { host: String, zone: String },
+    #[error(
+        "{host} ({addr}) would get the cluster secret over plain HTTP: enable TLS, or set cluster.allow_insecure_discovery"
+    )]
+    PlainHttp { host: String, addr: std::net::IpAddr },
 }
 
 /// Whether discovery may send the cluster secret to `host` (an SRV target of `zone`) at `addr`
@@ -252,19 +263,15 @@ fn may_send_secret(
     scheme: &str,
     addr: std::net::IpAddr,
     allow_insecure: bool,
-) -> Result<(), String> {
+) -> Result<(), Untrusted> {
     let (host, zone) =
         (host.trim_end_matches('.').to_ascii_lowercase(), zone.trim_end_matches('.').to_ascii_lowercase());
     if host != zone && !host.ends_with(&format!(".{zone}")) {
-        return Err(format!(
-            "SRV target {host} is outside the discovery zone {zone}: not sending it the cluster secret"
-        ));
+        return Err(Untrusted::OutsideZone { host, zone });
     }
     if scheme == "http" && !addr.is_loopback() {
         if !allow_insecure {
-            return Err(format!(
-                "{host} ({addr}) would get the cluster secret over plain HTTP: enable TLS, or set cluster.allow_insecure_discovery"
-            ));
+            return Err(Untrusted::PlainHttp { host, addr });
         }
         tracing::warn!(event = "insecure_discovery", host = %host, addr = %addr, "sending the cluster secret over plain HTTP (cluster.allow_insecure_discovery)");
     }
@@ -460,15 +467,31 @@ pub struct LocalStatus {
 /// The path of a process's own figures on its internal listener.
 pub const LOCAL_STATUS_PATH: &str = "/internal/local-status";
 
+/// Why this region's figures could not be gathered; `GET /status?scope=local` and the internal
+/// local-status answer it as 503 with this text.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalStatusError {
+    /// The seat's row could not be read.
+    #[error("postgres: {0}")]
+    Postgres(#[source] sqlx::Error),
+    /// This process does not run the Raft member, and no other process of the region does.
+    #[error("no process of this region holds its Raft seat")]
+    NoSeatHolder,
+    /// The process that runs the Raft member did not answer with its figures.
+    #[error("seat holder {holder}: {source}")]
+    SeatHolder { holder: String, source: reqwest::Error },
+}
+
 /// This region's figures. A process that does not run the Raft member asks the one that
 /// does (its own internal listener, with the cluster secret, 2 s).
-pub async fn local_status(cfg: &Config, pool: &PgPool, cluster: &Cluster) -> Result<LocalStatus, String> {
+pub async fn local_status(cfg: &Config, pool: &PgPool, cluster: &Cluster) -> Result<LocalStatus, LocalStatusError> {
     let me = process_name(cfg);
-    let seat = seat::status(pool, &me).await.map_err(|e| format!("postgres: {e}"))?;
+    let seat = seat::status(pool, &me).await.map_err(LocalStatusError::Postgres)?;
     let Some(raft) = cluster.status() else {
-        let holder =
-            cluster.seat().holder().filter(|h| h.name != me).ok_or("no process of this region holds its Raft seat")?;
-        let mut s = holder_status(cluster, &holder).await.map_err(|e| format!("seat holder {}: {e}", holder.name))?;
+        let holder = cluster.seat().holder().filter(|h| h.name != me).ok_or(LocalStatusError::NoSeatHolder)?;
+        let mut s = holder_status(cluster, &holder)
+            .await
+            .map_err(|source| LocalStatusError::SeatHolder { holder: holder.name.clone(), source })?;
         s.seat = seat;
         return Ok(s);
     };
@@ -521,7 +544,8 @@ pub async fn cluster_status(
     cluster: &Cluster,
     http: &reqwest::Client,
 ) -> Vec<RegionStatus> {
-    let me = local_status(cfg, pool, cluster).await;
+    // Shared by every region's future below, so as text: it ends up in `RegionStatus::error`.
+    let me = local_status(cfg, pool, cluster).await.map_err(|e| e.to_string());
     let regions = regions::live_regions(pool).await.unwrap_or_default();
     let fetches = regions.iter().map(|r| {
         let (http, me) = (http.clone(), me.clone());
@@ -591,7 +615,7 @@ pub async fn cluster_status(
 
 #[cfg(test)]
 mod tests {
-    use super::may_send_secret;
+    use super::{may_send_secret, Untrusted};
     use std::net::IpAddr;
 
     #[test]
@@ -602,14 +626,11 @@ mod tests {
         assert!(may_send_secret("Registry-EU.Example.org.", "example.org", "https", far, false).is_ok());
         assert!(may_send_secret("registry-eu.example.org", "example.org", "http", lo, false).is_ok());
         for outside in ["evil.org", "example.org.evil.org", "badexample.org"] {
-            assert!(
-                may_send_secret(outside, "example.org", "https", far, false).unwrap_err().contains("outside"),
-                "{outside}"
-            );
+            let e = may_send_secret(outside, "example.org", "https", far, false).unwrap_err();
+            assert!(matches!(e, Untrusted::OutsideZone { .. }) && e.to_string().contains("outside"), "{outside}");
         }
-        assert!(may_send_secret("registry-eu.example.org", "example.org", "http", far, false)
-            .unwrap_err()
-            .contains("plain HTTP"));
+        let e = may_send_secret("registry-eu.example.org", "example.org", "http", far, false).unwrap_err();
+        assert!(matches!(e, Untrusted::PlainHttp { .. }) && e.to_string().contains("plain HTTP"), "{e}");
         assert!(may_send_secret("registry-eu.example.org", "example.org", "http", far, true).is_ok());
     }
 }

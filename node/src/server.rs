@@ -60,7 +60,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 use axum::response::IntoResponse;
                 match crate::replica::local_status(&status_cfg, &status_pool, &status_cluster).await {
                     Ok(s) => axum::Json(s).into_response(),
-                    Err(e) => (crate::oci::ErrorCode::Unavailable.status(), e).into_response(),
+                    Err(e) => (crate::oci::ErrorCode::Unavailable.status(), e.to_string()).into_response(),
                 }
             }),
         );

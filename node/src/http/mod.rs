@@ -212,7 +212,7 @@ async fn status(State(st): State<AppState>, uri: Uri) -> Response {
         match crate::replica::local_status(&reg.cfg, reg.store.pool(), &reg.cluster).await {
             Ok(s) => serde_json::to_value(s).unwrap_or_default(),
             Err(e) => {
-                let body = axum::Json(serde_json::json!({"error": e}));
+                let body = axum::Json(serde_json::json!({"error": e.to_string()}));
                 return (ErrorCode::Unavailable.status(), body).into_response();
             }
         }
