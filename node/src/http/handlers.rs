@@ -65,8 +65,11 @@ pub async fn handle(
 ) -> Result<Response> {
     let reg = &st.registry;
     match (ep, method.clone()) {
+        // end-1: GET /v2/
         (Endpoint::Base, _) => Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
 
+        // GET /v2/_catalog?n=<integer>&last=<last>
+        // (no end-N: the catalog is distribution's, not in the spec's table)
         (Endpoint::Catalog, _) => {
             let n = page_size(q, reg.cfg.storage.max_page_entries)?;
             let page = reg.catalog(Some(n), q.get("last")).await?;
@@ -74,6 +77,8 @@ pub async fn handle(
             Ok(json_page(serde_json::json!({"repositories": page.items}), link))
         }
 
+        // end-8a: GET /v2/<name>/tags/list
+        // end-8b: GET /v2/<name>/tags/list?n=<integer>&last=<tagname>
         (Endpoint::Tags(repo), _) => {
             let n = page_size(q, reg.cfg.storage.max_page_entries)?;
             let page = reg.tags(&repo, Some(n), q.get("last")).await?;
@@ -81,6 +86,8 @@ pub async fn handle(
             Ok(json_page(serde_json::json!({"name": repo.as_str(), "tags": page.items}), link))
         }
 
+        // end-3: GET /v2/<name>/manifests/<reference>
+        // end-3: HEAD /v2/<name>/manifests/<reference>
         (Endpoint::Manifest(repo, r), Method::GET | Method::HEAD) => {
             let m = reg.get_manifest(&repo, &r, method == Method::GET).await?;
             let mut resp = if method == Method::GET {
@@ -96,6 +103,7 @@ pub async fn handle(
             metrics::counter!("afreg_bytes_out_total").increment(if method == Method::GET { m.size as u64 } else { 0 });
             Ok(resp)
         }
+        // end-7: PUT /v2/<name>/manifests/<reference>
         (Endpoint::Manifest(repo, r), Method::PUT) => {
             let max = reg.cfg.storage.max_manifest_bytes;
             let too_big =
@@ -125,29 +133,39 @@ pub async fn handle(
             }
             Ok(resp)
         }
+        // end-9: DELETE /v2/<name>/manifests/<reference>
         (Endpoint::Manifest(repo, r), Method::DELETE) => {
             reg.delete_manifest(&repo, &r).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
 
+        // end-2: GET /v2/<name>/blobs/<digest>
+        // end-2: HEAD /v2/<name>/blobs/<digest>
         (Endpoint::Blob(repo, d), Method::GET | Method::HEAD) => {
             get_blob(st, &repo, &d, method == Method::GET, h).await
         }
+        // end-10: DELETE /v2/<name>/blobs/<digest>
         (Endpoint::Blob(repo, d), Method::DELETE) => {
             reg.delete_blob(&repo, &d).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
 
+        // end-4a: POST /v2/<name>/blobs/uploads/
+        // end-4b: POST /v2/<name>/blobs/uploads/?digest=<digest>
+        // end-11: POST /v2/<name>/blobs/uploads/?mount=<digest>&from=<other_name>
         (Endpoint::UploadStart(repo), _) => start_upload(st, &repo, q, h, body, owner).await,
+        // end-13: GET /v2/<name>/blobs/uploads/<reference>
         (Endpoint::Upload(repo, id), Method::GET) => {
             Ok(upload_accepted(&repo, &reg.upload_status(&repo, &id).await?, StatusCode::NO_CONTENT))
         }
+        // end-5: PATCH /v2/<name>/blobs/uploads/<reference>
         (Endpoint::Upload(repo, id), Method::PATCH) => {
             let cr = content_range(h)?;
             let status =
                 reg.upload_chunk(&repo, &id, cr, header_u64(h, header::CONTENT_LENGTH), body_stream(body)).await?;
             Ok(upload_accepted(&repo, &status, StatusCode::ACCEPTED))
         }
+        // end-6: PUT /v2/<name>/blobs/uploads/<reference>?digest=<digest>
         (Endpoint::Upload(repo, id), Method::PUT) => {
             let digest = q.digest()?.ok_or_else(|| {
                 RegistryError::new(ErrorCode::DigestInvalid, "the digest query parameter is required")
@@ -157,11 +175,15 @@ pub async fn handle(
                 .await?;
             Ok(blob_created(&repo, &digest))
         }
+        // DELETE /v2/<name>/blobs/uploads/<reference>
+        // (no end-N: cancelling an upload is distribution's, not in the spec's table)
         (Endpoint::Upload(repo, id), Method::DELETE) => {
             reg.cancel_upload(&repo, &id).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
 
+        // end-12a: GET /v2/<name>/referrers/<digest>
+        // end-12b: GET /v2/<name>/referrers/<digest>?artifactType=<artifactType>
         (Endpoint::Referrers(repo, d), _) => {
             let filter = q.get("artifactType").filter(|t| !t.is_empty());
             let n = page_size(q, reg.cfg.storage.max_page_entries)?;
@@ -182,6 +204,8 @@ pub async fn handle(
             Ok(resp)
         }
 
+        // No spec line: a method the endpoint does not serve (`v2` refuses these before
+        // dispatch; this arm keeps the match total).
         (ep, m) => {
             Err(RegistryError::new(ErrorCode::MethodNotAllowed, format!("{m} is not supported on {}", ep.route())))
         }
@@ -257,6 +281,7 @@ async fn start_upload(
     owner: &str,
 ) -> Result<Response> {
     let reg = &st.registry;
+    // end-11: POST /v2/<name>/blobs/uploads/?mount=<digest>&from=<other_name>
     if let Some(mount) = q.get("mount") {
         let digest: Digest = mount.parse()?;
         if let Some(from) = q.get("from") {
@@ -269,9 +294,11 @@ async fn start_upload(
             }
         }
     } else if let Some(digest) = q.digest()? {
+        // end-4b: POST /v2/<name>/blobs/uploads/?digest=<digest>
         reg.upload_monolithic(repo, &digest, header_u64(h, header::CONTENT_LENGTH), body_stream(body)).await?;
         return Ok(blob_created(repo, &digest));
     }
+    // end-4a: POST /v2/<name>/blobs/uploads/
     let status = reg.start_upload(repo, owner).await?;
     Ok(upload_accepted(repo, &status, StatusCode::ACCEPTED))
 }

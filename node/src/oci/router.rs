@@ -7,24 +7,27 @@ use axum::http::Method;
 use super::error::{ErrorCode, RegistryError};
 use super::names::{Digest, Reference, RepoName};
 
-/// Every endpoint of distribution-spec v1.1, with its path parameters validated.
+/// Every endpoint of distribution-spec v1.1, with its path parameters validated; each
+/// variant names the lines of the spec's endpoint table (end-N) it serves. `handlers::handle`
+/// has one arm per spec line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `GET /v2/`
+    /// end-1: `GET /v2/`
     Base,
-    /// `GET /v2/_catalog`
+    /// `GET /v2/_catalog` (distribution's; not in the spec's table)
     Catalog,
-    /// `GET /v2/<name>/tags/list`
+    /// end-8a, end-8b: `GET /v2/<name>/tags/list`
     Tags(RepoName),
-    /// `GET|HEAD|PUT|DELETE /v2/<name>/manifests/<reference>`
+    /// end-3 (`GET|HEAD`), end-7 (`PUT`), end-9 (`DELETE`): `/v2/<name>/manifests/<reference>`
     Manifest(RepoName, Reference),
-    /// `GET|HEAD|DELETE /v2/<name>/blobs/<digest>`
+    /// end-2 (`GET|HEAD`), end-10 (`DELETE`): `/v2/<name>/blobs/<digest>`
     Blob(RepoName, Digest),
-    /// `POST /v2/<name>/blobs/uploads/`
+    /// end-4a, end-4b, end-11: `POST /v2/<name>/blobs/uploads/`
     UploadStart(RepoName),
-    /// `GET|PATCH|PUT|DELETE /v2/<name>/blobs/uploads/<id>`
+    /// end-13 (`GET`), end-5 (`PATCH`), end-6 (`PUT`), and `DELETE` (distribution's):
+    /// `/v2/<name>/blobs/uploads/<reference>`
     Upload(RepoName, String),
-    /// `GET /v2/<name>/referrers/<digest>`
+    /// end-12a, end-12b: `GET /v2/<name>/referrers/<digest>`
     Referrers(RepoName, Digest),
 }
 
