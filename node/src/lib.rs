@@ -9,6 +9,8 @@
 //! - [`registry`]: the services (blobs, uploads, manifests) that tie the adapters together.
 //! - [`store`]: the node's SQL, against the schema in `migrations/`.
 //! - [`kubo`]: the Kubo RPC client; streams blob bytes in and out.
+//! - [`unixfs`]: a chunked upload's UnixFS DAG, built over leaves Kubo already stores.
+//! - [`hashing`]: the running digest (sha256 or sha512) of bytes as they stream through.
 //! - [`auth`]: the token service, token checks and users.
 //! - [`replica`]: this region as a member of the cluster (`afreg-replication`): start-up,
 //!   duties, status.

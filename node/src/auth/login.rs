@@ -37,13 +37,16 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Verified credentials remembered at most (a full cache is emptied, not grown).
 const MAX_VERIFIED: usize = 10_000;
 
+/// A verified credential: the keyed hash of the stored hash it matched, and when.
+type Verified = ([u8; 32], Instant);
+
 pub struct LoginGuard {
     checks: Semaphore,
     per_client: DefaultKeyedRateLimiter<IpAddr>,
     per_user: DefaultKeyedRateLimiter<String>,
     /// Recently verified credentials: keyed hash of (user, password) → keyed hash of the stored
     /// hash they matched, and when.
-    verified: Mutex<std::collections::HashMap<[u8; 32], ([u8; 32], Instant)>>,
+    verified: Mutex<std::collections::HashMap<[u8; 32], Verified>>,
     /// One logged refusal per client address a minute.
     warned: DefaultKeyedRateLimiter<IpAddr>,
     verified_for: Duration,
@@ -215,9 +218,11 @@ mod tests {
     use super::*;
 
     fn guard(per_client: u32, per_user: u32) -> LoginGuard {
-        let mut cfg = AuthConfig::default();
-        cfg.login_attempts_per_minute_per_client = per_client;
-        cfg.login_attempts_per_minute_per_user = per_user;
+        let cfg = AuthConfig {
+            login_attempts_per_minute_per_client: per_client,
+            login_attempts_per_minute_per_user: per_user,
+            ..AuthConfig::default()
+        };
         LoginGuard::new(&cfg)
     }
 

@@ -9,7 +9,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::AppState;
 use crate::auth::Need;
 use crate::oci::{self, Action, Digest, Endpoint, ErrorCode, RegistryError, RepoName};
-use crate::registry::blobs::{parse_range, range_not_satisfiable};
+use crate::registry::blobs::{parse_range, range_not_satisfiable, Unsatisfiable};
 use crate::registry::uploads::{parse_content_range, UploadStatus};
 
 /// The query string, decoded once.
@@ -240,7 +240,7 @@ async fn get_blob(st: &AppState, repo: &RepoName, d: &Digest, with_body: bool, h
     let range = match h.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(r) => match parse_range(r, size) {
             Ok(r) => r,
-            Err(()) => {
+            Err(Unsatisfiable) => {
                 let mut resp = range_not_satisfiable().into_response();
                 resp.headers_mut().insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
                 return Ok(resp);

@@ -5,7 +5,7 @@
 //! are keyed by a keyed hash, so the limiter's memory holds no token. Clients and tokens that
 //! went quiet are forgotten once a minute.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
@@ -61,9 +61,7 @@ impl RequestLimits {
             l.check_key(&client).map_err(|e| refuse("address", e))?;
         }
         if let (Some(l), Some(auth)) = (&self.per_token, authorization) {
-            let mut h = self.keys.build_hasher();
-            auth.hash(&mut h);
-            l.check_key(&h.finish()).map_err(|e| refuse("token", e))?;
+            l.check_key(&self.keys.hash_one(auth)).map_err(|e| refuse("token", e))?;
         }
         Ok(())
     }
@@ -114,9 +112,11 @@ mod tests {
 
     #[test]
     fn a_client_and_a_token_are_limited_separately_after_the_burst() {
-        let mut cfg = afreg_config::ServerConfig::default();
-        cfg.requests_per_second_per_client = 2;
-        cfg.requests_per_second_per_token = 3;
+        let cfg = afreg_config::ServerConfig {
+            requests_per_second_per_client: 2,
+            requests_per_second_per_token: 3,
+            ..afreg_config::ServerConfig::default()
+        };
         let l = RequestLimits::new(&cfg);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
@@ -139,9 +139,11 @@ mod tests {
 
     #[test]
     fn zero_turns_a_limit_off() {
-        let mut cfg = afreg_config::ServerConfig::default();
-        cfg.requests_per_second_per_client = 0;
-        cfg.requests_per_second_per_token = 0;
+        let cfg = afreg_config::ServerConfig {
+            requests_per_second_per_client: 0,
+            requests_per_second_per_token: 0,
+            ..afreg_config::ServerConfig::default()
+        };
         let l = RequestLimits::new(&cfg);
         for _ in 0..10_000 {
             l.check("10.0.0.1".parse().unwrap(), Some(b"Bearer t")).unwrap();

@@ -17,32 +17,36 @@ pub struct ByteRange {
     pub end: u64,
 }
 
+/// A `Range` no byte of the blob satisfies: answered 416 with `Content-Range: bytes */size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// Resolves a single-range `Range` header. `Ok(None)` means the whole blob (also for several
 /// ranges, which RFC 9110 section 14.2 lets a server answer with the whole representation);
-/// `Err(())` means unsatisfiable (416). A unit other than `bytes` is ignored (RFC 9110
+/// `Err(Unsatisfiable)` means unsatisfiable (416). A unit other than `bytes` is ignored (RFC 9110
 /// section 14.2: the whole blob).
-pub fn parse_range(header: &str, size: u64) -> Result<Option<ByteRange>, ()> {
+pub fn parse_range(header: &str, size: u64) -> Result<Option<ByteRange>, Unsatisfiable> {
     let Some(spec) = header.trim().strip_prefix("bytes=") else { return Ok(None) };
     if spec.contains(',') {
         return Ok(None);
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = spec.split_once('-').ok_or(Unsatisfiable)?;
     let (start, end) = match (a.trim(), b.trim()) {
         ("", suffix) => {
-            let n: u64 = suffix.parse().map_err(|_| ())?;
+            let n: u64 = suffix.parse().map_err(|_| Unsatisfiable)?;
             if n == 0 || size == 0 {
-                return Err(());
+                return Err(Unsatisfiable);
             }
             (size.saturating_sub(n), size - 1)
         }
-        (s, "") => (s.parse().map_err(|_| ())?, size.saturating_sub(1)),
+        (s, "") => (s.parse().map_err(|_| Unsatisfiable)?, size.saturating_sub(1)),
         (s, e) => {
-            let (s, e): (u64, u64) = (s.parse().map_err(|_| ())?, e.parse().map_err(|_| ())?);
+            let (s, e): (u64, u64) = (s.parse().map_err(|_| Unsatisfiable)?, e.parse().map_err(|_| Unsatisfiable)?);
             (s, e.min(size.saturating_sub(1)))
         }
     };
     if start >= size || start > end {
-        return Err(());
+        return Err(Unsatisfiable);
     }
     Ok(Some(ByteRange { start, end }))
 }
@@ -110,8 +114,8 @@ mod tests {
         assert_eq!(parse_range("bytes=90-", 100), Ok(Some(ByteRange { start: 90, end: 99 })));
         assert_eq!(parse_range("bytes=-10", 100), Ok(Some(ByteRange { start: 90, end: 99 })));
         assert_eq!(parse_range("bytes=50-1000", 100), Ok(Some(ByteRange { start: 50, end: 99 })));
-        assert_eq!(parse_range("bytes=100-", 100), Err(()));
-        assert_eq!(parse_range("bytes=5-2", 100), Err(()));
+        assert_eq!(parse_range("bytes=100-", 100), Err(Unsatisfiable));
+        assert_eq!(parse_range("bytes=5-2", 100), Err(Unsatisfiable));
         assert_eq!(parse_range("bytes=0-1,3-4", 100), Ok(None), "several ranges: the whole blob");
         assert_eq!(parse_range("items=0-1", 100), Ok(None), "an unknown unit is ignored");
     }

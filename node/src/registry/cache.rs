@@ -28,8 +28,12 @@ impl quick_cache::Weighter<(String, String), (u64, Arc<ManifestRow>)> for Weigh 
     }
 }
 
+/// (repository, reference) → (the applied generation it was read at, the row).
+type Key = (String, String);
+type Entry = (u64, Arc<ManifestRow>);
+
 pub struct ManifestCache {
-    cache: Option<quick_cache::sync::Cache<(String, String), (u64, Arc<ManifestRow>), Weigh>>,
+    cache: Option<quick_cache::sync::Cache<Key, Entry, Weigh>>,
     cluster: Arc<Cluster>,
 }
 

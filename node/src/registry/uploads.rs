@@ -364,7 +364,7 @@ impl Registry {
             .pin_and_record(&cid, move |tx| {
                 Box::pin(async move {
                     let chunk = NewChunk { start: start as i64, length, cid: &added.cid };
-                    Ok(Store::append_chunk(tx, id, offset as i64, &chunk).await?)
+                    Store::append_chunk(tx, id, offset as i64, &chunk).await
                 })
             })
             .await;
@@ -397,7 +397,7 @@ impl Registry {
         let boundary = offset - offset % size;
         let (last_start, _, cid) = row.chunks.last()?;
         let last_start = *last_start as u64;
-        (boundary != offset && last_start <= boundary && last_start % size == 0)
+        (boundary != offset && last_start <= boundary && last_start.is_multiple_of(size))
             .then(|| (boundary, cid.clone(), boundary - last_start))
     }
 
@@ -419,7 +419,7 @@ impl Registry {
     /// the caller adds the bytes again.
     async fn dag_from_chunks(&self, row: &UploadRow) -> Result<Option<String>, RegistryError> {
         let Some(size) = unixfs::fixed_chunk_size(&self.cfg.kubo.chunker) else { return Ok(None) };
-        if row.chunks.iter().any(|(start, _, _)| *start as u64 % size != 0) {
+        if row.chunks.iter().any(|(start, _, _)| !(*start as u64).is_multiple_of(size)) {
             return Ok(None);
         }
         let parts = Self::contributions(row);
