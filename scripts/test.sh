@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The project's test command: every unit and integration test, in release mode, then a brief
-# fuzz run of each parser of client input (scripts/fuzz.sh).
+# The project's test command: the static checks (scripts/lint.sh: rustfmt, clippy with every
+# warning an error, the module maps), every unit and integration test in release mode, then a
+# brief fuzz run of each parser of client input (scripts/fuzz.sh); at the end, the slowest
+# tests (scripts/test-times.py; AFREG_SLOWEST of them, default 15).
 #
 # The integration tests start real PostgreSQL, Kubo and afreg processes (and run crane, oras,
 # skopeo, regctl and the OCI conformance suite against them), so this first runs setup.sh,
@@ -27,10 +29,22 @@ cargo build --release -p afreg --features unsafe-ack-without-quorum
 cp "$target_dir/release/afreg" "$target_dir/release/afreg-broken"
 export AFREG_BROKEN_BIN="$(cd "$target_dir/release" && pwd)/afreg-broken"
 
+# On a full run (no arguments), the static checks first (fmt, clippy, module maps:
+# scripts/lint.sh); the tests run even when they fail, and the run fails at the end.
+lint_status=0
+if [ $# -eq 0 ]; then
+  set +e
+  scripts/lint.sh
+  lint_status=$?
+  set -e
+fi
+
 log=$(mktemp)
 times=$(mktemp)
 artifacts=$(mktemp)
-trap 'rm -f "$log" "$times" "$artifacts"' EXIT
+# Every failover drill appends its row of the drills' table here (docs/drills.md's form).
+export DRILL_TABLE=$(mktemp)
+trap 'rm -f "$log" "$times" "$artifacts" "$DRILL_TABLE"' EXIT
 set +e
 # Each test's time (scripts/test-times.py); the executables' packages come from cargo's
 # artifact messages, which this build (the one the run below reuses) prints.
@@ -57,4 +71,6 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $
      /^fuzz: [a-z0-9_]+: ok,/ { p++ } /^fuzz: [a-z0-9_]+: FAILED/ { f++ }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 scripts/test-times.py --slowest "${AFREG_SLOWEST:-15}" "$times"
+[ ! -s "$DRILL_TABLE" ] || scripts/drills.sh --table "$DRILL_TABLE"
+[ "$lint_status" -eq 0 ] || { echo "test.sh: the static checks failed (scripts/lint.sh, above)"; [ "$status" -ne 0 ] || status=$lint_status; }
 exit "$status"
