@@ -12,6 +12,7 @@ use testkit::Kubo;
 
 use crate::http::{self, mib_s, Push, OCI_MANIFEST};
 use crate::physical;
+use crate::targets::Target;
 
 /// Pause between two GETs while waiting for a tag (tokio's timer rounds it up to 1 ms).
 const LAG_POLL: Duration = Duration::from_micros(500);
@@ -22,7 +23,7 @@ const PIN_POLL: Duration = Duration::from_millis(20);
 
 /// Pushes `samples` manifests to us and returns, for eu and asia, each sample's lag in ms.
 pub async fn replication_lag(c: &Client, cluster: &TestCluster, samples: usize, round: usize) -> Result<[Vec<f64>; 2]> {
-    let us = cluster.region("us").url();
+    let us = Target::at("afreg-cluster", cluster.region("us").url());
     let followers = [cluster.region("eu").url(), cluster.region("asia").url()];
     let repo = format!("bench/lag{round}");
     let (base_manifest, _) = http::push_image(c, &us, &repo, "base").await?;
@@ -104,7 +105,7 @@ pub async fn pin_round(
     let bound = Duration::from_secs(120).max(Duration::from_secs(total >> 20));
     drain_pins(cluster, bound)?;
     cluster.region_mut("asia").node_mut().stop();
-    let us = cluster.region("us").url();
+    let us = Target::at("afreg-cluster", cluster.region("us").url());
     let result = async {
         let (_, d) = http::push(c, &us, "bench/pin", Push::Streamed, seed, total).await?;
         let acked = Instant::now();

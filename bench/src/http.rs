@@ -1,8 +1,11 @@
 //! The client side of every registry workload, the same code for every target: blob pushes
 //! (monolithic `POST` + `PUT`, afreg's single `POST ?digest=`, one streamed `PATCH`, and
 //! `PATCH`es with `Content-Range`), pulls, manifest `HEAD`/`GET` load at a given number of
-//! connections, and listing tags and the catalog by following `Link`. Bodies are generated as
-//! they are sent (fresh pseudo-random bytes every time, so no store finds them already there).
+//! connections, and listing tags and the catalog by following `Link`. Bodies are generated as they are sent (fresh pseudo-random bytes every time, so no
+//! store finds them already there). Every request to a target carries its bearer token, if it
+//! has one ([`authorized`] takes a fresh one on a private registry), and a request a node
+//! refuses with 429 is sent again after its `Retry-After`, as clients do, except in the
+//! request-rate workload, which counts the refusals.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use futures::StreamExt;
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use sha2::Digest as _;
 
 use crate::targets::Target;
@@ -50,14 +53,77 @@ fn with_digest(loc: &str, digest: &str) -> String {
     format!("{loc}{sep}digest={digest}")
 }
 
-async fn start_upload(c: &Client, base: &str, repo: &str) -> Result<String> {
-    let r = c.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await?;
-    ensure!(r.status() == StatusCode::ACCEPTED, "POST upload: {} {}", r.status(), r.text().await.unwrap_or_default());
-    let loc = r.headers().get("location").context("POST upload: no Location")?.to_str()?.to_owned();
-    Ok(absolute(base, &loc))
+/// A request to `t`, with its bearer token if it has one.
+fn request(c: &Client, t: &Target, method: Method, url: &str) -> RequestBuilder {
+    let r = c.request(method, url);
+    match &t.token {
+        Some(token) => r.bearer_auth(token),
+        None => r,
+    }
 }
 
-async fn expect(r: reqwest::Response, want: StatusCode, what: &str) -> Result<reqwest::Response> {
+/// How many times one request refused with 429 is sent again.
+const RETRIES_AFTER_429: usize = 60;
+
+/// Sends `req`, and again after the answer's `Retry-After` while it is 429 (a node at its
+/// default request-rate limits; the peers have none), as registry clients do. A streamed body
+/// cannot be sent twice, so such a request is sent once.
+async fn send(req: RequestBuilder) -> Result<Response> {
+    for _ in 0..RETRIES_AFTER_429 {
+        let Some(again) = req.try_clone() else { break };
+        let r = again.send().await?;
+        if r.status() != StatusCode::TOO_MANY_REQUESTS {
+            return Ok(r);
+        }
+        let wait = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
+        crate::progress(&format!("429 from {}; sending it again in {wait} s", r.url()));
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+    Ok(req.send().await?)
+}
+
+/// The scope a workload asks for on `repo`: everything it may do there.
+pub fn repository_scope(repo: &str) -> String {
+    format!("repository:{repo}:pull,push,delete")
+}
+
+/// The scope of `GET /v2/_catalog`.
+pub const CATALOG_SCOPE: &str = "registry:catalog:*";
+
+/// A token for `scopes` from the node's `/token`, with the bench user's password.
+pub async fn token(c: &Client, base: &str, (user, password): (&str, &str), scopes: &[String]) -> Result<String> {
+    let mut query = vec![("service", "afreg")];
+    query.extend(scopes.iter().map(|s| ("scope", s.as_str())));
+    let r = send(c.get(format!("{base}/token")).query(&query).basic_auth(user, Some(password))).await?;
+    let r = expect(r, StatusCode::OK, &format!("{base}: GET /token")).await?;
+    let v: serde_json::Value = r.json().await?;
+    Ok(v["token"].as_str().context("no token in /token's answer")?.to_owned())
+}
+
+/// `t` ready for a workload on `scopes`: with a fresh token from its `/token` where it has a
+/// login (tokens last five minutes by default, so each workload takes its own), as it is
+/// otherwise.
+pub async fn authorized(c: &Client, t: &Target, scopes: &[String]) -> Result<Target> {
+    let Some((user, password)) = &t.login else { return Ok(t.clone()) };
+    let token = token(c, &t.url, (user, password), scopes).await?;
+    Ok(Target { token: Some(token), ..t.clone() })
+}
+
+async fn start_upload(c: &Client, t: &Target, repo: &str) -> Result<String> {
+    let r = send(request(c, t, Method::POST, &format!("{}/v2/{repo}/blobs/uploads/", t.url))).await?;
+    let r = expect(r, StatusCode::ACCEPTED, &format!("{}: POST upload", t.url)).await?;
+    let loc = r.headers().get("location").context("POST upload: no Location")?.to_str()?.to_owned();
+    Ok(absolute(&t.url, &loc))
+}
+
+/// The `PUT ?digest=` without a body that closes an upload session.
+async fn finish_upload(c: &Client, t: &Target, loc: &str, digest: &str) -> Result<()> {
+    let r = send(request(c, t, Method::PUT, &with_digest(loc, digest))).await?;
+    expect(r, StatusCode::CREATED, &format!("{}: PUT ?digest=", t.url)).await?;
+    Ok(())
+}
+
+async fn expect(r: Response, want: StatusCode, what: &str) -> Result<Response> {
     if r.status() != want {
         let s = r.status();
         bail!("{what}: {s}: {}", r.text().await.unwrap_or_default());
@@ -92,39 +158,54 @@ impl Push {
 
 /// Pushes `total` fresh bytes one way; returns the time from the first request to the 201,
 /// and the digest.
-pub async fn push(c: &Client, base: &str, repo: &str, how: Push, seed: u64, total: u64) -> Result<(Duration, String)> {
+pub async fn push(c: &Client, t: &Target, repo: &str, how: Push, seed: u64, total: u64) -> Result<(Duration, String)> {
+    let base = &t.url;
     let body = || reqwest::Body::wrap_stream(testkit::stream::frames(seed, total));
     match how {
         Push::Mono | Push::SinglePost => {
             let d = digest_of(seed, total);
-            let t = Instant::now();
-            let r = if how == Push::SinglePost {
-                c.post(format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
-                    .header("content-type", "application/octet-stream")
-                    .body(body())
-                    .send()
-                    .await?
+            let started = Instant::now();
+            let req = if how == Push::SinglePost {
+                request(c, t, Method::POST, &format!("{base}/v2/{repo}/blobs/uploads/?digest={d}"))
             } else {
-                let loc = start_upload(c, base, repo).await?;
-                c.put(with_digest(&loc, &d))
-                    .header("content-type", "application/octet-stream")
-                    .body(body())
-                    .send()
-                    .await?
+                let loc = start_upload(c, t, repo).await?;
+                request(c, t, Method::PUT, &with_digest(&loc, &d))
             };
+            let r = req.header("content-type", "application/octet-stream").body(body()).send().await?;
             expect(r, StatusCode::CREATED, &format!("{base}: {how:?} push")).await?;
-            Ok((t.elapsed(), d))
+            Ok((started.elapsed(), d))
         }
         Push::Streamed => {
-            let t = Instant::now();
-            let d = testkit::stream::push_streamed(c, base, repo, seed, total).await;
-            Ok((t.elapsed(), d))
+            let started = Instant::now();
+            let loc = start_upload(c, t, repo).await?;
+            let hasher = Arc::new(Mutex::new(sha2::Sha256::new()));
+            let hashing = hasher.clone();
+            let body = testkit::stream::frames(seed, total).map(move |frame| {
+                if let Ok(bytes) = &frame {
+                    hashing.lock().unwrap().update(bytes);
+                }
+                frame
+            });
+            let r = request(c, t, Method::PATCH, &loc)
+                .header("content-type", "application/octet-stream")
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await?;
+            let r = expect(r, StatusCode::ACCEPTED, &format!("{base}: streamed PATCH")).await?;
+            let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let range = header("range");
+            ensure!(range == Some(format!("0-{}", total - 1)), "{base}: streamed PATCH answered Range {range:?}");
+            // A registry may move the session on each PATCH (distribution does): PUT where it says.
+            let loc = header("location").map_or(loc, |l| absolute(base, &l));
+            let d = format!("sha256:{}", hex::encode(hasher.lock().unwrap().clone().finalize()));
+            finish_upload(c, t, &loc, &d).await?;
+            Ok((started.elapsed(), d))
         }
         Push::Chunked { chunk } => {
-            let t = Instant::now();
-            let mut loc = start_upload(c, base, repo).await?;
-            let hasher = Arc::new(Mutex::new(sha2::Sha256::new()));
-            let mut frames = testkit::pseudo_random_frames(seed, total, testkit::stream::FRAME).peekable();
+            let started = Instant::now();
+            let mut loc = start_upload(c, t, repo).await?;
+            let mut hasher = sha2::Sha256::new();
+            let mut frames = testkit::pseudo_random_frames(seed, total, testkit::stream::FRAME);
             let mut carry: Vec<u8> = vec![];
             let mut start = 0u64;
             while start < total {
@@ -139,10 +220,9 @@ pub async fn push(c: &Client, base: &str, repo: &str, how: Push, seed: u64, tota
                 if buf.len() > len {
                     carry = buf.split_off(len);
                 }
-                hasher.lock().unwrap().update(&buf);
+                hasher.update(&buf);
                 let end = start + buf.len() as u64 - 1;
-                let r = c
-                    .patch(&loc)
+                let r = request(c, t, Method::PATCH, &loc)
                     .header("content-type", "application/octet-stream")
                     .header("content-range", format!("{start}-{end}"))
                     .body(buf)
@@ -154,10 +234,9 @@ pub async fn push(c: &Client, base: &str, repo: &str, how: Push, seed: u64, tota
                 }
                 start = end + 1;
             }
-            let d = format!("sha256:{}", hex::encode(hasher.lock().unwrap().clone().finalize()));
-            let r = c.put(with_digest(&loc, &d)).send().await?;
-            expect(r, StatusCode::CREATED, &format!("{base}: chunked PUT")).await?;
-            Ok((t.elapsed(), d))
+            let d = format!("sha256:{}", hex::encode(hasher.finalize()));
+            finish_upload(c, t, &loc, &d).await?;
+            Ok((started.elapsed(), d))
         }
     }
 }
@@ -172,13 +251,15 @@ pub async fn drain(r: reqwest::Response) -> Result<u64> {
     Ok(n)
 }
 
-pub async fn pull(c: &Client, base: &str, repo: &str, digest: &str, total: u64) -> Result<Duration> {
-    let t = Instant::now();
-    let r = c.get(format!("{base}/v2/{repo}/blobs/{digest}")).send().await?;
+/// `GET` of a blob, every byte read and counted; returns the time to the last byte.
+pub async fn pull(c: &Client, t: &Target, repo: &str, digest: &str, total: u64) -> Result<Duration> {
+    let base = &t.url;
+    let started = Instant::now();
+    let r = send(request(c, t, Method::GET, &format!("{base}/v2/{repo}/blobs/{digest}"))).await?;
     let r = expect(r, StatusCode::OK, &format!("{base}: GET blob")).await?;
     let n = drain(r).await?;
     ensure!(n == total, "{base}: pulled {n} bytes of {total}");
-    Ok(t.elapsed())
+    Ok(started.elapsed())
 }
 
 pub fn mib_s(bytes: u64, d: Duration) -> f64 {
@@ -187,39 +268,54 @@ pub fn mib_s(bytes: u64, d: Duration) -> f64 {
 
 /// Pushes a small image (a config blob and a manifest without layers) as `repo:tag`; returns
 /// the manifest's bytes and digest.
-pub async fn push_image(c: &Client, base: &str, repo: &str, tag: &str) -> Result<(Vec<u8>, String)> {
+pub async fn push_image(c: &Client, t: &Target, repo: &str, tag: &str) -> Result<(Vec<u8>, String)> {
     let cfg = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let d_cfg = testkit::sha256_digest(cfg);
-    let loc = start_upload(c, base, repo).await?;
-    let r = c.put(with_digest(&loc, &d_cfg)).body(cfg.to_vec()).send().await?;
-    expect(r, StatusCode::CREATED, &format!("{base}: PUT config blob")).await?;
+    let loc = start_upload(c, t, repo).await?;
+    let r = send(request(c, t, Method::PUT, &with_digest(&loc, &d_cfg)).body(cfg.to_vec())).await?;
+    expect(r, StatusCode::CREATED, &format!("{}: PUT config blob", t.url)).await?;
     let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d_cfg, "size": cfg.len()},
         "layers": []}))?;
-    let d = put_manifest(c, base, repo, tag, &manifest).await?;
+    let d = put_manifest(c, t, repo, tag, &manifest).await?;
     Ok((manifest, d))
 }
 
-pub async fn put_manifest(c: &Client, base: &str, repo: &str, reference: &str, body: &[u8]) -> Result<String> {
-    let r = c
-        .put(format!("{base}/v2/{repo}/manifests/{reference}"))
-        .header("content-type", OCI_MANIFEST)
-        .body(body.to_vec())
-        .send()
-        .await?;
-    let r = expect(r, StatusCode::CREATED, &format!("{base}: PUT manifest {repo}:{reference}")).await?;
+pub async fn put_manifest(c: &Client, t: &Target, repo: &str, reference: &str, body: &[u8]) -> Result<String> {
+    let url = format!("{}/v2/{repo}/manifests/{reference}", t.url);
+    let r = send(request(c, t, Method::PUT, &url).header("content-type", OCI_MANIFEST).body(body.to_vec())).await?;
+    let r = expect(r, StatusCode::CREATED, &format!("{}: PUT manifest {repo}:{reference}", t.url)).await?;
     Ok(r.headers().get("docker-content-digest").context("no Docker-Content-Digest")?.to_str()?.to_owned())
 }
 
 /// Mounts `digest` from `from` into `repo` (cross-repository mount; 201).
-pub async fn mount(c: &Client, base: &str, repo: &str, from: &str, digest: &str) -> Result<()> {
-    let r = c.post(format!("{base}/v2/{repo}/blobs/uploads/?mount={digest}&from={from}")).send().await?;
-    expect(r, StatusCode::CREATED, &format!("{base}: mount {digest} into {repo}")).await?;
+pub async fn mount(c: &Client, t: &Target, repo: &str, from: &str, digest: &str) -> Result<()> {
+    let url = format!("{}/v2/{repo}/blobs/uploads/?mount={digest}&from={from}", t.url);
+    let r = send(request(c, t, Method::POST, &url)).await?;
+    expect(r, StatusCode::CREATED, &format!("{}: mount {digest} into {repo}", t.url)).await?;
     Ok(())
 }
 
+/// What a request-rate workload got: answers served (200) per second, and how many answers
+/// were refusals (429, a node's request-rate limits).
+#[derive(Clone, Copy, Debug)]
+pub struct Rate {
+    pub per_second: f64,
+    pub served: u64,
+    pub refused: u64,
+}
+
+impl Rate {
+    /// Refusals as a percentage of the answers.
+    pub fn refused_percent(&self) -> f64 {
+        100.0 * self.refused as f64 / (self.served + self.refused).max(1) as f64
+    }
+}
+
 /// Requests per second of `method` on `url` from `conns` connections, each sending its next
-/// request when the previous answer is read, for `dur`. Every answer must be 200.
+/// request when the previous answer is read, for `dur`. Every answer must be 200, or 429 from a
+/// rate-limited target (counted, not served; the next request follows at once, as a client
+/// that does not wait would send it).
 pub async fn request_rate(
     c: &Client,
     t: &Target,
@@ -227,23 +323,24 @@ pub async fn request_rate(
     method: Method,
     conns: usize,
     dur: Duration,
-) -> Result<f64> {
-    let done = Arc::new(AtomicU64::new(0));
+) -> Result<Rate> {
+    let served = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let stop = start + dur;
     let mut tasks = vec![];
     for _ in 0..conns {
-        let (c, url, done, method, token) = (c.clone(), url.to_owned(), done.clone(), method.clone(), t.token.clone());
+        let (c, t, url, method) = (c.clone(), t.clone(), url.to_owned(), method.clone());
+        let (served, refused) = (served.clone(), refused.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < stop {
-                let mut req = c.request(method.clone(), &url).header("accept", OCI_MANIFEST);
-                if let Some(tok) = &token {
-                    req = req.bearer_auth(tok);
-                }
-                let r = req.send().await?;
-                ensure!(r.status() == StatusCode::OK, "{method} {url}: {}", r.status());
+                let r = request(&c, &t, method.clone(), &url).header("accept", OCI_MANIFEST).send().await?;
+                match r.status() {
+                    StatusCode::OK => served.fetch_add(1, Ordering::Relaxed),
+                    StatusCode::TOO_MANY_REQUESTS if t.rate_limited => refused.fetch_add(1, Ordering::Relaxed),
+                    s => bail!("{method} {url}: {s}"),
+                };
                 r.bytes().await?;
-                done.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<(), anyhow::Error>(())
         }));
@@ -251,17 +348,23 @@ pub async fn request_rate(
     for task in tasks {
         task.await??;
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    let served = served.load(Ordering::Relaxed);
+    Ok(Rate {
+        per_second: served as f64 / start.elapsed().as_secs_f64(),
+        served,
+        refused: refused.load(Ordering::Relaxed),
+    })
 }
 
 /// Follows `Link: <…>; rel="next"` from `first`, summing the array `field` of every page;
 /// returns (entries, time).
-pub async fn list_all(c: &Client, base: &str, first: &str, field: &str) -> Result<(usize, Duration)> {
-    let t = Instant::now();
+pub async fn list_all(c: &Client, t: &Target, first: &str, field: &str) -> Result<(usize, Duration)> {
+    let base = &t.url;
+    let started = Instant::now();
     let (mut entries, mut pages) = (0, 0);
     let mut next = Some(format!("{base}{first}"));
     while let Some(url) = next.take() {
-        let r = c.get(&url).send().await?;
+        let r = send(request(c, t, Method::GET, &url)).await?;
         let r = expect(r, StatusCode::OK, &format!("GET {url}")).await?;
         next = r
             .headers()
@@ -275,5 +378,5 @@ pub async fn list_all(c: &Client, base: &str, first: &str, field: &str) -> Resul
         pages += 1;
         ensure!(pages < 100_000, "{base}: more than 100,000 pages");
     }
-    Ok((entries, t.elapsed()))
+    Ok((entries, started.elapsed()))
 }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use reqwest::Method;
 
-use crate::http::{mib_s, Push};
+use crate::http::{mib_s, repository_scope, Push};
 use crate::report::{size_label, Figure, Machine, Report, TargetInfo};
 use crate::targets::{info, Peer, Target};
 
@@ -151,18 +151,6 @@ fn reset_peak_rss(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
-/// Gets a pull token for `repo` from the node's `/token` with a bench user's password.
-async fn token(c: &reqwest::Client, base: &str, user: &str, password: &str, repo: &str) -> Result<String> {
-    let r = c
-        .get(format!("{base}/token?service=afreg&scope=repository:{repo}:pull"))
-        .basic_auth(user, Some(password))
-        .send()
-        .await?;
-    anyhow::ensure!(r.status().is_success(), "GET /token: {}", r.status());
-    let v: serde_json::Value = r.json().await?;
-    Ok(v["token"].as_str().context("no token in /token's answer")?.to_owned())
-}
-
 /// Runs the benchmark and writes bench.json, README.md and the charts into `opts.out`.
 pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     let plan = Plan::of(&opts);
@@ -220,30 +208,14 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     }
     infos.push(info("reference", "reference", "reference", true, "raw Kubo add, gateway read and RPC cat on a fresh Kubo of the regions' configuration; two such Kubos, connected, for Kubo→Kubo; SHA-256 (sha2 crate) on one core; one loopback TCP stream"));
 
-    let afreg_t = Target {
-        id: "afreg",
-        url: region.node.url(),
-        token: None,
-        pid: Some(region.node.pid()),
-        single_post: true,
-        blob_dir: None,
-    };
+    let afreg_t = Target { pid: Some(region.node.pid()), ..Target::at("afreg", region.node.url()) };
     let us = cluster.region("us");
-    let cluster_t = Target {
-        id: "afreg-cluster",
-        url: us.url(),
-        token: None,
-        pid: Some(us.node().pid()),
-        single_post: true,
-        blob_dir: None,
-    };
+    let cluster_t = Target { pid: Some(us.node().pid()), ..Target::at("afreg-cluster", us.url()) };
     let peer = |id, p: &Peer| Target {
-        id,
-        url: p.url.clone(),
-        token: None,
         pid: Some(p.pid()),
         single_post: false,
         blob_dir: p.blob_dir(),
+        ..Target::at(id, p.url.clone())
     };
     let mut registries = vec![afreg_t.clone(), cluster_t, peer("distribution-v3", &dist3)];
     for (id, p) in [("distribution-2.8", dist28.as_ref().ok()), ("zot", zot.as_ref().ok())] {
@@ -267,27 +239,30 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
         plan.tags, plan.repos
     ));
     for t in &registries {
-        let (body, _) = http::push_image(&c, &t.url, "bench/img", "latest").await?;
+        let signed_in =
+            http::authorized(&c, t, &[repository_scope("bench/img"), repository_scope("bench/tags")]).await?;
+        let (body, _) = http::push_image(&c, &signed_in, "bench/img", "latest").await?;
         let d_cfg = serde_json::from_slice::<serde_json::Value>(&body)?["config"]["digest"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
         let puts = (0..plan.tags).map(|i| {
-            let (c, url, body) = (c.clone(), t.url.clone(), body.clone());
-            async move { http::put_manifest(&c, &url, "bench/tags", &format!("t{i:05}"), &body).await }
+            let (c, t, body) = (c.clone(), signed_in.clone(), body.clone());
+            async move { http::put_manifest(&c, &t, "bench/tags", &format!("t{i:05}"), &body).await }
         });
         // The tag list's repository needs the config blob first.
-        http::mount(&c, &t.url, "bench/tags", "bench/img", &d_cfg).await?;
+        http::mount(&c, &signed_in, "bench/tags", "bench/img", &d_cfg).await?;
         futures::StreamExt::collect::<Vec<_>>(futures::StreamExt::buffer_unordered(futures::stream::iter(puts), 16))
             .await
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
         let repos = (0..plan.repos).map(|i| {
-            let (c, url, body, d_cfg) = (c.clone(), t.url.clone(), body.clone(), d_cfg.clone());
+            let (c, t, body, d_cfg) = (c.clone(), t.clone(), body.clone(), d_cfg.clone());
             async move {
                 let repo = format!("bench/r{i:04}");
-                http::mount(&c, &url, &repo, "bench/img", &d_cfg).await?;
-                http::put_manifest(&c, &url, &repo, "latest", &body).await
+                let t = http::authorized(&c, &t, &[repository_scope(&repo), repository_scope("bench/img")]).await?;
+                http::mount(&c, &t, &repo, "bench/img", &d_cfg).await?;
+                http::put_manifest(&c, &t, &repo, "latest", &body).await
             }
         });
         futures::StreamExt::collect::<Vec<_>>(futures::StreamExt::buffer_unordered(futures::stream::iter(repos), 16))
@@ -325,7 +300,8 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
                 let mut mono = None;
                 let mut pushed = vec![];
                 for how in modes {
-                    let (took, d) = http::push(&c, &t.url, "bench/blobs", how, next_seed(), size).await?;
+                    let signed_in = http::authorized(&c, t, &[repository_scope("bench/blobs")]).await?;
+                    let (took, d) = http::push(&c, &signed_in, "bench/blobs", how, next_seed(), size).await?;
                     s.add(&format!("{}/{sz}", how.workload()), "blobs", t.id, "MiB/s", true, mib_s(size, took));
                     if how == Push::Mono {
                         mono = Some(d.clone());
@@ -335,7 +311,8 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
                         cluster::drain_pins(&cluster, pin_bound)?;
                     }
                 }
-                let took = http::pull(&c, &t.url, "bench/blobs", mono.as_deref().unwrap_or_default(), size).await?;
+                let signed_in = http::authorized(&c, t, &[repository_scope("bench/blobs")]).await?;
+                let took = http::pull(&c, &signed_in, "bench/blobs", mono.as_deref().unwrap_or_default(), size).await?;
                 s.add(&format!("pull/{sz}"), "blobs", t.id, "MiB/s", true, mib_s(size, took));
                 if let Some(pid) = t.pid {
                     s.add(
@@ -384,24 +361,28 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
 
         // ---- Manifests -----------------------------------------------------------------------
         let mut manifest_targets = order.clone();
-        let tok = token(&c, &afreg_t.url, "bench", &password, "bench/img").await?;
+        let pull_img = ["repository:bench/img:pull".to_owned()];
+        let tok = http::token(&c, &afreg_t.url, ("bench", &password), &pull_img).await?;
         manifest_targets.insert(1, Target { id: "afreg-token", token: Some(tok), ..afreg_t.clone() });
         for &conns in &plan.conns {
             for (method, name) in [(Method::GET, "manifest-get"), (Method::HEAD, "manifest-head")] {
                 for t in &manifest_targets {
+                    let signed_in = http::authorized(&c, t, &pull_img).await?;
                     let url = format!("{}/v2/bench/img/manifests/latest", t.url);
-                    let rate = http::request_rate(&c, t, &url, method.clone(), conns, plan.rate_for).await?;
-                    s.add(&format!("{name}/{conns}"), "manifests", t.id, "req/s", true, rate);
+                    let rate = http::request_rate(&c, &signed_in, &url, method.clone(), conns, plan.rate_for).await?;
+                    s.add(&format!("{name}/{conns}"), "manifests", t.id, "req/s", true, rate.per_second);
                 }
             }
         }
 
         // ---- Listing -------------------------------------------------------------------------
         for t in &order {
-            let (n, took) = http::list_all(&c, &t.url, "/v2/bench/tags/tags/list", "tags").await?;
+            let signed_in = http::authorized(&c, t, &[repository_scope("bench/tags")]).await?;
+            let (n, took) = http::list_all(&c, &signed_in, "/v2/bench/tags/tags/list", "tags").await?;
             anyhow::ensure!(n == plan.tags, "{}: listed {n} tags of {}", t.id, plan.tags);
             s.add(&format!("tags-list/{}", plan.tags), "listing", t.id, "ms", false, took.as_secs_f64() * 1000.0);
-            let (n, took) = http::list_all(&c, &t.url, "/v2/_catalog?n=1000", "repositories").await?;
+            let signed_in = http::authorized(&c, t, &[http::CATALOG_SCOPE.to_owned()]).await?;
+            let (n, took) = http::list_all(&c, &signed_in, "/v2/_catalog?n=1000", "repositories").await?;
             anyhow::ensure!(n >= plan.repos, "{}: catalog lists {n} repositories, fewer than {}", t.id, plan.repos);
             s.add(&format!("catalog/{}", plan.repos), "listing", t.id, "ms", false, took.as_secs_f64() * 1000.0);
         }

@@ -19,8 +19,15 @@ use crate::report::TargetInfo;
 pub struct Target {
     pub id: &'static str,
     pub url: String,
-    /// A bearer token sent with every manifest request (the `afreg-token` target).
+    /// A bearer token sent with every request to this target: `afreg-token`'s one for its
+    /// manifest requests, or a private registry's for the workload at hand (see `login`).
     pub token: Option<String>,
+    /// The bench user's name and password on a private registry: every workload first takes a
+    /// fresh token from its `/token` ([`crate::http::authorized`]).
+    pub login: Option<(String, String)>,
+    /// Whether the registry limits request rates: the request-rate workload counts its 429s
+    /// (from any other registry a 429 is an error there).
+    pub rate_limited: bool,
     /// The process whose memory is measured.
     pub pid: Option<u32>,
     /// Whether the registry takes a whole blob in one `POST ?digest=` (afreg does).
@@ -32,6 +39,12 @@ pub struct Target {
 }
 
 impl Target {
+    /// An anonymous afreg at `url` with nothing else known; the fields left are set by
+    /// struct update where they matter.
+    pub fn at(id: &'static str, url: String) -> Target {
+        Target { id, url, token: None, login: None, rate_limited: false, pid: None, single_post: true, blob_dir: None }
+    }
+
     /// Frees the space of a blob the bench pushed to a peer and will not read again.
     pub fn forget_blob(&self, digest: &str) {
         if let (Some(dir), Some(hex)) = (&self.blob_dir, digest.strip_prefix("sha256:")) {
