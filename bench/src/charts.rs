@@ -1,7 +1,7 @@
 //! SVG charts of a report, drawn with plotters: the ratio of afreg to the faster peer for every
-//! comparable workload (the one chart to read first), blob throughput per size, manifest
-//! request rates against connections, and the cluster's figures. Bars show the median, whiskers
-//! the spread over the rounds.
+//! comparable workload (the one chart to read first; another for afreg with its defaults), blob
+//! throughput per size, manifest request rates against connections, and the cluster's figures.
+//! Bars show the median, whiskers the spread over the rounds.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +11,7 @@ use plotters::prelude::*;
 use crate::report::{size_label, Report};
 use crate::targets::label;
 
-const COLORS: [RGBColor; 7] = [
+const COLORS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -19,6 +19,7 @@ const COLORS: [RGBColor; 7] = [
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
     RGBColor(127, 127, 127),
+    RGBColor(23, 190, 207),
 ];
 
 /// A bar: its label, median, minimum and maximum, and the index of its colour.
@@ -137,6 +138,7 @@ fn color_of(target: &str) -> usize {
     match target {
         "afreg" => 0,
         "afreg-token" => 4,
+        "afreg-defaults" => 7,
         "afreg-cluster" => 5,
         "distribution-v3" => 1,
         "distribution-2.8" => 2,
@@ -148,28 +150,26 @@ fn color_of(target: &str) -> usize {
 /// Draws every chart of `report` into `dir`; returns the files written.
 pub fn draw_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = vec![];
-    // 1. afreg ÷ the faster peer, every comparable workload.
-    let mut rows = vec![];
-    for w in comparable_workloads(report) {
-        if let Some((ratio, _)) = report.vs_best_peer(&w, "afreg") {
-            rows.push(Bar {
-                label: w.clone(),
-                median: ratio,
-                min: f64::NAN,
-                max: f64::NAN,
-                color: if ratio >= 1.0 { 2 } else { 3 },
-            });
+    // 1. afreg ÷ the faster peer, every comparable workload; then the same for afreg with its
+    // defaults.
+    for (target, file) in [("afreg", "ratios.svg"), ("afreg-defaults", "ratios-defaults.svg")] {
+        let mut rows = vec![];
+        for w in comparable_workloads(report, target) {
+            if let Some((ratio, _)) = report.vs_best_peer(&w, target) {
+                rows.push(Bar {
+                    label: w.clone(),
+                    median: ratio,
+                    min: f64::NAN,
+                    max: f64::NAN,
+                    color: if ratio >= 1.0 { 2 } else { 3 },
+                });
+            }
         }
+        let p = dir.join(file);
+        let title = format!("{} ÷ the faster peer (median; > 1 is ahead; red rule = parity)", label(target));
+        bars(&p, &title, "times the faster peer", &rows, Some(1.0))?;
+        out.push(p);
     }
-    let p = dir.join("ratios.svg");
-    bars(
-        &p,
-        "afreg ÷ the faster peer (median; > 1 is ahead; red rule = parity)",
-        "times the faster peer",
-        &rows,
-        Some(1.0),
-    )?;
-    out.push(p);
     // 2. Blob throughput, a chart per size.
     for &size in &report.blob_sizes {
         let s = size_label(size);
@@ -244,11 +244,11 @@ pub fn draw_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Workloads that afreg and at least one peer both ran, in report order.
-pub fn comparable_workloads(report: &Report) -> Vec<String> {
+/// Workloads that `target` and at least one peer both ran, in report order.
+pub fn comparable_workloads(report: &Report, target: &str) -> Vec<String> {
     let mut seen = vec![];
     for f in &report.figures {
-        if f.target == "afreg" && !seen.contains(&f.workload) && report.best_peer(&f.workload).is_some() {
+        if f.target == target && !seen.contains(&f.workload) && report.best_peer(&f.workload).is_some() {
             seen.push(f.workload.clone());
         }
     }

@@ -4,12 +4,15 @@
 //! binary and the image link no testkit.
 //!
 //! It starts afreg with one region and the local three-region cluster (real PostgreSQL, Kubo and
-//! `afreg serve` processes, through testkit), distribution v3 and Debian's distribution 2.8 on
-//! their filesystem storage with access logs off, and zot where the Go module proxy served it
-//! (otherwise the report says why it is missing). The same client runs the same workloads on
-//! each, in interleaved rounds (every round visits every target, in an order that rotates), and
-//! every figure keeps its samples, median and spread. The result is `bench.json`, a Markdown
-//! page (`README.md`) of ratios with the goals met or missed, and SVG charts.
+//! `afreg serve` processes, through testkit), both tuned for throughput; the same one-region
+//! afreg with its defaults, as `afreg up` configures a region (private, so every request carries
+//! a token; request-rate limits and request log on), since that is what a user gets;
+//! distribution v3 and Debian's distribution 2.8 on their filesystem storage with access logs
+//! off, and zot where the Go module proxy served it (otherwise the report says why it is
+//! missing). The same client runs the same workloads on each, in interleaved rounds (every round
+//! visits every target, in an order that rotates), and every figure keeps its samples, median
+//! and spread. The result is `bench.json`, a Markdown page (`README.md`) of ratios with the
+//! issue's goals met or missed, and SVG charts.
 //!
 //! # Layout
 //! - [`targets`]: starting each registry; [`http`]: the client side of every registry
@@ -173,6 +176,9 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     let region = targets::afreg_region(afreg);
     let password = testkit::random_hex(24);
     region.node.add_user("bench", &password);
+    progress("starting afreg with its defaults (one region as `afreg up` configures it)");
+    let defaults = targets::afreg_defaults_region(afreg);
+    defaults.node.add_user_with_grants("bench", &password, targets::DEFAULTS_GRANTS);
     progress("starting the three-region cluster (us, eu, asia)");
     let mut cluster = targets::afreg_cluster(afreg);
     progress("starting distribution v3 and 2.8");
@@ -187,6 +193,7 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
 
     infos.push(info("afreg", "afreg", "afreg", true, targets::AFREG_CONFIG));
     infos.push(info("afreg-token", "afreg (token)", "afreg", true, targets::TOKEN_CONFIG));
+    infos.push(info("afreg-defaults", "afreg with its defaults", "afreg", true, targets::defaults_config()));
     infos.push(info("afreg-cluster", "afreg cluster (us)", "afreg", true, targets::CLUSTER_CONFIG));
     infos.push(info("distribution-v3", "distribution v3", "peer", true, targets::DIST_CONFIG));
     match &dist28 {
@@ -209,6 +216,12 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     infos.push(info("reference", "reference", "reference", true, "raw Kubo add, gateway read and RPC cat on a fresh Kubo of the regions' configuration; two such Kubos, connected, for Kubo→Kubo; SHA-256 (sha2 crate) on one core; one loopback TCP stream"));
 
     let afreg_t = Target { pid: Some(region.node.pid()), ..Target::at("afreg", region.node.url()) };
+    let defaults_t = Target {
+        login: Some(("bench".into(), password.clone())),
+        rate_limited: true,
+        pid: Some(defaults.node.pid()),
+        ..Target::at("afreg-defaults", defaults.node.url())
+    };
     let us = cluster.region("us");
     let cluster_t = Target { pid: Some(us.node().pid()), ..Target::at("afreg-cluster", us.url()) };
     let peer = |id, p: &Peer| Target {
@@ -217,7 +230,7 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
         blob_dir: p.blob_dir(),
         ..Target::at(id, p.url.clone())
     };
-    let mut registries = vec![afreg_t.clone(), cluster_t, peer("distribution-v3", &dist3)];
+    let mut registries = vec![afreg_t.clone(), defaults_t, cluster_t, peer("distribution-v3", &dist3)];
     for (id, p) in [("distribution-2.8", dist28.as_ref().ok()), ("zot", zot.as_ref().ok())] {
         if let Some(p) = p {
             registries.push(peer(id, p));
@@ -371,6 +384,10 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
                     let url = format!("{}/v2/bench/img/manifests/latest", t.url);
                     let rate = http::request_rate(&c, &signed_in, &url, method.clone(), conns, plan.rate_for).await?;
                     s.add(&format!("{name}/{conns}"), "manifests", t.id, "req/s", true, rate.per_second);
+                    if t.rate_limited {
+                        let refused = rate.refused_percent();
+                        s.add(&format!("{name}-refused/{conns}"), "limits", t.id, "% refused", false, refused);
+                    }
                 }
             }
         }

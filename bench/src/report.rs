@@ -32,8 +32,8 @@ pub struct Machine {
 /// A registry (or a physical reference) that the run measured, or could not.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetInfo {
-    /// Stable id used in figures: `afreg`, `afreg-token`, `afreg-cluster`, `distribution-v3`,
-    /// `distribution-2.8`, `zot`, `reference`.
+    /// Stable id used in figures: `afreg`, `afreg-token`, `afreg-defaults`, `afreg-cluster`,
+    /// `distribution-v3`, `distribution-2.8`, `zot`, `reference`.
     pub id: String,
     pub label: String,
     /// `afreg`, `peer` or `reference`.
@@ -48,11 +48,11 @@ pub struct TargetInfo {
 pub struct Figure {
     /// e.g. `pull/1GiB`, `manifest-get/32`, `replication-lag-p99/eu`.
     pub workload: String,
-    /// The table and chart it belongs to: `blobs`, `manifests`, `listing`, `cluster`,
+    /// The table and chart it belongs to: `blobs`, `manifests`, `limits`, `listing`, `cluster`,
     /// `physical`, `memory`.
     pub group: String,
     pub target: String,
-    /// `MiB/s`, `req/s`, `ms`, `MiB`.
+    /// `MiB/s`, `req/s`, `ms`, `MiB`, `% refused`.
     pub unit: String,
     pub higher_is_better: bool,
     pub samples: Vec<f64>,

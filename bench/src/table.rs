@@ -1,6 +1,7 @@
 //! The Markdown page of a report: the goals with their verdicts first, then one table per group
-//! (every target's median and spread, and afreg's ratio to the faster peer), the physical
-//! references with afreg's ratio to each, each side's configuration, and the machine.
+//! (every target's median and spread, and the ratio of afreg, tuned and with its defaults, to
+//! the faster peer), the physical references with afreg's ratio to each, each side's
+//! configuration, and the machine.
 
 use std::fmt::Write as _;
 
@@ -28,7 +29,12 @@ fn workloads(r: &Report, group: &str) -> Vec<String> {
     w
 }
 
-fn group_table(out: &mut String, r: &Report, group: &str, targets: &[&str]) {
+/// The afreg targets whose ratio to the faster peer a table shows, each in a column of its own.
+const RATIO_OF: [&str; 2] = ["afreg", "afreg-defaults"];
+
+/// A group's table: a column per target in `targets`, then a ratio column per target in
+/// `ratio_of`.
+fn group_table(out: &mut String, r: &Report, group: &str, targets: &[&str], ratio_of: &[&str]) {
     let ws = workloads(r, group);
     if ws.is_empty() {
         return;
@@ -46,19 +52,24 @@ fn group_table(out: &mut String, r: &Report, group: &str, targets: &[&str]) {
         let _ = write!(head, " {} |", label(t));
         rule += "---|";
     }
-    head += " afreg ÷ faster peer |";
-    rule += "---|";
+    for t in ratio_of.iter().filter(|t| targets.contains(t)) {
+        let _ = write!(head, " {} ÷ faster peer |", label(t));
+        rule += "---|";
+    }
     let _ = writeln!(out, "{head}\n{rule}");
     for w in ws {
         let mut row = format!("| {w} |");
         for t in targets {
             let _ = write!(row, " {} |", cell(r.figure(&w, t)));
         }
-        let ratio = r
-            .vs_best_peer(&w, "afreg")
-            .map(|(x, p)| format!("**{x:.2}×** ({})", label(&p.target)))
-            .unwrap_or_else(|| "–".into());
-        let _ = writeln!(out, "{row} {ratio} |");
+        for t in ratio_of.iter().filter(|t| targets.contains(t)) {
+            let ratio = r
+                .vs_best_peer(&w, t)
+                .map(|(x, p)| format!("**{x:.2}×** ({})", label(&p.target)))
+                .unwrap_or_else(|| "–".into());
+            let _ = write!(row, " {ratio} |");
+        }
+        let _ = writeln!(out, "{row}");
     }
 }
 
@@ -78,9 +89,10 @@ pub fn markdown(r: &Report) -> String {
         r.machine.memory_gib,
         r.machine.kernel
     );
-    let _ = writeln!(out, "Charts: [ratios](ratios.svg) · {} · [manifest GET](manifest-get.svg) · [manifest HEAD](manifest-head.svg) · [replication lag](replication-lag.svg) · [cross-region pin](cross-region-pin.svg)\n",
+    let _ = writeln!(out, "Charts: [ratios](ratios.svg) · [ratios, afreg with its defaults](ratios-defaults.svg) · {} · [manifest GET](manifest-get.svg) · [manifest HEAD](manifest-head.svg) · [replication lag](replication-lag.svg) · [cross-region pin](cross-region-pin.svg)\n",
         r.blob_sizes.iter().map(|s| { let s = size_label(*s); format!("[blobs {s}](blobs-{s}.svg)") }).collect::<Vec<_>>().join(" · "));
     let _ = writeln!(out, "![afreg ÷ the faster peer](ratios.svg)\n");
+    let _ = writeln!(out, "![afreg with its defaults ÷ the faster peer](ratios-defaults.svg)\n");
 
     let _ = writeln!(out, "## Goals\n");
     let _ = writeln!(out, "| goal | measured | ratio | met |\n|---|---|---|---|");
@@ -93,19 +105,22 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(out, "| {} | {} | {} | {verdict} |", g.goal, g.measured, fmt(g.ratio));
     }
 
-    let registries: Vec<&str> = ["afreg", "afreg-token", "afreg-cluster", "distribution-v3", "distribution-2.8", "zot"]
-        .into_iter()
-        .filter(|t| r.target(t).is_some_and(|i| i.available))
-        .collect();
+    let registries: Vec<&str> =
+        ["afreg", "afreg-defaults", "afreg-token", "afreg-cluster", "distribution-v3", "distribution-2.8", "zot"]
+            .into_iter()
+            .filter(|t| r.target(t).is_some_and(|i| i.available))
+            .collect();
     let no_token: Vec<&str> = registries.iter().copied().filter(|t| *t != "afreg-token").collect();
-    let _ = writeln!(out, "\n## Blobs\n\nOne client, one blob at a time; every transfer is of fresh pseudo-random bytes. `push-mono` is `POST` then one `PUT ?digest=` with the body; `push-single-post` is afreg's one `POST ?digest=` with the body; `push-streamed` is `POST`, one `PATCH`, `PUT` (what docker does); `push-chunked` is `PATCH`es of an eighth of the blob (at least 256 KiB) with `Content-Range`; `pull` is `GET` of the monolithic push's blob. The cluster keeps each blob in three regions, so its blob workloads stop below 1 GiB (its 1 GiB transfers are the cross-region pin figure) and a full run fits the disk; blobs pushed to a peer are removed from its storage once measured.");
-    group_table(&mut out, r, "blobs", &no_token);
+    let _ = writeln!(out, "\n## Blobs\n\nOne client, one blob at a time; every transfer is of fresh pseudo-random bytes. `push-mono` is `POST` then one `PUT ?digest=` with the body; `push-single-post` is afreg's one `POST ?digest=` with the body; `push-streamed` is `POST`, one `PATCH`, `PUT` (what docker does); `push-chunked` is `PATCH`es of an eighth of the blob (at least 256 KiB) with `Content-Range`; `pull` is `GET` of the monolithic push's blob. `afreg with its defaults` takes a token from its `/token` before each workload and sends it with every request. The cluster keeps each blob in three regions, so its blob workloads stop below 1 GiB (its 1 GiB transfers are the cross-region pin figure) and a full run fits the disk; blobs pushed to a peer are removed from its storage once measured.");
+    group_table(&mut out, r, "blobs", &no_token, &RATIO_OF);
     let _ = writeln!(out, "\n## Memory\n\nPeak RSS (VmHWM, reset before each size) of the registry process over that size's pushes and pull.");
-    group_table(&mut out, r, "memory", &no_token);
-    let _ = writeln!(out, "\n## Manifests\n\nHEAD and GET of one manifest by tag, from N connections each sending its next request when the last answer is read. `afreg (token)` sends a bearer token with every request; the peers are anonymous (none is set up with a token service), so its ratio is token against anonymous.");
-    group_table(&mut out, r, "manifests", &registries);
+    group_table(&mut out, r, "memory", &no_token, &RATIO_OF);
+    let _ = writeln!(out, "\n## Manifests\n\nHEAD and GET of one manifest by tag, from N connections each sending its next request when the last answer is read. `afreg (token)` sends a bearer token with every request, and so does `afreg with its defaults`, whose request-rate limits also apply (all connections come from one address and carry one token), so its figure counts only the answers served; the peers are anonymous (none is set up with a token service), so those ratios are token against anonymous.");
+    group_table(&mut out, r, "manifests", &registries, &RATIO_OF);
+    let _ = writeln!(out, "\n## Request-rate limits\n\nThe share of `afreg with its defaults`' answers in each manifest workload that were 429 `TOOMANYREQUESTS` (its default limits; a refusal is answered after about a second, and the connection then sends its next request).");
+    group_table(&mut out, r, "limits", &["afreg-defaults"], &[]);
     let _ = writeln!(out, "\n## Listing\n\nTime to list every tag of one repository, and the whole catalog, following `Link` (each registry's own page size for tags, `n=1000` for the catalog).");
-    group_table(&mut out, r, "listing", &no_token);
+    group_table(&mut out, r, "listing", &no_token, &RATIO_OF);
 
     let _ = writeln!(out, "\n## Cluster\n\nReplication lag: a manifest `PUT` acknowledged by us, then `GET` by tag polled in eu and asia from the acknowledgement on (1 ms between polls); each round's p50 and p99. Cross-region pin: a fresh blob pushed to us while asia's node is stopped, timed from the 201 until eu's pins row says `pinned`; raw: `add` on one fresh Kubo, `pin/add` of that CID on another connected to it.\n");
     let _ = writeln!(out, "| figure | unit | afreg cluster | raw Kubo → Kubo | ratio |\n|---|---|---|---|---|");
@@ -121,8 +136,10 @@ pub fn markdown(r: &Report) -> String {
 
     let big = size_label(*r.blob_sizes.last().unwrap_or(&0));
     let _ = writeln!(out, "\n## Physical references\n\nOn the same machine in the same run: raw Kubo `add` with the node's parameters (pinned), the same file read back through Kubo's gateway and its RPC `cat`, SHA-256 on one core, one loopback TCP stream; each next to the afreg figure it bounds.\n");
-    let _ =
-        writeln!(out, "| reference | MiB/s | afreg figure | afreg MiB/s | afreg ÷ reference |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| reference | MiB/s | afreg figure | afreg MiB/s | afreg ÷ reference | afreg with its defaults MiB/s | defaults ÷ reference |\n|---|---|---|---|---|---|---|"
+    );
     let pairs = [
         (format!("kubo-add/{big}"), format!("push-streamed/{big}")),
         (format!("kubo-add/{big}"), format!("push-mono/{big}")),
@@ -132,12 +149,17 @@ pub fn markdown(r: &Report) -> String {
         ("loopback-tcp".to_owned(), format!("pull/{big}")),
     ];
     for (reference, ours) in pairs {
-        let (a, b) = (r.figure(&ours, "afreg"), r.figure(&reference, "reference"));
-        let ratio = match (a, b) {
-            (Some(a), Some(b)) => format!("{:.2}", a.median / b.median),
-            _ => "–".into(),
-        };
-        let _ = writeln!(out, "| {reference} | {} | {ours} | {} | {ratio} |", cell(b), cell(a));
+        let bound = r.figure(&reference, "reference");
+        let mut row = format!("| {reference} | {} | {ours} |", cell(bound));
+        for t in RATIO_OF {
+            let a = r.figure(&ours, t);
+            let ratio = match (a, bound) {
+                (Some(a), Some(b)) => format!("{:.2}", a.median / b.median),
+                _ => "–".into(),
+            };
+            let _ = write!(row, " {} | {ratio} |", cell(a));
+        }
+        let _ = writeln!(out, "{row}");
     }
 
     let _ = writeln!(out, "\n## Configuration\n\n| target | configuration |\n|---|---|");

@@ -1,8 +1,10 @@
 //! The registries a run measures, each started on loopback in a directory of its own and
 //! stopped when dropped: afreg with one region and the local three-region cluster (through
-//! testkit, on real Postgres and Kubo), distribution v3 (`registry` in the tools directory),
-//! Debian's distribution 2.8 (`docker-registry`), and zot where the Go module proxy served it.
-//! Every peer runs on its filesystem storage with its access log off.
+//! testkit, on real Postgres and Kubo), both tuned for throughput, the same one-region afreg with
+//! its defaults (private, request-rate limits and request log on, as a user runs it),
+//! distribution v3 (`registry` in the tools directory), Debian's distribution 2.8
+//! (`docker-registry`), and zot where the Go module proxy served it. Every peer runs on its
+//! filesystem storage with its access log off.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,11 +24,11 @@ pub struct Target {
     /// A bearer token sent with every request to this target: `afreg-token`'s one for its
     /// manifest requests, or a private registry's for the workload at hand (see `login`).
     pub token: Option<String>,
-    /// The bench user's name and password on a private registry: every workload first takes a
-    /// fresh token from its `/token` ([`crate::http::authorized`]).
+    /// The bench user's name and password on a private registry (`afreg-defaults`): every
+    /// workload first takes a fresh token from its `/token` ([`crate::http::authorized`]).
     pub login: Option<(String, String)>,
-    /// Whether the registry limits request rates: the request-rate workload counts its 429s
-    /// (from any other registry a 429 is an error there).
+    /// Whether the registry limits request rates (`afreg-defaults`): the request-rate workload
+    /// counts its 429s (from any other registry a 429 is an error there).
     pub rate_limited: bool,
     /// The process whose memory is measured.
     pub pid: Option<u32>,
@@ -77,9 +79,50 @@ pub const DIST28_CONFIG: &str =
     "Debian's docker-registry (distribution 2.8, `docker-registry serve`), filesystem storage, \
     access log disabled, log level error, anonymous";
 
+/// The grants of the bench user on `afreg-defaults`: everything on the bench's repositories,
+/// and pull on every repository, which the catalog asks for.
+pub const DEFAULTS_GRANTS: &[&str] = &["bench/*:pull,push,delete", "*:pull"];
+
+/// What `afreg-defaults` runs with: the configuration `afreg up` writes for a region on
+/// testkit's ports and paths, private as the configuration's default and production are.
+/// testkit's one other departure from the defaults, anonymous pull, is put back.
+fn as_afreg_up(c: &mut testkit::NodeConfig) {
+    c.config.auth.anonymous = testkit::Config::default().auth.anonymous;
+}
+
+/// The configuration text of `afreg-defaults`, from the defaults themselves so that it stays
+/// true when they change.
+pub fn defaults_config() -> String {
+    let d = testkit::Config::default();
+    let anonymous = if d.auth.anonymous.is_empty() {
+        "private (auth.anonymous = [], the default and production's)".to_owned()
+    } else {
+        format!("anonymous {:?}", d.auth.anonymous)
+    };
+    format!(
+        "one region as `afreg up` configures it: afreg serve over its own PostgreSQL and Kubo (the same Kubo recipe), \
+         one process; {anonymous}; request-rate limits on ({} req/s per client address and {} per token, bursts of \
+         ten seconds' worth, 429 answered after about {} ms); log level {} with its request log; tokens last {} s. \
+         Differs from `afreg up` only in its loopback ports, temp-dir paths and anonymous access (`afreg up` grants \
+         anonymous pull); the bench user has {}. Every request carries a bearer token from its /token, a fresh one \
+         for each workload",
+        d.server.requests_per_second_per_client,
+        d.server.requests_per_second_per_token,
+        d.server.refusal_delay_ms,
+        d.log.level,
+        d.auth.token_ttl_secs,
+        DEFAULTS_GRANTS.join(" and ")
+    )
+}
+
 /// The one-region afreg.
 pub fn afreg_region(bin: &Path) -> TestRegion {
     TestRegion::start_with(bin, unlimited)
+}
+
+/// The one-region afreg with its defaults (`afreg-defaults`).
+pub fn afreg_defaults_region(bin: &Path) -> TestRegion {
+    TestRegion::start_with(bin, as_afreg_up)
 }
 
 /// The local three-region cluster (us, eu, asia).
@@ -204,6 +247,7 @@ pub fn label(id: &str) -> &'static str {
     match id {
         "afreg" => "afreg",
         "afreg-token" => "afreg (token)",
+        "afreg-defaults" => "afreg with its defaults",
         "afreg-cluster" => "afreg cluster (us)",
         "distribution-v3" => "distribution v3",
         "distribution-2.8" => "distribution 2.8",
