@@ -17,7 +17,7 @@
 //! # Layout
 //! - [`targets`]: starting each registry; [`http`]: the client side of every registry
 //!   workload; [`cluster`]: replication lag and cross-region pins; [`physical`]: the
-//!   references (Kubo, SHA-256, loopback TCP).
+//!   references (Kubo, SHA-256, loopback TCP, a cached file).
 //! - [`report`]: the run as data, and the goals; [`table`] and [`charts`] draw it.
 
 pub mod charts;
@@ -213,7 +213,7 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
             infos.push(info("zot", "zot", "peer", false, why.clone()));
         }
     }
-    infos.push(info("reference", "reference", "reference", true, "raw Kubo add, gateway read and RPC cat on a fresh Kubo of the regions' configuration; two such Kubos, connected, for Kubo→Kubo; SHA-256 (sha2 crate) on one core; one loopback TCP stream"));
+    infos.push(info("reference", "reference", "reference", true, "raw Kubo add, gateway read and RPC cat on a fresh Kubo of the regions' configuration; two such Kubos, connected, for Kubo→Kubo; SHA-256 (sha2 crate) on one core; one loopback TCP stream; `cat` of a file in the page cache, piped into the bench"));
 
     let afreg_t = Target { pid: Some(region.node.pid()), ..Target::at("afreg", region.node.url()) };
     let defaults_t = Target {
@@ -371,6 +371,8 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
             true,
             physical::loopback_tcp(big.max(256 << 20)).await?,
         );
+        let cached = physical::page_cache_read(next_seed(), big).await?;
+        s.add(&format!("page-cache-read/{bz}"), "physical", "reference", "MiB/s", true, cached);
 
         // ---- Manifests -----------------------------------------------------------------------
         let mut manifest_targets = order.clone();

@@ -1,13 +1,18 @@
 //! The physical references, on the same bytes and the same machine as the registries: raw Kubo
 //! `add` (the node's parameters, pinned), reading that file back through Kubo's gateway and
-//! through its RPC `cat`, SHA-256 on one core, and one loopback TCP stream. They say how far a
-//! registry figure is from what the hardware and the store allow.
+//! through its RPC `cat`, SHA-256 on one core, one loopback TCP stream, and a cached file piped
+//! into this process. They say how far a registry figure is from what the hardware and the
+//! store allow.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use reqwest::Client;
 use sha2::Digest as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::Stdio;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::http::{drain, mib_s};
@@ -113,4 +118,51 @@ pub async fn loopback_tcp(total: u64) -> Result<f64> {
     let took = t.elapsed();
     ensure!(n == total, "loopback: {n} of {total}");
     Ok(mib_s(total, took.max(Duration::from_nanos(1))))
+}
+
+/// Reading a file the page cache holds as a client receiving its bytes would pay for it:
+/// `cat FILE` with its stdout piped into this process, which drains it, MiB/s. The file, of
+/// `total` fresh bytes, is written and read once first, untimed, so it is cached: the bound on
+/// a pull served from a cached file.
+pub async fn page_cache_read(seed: u64, total: u64) -> Result<f64> {
+    let file = tokio::task::spawn_blocking(move || {
+        let mut file = tempfile::NamedTempFile::new()?;
+        for frame in testkit::pseudo_random_frames(seed, total, 1 << 20) {
+            file.write_all(&frame)?;
+        }
+        file.flush()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .context("write the page-cache file")??;
+    let warmed = cat_drained(file.path()).await?;
+    ensure!(warmed == total, "cat {}: {warmed} bytes of {total}", file.path().display());
+    let t = Instant::now();
+    let n = cat_drained(file.path()).await?;
+    let took = t.elapsed();
+    ensure!(n == total, "cat {}: {n} bytes of {total}", file.path().display());
+    Ok(mib_s(total, took))
+}
+
+/// Runs `cat PATH` and reads its stdout to the end; returns the bytes read.
+async fn cat_drained(path: &Path) -> Result<u64> {
+    let mut child = tokio::process::Command::new("cat")
+        .arg(path)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawn cat")?;
+    let mut out = child.stdout.take().context("cat: no stdout")?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = out.read(&mut buf).await?;
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+    }
+    let status = child.wait().await?;
+    ensure!(status.success(), "cat {}: {status}", path.display());
+    Ok(n)
 }

@@ -135,7 +135,7 @@ pub fn markdown(r: &Report) -> String {
     }
 
     let big = size_label(*r.blob_sizes.last().unwrap_or(&0));
-    let _ = writeln!(out, "\n## Physical references\n\nOn the same machine in the same run: raw Kubo `add` with the node's parameters (pinned), the same file read back through Kubo's gateway and its RPC `cat`, SHA-256 on one core, one loopback TCP stream; each next to the afreg figure it bounds.\n");
+    let _ = writeln!(out, "\n## Physical references\n\nOn the same machine in the same run: raw Kubo `add` with the node's parameters (pinned), the same file read back through Kubo's gateway and its RPC `cat`, SHA-256 on one core, one loopback TCP stream, `cat` of a file in the page cache piped into the bench; each next to the afreg figure it bounds.\n");
     let _ = writeln!(
         out,
         "| reference | MiB/s | afreg figure | afreg MiB/s | afreg ÷ reference | afreg with its defaults MiB/s | defaults ÷ reference |\n|---|---|---|---|---|---|---|"
@@ -147,6 +147,7 @@ pub fn markdown(r: &Report) -> String {
         (format!("kubo-rpc-cat/{big}"), format!("pull/{big}")),
         ("sha256-one-core".to_owned(), format!("push-streamed/{big}")),
         ("loopback-tcp".to_owned(), format!("pull/{big}")),
+        (format!("page-cache-read/{big}"), format!("pull/{big}")),
     ];
     for (reference, ours) in pairs {
         let bound = r.figure(&reference, "reference");
