@@ -174,7 +174,8 @@ pub fn draw_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     for &size in &report.blob_sizes {
         let s = size_label(size);
         let mut rows = vec![];
-        for w in ["push-mono", "push-single-post", "push-streamed", "push-chunked", "pull"] {
+        let at_once = format!("pull-{}x{}", crate::AT_ONCE_CLIENTS, crate::AT_ONCE_BLOBS);
+        for w in ["push-mono", "push-single-post", "push-streamed", "push-chunked", "pull", at_once.as_str()] {
             for f in report.figures.iter().filter(|f| f.workload == format!("{w}/{s}")) {
                 rows.push(Bar {
                     label: format!("{w} · {}", label(&f.target)),

@@ -1,7 +1,8 @@
 //! The client side of every registry workload, the same code for every target: blob pushes
 //! (monolithic `POST` + `PUT`, afreg's single `POST ?digest=`, one streamed `PATCH`, and
 //! `PATCH`es with `Content-Range`), pulls, manifest `HEAD`/`GET` load at a given number of
-//! connections, and listing tags and the catalog by following `Link`. Bodies are generated as they are sent (fresh pseudo-random bytes every time, so no
+//! connections, listing tags and the catalog by following `Link`, and many clients pulling at
+//! once. Bodies are generated as they are sent (fresh pseudo-random bytes every time, so no
 //! store finds them already there). Every request to a target carries its bearer token, if it
 //! has one ([`authorized`] takes a fresh one on a private registry), and a request a node
 //! refuses with 429 is sent again after its `Retry-After`, as clients do, except in the
@@ -259,6 +260,32 @@ pub async fn pull(c: &Client, t: &Target, repo: &str, digest: &str, total: u64) 
     let r = expect(r, StatusCode::OK, &format!("{base}: GET blob")).await?;
     let n = drain(r).await?;
     ensure!(n == total, "{base}: pulled {n} bytes of {total}");
+    Ok(started.elapsed())
+}
+
+/// `clients` pulls at once, each a task of its own on a connection of its own, client i pulling
+/// `digests[i % digests.len()]` (each `total` bytes): every blob is read by several clients at
+/// the same time, as when a fleet starts the same image. Returns the time from the first
+/// request to the last byte of the last pull.
+pub async fn pull_at_once(
+    c: &Client,
+    t: &Target,
+    repo: &str,
+    digests: &[String],
+    total: u64,
+    clients: usize,
+) -> Result<Duration> {
+    ensure!(!digests.is_empty(), "{}: nothing to pull", t.url);
+    let started = Instant::now();
+    let pulls: Vec<_> = (0..clients)
+        .map(|i| {
+            let (c, t, repo, digest) = (c.clone(), t.clone(), repo.to_owned(), digests[i % digests.len()].clone());
+            tokio::spawn(async move { pull(&c, &t, &repo, &digest, total).await })
+        })
+        .collect();
+    for p in pulls {
+        p.await??;
+    }
     Ok(started.elapsed())
 }
 

@@ -53,10 +53,18 @@ pub struct Options {
 /// Blobs this big are not pushed to the cluster in the blob workloads (see there).
 const CLUSTER_MAX_BLOB: u64 = 1 << 30;
 
+/// The pull-at-once workload (`pull-32x10/SIZE`): this many clients at once, pulling this many
+/// distinct blobs (pushed once, before the rounds) from this repository.
+pub(crate) const AT_ONCE_CLIENTS: usize = 32;
+pub(crate) const AT_ONCE_BLOBS: usize = 10;
+const AT_ONCE_REPO: &str = "bench/at-once";
+
 /// The sizes and durations of a run.
 struct Plan {
     rounds: usize,
     sizes: Vec<u64>,
+    /// The size of each blob of the pull-at-once workload.
+    at_once_size: u64,
     conns: Vec<usize>,
     rate_for: Duration,
     tags: usize,
@@ -70,6 +78,7 @@ impl Plan {
             Plan {
                 rounds: o.rounds.unwrap_or(2).max(1),
                 sizes: vec![1 << 20, 8 << 20],
+                at_once_size: 8 << 20,
                 conns: vec![1, 8, 32, 128],
                 rate_for: Duration::from_millis(400),
                 tags: 300,
@@ -80,6 +89,7 @@ impl Plan {
             Plan {
                 rounds: o.rounds.unwrap_or(3).max(1),
                 sizes: vec![1 << 20, 100 << 20, 1 << 30],
+                at_once_size: 100 << 20,
                 conns: vec![1, 8, 32, 128],
                 rate_for: Duration::from_secs(2),
                 tags: 10_000,
@@ -246,11 +256,15 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     };
     let pin_bound = Duration::from_secs(600);
 
-    // ---- Fixtures: the manifest to read, the tags and repositories to list ----------------------
+    // ---- Fixtures: the manifest to read, the tags and repositories to list, the blobs to pull
+    // at once -------------------------------------------------------------------------------------
     progress(&format!(
-        "pushing the fixtures: a manifest, {} tags and {} repositories per registry",
-        plan.tags, plan.repos
+        "pushing the fixtures: a manifest, {} tags, {} repositories and {AT_ONCE_BLOBS} blobs of {} per registry",
+        plan.tags,
+        plan.repos,
+        size_label(plan.at_once_size)
     ));
+    let mut at_once_digests: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for t in &registries {
         let signed_in =
             http::authorized(&c, t, &[repository_scope("bench/img"), repository_scope("bench/tags")]).await?;
@@ -282,6 +296,12 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
             .await
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
+        let signed_in = http::authorized(&c, t, &[repository_scope(AT_ONCE_REPO)]).await?;
+        let mut digests = vec![];
+        for _ in 0..AT_ONCE_BLOBS {
+            digests.push(http::push(&c, &signed_in, AT_ONCE_REPO, Push::Mono, next_seed(), plan.at_once_size).await?.1);
+        }
+        at_once_digests.insert(t.id, digests);
         progress(&format!("fixtures pushed to {}", targets::label(t.id)));
     }
     cluster::drain_pins(&cluster, pin_bound)?;
@@ -340,6 +360,24 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
                 for d in &pushed {
                     t.forget_blob(d);
                 }
+            }
+        }
+
+        // ---- Many clients pulling at once ------------------------------------------------------
+        let at_once = format!("pull-{AT_ONCE_CLIENTS}x{AT_ONCE_BLOBS}/{}", size_label(plan.at_once_size));
+        for t in &order {
+            if let Some(pid) = t.pid {
+                reset_peak_rss(pid);
+            }
+            let signed_in = http::authorized(&c, t, &[repository_scope(AT_ONCE_REPO)]).await?;
+            let digests = &at_once_digests[t.id];
+            let took =
+                http::pull_at_once(&c, &signed_in, AT_ONCE_REPO, digests, plan.at_once_size, AT_ONCE_CLIENTS).await?;
+            let bytes = plan.at_once_size * AT_ONCE_CLIENTS as u64;
+            s.add(&at_once, "blobs", t.id, "MiB/s", true, mib_s(bytes, took));
+            if let Some(pid) = t.pid {
+                let rss = testkit::peak_rss_kib(pid) as f64 / 1024.0;
+                s.add(&format!("node-rss/{at_once}"), "memory", t.id, "MiB", false, rss);
             }
         }
 
@@ -429,6 +467,12 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
         let (eu, raw) = cluster::pin_round(&c, &mut cluster, &raw_pair, next_seed(), big).await?;
         s.add(&format!("cross-region-pin/{bz}"), "cluster", "afreg-cluster", "MiB/s", true, eu);
         s.add(&format!("cross-region-pin/{bz}"), "cluster", "reference", "MiB/s", true, raw);
+    }
+
+    for t in &registries {
+        for d in &at_once_digests[t.id] {
+            t.forget_blob(d);
+        }
     }
 
     let mut report = Report {
