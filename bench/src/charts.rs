@@ -1,7 +1,8 @@
 //! SVG charts of a report, drawn with plotters: the ratio of afreg to the faster peer for every
 //! comparable workload (the one chart to read first; another for afreg with its defaults), blob
-//! throughput per size, manifest request rates against connections, and the cluster's figures.
-//! Bars show the median, whiskers the spread over the rounds.
+//! throughput per size, crane's image push and pull, manifest request rates against
+//! connections, and the cluster's figures. Bars show the median, whiskers the spread over the
+//! rounds.
 
 use std::path::{Path, PathBuf};
 
@@ -190,7 +191,21 @@ pub fn draw_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         bars(&p, &format!("Blob push and pull, {s} (MiB/s, higher is better)"), "MiB/s", &rows, None)?;
         out.push(p);
     }
-    // 3. Manifests: req/s against connections.
+    // 3. crane: a whole image pushed and pulled.
+    let mut rows = vec![];
+    for f in report.figures.iter().filter(|f| f.group == "images") {
+        rows.push(Bar {
+            label: format!("{} · {}", f.workload, label(&f.target)),
+            median: f.median,
+            min: f.min,
+            max: f.max,
+            color: color_of(&f.target),
+        });
+    }
+    let p = dir.join("crane.svg");
+    bars(&p, "crane push and pull of a 20-layer image (MiB/s, higher is better)", "MiB/s", &rows, None)?;
+    out.push(p);
+    // 4. Manifests: req/s against connections.
     for method in ["get", "head"] {
         let mut series = vec![];
         for t in report.targets.iter().filter(|t| t.available && t.role != "reference") {
@@ -214,7 +229,7 @@ pub fn draw_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         )?;
         out.push(p);
     }
-    // 4. The cluster against its goals.
+    // 5. The cluster against its goals.
     let mut rows = vec![];
     for f in report.figures.iter().filter(|f| f.group == "cluster" && f.unit == "ms") {
         rows.push(Bar {

@@ -16,12 +16,14 @@
 //!
 //! # Layout
 //! - [`targets`]: starting each registry; [`http`]: the client side of every registry
-//!   workload; [`cluster`]: replication lag and cross-region pins; [`physical`]: the
-//!   references (Kubo, SHA-256, loopback TCP, a cached file).
+//!   workload; [`crane`]: a whole image pushed and pulled by crane; [`cluster`]: replication
+//!   lag and cross-region pins; [`physical`]: the references (Kubo, SHA-256, loopback TCP, a
+//!   cached file).
 //! - [`report`]: the run as data, and the goals; [`table`] and [`charts`] draw it.
 
 pub mod charts;
 pub mod cluster;
+pub mod crane;
 pub mod http;
 pub mod physical;
 pub mod report;
@@ -378,6 +380,24 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
             if let Some(pid) = t.pid {
                 let rss = testkit::peak_rss_kib(pid) as f64 / 1024.0;
                 s.add(&format!("node-rss/{at_once}"), "memory", t.id, "MiB", false, rss);
+            }
+        }
+
+        // ---- A whole image, pushed and pulled by crane -----------------------------------------
+        for t in &order {
+            let layout = tempfile::tempdir()?;
+            let image = crane::write_layout(layout.path(), next_seed())?;
+            let reference = crane::reference(t, &format!("bench/crane-{round}"), "latest");
+            let pushed = crane::push(t, layout.path(), &reference).await?;
+            if t.id == "afreg-cluster" {
+                cluster::drain_pins(&cluster, pin_bound)?;
+            }
+            let pulled_into = tempfile::tempdir()?;
+            let pulled = crane::pull(t, &reference, &pulled_into.path().join("image"), &image).await?;
+            s.add(&crane::workload("push"), "images", t.id, "MiB/s", true, mib_s(image.bytes, pushed));
+            s.add(&crane::workload("pull"), "images", t.id, "MiB/s", true, mib_s(image.bytes, pulled));
+            for (d, _) in &image.blobs {
+                t.forget_blob(d);
             }
         }
 

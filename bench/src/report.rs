@@ -48,8 +48,8 @@ pub struct TargetInfo {
 pub struct Figure {
     /// e.g. `pull/1GiB`, `manifest-get/32`, `replication-lag-p99/eu`.
     pub workload: String,
-    /// The table and chart it belongs to: `blobs`, `manifests`, `limits`, `listing`, `cluster`,
-    /// `physical`, `memory`.
+    /// The table and chart it belongs to: `blobs`, `images`, `manifests`, `limits`, `listing`,
+    /// `cluster`, `physical`, `memory`.
     pub group: String,
     pub target: String,
     /// `MiB/s`, `req/s`, `ms`, `MiB`, `% refused`.

@@ -89,7 +89,7 @@ pub fn markdown(r: &Report) -> String {
         r.machine.memory_gib,
         r.machine.kernel
     );
-    let _ = writeln!(out, "Charts: [ratios](ratios.svg) · [ratios, afreg with its defaults](ratios-defaults.svg) · {} · [manifest GET](manifest-get.svg) · [manifest HEAD](manifest-head.svg) · [replication lag](replication-lag.svg) · [cross-region pin](cross-region-pin.svg)\n",
+    let _ = writeln!(out, "Charts: [ratios](ratios.svg) · [ratios, afreg with its defaults](ratios-defaults.svg) · {} · [crane](crane.svg) · [manifest GET](manifest-get.svg) · [manifest HEAD](manifest-head.svg) · [replication lag](replication-lag.svg) · [cross-region pin](cross-region-pin.svg)\n",
         r.blob_sizes.iter().map(|s| { let s = size_label(*s); format!("[blobs {s}](blobs-{s}.svg)") }).collect::<Vec<_>>().join(" · "));
     let _ = writeln!(out, "![afreg ÷ the faster peer](ratios.svg)\n");
     let _ = writeln!(out, "![afreg with its defaults ÷ the faster peer](ratios-defaults.svg)\n");
@@ -113,6 +113,8 @@ pub fn markdown(r: &Report) -> String {
     let no_token: Vec<&str> = registries.iter().copied().filter(|t| *t != "afreg-token").collect();
     let _ = writeln!(out, "\n## Blobs\n\nOne client, one blob at a time; every transfer is of fresh pseudo-random bytes. `push-mono` is `POST` then one `PUT ?digest=` with the body; `push-single-post` is afreg's one `POST ?digest=` with the body; `push-streamed` is `POST`, one `PATCH`, `PUT` (what docker does); `push-chunked` is `PATCH`es of an eighth of the blob (at least 256 KiB) with `Content-Range`; `pull` is `GET` of the monolithic push's blob; `pull-32x10` is 32 clients at once, each a connection of its own, client i pulling blob i mod 10 of ten pushed before the rounds (so each blob is read by three or four clients at the same time), total bytes over the time to the last byte. `afreg with its defaults` takes a token from its `/token` before each workload and sends it with every request. The cluster keeps each blob in three regions, so its blob workloads stop below 1 GiB (its 1 GiB transfers are the cross-region pin figure) and a full run fits the disk; blobs pushed to a peer are removed from its storage once measured.");
     group_table(&mut out, r, "blobs", &no_token, &RATIO_OF);
+    let _ = writeln!(out, "\n## Images\n\n`crane push` of an OCI image layout the bench wrote (20 layers of fresh bytes, 256 KiB to 4 MiB in a geometric spread, a config and a manifest), then `crane pull --format oci` of the same reference into a fresh directory, each round to a repository of its own; the image's bytes over the crane process's run, start-up included. `afreg with its defaults` is logged in through a `DOCKER_CONFIG` with the bench user; the others are anonymous.");
+    group_table(&mut out, r, "images", &no_token, &RATIO_OF);
     let _ = writeln!(out, "\n## Memory\n\nPeak RSS (VmHWM, reset before each size) of the registry process over that size's pushes and pull; `node-rss/pull-32x10/…` over the 32 pulls at once.");
     group_table(&mut out, r, "memory", &no_token, &RATIO_OF);
     let _ = writeln!(out, "\n## Manifests\n\nHEAD and GET of one manifest by tag, from N connections each sending its next request when the last answer is read. `afreg (token)` sends a bearer token with every request, and so does `afreg with its defaults`, whose request-rate limits also apply (all connections come from one address and carry one token), so its figure counts only the answers served; the peers are anonymous (none is set up with a token service), so those ratios are token against anonymous.");

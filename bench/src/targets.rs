@@ -25,7 +25,8 @@ pub struct Target {
     /// manifest requests, or a private registry's for the workload at hand (see `login`).
     pub token: Option<String>,
     /// The bench user's name and password on a private registry (`afreg-defaults`): every
-    /// workload first takes a fresh token from its `/token` ([`crate::http::authorized`]).
+    /// workload first takes a fresh token from its `/token` ([`crate::http::authorized`]), and
+    /// crane logs in with them.
     pub login: Option<(String, String)>,
     /// Whether the registry limits request rates (`afreg-defaults`): the request-rate workload
     /// counts its 429s (from any other registry a 429 is an error there).
@@ -105,7 +106,7 @@ pub fn defaults_config() -> String {
          ten seconds' worth, 429 answered after about {} ms); log level {} with its request log; tokens last {} s. \
          Differs from `afreg up` only in its loopback ports, temp-dir paths and anonymous access (`afreg up` grants \
          anonymous pull); the bench user has {}. Every request carries a bearer token from its /token, a fresh one \
-         for each workload",
+         for each workload; crane logs in with the user's password",
         d.server.requests_per_second_per_client,
         d.server.requests_per_second_per_token,
         d.server.refusal_delay_ms,
