@@ -164,45 +164,54 @@ impl Report {
         Some((better_ratio(ours, peer), peer))
     }
 
+    /// The goal that `target`'s `workload` is at least `wanted` times the faster peer's.
+    fn vs_peer(&self, goal: &str, workload: &str, target: &str, wanted: f64) -> Goal {
+        let r = self.vs_best_peer(workload, target);
+        let measured = match &r {
+            Some((_, p)) => format!(
+                "{target} {} vs {} {} {}",
+                fmt(self.figure(workload, target).map(|f| f.median)),
+                p.target,
+                fmt(Some(p.median)),
+                p.unit
+            ),
+            None => format!("{workload}: a figure is missing"),
+        };
+        goal_of(goal, measured, r.map(|r| r.0), wanted, false)
+    }
+
+    /// The first workload recorded whose name starts with `prefix` (one whose size the run
+    /// chose), or the prefix itself, which no figure has.
+    fn workload_named(&self, prefix: &str) -> String {
+        self.figures.iter().map(|f| &f.workload).find(|w| w.starts_with(prefix)).cloned().unwrap_or(prefix.into())
+    }
+
     /// Fills `goals` from the figures.
     pub fn judge(&mut self) {
         let big = size_label(*self.blob_sizes.last().unwrap_or(&0));
         let small = size_label(*self.blob_sizes.first().unwrap_or(&0));
-        let mut goals = vec![];
-        let mut vs_peer = |goal: &str, workload: String, target: &str, wanted: f64| {
-            let r = self.vs_best_peer(&workload, target);
-            let measured = match &r {
-                Some((_, p)) => format!(
-                    "{target} {} vs {} {} {}",
-                    fmt(self.figure(&workload, target).map(|f| f.median)),
-                    p.target,
-                    fmt(Some(p.median)),
-                    p.unit
-                ),
-                None => format!("{workload}: a figure is missing"),
-            };
-            goals.push(goal_of(goal, measured, r.map(|r| r.0), wanted, false));
-        };
-        vs_peer(&format!("pull {big} ≥ 1.0× the faster peer"), format!("pull/{big}"), "afreg", 1.0);
-        vs_peer(
-            &format!("push {big} monolithic (POST + PUT) ≥ 1.0× the faster peer"),
-            format!("push-mono/{big}"),
-            "afreg",
-            1.0,
-        );
-        vs_peer(
-            &format!("push {big} streamed (one PATCH) ≥ 1.0× the faster peer"),
-            format!("push-streamed/{big}"),
-            "afreg",
-            1.0,
-        );
-        vs_peer("manifest GET at 32 connections ≥ 2× the faster peer", "manifest-get/32".into(), "afreg", 2.0);
-        vs_peer(
-            "manifest GET at 32 connections, with a token, ≥ 2× the faster peer (anonymous)",
-            "manifest-get/32".into(),
-            "afreg-token",
-            2.0,
-        );
+        let mut goals = vec![
+            self.vs_peer(&format!("pull {big} ≥ 1.0× the faster peer"), &format!("pull/{big}"), "afreg", 1.0),
+            self.vs_peer(
+                &format!("push {big} monolithic (POST + PUT) ≥ 1.0× the faster peer"),
+                &format!("push-mono/{big}"),
+                "afreg",
+                1.0,
+            ),
+            self.vs_peer(
+                &format!("push {big} streamed (one PATCH) ≥ 1.0× the faster peer"),
+                &format!("push-streamed/{big}"),
+                "afreg",
+                1.0,
+            ),
+            self.vs_peer("manifest GET at 32 connections ≥ 2× the faster peer", "manifest-get/32", "afreg", 2.0),
+            self.vs_peer(
+                "manifest GET at 32 connections, with a token, ≥ 2× the faster peer (anonymous)",
+                "manifest-get/32",
+                "afreg-token",
+                2.0,
+            ),
+        ];
         // Memory: the peak RSS with the big blob over the peak with the small one.
         let rss = |size: &str| self.figure(&format!("node-rss/{size}"), "afreg").map(|f| f.median);
         let (r_big, r_small) = (rss(&big), rss(&small));
@@ -236,7 +245,81 @@ impl Report {
             0.8,
             false,
         ));
+        goals.extend(self.defaults_goals());
         self.goals = goals;
+    }
+
+    /// The goals of afreg as a user runs it (`afreg-defaults`: private, every request with a
+    /// token, request-rate limits on), against the faster peer (anonymous, unlimited).
+    fn defaults_goals(&self) -> Vec<Goal> {
+        const D: &str = "afreg-defaults";
+        let big = size_label(*self.blob_sizes.last().unwrap_or(&0));
+        let mut goals = vec![self.vs_peer(
+            "afreg with its defaults: manifest GET at 32 connections ≥ 2× the faster peer",
+            "manifest-get/32",
+            D,
+            2.0,
+        )];
+        for &size in &self.blob_sizes {
+            let sz = size_label(size);
+            for (workload, what) in [
+                ("pull", "pull"),
+                ("push-mono", "push monolithic"),
+                ("push-streamed", "push streamed"),
+                ("push-chunked", "push chunked"),
+            ] {
+                let goal = format!("afreg with its defaults: {what} {sz} ≥ 1.0× the faster peer");
+                goals.push(self.vs_peer(&goal, &format!("{workload}/{sz}"), D, 1.0));
+            }
+        }
+        // The big pulls (every size but the smallest: 100 MiB and 1 GiB in a full run).
+        let cached = self.figure(&format!("page-cache-read/{big}"), "reference").map(|f| f.median);
+        for &size in self.blob_sizes.iter().skip(1) {
+            let sz = size_label(size);
+            let pull = format!("pull/{sz}");
+            goals.push(self.vs_peer(
+                &format!("afreg with its defaults: pull {sz} ≥ 1.3× the faster peer"),
+                &pull,
+                D,
+                1.3,
+            ));
+            let pulled = self.figure(&pull, D).map(|f| f.median);
+            goals.push(goal_of(
+                &format!("afreg with its defaults: pull {sz} ≥ 0.5× reading a cached file of {big} (`cat`, piped)"),
+                format!("{D} {} vs page-cache-read/{big} {} MiB/s", fmt(pulled), fmt(cached)),
+                pulled.zip(cached).map(|(p, c)| p / c),
+                0.5,
+                false,
+            ));
+        }
+        let (clients, blobs) = (crate::AT_ONCE_CLIENTS, crate::AT_ONCE_BLOBS);
+        let at_once = self.workload_named(&format!("pull-{clients}x{blobs}/"));
+        let goal =
+            format!("afreg with its defaults: {clients} clients pulling {blobs} blobs at once ≥ 1.2× the faster peer");
+        goals.push(self.vs_peer(&goal, &at_once, D, 1.2));
+        for verb in ["push", "pull"] {
+            let workload = crate::crane::workload(verb);
+            goals.push(self.vs_peer(
+                &format!("afreg with its defaults: crane {verb} of an image ≥ 1.0× the faster peer"),
+                &workload,
+                D,
+                1.0,
+            ));
+        }
+        let peak = self
+            .figures
+            .iter()
+            .filter(|f| f.target == D && f.workload.starts_with("node-rss/") && !f.samples.is_empty())
+            .map(|f| f.max)
+            .reduce(f64::max);
+        goals.push(goal_of(
+            "afreg with its defaults: node peak RSS < 150 MiB",
+            format!("highest peak RSS of any round and workload {} MiB", fmt(peak)),
+            peak,
+            150.0,
+            true,
+        ));
+        goals
     }
 }
 
@@ -290,6 +373,52 @@ mod tests {
         assert_eq!(size_label(100 << 20), "100MiB");
         assert_eq!(size_label(1 << 30), "1GiB");
         assert_eq!(size_label(256 << 10), "256KiB");
+    }
+
+    #[test]
+    fn the_defaults_are_judged_against_the_faster_peer_the_page_cache_and_their_peak_memory() {
+        let peer = |id: &str| TargetInfo {
+            id: id.into(),
+            label: id.into(),
+            role: "peer".into(),
+            available: true,
+            configuration: String::new(),
+        };
+        let fig = |w: &str, t: &str, v: f64| Figure::new(w, "g", t, "MiB/s", true, vec![v]);
+        let mut figures = vec![
+            fig("pull/8MiB", "afreg-defaults", 600.0),
+            fig("pull/8MiB", "distribution-v3", 400.0),
+            fig("pull/8MiB", "distribution-2.8", 500.0),
+            fig("page-cache-read/8MiB", "reference", 2000.0),
+        ];
+        figures.push(Figure::new("node-rss/1MiB", "memory", "afreg-defaults", "MiB", false, vec![40.0, 90.0]));
+        figures.push(Figure::new("node-rss/pull-32x10/8MiB", "memory", "afreg-defaults", "MiB", false, vec![60.0]));
+        let report = Report {
+            started: String::new(),
+            quick: true,
+            rounds: 1,
+            blob_sizes: vec![1 << 20, 8 << 20],
+            machine: Machine { cores: 2, cpu: String::new(), memory_gib: 1.0, kernel: String::new() },
+            targets: vec![peer("distribution-v3"), peer("distribution-2.8")],
+            figures,
+            goals: vec![],
+            seconds: 0.0,
+        };
+        let goals = report.defaults_goals();
+        // Manifest GET, four blob workloads at two sizes, the 8 MiB pull twice, pull-32x10,
+        // crane push and pull, peak RSS.
+        assert_eq!(goals.len(), 1 + 8 + 2 + 1 + 2 + 1, "{goals:?}");
+        let goal = |text: &str| goals.iter().find(|g| g.goal.contains(text)).unwrap_or_else(|| panic!("{text}"));
+        let vs_peer = goal("pull 8MiB ≥ 1.3×");
+        assert_eq!((vs_peer.ratio, vs_peer.met), (Some(1.2), Some(false)));
+        let vs_cache = goal("pull 8MiB ≥ 0.5× reading a cached file");
+        assert_eq!((vs_cache.ratio, vs_cache.met), (Some(0.3), Some(false)));
+        // The highest sample of any node-rss figure, not a median.
+        let rss = goal("peak RSS");
+        assert_eq!((rss.ratio, rss.met), (Some(90.0), Some(true)));
+        // No figure, no verdict.
+        assert_eq!(goal("crane push").met, None);
+        assert_eq!(goal("clients pulling 10 blobs at once").met, None);
     }
 
     #[test]
