@@ -64,10 +64,12 @@ fn unlimited(c: &mut testkit::NodeConfig) {
     c.config.log.level = "warn".into();
     c.config.server.requests_per_second_per_client = 0;
     c.config.server.requests_per_second_per_token = 0;
+    c.config.server.reads_per_second_per_client = 0;
+    c.config.server.reads_per_second_per_token = 0;
 }
 
 pub const AFREG_CONFIG: &str = "one region: afreg serve over its own PostgreSQL and Kubo (CIDv1, raw leaves, 1 MiB chunks; \
-    blobs read through Kubo's gateway); anonymous pull/push/delete; request-rate limits off; log level warn (no access log); \
+    blobs served from verified files on its volume, else through Kubo's gateway); anonymous pull/push/delete; request-rate limits off; log level warn (no access log); \
     manifest cache on (64 MiB)";
 pub const TOKEN_CONFIG: &str = "the same one-region node, every manifest request with a bearer token from its /token \
     (verified on each request; the verified-token cache on)";
@@ -102,14 +104,18 @@ pub fn defaults_config() -> String {
     };
     format!(
         "one region as `afreg up` configures it: afreg serve over its own PostgreSQL and Kubo (the same Kubo recipe), \
-         one process; {anonymous}; request-rate limits on ({} req/s per client address and {} per token, bursts of \
-         ten seconds' worth, 429 answered after about {} ms); log level {} with its request log; tokens last {} s. \
+         one process; {anonymous}; request-rate limits on ({} costly requests/s per client address and {} per token, \
+         {} reads/s per client address and {} per token, bursts of ten seconds' worth, 429 answered after about {} ms); \
+         blob files on ({} GiB); log level {} with its request log; tokens last {} s. \
          Differs from `afreg up` only in its loopback ports, temp-dir paths and anonymous access (`afreg up` grants \
          anonymous pull); the bench user has {}. Every request carries a bearer token from its /token, a fresh one \
          for each workload; crane logs in with the user's password",
         d.server.requests_per_second_per_client,
         d.server.requests_per_second_per_token,
+        d.server.reads_per_second_per_client,
+        d.server.reads_per_second_per_token,
         d.server.refusal_delay_ms,
+        d.storage.blob_cache_bytes >> 30,
         d.log.level,
         d.auth.token_ttl_secs,
         DEFAULTS_GRANTS.join(" and ")

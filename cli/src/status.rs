@@ -73,5 +73,19 @@ pub async fn run(args: StatusArgs, load: impl FnOnce() -> anyhow::Result<Config>
             opt(&r["url"]),
         );
     }
+    let f = &v["blob_files"];
+    if f.is_object() {
+        println!(
+            "blob files (the answering process): {} bytes in {} files of {} allowed; {} hits, {} misses, {} fills, {} evictions, {} corrupt removed",
+            opt(&f["bytes"]),
+            opt(&f["files"]),
+            opt(&f["capacity_bytes"]),
+            opt(&f["hits"]),
+            opt(&f["misses"]),
+            opt(&f["fills"]),
+            opt(&f["evictions"]),
+            opt(&f["corrupt"]),
+        );
+    }
     Ok(())
 }

@@ -112,12 +112,20 @@ pub struct ServerConfig {
     pub body_idle_timeout_secs: u64,
     /// On SIGTERM, requests in flight get this long to finish before the node stops anyway.
     pub drain_secs: u64,
-    /// Requests a client address may make per second (burst: ten times that), then 429
-    /// `TOOMANYREQUESTS`; 0 turns the limit off.
+    /// Costly requests (upload sessions, writes, deletes, `/token`, the catalog, and every
+    /// answer of 401 or 403) a client address may make per second (burst: ten times that),
+    /// then 429 `TOOMANYREQUESTS`; 0 turns the limit off.
     pub requests_per_second_per_client: u32,
-    /// Requests per second with one bearer token, from any address (burst: ten times that);
-    /// 0 turns the limit off.
+    /// Costly requests per second with one bearer token, from any address (burst: ten times
+    /// that); 0 turns the limit off.
     pub requests_per_second_per_token: u32,
+    /// Reads (`GET`/`HEAD` of manifests, blobs, tag lists, referrers and `/v2/`) a client
+    /// address may make per second (burst: ten times that). The default sits above what a
+    /// node serves, so that one heavy client is never throttled below the node's own speed;
+    /// 0 turns the limit off.
+    pub reads_per_second_per_client: u32,
+    /// Reads per second with one bearer token, from any address; 0 turns the limit off.
+    pub reads_per_second_per_token: u32,
     /// A 429 is answered after about this long (0.5 to 1.5 times, at random): a client that ignores `Retry-After` cannot loop
     /// refusals at full speed (each costs it this long, and its connections are capped).
     pub refusal_delay_ms: u64,
@@ -139,6 +147,8 @@ impl Default for ServerConfig {
             drain_secs: 20,
             requests_per_second_per_client: 500,
             requests_per_second_per_token: 500,
+            reads_per_second_per_client: 50_000,
+            reads_per_second_per_token: 50_000,
             refusal_delay_ms: 1000,
         }
     }
@@ -283,11 +293,11 @@ impl Default for KuboConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Largest manifest accepted, in bytes (inclusive); larger ones get 413.
     /// Bytes of manifests the seat-holding process keeps in memory for GET and HEAD, so that
     /// a pull's manifest requests need no Postgres round trip. Any applied write empties it
     /// (read-your-writes and linearizable reads stay exact). 0 turns it off.
     pub manifest_cache_bytes: u64,
+    /// Largest manifest accepted, in bytes (inclusive); larger ones get 413.
     pub max_manifest_bytes: usize,
     /// Upload sessions untouched for this long are removed, with whatever they staged.
     pub upload_ttl_secs: u64,
@@ -302,6 +312,18 @@ pub struct StorageConfig {
     /// Upload sessions one user (or, without auth, one client address) may have open at once;
     /// another gets 429 `TOOMANYREQUESTS` until one finishes, is cancelled or expires.
     pub max_uploads_per_user: u32,
+    /// Where verified copies of blobs are kept as plain files, so that pulls are served from
+    /// the page cache rather than through Kubo (on the node's persistent volume; every
+    /// `afreg serve` of the region on that volume may share it).
+    pub blob_cache_dir: PathBuf,
+    /// Bytes of blob files kept; the least recently used go first. 0 turns the files off
+    /// (every pull through Kubo).
+    pub blob_cache_bytes: u64,
+    /// The scrub re-reads every blob file once per this many seconds and removes any whose
+    /// bytes no longer match their digest. 0 turns it off.
+    pub blob_cache_scrub_interval_secs: u64,
+    /// The scrub reads at most this many bytes a second.
+    pub blob_cache_scrub_bytes_per_second: u64,
 }
 
 impl Default for StorageConfig {
@@ -314,6 +336,10 @@ impl Default for StorageConfig {
             max_page_entries: 1000,
             max_blob_bytes: 16 * 1024 * 1024 * 1024,
             max_uploads_per_user: 256,
+            blob_cache_dir: PathBuf::from("blob-files"),
+            blob_cache_bytes: 8 << 30,
+            blob_cache_scrub_interval_secs: 24 * 3600,
+            blob_cache_scrub_bytes_per_second: 32 << 20,
         }
     }
 }
@@ -614,6 +640,12 @@ impl Config {
         }
         if self.storage.max_blob_bytes == 0 || self.storage.max_uploads_per_user == 0 {
             return bad("storage.max_blob_bytes and max_uploads_per_user must be positive");
+        }
+        if self.storage.blob_cache_bytes > 0
+            && self.storage.blob_cache_scrub_interval_secs > 0
+            && self.storage.blob_cache_scrub_bytes_per_second == 0
+        {
+            return bad("storage.blob_cache_scrub_bytes_per_second must be positive while the scrub runs");
         }
         if self.storage.max_manifest_bytes == 0 {
             return bad("storage.max_manifest_bytes must be positive");

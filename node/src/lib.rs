@@ -9,6 +9,7 @@
 //! - [`registry`]: the services (blobs, uploads, manifests) that tie the adapters together.
 //! - [`store`]: the node's SQL, against the schema in `migrations/`.
 //! - [`kubo`]: the Kubo RPC client; streams blob bytes in and out.
+//! - [`blob_files`]: verified copies of blobs as plain files, where pulls are served from.
 //! - [`unixfs`]: a chunked upload's UnixFS DAG, built over leaves Kubo already stores.
 //! - [`hashing`]: the running digest (sha256 or sha512) of bytes as they stream through.
 //! - [`auth`]: the token service, token checks and users.
@@ -20,6 +21,7 @@
 pub use afreg_config as config;
 
 pub mod auth;
+pub mod blob_files;
 pub mod hashing;
 pub mod http;
 pub mod kubo;

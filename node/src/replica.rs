@@ -20,11 +20,12 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Keys;
+use crate::blob_files::BlobFiles;
 use crate::config::{ClusterConfig, Config};
 use crate::kubo::{Kubo, KuboError};
 
-/// The region's Kubo as the pinner sees it.
-pub struct KuboIpfs(pub Kubo);
+/// The region's Kubo as the pinner sees it, with the blob files that go when a pin goes.
+pub struct KuboIpfs(pub Kubo, pub Option<Arc<BlobFiles>>);
 
 impl Ipfs for KuboIpfs {
     type Error = KuboError;
@@ -32,7 +33,11 @@ impl Ipfs for KuboIpfs {
         self.0.pin_add_within(cid, timeout).await
     }
     async fn unpin(&self, cid: &str) -> Result<(), KuboError> {
-        self.0.pin_rm(cid).await
+        self.0.pin_rm(cid).await?;
+        if let Some(files) = &self.1 {
+            files.remove_cid(cid);
+        }
+        Ok(())
     }
     async fn peer(&self, addrs: &[String]) -> Result<(), KuboError> {
         let mut last = Err(KuboError::NoAddress);
@@ -333,12 +338,14 @@ pub fn spawn_duties(
     pool: PgPool,
     cluster: Arc<Cluster>,
     kubo: Kubo,
+    files: Option<Arc<BlobFiles>>,
     keys: Arc<Keys>,
     stop: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let holder = {
         let (cfg, pool, cluster, kubo, keys, stop) =
             (cfg.clone(), pool.clone(), cluster.clone(), kubo, keys.clone(), stop.clone());
+        let files = files.clone();
         tokio::spawn(async move {
             let mut serving = cluster.serving();
             loop {
@@ -346,7 +353,8 @@ pub fn spawn_duties(
                 let session = stop.child_token();
                 let tasks = match epoch {
                     Some(_) => {
-                        holder_duties(&cfg, pool.clone(), cluster.clone(), kubo.clone(), keys.clone(), session.clone())
+                        let (kubo, files) = (kubo.clone(), files.clone());
+                        holder_duties(&cfg, pool.clone(), cluster.clone(), kubo, files, keys.clone(), session.clone())
                     }
                     None => Vec::new(),
                 };
@@ -373,6 +381,7 @@ fn holder_duties(
     pool: PgPool,
     cluster: Arc<Cluster>,
     kubo: Kubo,
+    files: Option<Arc<BlobFiles>>,
     keys: Arc<Keys>,
     stop: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -387,7 +396,7 @@ fn holder_duties(
     tasks.push(tokio::spawn(pinner::run(
         pool.clone(),
         cluster.id,
-        Arc::new(KuboIpfs(kubo.clone())),
+        Arc::new(KuboIpfs(kubo.clone(), files.clone())),
         cluster.subscribe(),
         opts,
         stop.clone(),

@@ -95,10 +95,24 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     });
     let metrics_server = spawn_metrics(cfg.server.metrics_listen, metrics.clone(), limits, shutdown.clone()).await?;
-    let duties =
-        crate::replica::spawn_duties(&cfg, store.pool().clone(), cluster.clone(), kubo.clone(), keys, shutdown.clone());
+    let st = &cfg.storage;
+    let files = crate::blob_files::BlobFiles::open(&st.blob_cache_dir, st.blob_cache_bytes)
+        .map_err(|e| anyhow::anyhow!("storage.blob_cache_dir {}: {e}", st.blob_cache_dir.display()))?;
+    let duties = crate::replica::spawn_duties(
+        &cfg,
+        store.pool().clone(),
+        cluster.clone(),
+        kubo.clone(),
+        files.clone(),
+        keys,
+        shutdown.clone(),
+    );
+    let scrub = files.clone().map(|f| {
+        let (every, rate) = (st.blob_cache_scrub_interval_secs, st.blob_cache_scrub_bytes_per_second);
+        tokio::spawn(scrub_blob_files(f, every, rate, shutdown.clone()))
+    });
 
-    let registry = Arc::new(Registry::new(store.clone(), kubo, cfg.clone(), cluster.clone()));
+    let registry = Arc::new(Registry::new(store.clone(), kubo, files, cfg.clone(), cluster.clone()));
     if let Ok(n) = store.open_uploads().await {
         metrics::gauge!("afreg_upload_sessions_open").set(n as f64);
     }
@@ -125,6 +139,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), kubo_gc).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), upkeep).await;
+    if let Some(t) = scrub {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     for t in duties {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
@@ -246,6 +263,29 @@ async fn collect_kubo_garbage(kubo: crate::kubo::Kubo, every_secs: u64, stop: Ca
                 "Kubo repository GC done"
             ),
             Err(e) => tracing::warn!(event = "kubo_gc_failed", error = %e, "Kubo repository GC failed; will retry"),
+        }
+    }
+}
+
+/// Re-reads every blob file once per `every_secs` (0: never) at `bytes_per_second`, removing
+/// those whose bytes no longer match their digest (see [`crate::blob_files`]).
+async fn scrub_blob_files(
+    files: Arc<crate::blob_files::BlobFiles>,
+    every_secs: u64,
+    bytes_per_second: u64,
+    stop: CancellationToken,
+) {
+    if every_secs == 0 {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(every_secs)) => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = files.scrub(bytes_per_second) => {}
         }
     }
 }

@@ -122,6 +122,9 @@ impl NodeConfig {
         if c.cluster.secret_file == d.cluster.secret_file {
             c.cluster.secret_file = dir.join("cluster-secret");
         }
+        if c.storage.blob_cache_dir == d.storage.blob_cache_dir {
+            c.storage.blob_cache_dir = dir.join("blob-files");
+        }
         c
     }
 }

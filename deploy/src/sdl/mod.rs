@@ -361,6 +361,12 @@ pub fn registry_config(r: &RegionFile, secrets: Option<&Secrets>) -> Config {
     c.kubo.api_url = format!("http://kubo:{KUBO_API_PORT}");
     c.kubo.gateway_url = format!("http://kubo:{KUBO_GATEWAY_PORT}");
     c.auth.signing_key = format!("{REGISTRY_DATA}/afreg-signing-key.pem").into();
+    // Pulls are served from verified blob files on the registry's own volume: three quarters of
+    // it, the rest for the certificate cache, the key and room for fills in progress.
+    c.storage.blob_cache_dir = format!("{REGISTRY_DATA}/blob-files").into();
+    if let Some(bytes) = quantity_bytes(&r.resources.registry.storage) {
+        c.storage.blob_cache_bytes = bytes / 4 * 3;
+    }
     c.cluster.id = r.raft_id;
     c.cluster.region = r.name.clone();
     c.cluster.listen = ([0, 0, 0, 0], internal).into();
@@ -451,6 +457,26 @@ fn check_resources(region: &str, svc: &str, res: &Service) -> Result<(), SdlErro
         }
     }
     Ok(())
+}
+
+/// The bytes of a Kubernetes quantity (`10Gi`, `500M`); None if it is not one.
+fn quantity_bytes(q: &str) -> Option<u64> {
+    const UNITS: [(&str, u64); 12] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("Ei", 1 << 60),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+        ("E", 1_000_000_000_000_000_000),
+    ];
+    let (digits, unit) = UNITS.iter().find_map(|(s, u)| Some((q.strip_suffix(s)?, *u))).unwrap_or((q, 1));
+    digits.parse::<u64>().ok()?.checked_mul(unit)
 }
 
 fn is_quantity(q: &str) -> bool {

@@ -215,6 +215,21 @@ fn data_lives_on_persistent_volumes_sized_from_the_region_file() {
 }
 
 #[test]
+fn the_registry_keeps_its_blob_files_on_its_volume_within_three_quarters_of_it() {
+    for r in regions() {
+        let doc = sdl(&r, None).unwrap();
+        let env = registry_env_of(&doc);
+        assert!(env.contains(&"AFREG_STORAGE__BLOB_CACHE_DIR=/data/blob-files"), "{}: {env:?}", r.name);
+        let volume = quantity_bytes(&r.resources.registry.storage).unwrap();
+        let want = format!("AFREG_STORAGE__BLOB_CACHE_BYTES={}", volume / 4 * 3);
+        assert!(env.contains(&want.as_str()), "{}: {env:?}", r.name);
+    }
+    assert_eq!(quantity_bytes("10Gi"), Some(10 << 30));
+    assert_eq!(quantity_bytes("500M"), Some(500_000_000));
+    assert_eq!(quantity_bytes("Gi"), None);
+}
+
+#[test]
 fn placement_and_pricing_come_from_the_region_file() {
     for r in regions() {
         let doc = sdl(&r, None).unwrap();

@@ -250,7 +250,7 @@ async fn get_blob(st: &AppState, repo: &RepoName, d: &Digest, with_body: bool, h
     };
     let len = range.map(|r| r.end - r.start + 1).unwrap_or(size);
     let mut resp = if with_body {
-        let stream = st.registry.blob_stream(&blob, range).await?.inspect(|b| {
+        let stream = st.registry.blob_stream(d, &blob, range).await?.inspect(|b| {
             if let Ok(b) = b {
                 metrics::counter!("afreg_bytes_out_total").increment(b.len() as u64);
             }

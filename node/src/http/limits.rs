@@ -1,9 +1,18 @@
-//! The public API's request rates: each client address, and each credential (the whole
-//! `Authorization` value, so one stolen or shared token cannot drive the node from many
-//! addresses), gets `server.requests_per_second_per_*` requests a second with a burst of ten
-//! seconds' worth (governor's GCRA), then 429 `TOOMANYREQUESTS` with `Retry-After`. Credentials
-//! are keyed by a keyed hash, so the limiter's memory holds no token. Clients and tokens that
-//! went quiet are forgotten once a minute.
+//! The public API's request rates, charged by what a request costs. Each client address, and
+//! each credential (the whole `Authorization` value, so one stolen or shared token cannot drive
+//! the node from many addresses), has two buckets (governor's GCRA, a burst of ten seconds'
+//! worth), then 429 `TOOMANYREQUESTS` with `Retry-After`:
+//! - **reads** (`GET`/`HEAD` of `/v2/`, a manifest, a blob, a tag list, referrers) take from
+//!   `server.reads_per_second_per_*`, set by default above what a node can serve, so that one
+//!   heavy honest client (a CI fleet behind one NAT address) is never throttled below the
+//!   node's own speed;
+//! - **everything else** (upload sessions, writes, deletes, `/token`, the catalog) takes from
+//!   `server.requests_per_second_per_*`, and so does every answer of 401 or 403 on top of what
+//!   the request already took: guessing credentials or probing repositories costs as much as
+//!   a write, however cheap the request looked.
+//!
+//! Credentials are keyed by a keyed hash, so the limiter's memory holds no token. Clients and
+//! tokens that went quiet are forgotten once a minute.
 
 use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
@@ -12,7 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -22,9 +31,56 @@ use crate::oci::{ErrorCode, RegistryError};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// What a request costs: which pair of buckets it takes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cost {
+    Read,
+    Costly,
+}
+
+impl Cost {
+    /// `GET`/`HEAD` under `/v2/` except upload sessions and the catalog are reads.
+    pub fn of(method: &axum::http::Method, path: &str) -> Cost {
+        use axum::http::Method;
+        let read_method = *method == Method::GET || *method == Method::HEAD;
+        let v2 = path == "/v2" || path.starts_with("/v2/");
+        if read_method && v2 && !path.contains("/blobs/uploads") && !path.starts_with("/v2/_catalog") {
+            Cost::Read
+        } else {
+            Cost::Costly
+        }
+    }
+}
+
+/// One kind of key's two buckets.
+struct Buckets<K: Hash + Eq + Clone> {
+    reads: Option<DefaultKeyedRateLimiter<K>>,
+    costly: Option<DefaultKeyedRateLimiter<K>>,
+}
+
+impl<K: Hash + Eq + Clone> Buckets<K> {
+    fn new(reads_per_second: u32, costly_per_second: u32) -> Self {
+        Buckets { reads: limiter(reads_per_second), costly: limiter(costly_per_second) }
+    }
+
+    fn check(&self, key: &K, cost: Cost) -> Result<(), governor::NotUntil<<DefaultClock as Clock>::Instant>> {
+        let bucket = match cost {
+            Cost::Read => &self.reads,
+            Cost::Costly => &self.costly,
+        };
+        bucket.as_ref().map_or(Ok(()), |l| l.check_key(key))
+    }
+
+    fn retain_recent(&self) {
+        for l in [&self.reads, &self.costly].into_iter().flatten() {
+            l.retain_recent();
+        }
+    }
+}
+
 pub struct RequestLimits {
-    per_client: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    per_token: Option<DefaultKeyedRateLimiter<u64>>,
+    per_client: Buckets<IpAddr>,
+    per_token: Buckets<u64>,
     keys: std::collections::hash_map::RandomState,
     last_sweep: Mutex<Instant>,
     refusal_delay: Duration,
@@ -39,45 +95,45 @@ fn limiter<K: Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKeyedRateLimi
 impl RequestLimits {
     pub fn new(cfg: &afreg_config::ServerConfig) -> RequestLimits {
         RequestLimits {
-            per_client: limiter(cfg.requests_per_second_per_client),
-            per_token: limiter(cfg.requests_per_second_per_token),
+            per_client: Buckets::new(cfg.reads_per_second_per_client, cfg.requests_per_second_per_client),
+            per_token: Buckets::new(cfg.reads_per_second_per_token, cfg.requests_per_second_per_token),
             keys: Default::default(),
             last_sweep: Mutex::new(Instant::now()),
             refusal_delay: Duration::from_millis(cfg.refusal_delay_ms),
         }
     }
 
-    /// Counts one request from `client` with `authorization` (if any) against both limits.
-    pub fn check(&self, client: IpAddr, authorization: Option<&[u8]>) -> Result<(), RegistryError> {
+    /// Counts one request of `cost` from `client` with `authorization` (if any) against the
+    /// client's and the credential's buckets for that cost.
+    pub fn check(&self, client: IpAddr, authorization: Option<&[u8]>, cost: Cost) -> Result<(), RegistryError> {
         self.sweep();
-        let refuse = |who: &str, e: governor::NotUntil<_>| {
-            let wait = e.wait_time_from(DefaultClock::default().now());
-            RegistryError::too_many_requests(
-                format!("too many requests from this {who}; slow down"),
-                wait.as_secs().max(1),
-            )
-        };
-        if let Some(l) = &self.per_client {
-            l.check_key(&client).map_err(|e| refuse("address", e))?;
-        }
-        if let (Some(l), Some(auth)) = (&self.per_token, authorization) {
-            l.check_key(&self.keys.hash_one(auth)).map_err(|e| refuse("token", e))?;
+        self.per_client.check(&client, cost).map_err(|e| refusal("address", e))?;
+        if let Some(auth) = authorization {
+            self.per_token.check(&self.keys.hash_one(auth), cost).map_err(|e| refusal("token", e))?;
         }
         Ok(())
+    }
+
+    /// Charges a refused credential (an answer of 401 or 403) to the client's costly bucket,
+    /// on top of what its request took; over the limit, the answer becomes a 429.
+    fn charge_refusal(&self, client: IpAddr) -> Result<(), RegistryError> {
+        self.per_client.check(&client, Cost::Costly).map_err(|e| refusal("address", e))
     }
 
     fn sweep(&self) {
         let mut last = self.last_sweep.lock().unwrap();
         if last.elapsed() >= SWEEP_EVERY {
             *last = Instant::now();
-            if let Some(l) = &self.per_client {
-                l.retain_recent();
-            }
-            if let Some(l) = &self.per_token {
-                l.retain_recent();
-            }
+            self.per_client.retain_recent();
+            self.per_token.retain_recent();
         }
     }
+}
+
+/// 429 for `who` (this address, this token), with the wait the bucket names.
+fn refusal(who: &str, e: governor::NotUntil<<DefaultClock as Clock>::Instant>) -> RegistryError {
+    let wait = e.wait_time_from(DefaultClock::default().now());
+    RegistryError::too_many_requests(format!("too many requests from this {who}; slow down"), wait.as_secs().max(1))
 }
 
 /// The middleware: refuses a request over either limit before it is routed, and answers
@@ -90,12 +146,23 @@ pub async fn limit(
     next: Next,
 ) -> Response {
     let auth = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    let resp = match limits.check(client.0, auth) {
+    let cost = Cost::of(req.method(), req.uri().path());
+    let resp = match limits.check(client.0, auth, cost) {
         Err(e) => {
             metrics::counter!("afreg_requests_limited_total").increment(1);
             e.into_response()
         }
         Ok(()) => next.run(req).await,
+    };
+    let resp = match resp.status() {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => match limits.charge_refusal(client.0) {
+            Ok(()) => resp,
+            Err(e) => {
+                metrics::counter!("afreg_requests_limited_total").increment(1);
+                e.into_response()
+            }
+        },
+        _ => resp,
     };
     if resp.status() == ErrorCode::TooManyRequests.status() {
         // Between half and one and a half times the delay, at random: refusals of a burst come
@@ -122,19 +189,19 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         // 20 from one address without credentials, then refused.
         for _ in 0..20 {
-            l.check(a, None).unwrap();
+            l.check(a, None, Cost::Costly).unwrap();
         }
-        let e = l.check(a, None).unwrap_err();
+        let e = l.check(a, None, Cost::Costly).unwrap_err();
         assert_eq!(e.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.code.as_str(), "TOOMANYREQUESTS");
         assert!(e.retry_after.is_some());
         // One token from many addresses: 30, then refused, though each address is fresh.
         for i in 0..30u8 {
-            l.check(IpAddr::from([10, 1, 0, i]), Some(b"Bearer t")).unwrap();
+            l.check(IpAddr::from([10, 1, 0, i]), Some(b"Bearer t"), Cost::Costly).unwrap();
         }
-        assert!(l.check(b, Some(b"Bearer t")).is_err());
+        assert!(l.check(b, Some(b"Bearer t"), Cost::Costly).is_err());
         // Another token from a fresh address is not affected.
-        l.check(b, Some(b"Bearer u")).unwrap();
+        l.check(b, Some(b"Bearer u"), Cost::Costly).unwrap();
     }
 
     #[test]
@@ -142,11 +209,77 @@ mod tests {
         let cfg = afreg_config::ServerConfig {
             requests_per_second_per_client: 0,
             requests_per_second_per_token: 0,
+            reads_per_second_per_client: 0,
+            reads_per_second_per_token: 0,
             ..afreg_config::ServerConfig::default()
         };
         let l = RequestLimits::new(&cfg);
-        for _ in 0..10_000 {
-            l.check("10.0.0.1".parse().unwrap(), Some(b"Bearer t")).unwrap();
+        for cost in [Cost::Read, Cost::Costly] {
+            for _ in 0..10_000 {
+                l.check("10.0.0.1".parse().unwrap(), Some(b"Bearer t"), cost).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn reads_and_costly_requests_take_from_separate_buckets() {
+        let cfg = afreg_config::ServerConfig {
+            requests_per_second_per_client: 1,
+            requests_per_second_per_token: 1,
+            reads_per_second_per_client: 100,
+            reads_per_second_per_token: 100,
+            ..afreg_config::ServerConfig::default()
+        };
+        let l = RequestLimits::new(&cfg);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..10 {
+            l.check(a, Some(b"Bearer t"), Cost::Costly).unwrap();
+        }
+        assert!(l.check(a, Some(b"Bearer t"), Cost::Costly).is_err(), "the costly bucket is empty");
+        // Reads go on, up to their own burst of 1000.
+        for _ in 0..1000 {
+            l.check(a, Some(b"Bearer t"), Cost::Read).unwrap();
+        }
+        assert!(l.check(a, Some(b"Bearer t"), Cost::Read).is_err(), "the read bucket is empty too");
+    }
+
+    #[test]
+    fn a_refused_credential_costs_a_costly_request() {
+        let cfg = afreg_config::ServerConfig {
+            requests_per_second_per_client: 1,
+            reads_per_second_per_client: 100,
+            ..afreg_config::ServerConfig::default()
+        };
+        let l = RequestLimits::new(&cfg);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        // Ten reads answered 401: the costly burst of ten is spent, and the next refusal is a
+        // 429; reads that succeed go on.
+        for _ in 0..10 {
+            l.check(a, None, Cost::Read).unwrap();
+            l.charge_refusal(a).unwrap();
+        }
+        l.check(a, None, Cost::Read).unwrap();
+        assert_eq!(l.charge_refusal(a).unwrap_err().status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(l.check(a, None, Cost::Costly).is_err());
+        l.check(a, None, Cost::Read).unwrap();
+    }
+
+    #[test]
+    fn what_counts_as_a_read() {
+        use axum::http::Method;
+        for (m, p, want) in [
+            (Method::GET, "/v2/", Cost::Read),
+            (Method::GET, "/v2/a/b/manifests/latest", Cost::Read),
+            (Method::HEAD, "/v2/a/blobs/sha256:00", Cost::Read),
+            (Method::GET, "/v2/a/tags/list", Cost::Read),
+            (Method::GET, "/v2/a/blobs/uploads/123", Cost::Costly),
+            (Method::GET, "/v2/_catalog", Cost::Costly),
+            (Method::GET, "/token", Cost::Costly),
+            (Method::PUT, "/v2/a/manifests/latest", Cost::Costly),
+            (Method::DELETE, "/v2/a/blobs/sha256:00", Cost::Costly),
+            (Method::POST, "/v2/a/blobs/uploads/", Cost::Costly),
+        ] {
+            assert_eq!(Cost::of(&m, p), want, "{m} {p}");
         }
     }
 }

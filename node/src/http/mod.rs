@@ -205,7 +205,7 @@ async fn status(State(st): State<AppState>, uri: Uri) -> Response {
     let mut cached = if local { st.status.local.lock().await } else { st.status.cluster.lock().await };
     let fresh = if local { LOCAL_STATUS_FRESH } else { STATUS_FRESH };
     if let Some((_, v)) = cached.as_ref().filter(|(at, _)| at.elapsed() < fresh) {
-        return axum::Json(v.clone()).into_response();
+        return axum::Json(with_blob_files(reg, v.clone())).into_response();
     }
     metrics::counter!("afreg_status_computed_total", "scope" => if local { "local" } else { "cluster" }).increment(1);
     let v = if local {
@@ -222,7 +222,16 @@ async fn status(State(st): State<AppState>, uri: Uri) -> Response {
             "process": crate::replica::process_name(&reg.cfg), "regions": regions})
     };
     *cached = Some((Instant::now(), v.clone()));
-    axum::Json(v).into_response()
+    axum::Json(with_blob_files(reg, v)).into_response()
+}
+
+/// Adds this process's blob-file figures (each process of a region keeps its own; they are
+/// counters in memory, so never served from the status cache).
+fn with_blob_files(reg: &Registry, mut v: serde_json::Value) -> serde_json::Value {
+    if let (Some(files), Some(obj)) = (&reg.files, v.as_object_mut()) {
+        obj.insert("blob_files".into(), serde_json::to_value(files.status()).unwrap_or_default());
+    }
+    v
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {

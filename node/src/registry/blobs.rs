@@ -2,7 +2,7 @@
 //! a blob is served only through repositories that uploaded or mounted it.
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 
 use super::Registry;
 use crate::oci::{Digest, ErrorCode, RegistryError, RepoName};
@@ -56,17 +56,30 @@ impl Registry {
         self.store.repo_blob(repo, digest).await?.ok_or_else(|| RegistryError::blob_unknown(digest))
     }
 
-    /// Streams a blob, or the part of it in `range`.
+    /// Streams a blob, or the part of it in `range`: from its file when this region holds
+    /// one, else from Kubo, filling the file as a whole-blob read goes (see [`crate::blob_files`]).
     pub async fn blob_stream(
         &self,
+        digest: &Digest,
         blob: &BlobRow,
         range: Option<ByteRange>,
     ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, RegistryError> {
+        let size = blob.size as u64;
+        if let Some(files) = &self.files {
+            if let Some(s) = files.serve(&blob.cid, digest, size, range.map(|r| (r.start, r.end))) {
+                return Ok(s.left_stream());
+            }
+        }
         let (offset, length) = match range {
             Some(r) => (r.start, Some(r.end - r.start + 1)),
             None => (0, None),
         };
-        Ok(self.kubo.cat(&blob.cid, offset, length).await?)
+        let from_kubo = self.kubo.cat(&blob.cid, offset, length).await?;
+        let fill = match (&self.files, range) {
+            (Some(files), None) => files.fill(&blob.cid, digest, size),
+            _ => None,
+        };
+        Ok(tee(from_kubo, fill, size).right_stream())
     }
 
     /// Removes the blob from `repo`; the bytes are unpinned once no repository links them.
@@ -97,6 +110,44 @@ impl Registry {
         }
         Ok(linked)
     }
+}
+
+/// Passes a stream of a `size`-byte blob on, offering each piece to `fill`, and finishing it
+/// with the last byte (unverified: the fill's writer hashes the bytes). The HTTP server stops
+/// polling a body once its `Content-Length` is sent, so the end is counted, not awaited. A
+/// stream that fails or is dropped midway drops the fill, which then keeps nothing.
+pub fn tee<S>(
+    stream: S,
+    fill: Option<crate::blob_files::Fill>,
+    size: u64,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    let mut fill = fill;
+    let mut seen = 0u64;
+    if size == 0 {
+        if let Some(f) = fill.take() {
+            f.finish();
+        }
+    }
+    stream.map(move |piece| {
+        match &piece {
+            Ok(b) => {
+                if let Some(f) = &mut fill {
+                    f.offer(b);
+                }
+                seen += b.len() as u64;
+                if seen >= size {
+                    if let Some(f) = fill.take() {
+                        f.finish();
+                    }
+                }
+            }
+            Err(_) => fill = None,
+        }
+        piece
+    })
 }
 
 /// 416 for a `Range` that cannot be served.

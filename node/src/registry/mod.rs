@@ -15,6 +15,7 @@ use std::time::Duration;
 use afreg_replication::store::pins;
 use afreg_replication::{Applied, Cluster, ClusterError, Command};
 
+use crate::blob_files::BlobFiles;
 use crate::config::Config;
 use crate::kubo::Kubo;
 use crate::oci::RegistryError;
@@ -60,6 +61,8 @@ impl From<WriteError> for RegistryError {
 pub struct Registry {
     pub store: Store,
     pub kubo: Kubo,
+    /// Verified copies of blobs as files, where pulls are served from (None: turned off).
+    pub files: Option<Arc<BlobFiles>>,
     pub cfg: Config,
     /// Every metadata write goes through the cluster: committed by a quorum of regions, then
     /// applied to this region's Postgres by the state machine, the only writer of those tables.
@@ -73,11 +76,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(store: Store, kubo: Kubo, cfg: Config, cluster: Arc<Cluster>) -> Self {
+    pub fn new(store: Store, kubo: Kubo, files: Option<Arc<BlobFiles>>, cfg: Config, cluster: Arc<Cluster>) -> Self {
         let manifests = cache::ManifestCache::new(cfg.storage.manifest_cache_bytes, cluster.clone());
         Registry {
             store,
             kubo,
+            files,
             cfg,
             cluster,
             sessions: Mutex::new(HashMap::new()),
@@ -156,6 +160,9 @@ impl Registry {
             if !store::cid_in_use(&mut l.tx, cid).await? {
                 self.kubo.pin_rm(cid).await?;
                 pins::forget(&mut l.tx, cid).await?;
+                if let Some(files) = &self.files {
+                    files.remove_cid(cid);
+                }
             }
             l.tx.commit().await?;
             Ok::<(), RegistryError>(())

@@ -15,6 +15,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use uuid::Uuid;
 
 use super::Registry;
+use crate::blob_files::Fill;
 use crate::hashing::Hasher;
 use crate::oci::{Algorithm, Digest, ErrorCode, RegistryError, RepoName};
 use crate::store::{AppendOutcome, NewChunk, Store, UploadRow};
@@ -53,6 +54,8 @@ struct Tapped {
     n: u64,
     hasher: Hasher,
     over: bool,
+    /// The blob's file being filled from the same bytes, when the body is the whole blob.
+    fill: Option<Fill>,
 }
 
 /// Counts and hashes the bytes of a body stream as they pass, and records bytes in. A body
@@ -61,11 +64,12 @@ fn tap<S>(
     body: S,
     hasher: Hasher,
     limit: u64,
+    fill: Option<Fill>,
 ) -> (impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, Arc<StdMutex<Tapped>>)
 where
     S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
 {
-    let state = Arc::new(StdMutex::new(Tapped { n: 0, hasher, over: false }));
+    let state = Arc::new(StdMutex::new(Tapped { n: 0, hasher, over: false, fill }));
     let s2 = state.clone();
     let stream = body.map(move |b| {
         let b = b?;
@@ -79,6 +83,9 @@ where
         }
         g.n += b.len() as u64;
         g.hasher.update(&b);
+        if let Some(f) = &mut g.fill {
+            f.offer(&b);
+        }
         metrics::counter!("afreg_bytes_in_total").increment(b.len() as u64);
         Ok(b)
     });
@@ -89,8 +96,8 @@ fn take(state: Arc<StdMutex<Tapped>>) -> Tapped {
     match Arc::try_unwrap(state) {
         Ok(m) => m.into_inner().unwrap(),
         Err(a) => {
-            let g = a.lock().unwrap();
-            Tapped { n: g.n, hasher: g.hasher.clone(), over: g.over }
+            let mut g = a.lock().unwrap();
+            Tapped { n: g.n, hasher: g.hasher.clone(), over: g.over, fill: g.fill.take() }
         }
     }
 }
@@ -152,7 +159,10 @@ impl Registry {
         if content_length.is_some_and(|n| n > max) {
             return Err(too_large(max));
         }
-        let (stream, state) = tap(body, Hasher::new(digest.algorithm()), max);
+        // The file's name needs the CID, which only Kubo's answer gives: the bytes are written
+        // to the fill's temporary file as they pass and named once the CID is known.
+        let fill = self.files.as_ref().and_then(|f| f.fill_upload(digest));
+        let (stream, state) = tap(body, Hasher::new(digest.algorithm()), max, fill);
         let added = self.kubo.add(stream).await;
         let tapped = take(state);
         if tapped.over {
@@ -165,6 +175,9 @@ impl Registry {
             return Err(digest_mismatch(digest, &got));
         }
         let kept = self.commit_blob(repo, digest, &added.cid, size as i64).await?;
+        if let Some(f) = tapped.fill {
+            f.finish_upload(&kept, size);
+        }
         tracing::info!(event = "blob_upload", repository = %repo, digest = %digest, ipfs_cid = %kept, size,
             duration_ms = started.elapsed().as_millis() as u64, "blob uploaded");
         Ok(())
@@ -273,10 +286,12 @@ impl Registry {
     {
         let id = upload_id(id)?;
         let (mut state, row) = self.open_session(id, repo).await?;
-        let size = self.append(id, &row, &mut state, content_range, content_length, body).await?;
+        let (size, _) = self.append(id, &row, &mut state, content_range, content_length, body, None).await?;
         Ok(UploadStatus { id, size })
     }
 
+    // The request's parts (range, length, body) travel apart because each is checked on its own.
+    #[allow(clippy::too_many_arguments)]
     async fn append<S>(
         &self,
         id: Uuid,
@@ -285,7 +300,8 @@ impl Registry {
         content_range: Option<(u64, u64)>,
         content_length: Option<u64>,
         body: S,
-    ) -> Result<u64, RegistryError>
+        fill: Option<Fill>,
+    ) -> Result<(u64, Option<Fill>), RegistryError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
@@ -303,7 +319,7 @@ impl Registry {
             }
         }
         if content_length == Some(0) {
-            return Ok(offset);
+            return Ok((offset, None));
         }
         let max = self.cfg.storage.max_blob_bytes;
         let room = max.saturating_sub(offset);
@@ -316,7 +332,7 @@ impl Registry {
             Some((n, h)) if n == offset => h,
             _ => self.rehash(row, Algorithm::Sha256).await?,
         };
-        let (stream, tapped) = tap(body, base.clone(), room);
+        let (stream, tapped) = tap(body, base.clone(), room, fill);
         // With a fixed-size chunker, the chunk is stored from the last chunk boundary at or
         // before `offset`: the bytes since then (under one chunk, the unaligned tail of the
         // chunk before) are sent again first, so this chunk's leaves are the blob's own and
@@ -330,7 +346,7 @@ impl Registry {
             },
             None => self.kubo.add(stream).await,
         };
-        let Tapped { n: len, hasher, over } = take(tapped);
+        let Tapped { n: len, hasher, over, fill } = take(tapped);
         if over {
             state.hash = Some((offset, base));
             if let Ok(a) = &added {
@@ -351,7 +367,7 @@ impl Registry {
             // `add` pinned what it received; none of it is kept.
             self.release_cid(&added.cid).await;
             if len == 0 {
-                return Ok(offset);
+                return Ok((offset, None));
             }
             return Err(RegistryError::new(
                 ErrorCode::BlobUploadInvalid,
@@ -374,7 +390,7 @@ impl Registry {
                 if let Some(old) = replaced.filter(|old| *old != cid) {
                     self.release_cid(&old).await;
                 }
-                Ok(offset + len)
+                Ok((offset + len, fill))
             }
             Ok(AppendOutcome::Gone) => {
                 self.release_cid(&cid).await;
@@ -508,9 +524,13 @@ impl Registry {
         let started = std::time::Instant::now();
         let id = upload_id(id)?;
         let (mut state, mut row) = self.open_session(id, repo).await?;
+        let mut fill = None;
         if content_length != Some(0) {
             let before = row.size;
-            let size = self.append(id, &row, &mut state, content_range, content_length, body).await?;
+            // A body that is the whole blob (POST, then one PUT with it) fills its file too.
+            let whole = if before == 0 { self.files.as_ref().and_then(|f| f.fill_upload(digest)) } else { None };
+            let (size, filled) = self.append(id, &row, &mut state, content_range, content_length, body, whole).await?;
+            fill = filled;
             if size as i64 != before {
                 row = self.store.upload(id, repo).await?.ok_or_else(RegistryError::upload_unknown)?;
             }
@@ -535,6 +555,9 @@ impl Registry {
             },
         };
         let kept = self.commit_blob(repo, digest, &cid, row.size).await?;
+        if let Some(f) = fill {
+            f.finish_upload(&kept, row.size as u64);
+        }
         let mut tx = self.store.begin().await?;
         let chunk_cids = Store::delete_upload(&mut tx, id).await?.ok_or_else(RegistryError::upload_unknown)?;
         tx.commit().await?;

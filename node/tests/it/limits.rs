@@ -223,11 +223,13 @@ fn request_rates_are_limited_per_address_and_per_token() {
     let region = open_region(|c| {
         c.config.server.requests_per_second_per_client = 5;
         c.config.server.requests_per_second_per_token = 5;
+        c.config.server.reads_per_second_per_token = 5;
         // Refusals answered at once: this test counts many of them one after another.
         c.config.server.refusal_delay_ms = 0;
     });
     let url = region.node.url();
-    // One address: a burst of 50, then 429 TOOMANYREQUESTS with Retry-After.
+    // One address whose every answer is 401 (a cheap read, but a refused credential costs as
+    // much as a write): a burst of 50, then 429 TOOMANYREQUESTS with Retry-After.
     let flooder = client_from(Ipv4Addr::new(127, 0, 0, 3));
     let statuses: Vec<u16> =
         (0..80).map(|_| flooder.get(format!("{url}/v2/")).send().unwrap().status().as_u16()).collect();
@@ -242,7 +244,8 @@ fn request_rates_are_limited_per_address_and_per_token() {
     let honest = client_from(Ipv4Addr::new(127, 0, 0, 1));
     assert_eq!(honest.get(format!("{url}/v2/")).send().unwrap().status(), 401);
 
-    // One token from many addresses: limited on the token, though each address is fresh.
+    // One token reading from many addresses: limited on the token's read bucket, though each
+    // address is fresh.
     let token = honest
         .get(format!("{url}/token?service=afreg&scope=repository:r/x:pull"))
         .send()

@@ -5,6 +5,7 @@
 mod acme;
 mod auth_flow;
 mod bad_input;
+mod blob_files;
 mod caching;
 mod clients;
 mod cluster;
