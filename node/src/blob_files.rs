@@ -44,7 +44,7 @@ pub const MAX_QUEUED: u64 = 64 << 20;
 const MAX_FILLS: usize = 16;
 /// The mapping a pull reads through is this big at a time; the file's size is checked before
 /// each window is mapped.
-const WINDOW: u64 = 16 << 20;
+const WINDOW: u64 = 2 << 20;
 /// The pieces of a window handed to the socket.
 const PIECE: usize = 1 << 20;
 const TMP: &str = "tmp";
@@ -226,31 +226,26 @@ impl BlobFiles {
             }
         }
         let name = format!("{cid}.{}", digest.as_str().replace(':', "-"));
-        let fill = self.start(name, digest, Some((path.clone(), size)), true);
+        let fill = self.start(name, Some(digest), Some((path.clone(), size)));
         if fill.is_none() {
             self.filling.lock().unwrap().remove(&path);
         }
         fill
     }
 
-    /// Starts filling a file from an upload's body, whose CID (and so the file's name) is
-    /// known only once Kubo has it all, and whose digest the upload checks: finished with
-    /// [`Fill::finish_upload`].
-    pub fn fill_upload(self: &Arc<Self>, digest: &Digest) -> Option<Fill> {
+    /// Starts filling a file from an upload's bytes, whose CID and digest (and so the file's
+    /// name) are known only once the upload has them all and has checked them: finished with
+    /// [`Fill::finish_upload`]. A session's fill goes on across its `PATCH`es.
+    pub fn fill_upload(self: &Arc<Self>) -> Option<Fill> {
         if self.filling.lock().unwrap().len() >= MAX_FILLS {
             return None;
         }
-        self.start(format!("upload-{}", uuid::Uuid::new_v4()), digest, None, false)
+        self.start(format!("upload-{}", uuid::Uuid::new_v4()), None, None)
     }
 
-    /// The temporary file `name`, locked, and the writer thread over it.
-    fn start(
-        self: &Arc<Self>,
-        name: String,
-        digest: &Digest,
-        target: Option<(PathBuf, u64)>,
-        hash: bool,
-    ) -> Option<Fill> {
+    /// The temporary file `name`, locked, and the writer thread over it; with `check`, the
+    /// writer hashes the bytes and keeps them only if they match.
+    fn start(self: &Arc<Self>, name: String, check: Option<&Digest>, target: Option<(PathBuf, u64)>) -> Option<Fill> {
         let tmp = self.dir.join(TMP).join(name);
         let file = File::options()
             .create(true)
@@ -268,8 +263,7 @@ impl BlobFiles {
             file,
             tmp,
             target,
-            hasher: hash.then(|| Hasher::new(digest.algorithm())),
-            digest: digest.clone(),
+            hasher: check.map(|d| (Hasher::new(d.algorithm()), d.clone())),
             queued: queued.clone(),
         };
         tokio::task::spawn_blocking(move || writer.run(rx));
@@ -426,8 +420,8 @@ pub struct Fill {
 
 enum Piece {
     Bytes(Bytes),
-    /// Everything was sent; for an upload, its CID and size (its digest was verified).
-    End(Option<(String, u64)>),
+    /// Everything was sent; for an upload, its CID, digest (verified) and size.
+    End(Option<(String, Digest, u64)>),
 }
 
 impl Fill {
@@ -450,9 +444,9 @@ impl Fill {
 
     /// All bytes of an upload were offered, its digest matched, and the registry keeps it as
     /// `cid`.
-    pub fn finish_upload(mut self, cid: &str, size: u64) {
+    pub fn finish_upload(mut self, cid: &str, digest: &Digest, size: u64) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Piece::End(Some((cid.to_owned(), size))));
+            let _ = tx.send(Piece::End(Some((cid.to_owned(), digest.clone(), size))));
         }
     }
 }
@@ -463,8 +457,8 @@ struct Writer {
     tmp: PathBuf,
     /// The file's path and size, when known at the start (a pull).
     target: Option<(PathBuf, u64)>,
-    digest: Digest,
-    hasher: Option<Hasher>,
+    /// For a pull: the running hash and the digest it must come to.
+    hasher: Option<(Hasher, Digest)>,
     queued: Arc<AtomicU64>,
 }
 
@@ -480,7 +474,7 @@ impl Writer {
                 let _ = std::fs::remove_file(&self.tmp);
             }
             Err(e) => {
-                tracing::warn!(event = "blob_file_fill_failed", digest = %self.digest, error = %e,
+                tracing::warn!(event = "blob_file_fill_failed", file = %self.tmp.display(), error = %e,
                     "could not write a blob file; pulls of it go on through Kubo");
                 let _ = std::fs::remove_file(&self.tmp);
             }
@@ -500,7 +494,7 @@ impl Writer {
                 Some(Piece::Bytes(b)) => {
                     self.queued.fetch_sub(b.len() as u64, Ordering::Relaxed);
                     self.file.write_all(&b)?;
-                    if let Some(h) = &mut self.hasher {
+                    if let Some((h, _)) = &mut self.hasher {
                         h.update(&b);
                     }
                     n += b.len() as u64;
@@ -511,12 +505,12 @@ impl Writer {
             }
         };
         let (path, size) = match (upload, self.target.take()) {
-            (Some((cid, size)), _) => (self.files.path(&cid, &self.digest), size),
+            (Some((cid, digest, size)), _) => (self.files.path(&cid, &digest), size),
             (None, Some(t)) => t,
             (None, None) => return Ok(None),
         };
-        if let Some(h) = self.hasher.take() {
-            if h.finish() != self.digest {
+        if let Some((h, want)) = self.hasher.take() {
+            if h.finish() != want {
                 return Ok(None);
             }
         }

@@ -22,10 +22,13 @@ use crate::store::{AppendOutcome, NewChunk, Store, UploadRow};
 use crate::unixfs;
 use afreg_replication::{Applied, Command};
 
-/// The in-memory half of a session: a sha256 over the bytes received so far, if it is known.
+/// The in-memory half of a session: a sha256 over the bytes received so far, if it is known,
+/// and the blob's file filling from them since the first byte (a streamed push: one `PATCH`
+/// with the whole body, then `PUT`), if one is.
 #[derive(Default)]
 pub struct SessionState {
     hash: Option<(u64, Hasher)>,
+    fill: Option<Fill>,
 }
 
 /// Where a session stands, for `Range` and `Location` headers.
@@ -161,7 +164,7 @@ impl Registry {
         }
         // The file's name needs the CID, which only Kubo's answer gives: the bytes are written
         // to the fill's temporary file as they pass and named once the CID is known.
-        let fill = self.files.as_ref().and_then(|f| f.fill_upload(digest));
+        let fill = self.files.as_ref().and_then(|f| f.fill_upload());
         let (stream, state) = tap(body, Hasher::new(digest.algorithm()), max, fill);
         let added = self.kubo.add(stream).await;
         let tapped = take(state);
@@ -176,7 +179,7 @@ impl Registry {
         }
         let kept = self.commit_blob(repo, digest, &added.cid, size as i64).await?;
         if let Some(f) = tapped.fill {
-            f.finish_upload(&kept, size);
+            f.finish_upload(&kept, digest, size);
         }
         tracing::info!(event = "blob_upload", repository = %repo, digest = %digest, ipfs_cid = %kept, size,
             duration_ms = started.elapsed().as_millis() as u64, "blob uploaded");
@@ -286,12 +289,10 @@ impl Registry {
     {
         let id = upload_id(id)?;
         let (mut state, row) = self.open_session(id, repo).await?;
-        let (size, _) = self.append(id, &row, &mut state, content_range, content_length, body, None).await?;
+        let size = self.append(id, &row, &mut state, content_range, content_length, body).await?;
         Ok(UploadStatus { id, size })
     }
 
-    // The request's parts (range, length, body) travel apart because each is checked on its own.
-    #[allow(clippy::too_many_arguments)]
     async fn append<S>(
         &self,
         id: Uuid,
@@ -300,8 +301,7 @@ impl Registry {
         content_range: Option<(u64, u64)>,
         content_length: Option<u64>,
         body: S,
-        fill: Option<Fill>,
-    ) -> Result<(u64, Option<Fill>), RegistryError>
+    ) -> Result<u64, RegistryError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
@@ -319,7 +319,7 @@ impl Registry {
             }
         }
         if content_length == Some(0) {
-            return Ok((offset, None));
+            return Ok(offset);
         }
         let max = self.cfg.storage.max_blob_bytes;
         let room = max.saturating_sub(offset);
@@ -331,6 +331,11 @@ impl Registry {
         let base = match state.hash.take() {
             Some((n, h)) if n == offset => h,
             _ => self.rehash(row, Algorithm::Sha256).await?,
+        };
+        // The file fills from the session's first byte on; any chunk that fails ends it.
+        let fill = match offset {
+            0 => self.files.as_ref().and_then(|f| f.fill_upload()),
+            _ => state.fill.take(),
         };
         let (stream, tapped) = tap(body, base.clone(), room, fill);
         // With a fixed-size chunker, the chunk is stored from the last chunk boundary at or
@@ -367,7 +372,9 @@ impl Registry {
             // `add` pinned what it received; none of it is kept.
             self.release_cid(&added.cid).await;
             if len == 0 {
-                return Ok((offset, None));
+                // An empty body (a closing PUT without Content-Length): the fill goes on.
+                state.fill = fill;
+                return Ok(offset);
             }
             return Err(RegistryError::new(
                 ErrorCode::BlobUploadInvalid,
@@ -390,7 +397,8 @@ impl Registry {
                 if let Some(old) = replaced.filter(|old| *old != cid) {
                     self.release_cid(&old).await;
                 }
-                Ok((offset + len, fill))
+                state.fill = fill;
+                Ok(offset + len)
             }
             Ok(AppendOutcome::Gone) => {
                 self.release_cid(&cid).await;
@@ -524,13 +532,9 @@ impl Registry {
         let started = std::time::Instant::now();
         let id = upload_id(id)?;
         let (mut state, mut row) = self.open_session(id, repo).await?;
-        let mut fill = None;
         if content_length != Some(0) {
             let before = row.size;
-            // A body that is the whole blob (POST, then one PUT with it) fills its file too.
-            let whole = if before == 0 { self.files.as_ref().and_then(|f| f.fill_upload(digest)) } else { None };
-            let (size, filled) = self.append(id, &row, &mut state, content_range, content_length, body, whole).await?;
-            fill = filled;
+            let size = self.append(id, &row, &mut state, content_range, content_length, body).await?;
             if size as i64 != before {
                 row = self.store.upload(id, repo).await?.ok_or_else(RegistryError::upload_unknown)?;
             }
@@ -555,8 +559,8 @@ impl Registry {
             },
         };
         let kept = self.commit_blob(repo, digest, &cid, row.size).await?;
-        if let Some(f) = fill {
-            f.finish_upload(&kept, row.size as u64);
+        if let Some(f) = state.fill.take() {
+            f.finish_upload(&kept, digest, row.size as u64);
         }
         let mut tx = self.store.begin().await?;
         let chunk_cids = Store::delete_upload(&mut tx, id).await?.ok_or_else(RegistryError::upload_unknown)?;

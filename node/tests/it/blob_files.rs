@@ -1,5 +1,5 @@
 //! Blob files (`node/src/blob_files.rs`) against a real node: a pushed blob is served from its
-//! verified file, ranges included; a truncated file is never served and an altered one is found
+//! verified file, ranges included, whether pushed in one request or a session's chunks; a truncated file is never served and an altered one is found
 //! by the scrub; forty clients missing one blob fill it once; a small capacity evicts and pulls
 //! go on; a delete removes the file; a node killed mid-fill serves nothing partial.
 
@@ -35,7 +35,7 @@ fn push_whole(c: &Client, url: &str, repo: &str, blob: &[u8]) -> String {
     d
 }
 
-/// `POST`, two `PATCH`es, `PUT`: no body carries the whole blob, so nothing fills the file.
+/// `POST`, two `PATCH`es, `PUT`: the session fills the file across its requests.
 fn push_chunked(c: &Client, url: &str, repo: &str, blob: &[u8]) -> String {
     let d = digest(blob);
     let r = c.post(format!("{url}/v2/{repo}/blobs/uploads/")).send().unwrap();
@@ -110,6 +110,12 @@ fn wait_for_file(region: &TestRegion, d: &str, size: u64) -> PathBuf {
     path.unwrap()
 }
 
+/// Waits for the file a push filled and removes it: the blob is then in Kubo only, as one
+/// pinned here from another region is until its first pull.
+fn make_cold(region: &TestRegion, d: &str, size: u64) {
+    std::fs::remove_file(wait_for_file(region, d, size)).unwrap();
+}
+
 #[test]
 fn a_pushed_blob_is_served_from_its_file_and_a_truncated_file_never() {
     let region = region_with(|_| {});
@@ -171,7 +177,7 @@ fn forty_clients_missing_one_blob_fill_its_file_once() {
     let (c, url) = (client(), region.node.url());
     let blob = random_bytes(8 << 20);
     let d = push_chunked(&c, &url, "files/c", &blob);
-    assert!(file_of(&region, &d).is_none(), "a chunked upload does not fill the file");
+    make_cold(&region, &d, blob.len() as u64);
     let barrier = std::sync::Barrier::new(40);
     std::thread::scope(|s| {
         for _ in 0..40 {
@@ -184,7 +190,7 @@ fn forty_clients_missing_one_blob_fill_its_file_once() {
     });
     wait_for_file(&region, &d, blob.len() as u64);
     let f = figures(&c, &region);
-    assert_eq!(f["fills"].as_u64(), Some(1), "{f}");
+    assert_eq!(f["fills"].as_u64(), Some(2), "the push's fill and one pull's: {f}");
     assert_eq!(temporary_files(&region), 0);
 }
 
@@ -229,6 +235,7 @@ fn a_node_killed_mid_fill_serves_nothing_partial() {
     let (c, url) = (client(), region.node.url());
     let blob = random_bytes(64 << 20);
     let d = push_chunked(&c, &url, "files/f", &blob);
+    make_cold(&region, &d, blob.len() as u64);
     // A pull that reads 2 MiB and stalls: its fill has begun and cannot finish.
     let mut r = c.get(format!("{url}/v2/files/f/blobs/{d}")).send().unwrap();
     let mut first = vec![0u8; 2 << 20];
