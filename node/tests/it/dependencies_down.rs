@@ -157,9 +157,26 @@ fn kubo_down_is_a_prompt_503_and_blobs_survive() {
     got.expect_status(200);
     assert!(got.body == blob);
     let pins_before = region.kubo.pin_ls_recursive();
+    // The push's file lands just after its 201 (fsync, rename, off the request's path).
+    let name = digest.replace(':', "-");
+    let files = region.node.dir().join("blob-files");
+    testkit::oci::within(Duration::from_secs(20), Duration::from_millis(50), "the blob's file in place", || {
+        std::fs::read_dir(&files).into_iter().flatten().flatten().any(|shard| {
+            std::fs::read_dir(shard.path()).into_iter().flatten().flatten().any(|cid| cid.path().join(&name).is_file())
+        })
+    });
 
     region.kubo.stop();
 
+    // The blob's verified file (filled by its push) serves it while Kubo is down, ranges too.
+    let got = api.get(&format!("/v2/{repo}/blobs/{digest}"));
+    got.expect_status(200);
+    assert!(got.body == blob, "the blob's file served other bytes");
+    let ranged = api.call(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), |r| r.header("range", "bytes=0-99"));
+    ranged.expect_status(206);
+    assert!(ranged.body == blob[..100]);
+    // Without its file, a blob needs Kubo: a prompt 503 naming blob storage.
+    std::fs::remove_dir_all(region.node.dir().join("blob-files")).unwrap();
     api.get(&format!("/v2/{repo}/blobs/{digest}")).expect_unavailable("blob storage");
     let ranged = api.call(Method::GET, &format!("/v2/{repo}/blobs/{digest}"), |r| r.header("range", "bytes=0-99"));
     ranged.expect_unavailable("blob storage");
