@@ -26,7 +26,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -40,7 +40,9 @@ use crate::oci::Digest;
 
 /// A fill whose writer is this far behind the request is given up.
 pub const MAX_QUEUED: u64 = 64 << 20;
-/// Fills running at once in one process; a miss past that streams from Kubo without filling.
+/// Fills running at once in one process, pulls' and uploads' alike (each holds a blocking
+/// thread while it runs, an upload session's between its requests too); past that, a miss
+/// streams from Kubo and an upload goes on without filling.
 const MAX_FILLS: usize = 16;
 /// The mapping a pull reads through is this big at a time; the file's size is checked before
 /// each window is mapped.
@@ -84,6 +86,8 @@ pub struct BlobFiles {
     index: Mutex<Index>,
     /// Fills running in this process (by final path).
     filling: Mutex<HashSet<PathBuf>>,
+    /// Writer threads running (at most [`MAX_FILLS`]).
+    running: AtomicUsize,
     counters: Counters,
 }
 
@@ -125,6 +129,7 @@ impl BlobFiles {
             capacity,
             index: Mutex::new(Index { order: lru::LruCache::unbounded(), bytes: 0 }),
             filling: Default::default(),
+            running: AtomicUsize::new(0),
             counters: Default::default(),
         });
         for (_, path, len) in found {
@@ -221,7 +226,7 @@ impl BlobFiles {
         }
         {
             let mut filling = self.filling.lock().unwrap();
-            if filling.len() >= MAX_FILLS || !filling.insert(path.clone()) {
+            if !filling.insert(path.clone()) {
                 return None;
             }
         }
@@ -237,17 +242,19 @@ impl BlobFiles {
     /// name) are known only once the upload has them all and has checked them: finished with
     /// [`Fill::finish_upload`]. A session's fill goes on across its `PATCH`es.
     pub fn fill_upload(self: &Arc<Self>) -> Option<Fill> {
-        if self.filling.lock().unwrap().len() >= MAX_FILLS {
-            return None;
-        }
         self.start(format!("upload-{}", uuid::Uuid::new_v4()), None, None)
     }
 
     /// The temporary file `name`, locked, and the writer thread over it; with `check`, the
     /// writer hashes the bytes and keeps them only if they match.
     fn start(self: &Arc<Self>, name: String, check: Option<&Digest>, target: Option<(PathBuf, u64)>) -> Option<Fill> {
+        let reserved =
+            self.running.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_FILLS).then_some(n + 1));
+        if reserved.is_err() {
+            return None;
+        }
         let tmp = self.dir.join(TMP).join(name);
-        let file = File::options()
+        let opened = File::options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -255,7 +262,11 @@ impl BlobFiles {
             .ok()
             .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).ok())
             // The path must still name the file locked: a fill that just finished renamed it.
-            .filter(|f| same_file(f, &tmp))?;
+            .filter(|f| same_file(f, &tmp));
+        let Some(file) = opened else {
+            self.running.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicU64::new(0));
         let writer = Writer {
@@ -482,6 +493,7 @@ impl Writer {
         if let Some((path, _)) = preset {
             self.files.filling.lock().unwrap().remove(&path);
         }
+        self.files.running.fetch_sub(1, Ordering::AcqRel);
         self.files.publish();
     }
 
