@@ -370,17 +370,30 @@ impl Store {
         Ok(())
     }
 
-    /// Drops a hold once its blob commit is decided; with `pinned`, records in the same
-    /// transaction that this region's Kubo holds that CID pinned for the blob now recorded
-    /// (so that a blob collected before the pinner came by still has its pin released).
-    pub async fn finish_hold(&self, id: Uuid, pinned: Option<&str>) -> Result<()> {
+    /// Finishes a blob commit that was decided, in one transaction: drops its hold (if it had
+    /// one); with `pinned`, records that this region's Kubo holds that CID pinned for the blob
+    /// now recorded (so that a blob collected before the pinner came by still has its pin
+    /// released); and with `session`, deletes the upload session the blob came from, returning
+    /// its chunks' CIDs for release (`None`: the session was gone).
+    pub async fn finish_commit(
+        &self,
+        hold: Option<Uuid>,
+        pinned: Option<&str>,
+        session: Option<Uuid>,
+    ) -> Result<Option<Vec<String>>> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM blob_holds WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        if let Some(id) = hold {
+            sqlx::query("DELETE FROM blob_holds WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        }
         if let Some(cid) = pinned {
             afreg_replication::store::pins::mark_pinned(&mut tx, cid, 0).await?;
         }
+        let chunks = match session {
+            Some(id) => Self::delete_upload(&mut tx, id).await?,
+            None => Some(vec![]),
+        };
         tx.commit().await?;
-        Ok(())
+        Ok(chunks)
     }
 
     /// Deletes the holds past their expiry and returns their CIDs, for release.

@@ -31,6 +31,13 @@ pub struct SessionState {
     fill: Option<Fill>,
 }
 
+/// The upload session a blob is committed from: deleted once the blob is stored. `holds_cid`:
+/// the blob is the session's one chunk, whose row keeps the CID pinned meanwhile.
+struct FromSession {
+    id: Uuid,
+    holds_cid: bool,
+}
+
 /// Where a session stands, for `Range` and `Location` headers.
 pub struct UploadStatus {
     pub id: Uuid,
@@ -157,6 +164,25 @@ impl Registry {
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
+        self.store_whole(repo, digest, content_length, body, None).await
+    }
+
+    /// Stores a body that is the whole blob: into Kubo while it is hashed, then, if the digest
+    /// matches, commits it. With `session` (a `PUT` carrying the whole blob into a session that
+    /// has received nothing), that session is deleted in the transaction that finishes the
+    /// commit, and a digest mismatch cancels it; its bytes are never recorded as a chunk, since
+    /// a failed `PUT` of the whole blob is retried whole.
+    async fn store_whole<S>(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        content_length: Option<u64>,
+        body: S,
+        session: Option<Uuid>,
+    ) -> Result<(), RegistryError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
         let started = std::time::Instant::now();
         let max = self.cfg.storage.max_blob_bytes;
         if content_length.is_some_and(|n| n > max) {
@@ -169,15 +195,29 @@ impl Registry {
         let added = self.kubo.add(stream).await;
         let tapped = take(state);
         if tapped.over {
+            if let Ok(a) = &added {
+                self.release_cid(&a.cid).await;
+            }
             return Err(too_large(max));
         }
         let added = added?;
         let (size, got) = (tapped.n, tapped.hasher.finish());
+        if let Some(n) = content_length.filter(|n| *n != size) {
+            self.release_cid(&added.cid).await;
+            return Err(RegistryError::new(
+                ErrorCode::BlobUploadInvalid,
+                format!("the body declared {n} bytes but carried {size}"),
+            ));
+        }
         if &got != digest {
             self.release_cid(&added.cid).await;
+            if let Some(id) = session {
+                self.cancel(id).await?;
+            }
             return Err(digest_mismatch(digest, &got));
         }
-        let kept = self.commit_blob(repo, digest, &added.cid, size as i64).await?;
+        let from = session.map(|id| FromSession { id, holds_cid: false });
+        let kept = self.commit_blob(repo, digest, &added.cid, size as i64, from).await?;
         if let Some(f) = tapped.fill {
             f.finish_upload(&kept, digest, size);
         }
@@ -190,28 +230,36 @@ impl Registry {
     /// pinned here; returns the CID the registry keeps for the digest (an older one if the
     /// digest was already stored, and then ours is released).
     ///
-    /// The CID is held (a `blob_holds` row, pinned, under its lock) before the record is
-    /// proposed, and no transaction or lock is held while Raft commits it: a burst of commits
-    /// never ties up connections that Raft or other requests need. Once the record is applied
-    /// here the blob row keeps the CID in use and the hold goes. If the write's outcome is
-    /// unknown (a timeout: the record may still commit) the hold stays until it expires, so
-    /// the bytes are still here when the record applies.
+    /// The CID is held before the record is proposed, by a `blob_holds` row (pinned, under its
+    /// lock), or by the session's chunk when the blob is that one chunk. No transaction or lock
+    /// is held while Raft commits it: a burst of commits never ties up connections that Raft
+    /// or other requests need. Once the record is applied here the blob row keeps the CID in
+    /// use, and one transaction drops the hold and the session. If the write's outcome is
+    /// unknown (a timeout: the record may still commit) the hold and the session stay until
+    /// they expire, so the bytes are still here when the record applies.
     async fn commit_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         cid: &str,
         size: i64,
+        session: Option<FromSession>,
     ) -> Result<String, RegistryError> {
-        let hold = Uuid::new_v4();
-        let ttl = std::time::Duration::from_secs(self.cfg.storage.upload_ttl_secs);
-        let held = cid.to_owned();
-        let record =
-            self.pin_and_record(cid, move |tx| Box::pin(async move { Store::insert_hold(tx, hold, &held, ttl).await }));
-        if let Err(e) = record.await {
-            self.release_cid(cid).await;
-            return Err(e);
-        }
+        let held_by_session = session.as_ref().is_some_and(|s| s.holds_cid);
+        let hold = if held_by_session {
+            None
+        } else {
+            let hold = Uuid::new_v4();
+            let ttl = std::time::Duration::from_secs(self.cfg.storage.upload_ttl_secs);
+            let held = cid.to_owned();
+            let record = self
+                .pin_and_record(cid, move |tx| Box::pin(async move { Store::insert_hold(tx, hold, &held, ttl).await }));
+            if let Err(e) = record.await {
+                self.release_cid(cid).await;
+                return Err(e);
+            }
+            Some(hold)
+        };
         let cmd = Command::PutBlob {
             repo: repo.to_string(),
             digest: digest.to_string(),
@@ -228,30 +276,47 @@ impl Registry {
             }
             decided => decided,
         };
-        // Decided: the hold's work is done (the blob row keeps the CID in use if it applied,
-        // and this region records the pin its upload made, as its pinner would).
-        let recorded = matches!(&outcome, Ok(Applied::BlobStored { cid: kept }) if kept == cid);
-        if let Err(e) = self.store.finish_hold(hold, recorded.then_some(cid)).await {
-            tracing::warn!(event = "hold_release_failed", ipfs_cid = %cid, error = %e, "the hold stays until it expires");
-        }
-        match outcome {
-            Ok(Applied::BlobStored { cid: kept }) => {
-                if kept != cid {
+        let kept = match outcome {
+            Ok(Applied::BlobStored { cid: kept }) => kept,
+            other => {
+                // Decided, and not stored: the hold's work is done, and the session stays for
+                // the client to retry.
+                if let Err(e) = self.store.finish_commit(hold, None, None).await {
+                    tracing::warn!(event = "hold_release_failed", ipfs_cid = %cid, error = %e, "the hold stays until it expires");
+                }
+                if !held_by_session {
                     self.release_cid(cid).await;
                 }
-                Ok(kept)
-            }
-            other => {
-                self.release_cid(cid).await;
-                match other {
+                return match other {
                     Ok(Applied::Invalid { reason }) => {
                         Err(RegistryError::internal(format!("the cluster refused the blob: {reason}")))
                     }
                     Ok(a) => Err(RegistryError::internal(format!("blob record: unexpected outcome {a:?}"))),
                     Err(e) => Err(e.into()),
-                }
+                };
             }
+        };
+        // Stored: the blob row keeps the CID in use; this region records the pin its upload
+        // made (as its pinner would), and the session is done.
+        let pinned = (kept == cid).then_some(cid);
+        let released = match self.store.finish_commit(hold, pinned, session.as_ref().map(|s| s.id)).await {
+            Ok(Some(chunks)) => chunks,
+            Ok(None) => return Err(RegistryError::upload_unknown()),
+            Err(e) if session.is_some() => return Err(e),
+            Err(e) => {
+                tracing::warn!(event = "hold_release_failed", ipfs_cid = %cid, error = %e, "the hold stays until it expires");
+                vec![]
+            }
+        };
+        if let Some(s) = &session {
+            self.forget_session(s.id);
+            metrics::gauge!("afreg_upload_sessions_open").decrement(1.0);
         }
+        let theirs = (kept != cid).then_some(cid.to_owned());
+        for c in released.into_iter().chain(theirs).filter(|c| *c != kept) {
+            self.release_cid(&c).await;
+        }
+        Ok(kept)
     }
 
     /// Opens an upload session for `owner` (a user, or a client address), within
@@ -532,6 +597,13 @@ impl Registry {
         let started = std::time::Instant::now();
         let id = upload_id(id)?;
         let (mut state, mut row) = self.open_session(id, repo).await?;
+        if row.size == 0 && content_range.is_none() && content_length != Some(0) {
+            // The whole blob in the `PUT` (`POST`, then `PUT` with the body, as a monolithic
+            // push without `?digest=` on the `POST` goes).
+            let r = self.store_whole(repo, digest, content_length, body, Some(id)).await;
+            drop(state);
+            return r;
+        }
         if content_length != Some(0) {
             let before = row.size;
             let size = self.append(id, &row, &mut state, content_range, content_length, body).await?;
@@ -548,29 +620,21 @@ impl Registry {
             self.cancel(id).await?;
             return Err(digest_mismatch(digest, &got));
         }
-        let cid = match row.chunks.as_slice() {
-            [(_, _, cid)] => cid.clone(),
+        let (cid, holds_cid) = match row.chunks.as_slice() {
+            [(_, _, cid)] => (cid.clone(), true),
             _ => match self.dag_from_chunks(&row).await? {
-                Some(cid) => cid,
+                Some(cid) => (cid, false),
                 // Zero chunks (an empty blob), or chunks not on the chunker's boundaries (a
                 // content-defined chunker, or a session begun before aligned chunks): add the
                 // bytes again as one file.
-                _ => self.kubo.add(self.chunk_bytes(&row)).await?.cid,
+                _ => (self.kubo.add(self.chunk_bytes(&row)).await?.cid, false),
             },
         };
-        let kept = self.commit_blob(repo, digest, &cid, row.size).await?;
+        let kept = self.commit_blob(repo, digest, &cid, row.size, Some(FromSession { id, holds_cid })).await?;
         if let Some(f) = state.fill.take() {
             f.finish_upload(&kept, digest, row.size as u64);
         }
-        let mut tx = self.store.begin().await?;
-        let chunk_cids = Store::delete_upload(&mut tx, id).await?.ok_or_else(RegistryError::upload_unknown)?;
-        tx.commit().await?;
         drop(state);
-        self.forget_session(id);
-        metrics::gauge!("afreg_upload_sessions_open").decrement(1.0);
-        for c in chunk_cids.iter().filter(|c| **c != kept) {
-            self.release_cid(c).await;
-        }
         tracing::info!(event = "blob_upload", repository = %repo, digest = %digest, ipfs_cid = %kept, size = row.size,
             duration_ms = started.elapsed().as_millis() as u64, "blob uploaded");
         Ok(())
