@@ -101,8 +101,18 @@ pub struct ServerConfig {
     /// Connections each listener (public and internal) holds open at once; more are closed
     /// as soon as they are accepted.
     pub max_connections: usize,
-    /// Connections one client address may hold open on a listener at once.
+    /// Connections one client may hold open on a listener at once (a trusted proxy's are
+    /// bounded only by `max_connections`).
     pub max_connections_per_client: usize,
+    /// Every per-client limit (connections, request rates, logins) keys an IPv6 client on this
+    /// many leading bits of its address, and an IPv4 client on its address: one subscriber
+    /// gets a whole /64, so keying on the exact IPv6 address would give it 2^64 fresh buckets.
+    pub ipv6_client_prefix: u8,
+    /// Proxies (addresses or CIDR blocks, e.g. `["10.0.0.0/8"]`) whose `X-Forwarded-For` names
+    /// the client: the right-most address in it that is not itself listed is the client. Empty
+    /// by default, and the header of a peer not listed is never read, so a client cannot
+    /// choose its own address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// A request's line and headers must arrive within this long of the connection's (or the
     /// previous response's) start, or the connection is closed: also the idle keep-alive bound
     /// and the TLS handshake's.
@@ -142,6 +152,8 @@ impl Default for ServerConfig {
             metrics_listen: "127.0.0.1:9102".parse().unwrap(),
             max_connections: 4096,
             max_connections_per_client: 256,
+            ipv6_client_prefix: 64,
+            trusted_proxies: vec![],
             header_read_timeout_secs: 30,
             body_idle_timeout_secs: 60,
             drain_secs: 20,
@@ -237,6 +249,10 @@ pub struct DatabaseConfig {
     /// Connections reserved for this region's Raft log and state machine, in a pool of their
     /// own that the request path never takes from: a burst of pushes cannot starve Raft.
     pub raft_max_connections: u32,
+    /// Where the Raft seat's session connects, when not `url`. The seat holds a session-level
+    /// advisory lock, so this must reach PostgreSQL directly: set it when `url` goes through
+    /// a transaction-pooling proxy (PgBouncer in `transaction` mode), which cannot keep one.
+    pub seat_url: Option<String>,
 }
 
 impl Default for DatabaseConfig {
@@ -246,6 +262,7 @@ impl Default for DatabaseConfig {
             max_connections: 16,
             acquire_timeout_secs: 5,
             raft_max_connections: 6,
+            seat_url: None,
         }
     }
 }
@@ -363,10 +380,21 @@ pub struct AuthConfig {
     /// Password checks (argon2, about 19 MiB each) run at once; 0: the number of cores. More
     /// wait up to 3 s for a turn, then get 429.
     pub login_concurrency: usize,
-    /// Password checks a client address may ask for per minute (then 429 with Retry-After).
-    pub login_attempts_per_minute_per_client: u32,
-    /// Password checks per user name per minute, from any address.
-    pub login_attempts_per_minute_per_user: u32,
+    /// Wrong passwords one client (an IPv4 address or an IPv6 prefix) may send for one user
+    /// name before its unrecognised logins as that user are refused (429 with Retry-After) for
+    /// a lockout that doubles with each further failure. Right passwords never count.
+    pub login_failures_per_client_and_user: u32,
+    /// Wrong passwords one client may send, for any user names, before its logins are refused
+    /// (except as users it logged in as within `login_known_client_secs`).
+    pub login_failures_per_client: u32,
+    /// Wrong passwords for one user name, from every client, before logins as it are refused
+    /// from clients that have not logged in as it within `login_known_client_secs`.
+    pub login_failures_per_user: u32,
+    /// The longest lockout; failures are forgotten after this long without one.
+    pub login_lockout_max_secs: u64,
+    /// How long a client that logged in as a user stays exempt from that user name's lockout
+    /// (and its own client's).
+    pub login_known_client_secs: u64,
     /// How long verified credentials are recognised (by a keyed hash) without another password
     /// check or counting against the limits; 0 checks every time.
     pub verified_cache_secs: u64,
@@ -382,8 +410,11 @@ impl Default for AuthConfig {
             token_ttl_secs: 300,
             anonymous: vec![],
             login_concurrency: 0,
-            login_attempts_per_minute_per_client: 60,
-            login_attempts_per_minute_per_user: 10,
+            login_failures_per_client_and_user: 10,
+            login_failures_per_client: 60,
+            login_failures_per_user: 100,
+            login_lockout_max_secs: 900,
+            login_known_client_secs: 7 * 24 * 3600,
             verified_cache_secs: 60,
         }
     }
@@ -631,6 +662,9 @@ impl Config {
         let sv = &self.server;
         if sv.max_connections == 0 || sv.max_connections_per_client == 0 {
             return bad("server.max_connections and max_connections_per_client must be positive");
+        }
+        if !(1..=128).contains(&sv.ipv6_client_prefix) {
+            return bad("server.ipv6_client_prefix must be between 1 and 128");
         }
         if sv.header_read_timeout_secs == 0 || sv.body_idle_timeout_secs == 0 {
             return bad("server.header_read_timeout_secs and body_idle_timeout_secs must be positive");

@@ -11,6 +11,7 @@
 //! - [`kubo`]: the Kubo RPC client; streams blob bytes in and out.
 //! - [`blob_files`]: verified copies of blobs as plain files, where pulls are served from.
 //! - [`unixfs`]: a chunked upload's UnixFS DAG, built over leaves Kubo already stores.
+//! - [`client`]: who a request comes from, as every per-client limit keys it.
 //! - [`hashing`]: the running digest (sha256 or sha512) of bytes as they stream through.
 //! - [`auth`]: the token service, token checks and users.
 //! - [`replica`]: this region as a member of the cluster (`afreg-replication`): start-up,
@@ -22,6 +23,7 @@ pub use afreg_config as config;
 
 pub mod auth;
 pub mod blob_files;
+pub mod client;
 pub mod hashing;
 pub mod http;
 pub mod kubo;

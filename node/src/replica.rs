@@ -125,7 +125,9 @@ pub fn seat(cfg: &Config, url: String, addr: Option<std::net::SocketAddr>) -> an
         public_url: cfg.server.public_url.clone(),
         lease: Duration::from_millis(cfg.cluster.seat_lease_ms),
     };
-    Ok(Seat::new(opts, cfg.database.url.parse()?))
+    let url = cfg.database.seat_url.as_deref().unwrap_or(&cfg.database.url);
+    let db = url.parse().map_err(|e| anyhow::anyhow!("database.seat_url: {e}"))?;
+    Ok(Seat::new(opts, db))
 }
 
 /// The CA certificates of `cluster.ca_file`, if set.

@@ -74,27 +74,34 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let http01 = match (http01, &cfg.server.acme) {
         (Some(resolver), Some(acme)) => {
             let responder = Arc::new(http01::Responder::new(resolver, acme, &cfg, store.pool().clone())?);
-            Some(http01::start(acme.http_listen, responder, limits, shutdown.clone()).await?)
+            Some(http01::start(acme.http_listen, responder, limits.clone(), shutdown.clone()).await?)
         }
         _ => None,
     };
     let internal_tls = node_tls.clone();
     let (process_app, process_tls, stop_process) = (internal.clone(), node_tls.clone(), stop_internal.clone());
+    let internal_limits = limits.clone();
     let internal_server = tokio::spawn(async move {
         let stop = stop_internal.cancelled_owned();
-        if let Err(e) = listener::serve("internal", internal_listener, internal, internal_tls, limits, stop).await {
+        if let Err(e) =
+            listener::serve("internal", internal_listener, internal, internal_tls, internal_limits, stop).await
+        {
             tracing::error!(event = "internal_server_failed", error = %e, "internal server stopped");
         }
     });
     // This process's own internal listener: where the region's other processes relay to it
     // while it holds the Raft seat.
+    let process_limits = limits.clone();
     let process_server = tokio::spawn(async move {
         let stop = stop_process.cancelled_owned();
-        if let Err(e) = listener::serve("process", process_listener, process_app, process_tls, limits, stop).await {
+        if let Err(e) =
+            listener::serve("process", process_listener, process_app, process_tls, process_limits, stop).await
+        {
             tracing::error!(event = "process_server_failed", error = %e, "process listener stopped");
         }
     });
-    let metrics_server = spawn_metrics(cfg.server.metrics_listen, metrics.clone(), limits, shutdown.clone()).await?;
+    let metrics_server =
+        spawn_metrics(cfg.server.metrics_listen, metrics.clone(), limits.clone(), shutdown.clone()).await?;
     let st = &cfg.storage;
     let files = crate::blob_files::BlobFiles::open(&st.blob_cache_dir, st.blob_cache_bytes)
         .map_err(|e| anyhow::anyhow!("storage.blob_cache_dir {}: {e}", st.blob_cache_dir.display()))?;
@@ -133,7 +140,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         signal().await;
         tracing::info!(event = "shutdown", "shutting down: draining the requests in flight");
     };
-    listener::serve("public", listener, app, node_tls, limits, stop).await?;
+    listener::serve("public", listener, app, node_tls, limits.clone(), stop).await?;
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), metrics_server).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;

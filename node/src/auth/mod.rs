@@ -186,7 +186,7 @@ impl Auth {
     /// and grants the intersection of the requested scopes and the caller's grants.
     pub async fn issue(
         &self,
-        client: std::net::IpAddr,
+        client: crate::http::ClientAddr,
         credentials: Option<(String, String)>,
         service: Option<&str>,
         scopes: &[String],
@@ -205,21 +205,24 @@ impl Auth {
                         login::Refused::Busy => "busy",
                     };
                     metrics::counter!("afreg_logins_refused_total", "reason" => reason).increment(1);
-                    if self.logins.log_refusal(client) {
-                        tracing::warn!(event = "login_limited", user = %user, client = %client, reason = ?r,
+                    if self.logins.log_refusal(client.key) {
+                        // No user name: it is refused before it is looked up, and a name as
+                        // typed may be a password pasted in the wrong field.
+                        tracing::warn!(event = "login_limited", client = %client.ip, reason = ?r,
                             "login refused before checking the password (further refusals for this address this minute are only counted, in afreg_logins_refused_total)");
                     }
                     r.into()
                 };
-                let admission = self.logins.admit(client, &user, &password).map_err(refused)?;
+                let admission = self.logins.admit(client.key, &user, &password).await.map_err(refused)?;
                 let found = self.store.user(&user).await?;
-                let checked = self
-                    .logins
-                    .verify(admission, client, &user, found.as_ref().map(|u| u.password_hash.as_str()), &password)
-                    .await;
+                let checked =
+                    self.logins.verify(admission, found.as_ref().map(|u| u.password_hash.as_str()), &password).await;
                 let ok = checked.map_err(refused)?;
                 if !ok {
-                    tracing::info!(event = "login_failed", user = %user, client = %client, "invalid username or password");
+                    // The name only if it is a user's: one typed wrong may be a password.
+                    let known = found.as_ref().map(|_| user.as_str());
+                    tracing::info!(event = "login_failed", user = known, unknown_user = known.is_none(), client = %client.ip,
+                        "invalid username or password");
                     return Err(RegistryError::new(ErrorCode::Unauthorized, "invalid username or password"));
                 }
                 let grants = found

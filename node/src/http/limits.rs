@@ -1,6 +1,6 @@
-//! The public API's request rates, charged by what a request costs. Each client address, and
-//! each credential (the whole `Authorization` value, so one stolen or shared token cannot drive
-//! the node from many addresses), has two buckets (governor's GCRA, a burst of ten seconds'
+//! The public API's request rates, charged by what a request costs. Each client (an IPv4
+//! address or an IPv6 prefix, see [`crate::client`]), and each bearer token that verifies (so
+//! one stolen or shared token cannot drive the node from many addresses), has two buckets (governor's GCRA, a burst of ten seconds'
 //! worth), then 429 `TOOMANYREQUESTS` with `Retry-After`:
 //! - **reads** (`GET`/`HEAD` of `/v2/`, a manifest, a blob, a tag list, referrers) take from
 //!   `server.reads_per_second_per_*`, set by default above what a node can serve, so that one
@@ -11,11 +11,13 @@
 //!   the request already took: guessing credentials or probing repositories costs as much as
 //!   a write, however cheap the request looked.
 //!
-//! Credentials are keyed by a keyed hash, so the limiter's memory holds no token. Clients and
-//! tokens that went quiet are forgotten once a minute.
+//! Only a token that verifies (signature, expiry: the token cache's answer, so a token seen
+//! before costs a lookup) gets a bucket of its own: a random `Authorization` value is no
+//! credential and earns no fresh bucket, and is counted only against its client's. Tokens are
+//! keyed by a keyed hash, so the limiter's memory holds no token. Clients and tokens that went
+//! quiet are forgotten once a minute.
 
 use std::hash::{BuildHasher, Hash};
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -27,6 +29,9 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use super::ClientAddr;
+use crate::auth::tokens::Keys;
+use crate::client::{ClientAddresses, ClientKey};
 use crate::oci::{ErrorCode, RegistryError};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -79,7 +84,9 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
 }
 
 pub struct RequestLimits {
-    per_client: Buckets<IpAddr>,
+    clients: ClientAddresses,
+    tokens: std::sync::Arc<Keys>,
+    per_client: Buckets<ClientKey>,
     per_token: Buckets<u64>,
     keys: std::collections::hash_map::RandomState,
     last_sweep: Mutex<Instant>,
@@ -93,8 +100,10 @@ fn limiter<K: Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKeyedRateLimi
 }
 
 impl RequestLimits {
-    pub fn new(cfg: &afreg_config::ServerConfig) -> RequestLimits {
+    pub fn new(cfg: &afreg_config::ServerConfig, tokens: std::sync::Arc<Keys>) -> RequestLimits {
         RequestLimits {
+            clients: ClientAddresses::new(cfg),
+            tokens,
             per_client: Buckets::new(cfg.reads_per_second_per_client, cfg.requests_per_second_per_client),
             per_token: Buckets::new(cfg.reads_per_second_per_token, cfg.requests_per_second_per_token),
             keys: Default::default(),
@@ -104,19 +113,27 @@ impl RequestLimits {
     }
 
     /// Counts one request of `cost` from `client` with `authorization` (if any) against the
-    /// client's and the credential's buckets for that cost.
-    pub fn check(&self, client: IpAddr, authorization: Option<&[u8]>, cost: Cost) -> Result<(), RegistryError> {
+    /// client's buckets for that cost, and the token's if it is a bearer token that verifies.
+    pub fn check(&self, client: ClientKey, authorization: Option<&[u8]>, cost: Cost) -> Result<(), RegistryError> {
         self.sweep();
         self.per_client.check(&client, cost).map_err(|e| refusal("address", e))?;
-        if let Some(auth) = authorization {
-            self.per_token.check(&self.keys.hash_one(auth), cost).map_err(|e| refusal("token", e))?;
+        if let Some(token) = authorization.and_then(|a| self.verified_token(a)) {
+            self.per_token.check(&self.keys.hash_one(token), cost).map_err(|e| refusal("token", e))?;
         }
         Ok(())
     }
 
+    /// The token of a `Bearer` value, if it verifies.
+    fn verified_token<'a>(&self, authorization: &'a [u8]) -> Option<&'a str> {
+        let text = std::str::from_utf8(authorization).ok()?;
+        let (scheme, token) = text.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && self.tokens.verify(token).is_ok()).then_some(token)
+    }
+
     /// Charges a refused credential (an answer of 401 or 403) to the client's costly bucket,
     /// on top of what its request took; over the limit, the answer becomes a 429.
-    fn charge_refusal(&self, client: IpAddr) -> Result<(), RegistryError> {
+    fn charge_refusal(&self, client: ClientKey) -> Result<(), RegistryError> {
         self.per_client.check(&client, Cost::Costly).map_err(|e| refusal("address", e))
     }
 
@@ -139,15 +156,12 @@ fn refusal(who: &str, e: governor::NotUntil<<DefaultClock as Clock>::Instant>) -
 /// The middleware: refuses a request over either limit before it is routed, and answers
 /// every 429 (these, and the login and upload-session limits') only after about
 /// `server.refusal_delay_ms`, so refusals cannot be looped at full speed.
-pub async fn limit(
-    State(limits): State<std::sync::Arc<RequestLimits>>,
-    client: super::ClientAddr,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn limit(State(limits): State<std::sync::Arc<RequestLimits>>, mut req: Request, next: Next) -> Response {
+    let client = ClientAddr::of(req.extensions(), req.headers(), &limits.clients);
+    req.extensions_mut().insert(client);
     let auth = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let cost = Cost::of(req.method(), req.uri().path());
-    let resp = match limits.check(client.0, auth, cost) {
+    let resp = match limits.check(client.key, auth, cost) {
         Err(e) => {
             metrics::counter!("afreg_requests_limited_total").increment(1);
             e.into_response()
@@ -155,7 +169,7 @@ pub async fn limit(
         Ok(()) => next.run(req).await,
     };
     let resp = match resp.status() {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => match limits.charge_refusal(client.0) {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => match limits.charge_refusal(client.key) {
             Ok(()) => resp,
             Err(e) => {
                 metrics::counter!("afreg_requests_limited_total").increment(1);
@@ -177,6 +191,20 @@ pub async fn limit(
 mod tests {
     use super::*;
 
+    /// Limits over a fresh signing key, and two tokens it issued.
+    fn limits(cfg: afreg_config::ServerConfig) -> (RequestLimits, String, String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = afreg_config::AuthConfig { signing_key: dir.path().join("k.pem"), ..Default::default() };
+        let keys = std::sync::Arc::new(Keys::load_or_create(&auth).unwrap());
+        let bearer = |sub: &str| format!("Bearer {}", keys.issue(sub, vec![]).0);
+        let (t, u) = (bearer("t"), bearer("u"));
+        (RequestLimits::new(&cfg, keys), t, u, dir)
+    }
+
+    fn key(ip: &str) -> ClientKey {
+        ClientAddresses::default().key(ip.parse().unwrap())
+    }
+
     #[test]
     fn a_client_and_a_token_are_limited_separately_after_the_burst() {
         let cfg = afreg_config::ServerConfig {
@@ -184,9 +212,9 @@ mod tests {
             requests_per_second_per_token: 3,
             ..afreg_config::ServerConfig::default()
         };
-        let l = RequestLimits::new(&cfg);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let (l, t, u, _dir) = limits(cfg);
+        let (t, u) = (Some(t.as_bytes()), Some(u.as_bytes()));
+        let (a, b) = (key("10.0.0.1"), key("10.0.0.2"));
         // 20 from one address without credentials, then refused.
         for _ in 0..20 {
             l.check(a, None, Cost::Costly).unwrap();
@@ -197,11 +225,47 @@ mod tests {
         assert!(e.retry_after.is_some());
         // One token from many addresses: 30, then refused, though each address is fresh.
         for i in 0..30u8 {
-            l.check(IpAddr::from([10, 1, 0, i]), Some(b"Bearer t"), Cost::Costly).unwrap();
+            l.check(key(&format!("10.1.0.{i}")), t, Cost::Costly).unwrap();
         }
-        assert!(l.check(b, Some(b"Bearer t"), Cost::Costly).is_err());
+        assert!(l.check(b, t, Cost::Costly).is_err());
         // Another token from a fresh address is not affected.
-        l.check(b, Some(b"Bearer u"), Cost::Costly).unwrap();
+        l.check(b, u, Cost::Costly).unwrap();
+    }
+
+    #[test]
+    fn addresses_of_one_ipv6_prefix_share_their_buckets() {
+        let cfg = afreg_config::ServerConfig { requests_per_second_per_client: 2, ..Default::default() };
+        let (l, _, _, _dir) = limits(cfg);
+        // The burst of 20, spent from 20 addresses of one /64: the 21st address is refused.
+        for i in 1..=20 {
+            l.check(key(&format!("2001:db8:7:7::{i:x}")), None, Cost::Costly).unwrap();
+        }
+        let e = l.check(key("2001:db8:7:7:dead:beef:0:1"), None, Cost::Costly).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        // The next /64 is another client.
+        l.check(key("2001:db8:7:8::1"), None, Cost::Costly).unwrap();
+    }
+
+    #[test]
+    fn a_value_that_does_not_verify_earns_no_bucket_of_its_own() {
+        let cfg = afreg_config::ServerConfig {
+            requests_per_second_per_client: 100,
+            requests_per_second_per_token: 100,
+            ..afreg_config::ServerConfig::default()
+        };
+        let (l, t, _, _dir) = limits(cfg);
+        let tokens = || l.per_token.costly.as_ref().unwrap().len();
+        // Random `Authorization` values (and Basic credentials, which the login guard limits)
+        // count against their client only: none gets a bucket, so none can stand in for a
+        // credential or grow the limiter's memory.
+        for i in 0..50 {
+            l.check(key("10.0.0.1"), Some(format!("Bearer random-{i}").as_bytes()), Cost::Costly).unwrap();
+        }
+        l.check(key("10.0.0.1"), Some(b"Basic YWRtaW46eA=="), Cost::Costly).unwrap();
+        assert_eq!(tokens(), 0, "values that are not tokens got buckets");
+        // A token that verifies does.
+        l.check(key("10.0.0.1"), Some(t.as_bytes()), Cost::Costly).unwrap();
+        assert_eq!(tokens(), 1);
     }
 
     #[test]
@@ -213,10 +277,10 @@ mod tests {
             reads_per_second_per_token: 0,
             ..afreg_config::ServerConfig::default()
         };
-        let l = RequestLimits::new(&cfg);
+        let (l, t, _, _dir) = limits(cfg);
         for cost in [Cost::Read, Cost::Costly] {
             for _ in 0..10_000 {
-                l.check("10.0.0.1".parse().unwrap(), Some(b"Bearer t"), cost).unwrap();
+                l.check(key("10.0.0.1"), Some(t.as_bytes()), cost).unwrap();
             }
         }
     }
@@ -230,17 +294,17 @@ mod tests {
             reads_per_second_per_token: 100,
             ..afreg_config::ServerConfig::default()
         };
-        let l = RequestLimits::new(&cfg);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let (l, t, _, _dir) = limits(cfg);
+        let (a, t) = (key("10.0.0.1"), Some(t.as_bytes()));
         for _ in 0..10 {
-            l.check(a, Some(b"Bearer t"), Cost::Costly).unwrap();
+            l.check(a, t, Cost::Costly).unwrap();
         }
-        assert!(l.check(a, Some(b"Bearer t"), Cost::Costly).is_err(), "the costly bucket is empty");
+        assert!(l.check(a, t, Cost::Costly).is_err(), "the costly bucket is empty");
         // Reads go on, up to their own burst of 1000.
         for _ in 0..1000 {
-            l.check(a, Some(b"Bearer t"), Cost::Read).unwrap();
+            l.check(a, t, Cost::Read).unwrap();
         }
-        assert!(l.check(a, Some(b"Bearer t"), Cost::Read).is_err(), "the read bucket is empty too");
+        assert!(l.check(a, t, Cost::Read).is_err(), "the read bucket is empty too");
     }
 
     #[test]
@@ -250,8 +314,8 @@ mod tests {
             reads_per_second_per_client: 100,
             ..afreg_config::ServerConfig::default()
         };
-        let l = RequestLimits::new(&cfg);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let (l, _, _, _dir) = limits(cfg);
+        let a = key("10.0.0.1");
         // Ten reads answered 401: the costly burst of ten is spent, and the next refusal is a
         // 429; reads that succeed go on.
         for _ in 0..10 {
@@ -263,7 +327,6 @@ mod tests {
         assert!(l.check(a, None, Cost::Costly).is_err());
         l.check(a, None, Cost::Read).unwrap();
     }
-
     #[test]
     fn what_counts_as_a_read() {
         use axum::http::Method;

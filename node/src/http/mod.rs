@@ -20,19 +20,39 @@ use axum::Router;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::{Auth, Need};
+use crate::client::{ClientAddresses, ClientKey};
 use crate::oci::{self, Action, Endpoint, ErrorCode, RegistryError};
 use crate::registry::Registry;
 
-/// The client's address: the TCP peer (the node terminates TLS itself; no proxy is trusted to
-/// say otherwise). Unspecified when the router is driven without a connection (unit tests).
-pub struct ClientAddr(pub std::net::IpAddr);
+/// The client a request comes from: its address (the TCP peer's, or the one a trusted proxy
+/// names) and the key its limits count under (see [`crate::client`]). The limits middleware
+/// works it out once and leaves it in the request's extensions; without that (a router driven
+/// without it), the TCP peer's with the default keying, and unspecified without a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr {
+    pub ip: std::net::IpAddr,
+    pub key: ClientKey,
+}
+
+impl ClientAddr {
+    pub fn of(extensions: &axum::http::Extensions, headers: &HeaderMap, clients: &ClientAddresses) -> ClientAddr {
+        let peer = extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let ip = clients.client_ip(peer, headers);
+        ClientAddr { ip, key: clients.key(ip) }
+    }
+}
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-        Ok(ClientAddr(peer.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))))
+        if let Some(c) = parts.extensions.get::<ClientAddr>() {
+            return Ok(*c);
+        }
+        Ok(ClientAddr::of(&parts.extensions, &HeaderMap::new(), &ClientAddresses::default()))
     }
 }
 
@@ -85,7 +105,7 @@ fn method_label(m: &Method) -> &'static str {
 }
 
 pub fn router(state: AppState) -> Router {
-    let rates = Arc::new(limits::RequestLimits::new(&state.registry.cfg.server));
+    let rates = Arc::new(limits::RequestLimits::new(&state.registry.cfg.server, state.auth.keys.clone()));
     Router::new()
         .route("/v2", any(v2))
         .route("/v2/", any(v2))
@@ -159,7 +179,7 @@ async fn v2(
         // Whose upload sessions these are (storage.max_uploads_per_user).
         let owner = match user {
             Some(u) => format!("user:{u}"),
-            None => format!("address:{}", client.0),
+            None => format!("address:{}", client.ip),
         };
         if linearizable(&query, &headers) && matches!(method, Method::GET | Method::HEAD) {
             // Read index through the leader: this region first applies everything committed.

@@ -24,7 +24,7 @@ fn token_response(t: IssuedToken) -> Response {
 
 pub async fn get_token(
     State(st): State<AppState>,
-    ClientAddr(client): ClientAddr,
+    client: ClientAddr,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, RegistryError> {
@@ -48,7 +48,7 @@ pub struct TokenForm {
 
 pub async fn post_token(
     State(st): State<AppState>,
-    ClientAddr(client): ClientAddr,
+    client: ClientAddr,
     Form(f): Form<TokenForm>,
 ) -> Result<Response, RegistryError> {
     let creds = match f.grant_type.as_str() {

@@ -1,7 +1,9 @@
 //! Every listener of the node (the public API, the internal endpoints, `/metrics`) is served
 //! here, with the bounds a stranger must not be able to exceed:
 //! - at most `server.max_connections` connections per listener, and
-//!   `server.max_connections_per_client` per client address; one over is closed in the accept
+//!   `server.max_connections_per_client` per client (an IPv4 address or an IPv6 prefix, as
+//!   [`crate::client`] keys it; a trusted proxy is many clients, so only the listener's cap
+//!   applies to it); one over is closed in the accept
 //!   loop itself, before the next connection is accepted, so half-open connections (and a flood
 //!   of new ones outrunning the tasks that serve them) cannot exhaust the node's file
 //!   descriptors, which would also cut it off from Postgres, Kubo and Raft;
@@ -39,12 +41,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use super::tls::{self, Tls};
+use crate::client::{ClientAddresses, ClientKey};
 
 /// The bounds of one listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_client: usize,
+    pub clients: ClientAddresses,
     pub header_read: Duration,
     pub body_idle: Duration,
     pub drain: Duration,
@@ -55,6 +59,7 @@ impl Limits {
         Limits {
             max_connections: s.max_connections,
             max_connections_per_client: s.max_connections_per_client,
+            clients: ClientAddresses::new(s),
             header_read: Duration::from_secs(s.header_read_timeout_secs),
             body_idle: Duration::from_secs(s.body_idle_timeout_secs),
             drain: Duration::from_secs(s.drain_secs),
@@ -89,22 +94,23 @@ pub async fn serve(
     let make = app.into_make_service_with_connect_info::<SocketAddr>();
     let handle = Handle::new();
     let h = handle.clone();
+    let drain = limits.drain;
     tokio::spawn(async move {
         shutdown.await;
-        h.graceful_shutdown(Some(limits.drain));
+        h.graceful_shutdown(Some(drain));
     });
-    let listener = Capped { inner: listener, slots: Slots::new(name, limits) };
+    let listener = Capped { inner: listener, slots: Slots::new(name, limits.clone()) };
     let result = match tls {
         None => {
             let mut server = axum_server::Server::<Peer>::from_listener(listener);
-            configure(server.http_builder(), limits);
+            configure(server.http_builder(), &limits);
             server.first_request_timeout(limits.header_read).handle(handle).serve(make).await
         }
         Some(t) => {
             let (config, reload) = tls::rustls_config(t).await?;
             let acceptor = RustlsAcceptor::new(config).handshake_timeout(limits.header_read);
             let mut server = axum_server::Server::<Peer>::from_listener(listener).acceptor(acceptor);
-            configure(server.http_builder(), limits);
+            configure(server.http_builder(), &limits);
             let r = server.first_request_timeout(limits.header_read).handle(handle).serve(make).await;
             if let Some(task) = reload {
                 task.abort();
@@ -115,7 +121,7 @@ pub async fn serve(
     Ok(result?)
 }
 
-fn configure(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>, limits: Limits) {
+fn configure(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>, limits: &Limits) {
     // hyper starts this clock whenever it waits for a request head: on a new connection and
     // on an idle keep-alive one alike.
     b.http1().header_read_timeout(Some(limits.header_read));
@@ -164,11 +170,11 @@ impl AddrListener<Guarded<TcpStream>, Peer> for Capped {
     }
 }
 
-/// A listener's caps: the open connections in all, and per client address.
+/// A listener's caps: the open connections in all, and per client.
 struct Slots {
     name: &'static str,
     total: Arc<Semaphore>,
-    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_client: Arc<Mutex<HashMap<ClientKey, usize>>>,
     limits: Limits,
 }
 
@@ -185,9 +191,10 @@ impl Slots {
             None
         };
         let Ok(permit) = self.total.clone().try_acquire_owned() else { return refused("listener") };
-        {
+        let client = (!self.limits.clients.is_trusted_proxy(client)).then(|| self.limits.clients.key(client));
+        if let Some(key) = client {
             let mut map = self.per_client.lock().unwrap();
-            let n = map.entry(client).or_insert(0);
+            let n = map.entry(key).or_insert(0);
             if *n >= self.limits.max_connections_per_client {
                 return refused("client");
             }
@@ -203,17 +210,20 @@ impl Slots {
 struct Slot {
     name: &'static str,
     _permit: OwnedSemaphorePermit,
-    client: IpAddr,
-    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// `None`: a trusted proxy, outside the per-client cap.
+    client: Option<ClientKey>,
+    per_client: Arc<Mutex<HashMap<ClientKey, usize>>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut map = self.per_client.lock().unwrap();
-        if let Some(n) = map.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.client);
+        if let Some(client) = &self.client {
+            let mut map = self.per_client.lock().unwrap();
+            if let Some(n) = map.get_mut(client) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(client);
+                }
             }
         }
         metrics::gauge!("afreg_connections_open", "listener" => self.name).decrement(1.0);

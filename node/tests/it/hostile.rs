@@ -1,6 +1,7 @@
 //! Clients that attack, against a real node: a password brute force of hundreds of concurrent
-//! attempts is bounded in memory and answered 429 past its limits, other users still log in,
-//! and an unknown user name costs what a known one does.
+//! attempts is bounded in memory and answered 429 past its limits, the attacked user still
+//! logs in from elsewhere, honest clients that log in at once are never throttled, and an
+//! unknown user name costs what a known one does.
 //!
 //! Attackers and honest clients come from distinct loopback source addresses, as they would
 //! from distinct hosts: the limits are per client address.
@@ -82,8 +83,8 @@ fn a_password_brute_force_is_bounded_in_memory_and_refused_past_its_limit() {
     sampler.join().unwrap();
 
     let count = |s: u16| results.iter().filter(|r| r.0 == s).count();
-    // The user name's allowance (10 a minute, one more every 6 s) is all that is ever
-    // checked; the rest is 429.
+    // The pair's allowance (10 wrong passwords for one user name from one address) is all
+    // that is ever checked; the rest is 429.
     assert!(
         count(401) <= 11,
         "{} wrong passwords were checked: {:?}",
@@ -104,17 +105,56 @@ fn a_password_brute_force_is_bounded_in_memory_and_refused_past_its_limit() {
     );
     assert!(grown_mib < 200, "RSS grew {grown_mib} MiB over idle ({} MiB) during the brute force", idle / 1024);
 
-    // The right password for admin is refused too while its name is over the limit (a guess
-    // and the right password look alike until checked)…
-    let (status, retry) = login(&honest, &url, "admin", "the-right-passw0rd");
-    assert_eq!(status, 429, "admin's name is still over its limit");
-    assert!(retry.is_some());
-    // …but another user, from another address, logs in as usual, and bob's credentials that
-    // were verified before are recognised without another check.
+    // The attacker stays locked out: a 301st guess, after longer than a per-minute allowance
+    // takes to refill a step (6 s), is still refused, and so is the right password from there.
+    let attacker = client_from(Ipv4Addr::new(127, 0, 1, 1));
+    std::thread::sleep(Duration::from_secs(7));
+    let (status, retry) = login(&attacker, &url, "admin", "guess-301");
+    assert_eq!(status, 429, "the 301st wrong guess from the attacking address");
+    assert!(retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|n| n >= 60)), "a long lockout");
+    assert_eq!(login(&attacker, &url, "admin", "the-right-passw0rd").0, 429);
+    // …while admin, from another address, logs in as usual, another user too, and bob's
+    // credentials that were verified before are recognised without another check.
+    assert_eq!(login(&honest, &url, "admin", "the-right-passw0rd").0, 200, "admin locked out by a guesser");
     assert_eq!(login(&client_from(Ipv4Addr::new(127, 0, 0, 2)), &url, "dave", "daves-passw0rd").0, 200);
     for _ in 0..20 {
         assert_eq!(login(&honest, &url, "bob", "bobs-passw0rd").0, 200);
     }
+}
+
+#[test]
+fn wrong_logins_from_one_address_do_not_lock_the_user_out_elsewhere() {
+    let region = TestRegion::start_with(testkit::afreg_bin(), |c| c.config.server.refusal_delay_ms = 0);
+    region.node.add_user("admin", "the-right-passw0rd");
+    let url = region.node.url();
+    let guesser = client_from(Ipv4Addr::new(127, 0, 0, 2));
+    for i in 0..10 {
+        assert_eq!(login(&guesser, &url, "admin", &format!("wrong-{i}")).0, 401);
+    }
+    let (status, _) = login(&client_from(Ipv4Addr::new(127, 0, 0, 3)), &url, "admin", "the-right-passw0rd");
+    assert_eq!(status, 200, "10 wrong logins from 127.0.0.2 locked admin out of 127.0.0.3");
+}
+
+#[test]
+fn forty_concurrent_right_logins_from_one_address_are_all_served() {
+    // A CI fleet behind one NAT address, with one robot account, starting at once.
+    let region = TestRegion::start(testkit::afreg_bin());
+    region.node.add_user("robot", "robot-passw0rd");
+    let url = region.node.url();
+    const LOGINS: usize = 40;
+    let start = Arc::new(Barrier::new(LOGINS));
+    let logins: Vec<_> = (0..LOGINS)
+        .map(|_| {
+            let (start, url) = (start.clone(), url.clone());
+            std::thread::spawn(move || {
+                let c = client_from(Ipv4Addr::new(127, 0, 0, 4));
+                start.wait();
+                login(&c, &url, "robot", "robot-passw0rd").0
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = logins.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
 #[test]
@@ -146,14 +186,19 @@ fn one_address_guessing_many_user_names_is_limited_and_unknown_names_cost_the_sa
         "an unknown user answers in {unknown:?}, a known one in {known:?}: timing tells which names exist"
     );
 
-    // One address trying 80 user names: the address's allowance (60 a minute) is checked, the
-    // rest refused without a password check.
+    // One address trying 80 user names: the address's allowance (60 wrong passwords) is
+    // checked, the rest refused without a password check while its lockout lasts.
     let c = client_from(Ipv4Addr::new(127, 0, 2, 3));
     let statuses: Vec<u16> = (0..80).map(|i| login(&c, &url, &format!("user{i}"), "x").0).collect();
     let checked = statuses.iter().filter(|s| **s == 401).count();
-    // (60 at once, then one a second while the 80 run.)
+    // (60, then a lockout of 1 s, 2 s, … that the refusals, answered at once, run into.)
     assert!((60..=70).contains(&checked), "{checked} of 80 names checked from one address: {statuses:?}");
     assert!(statuses[75..].iter().all(|s| *s == 429), "{statuses:?}");
+    // A name that is no user's is never logged (it may be a password typed in the wrong
+    // field); a user's is.
+    let log = region.node.log();
+    assert!(!log.contains("nobody-by-this-name") && !log.contains("\"user0\""), "an unknown user name was logged");
+    assert!(log.contains("\"user\":\"carol\""), "a known user's failed login names the user");
 }
 
 /// A token for `scopes` (each a `scope=` parameter) with `user`'s credentials.

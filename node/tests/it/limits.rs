@@ -264,6 +264,33 @@ fn request_rates_are_limited_per_address_and_per_token() {
 }
 
 #[test]
+fn a_trusted_proxy_names_its_clients_and_an_ipv6_prefix_is_one_client() {
+    let region = open_region(|c| {
+        c.config.server.requests_per_second_per_client = 1;
+        c.config.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.config.server.refusal_delay_ms = 0;
+    });
+    let url = region.node.url();
+    let token = |c: &reqwest::blocking::Client, forwarded_for: &str| {
+        let r = c.get(format!("{url}/token?service=afreg")).header("x-forwarded-for", forwarded_for).send().unwrap();
+        r.status().as_u16()
+    };
+    // Through the proxy, ten addresses of one IPv6 /64 spend that /64's burst of ten costly
+    // requests; an eleventh address of it is refused, and the next /64 is another client.
+    let proxy = client_from(Ipv4Addr::new(127, 0, 0, 1));
+    for i in 1..=10 {
+        assert_eq!(token(&proxy, &format!("2001:db8:5:5::{i:x}")), 200);
+    }
+    assert_eq!(token(&proxy, "2001:db8:5:5:ffff::1"), 429, "a fresh address of the same /64");
+    assert_eq!(token(&proxy, "2001:db8:5:6::1"), 200, "another /64");
+    // A peer that is not a listed proxy cannot name other clients: its header is ignored, and
+    // its own address's burst runs out however the header changes.
+    let stranger = client_from(Ipv4Addr::new(127, 0, 0, 2));
+    let statuses: Vec<u16> = (0..12).map(|i| token(&stranger, &format!("198.51.100.{i}"))).collect();
+    assert!(statuses[..10].iter().all(|s| *s == 200) && statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
+}
+
+#[test]
 fn upload_sessions_are_capped_per_user_and_blobs_by_size() {
     let region = TestRegion::start_with(testkit::afreg_bin(), |c| {
         c.config.auth.anonymous = vec![];
