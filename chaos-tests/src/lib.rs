@@ -29,6 +29,10 @@
 //!   peer sees when packets are dropped is silence and timeouts, not a reset). When the
 //!   blackhole lifts, the connections that lost bytes to it are closed (their byte streams are
 //!   broken) and new connections flow again.
+//! * [`Link::blackhole_after`] starts that partition at a chosen moment: once a client has sent
+//!   a chunk containing the given bytes (a statement's parameters, a request line), its next
+//!   chunk is dropped and the blackhole starts, so a test can silence a peer between two steps
+//!   of one exchange.
 //! * [`Link::sever`] closes every current connection at once (a reset).
 //!
 //! The links run on their own tokio runtime on background threads, and every method here is
@@ -45,7 +49,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -87,6 +91,8 @@ struct Shared {
     faults: watch::Sender<Faults>,
     live: AtomicUsize,
     accepted: AtomicU64,
+    /// [`Link::blackhole_after`]'s bytes, until a client sends them.
+    trigger: Mutex<Option<Vec<u8>>>,
 }
 
 impl Shared {
@@ -144,6 +150,7 @@ impl Link {
             faults: watch::Sender::new(Faults::default()),
             live: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
+            trigger: Mutex::new(None),
         });
         rt.spawn(accept_loop(listener, target, shared.clone()));
         let target = match target {
@@ -181,6 +188,13 @@ impl Link {
     /// Partitions (`true`) or heals (`false`) the link.
     pub fn set_blackhole(&self, on: bool) {
         self.shared.faults.send_modify(|f| f.blackhole = on);
+    }
+
+    /// Partitions the link at the chunk a client sends next after one containing `bytes` (which
+    /// is forwarded): that next chunk never reaches the target, nor does anything after it in
+    /// either direction, until [`Link::set_blackhole`]`(false)`.
+    pub fn blackhole_after(&self, bytes: &[u8]) {
+        *self.shared.trigger.lock().unwrap() = Some(bytes.to_vec());
     }
 
     pub fn is_blackholed(&self) -> bool {
@@ -314,8 +328,8 @@ async fn connection(mut client: TcpStream, target: Target, shared: Arc<Shared>) 
         let (mut cr, mut cw) = client.split();
         let (mut sr, mut sw) = server.split();
         // The client's first bytes leave after one emulated round trip (its TCP handshake).
-        let up = pipe(&mut cr, &mut sw, &shared, head, Some(accepted));
-        let down = pipe(&mut sr, &mut cw, &shared, Vec::new(), None);
+        let up = pipe(&mut cr, &mut sw, &shared, head, Some(accepted), true);
+        let down = pipe(&mut sr, &mut cw, &shared, Vec::new(), None, false);
         tokio::select! {
             _ = async { tokio::try_join!(up, down) } => return,
             f = until(&mut faults, changed) => f,
@@ -329,13 +343,16 @@ async fn connection(mut client: TcpStream, target: Target, shared: Arc<Shared>) 
 
 /// Copies `r` to `w`, each chunk released `delay` after it was read. `first` goes first (the
 /// bytes an HTTP proxy read to find the target). With `handshake_from`, nothing is released
-/// before one emulated round trip after that instant. Err when `w` fails.
+/// before one emulated round trip after that instant. From a client (`upstream`), a chunk that
+/// follows one holding [`Shared::trigger`]'s bytes is dropped and starts the blackhole. Err when
+/// `w` fails.
 async fn pipe<R, W>(
     r: &mut R,
     w: &mut W,
     shared: &Shared,
     first: Vec<u8>,
     handshake_from: Option<Instant>,
+    upstream: bool,
 ) -> Result<(), ()>
 where
     R: AsyncRead + Unpin,
@@ -355,10 +372,17 @@ where
             return;
         }
         let mut buf = vec![0u8; 64 * 1024];
+        let mut armed = false;
         loop {
             match r.read(&mut buf).await {
                 Ok(0) | Err(_) => return, // dropping `tx` ends the writer after the queue
                 Ok(n) => {
+                    if armed {
+                        shared.faults.send_modify(|f| f.blackhole = true);
+                        // The connection's select sees the blackhole and silences it.
+                        std::future::pending::<()>().await;
+                    }
+                    armed = upstream && triggered(shared, &buf[..n]);
                     if tx.send((release_at(Instant::now()), buf[..n].to_vec())).await.is_err() {
                         return;
                     }
@@ -376,6 +400,16 @@ where
     };
     let ((), written) = tokio::join!(reader, writer);
     written
+}
+
+/// Whether `chunk` holds the trigger's bytes; if so the trigger is spent.
+fn triggered(shared: &Shared, chunk: &[u8]) -> bool {
+    let mut trigger = shared.trigger.lock().unwrap();
+    let hit = trigger.as_ref().is_some_and(|t| chunk.windows(t.len()).any(|w| w == t.as_slice()));
+    if hit {
+        *trigger = None;
+    }
+    hit
 }
 
 /// A blackholed connection: whatever either side sends is dropped and nothing is answered,

@@ -342,6 +342,13 @@ impl Store {
             .await?)
     }
 
+    /// Which of `ids` are upload sessions that still exist (in any process of the region).
+    pub async fn existing_uploads(&self, ids: &[Uuid]) -> Result<std::collections::HashSet<Uuid>> {
+        let found: Vec<Uuid> =
+            sqlx::query_scalar("SELECT id FROM uploads WHERE id = ANY($1)").bind(ids).fetch_all(&self.pool).await?;
+        Ok(found.into_iter().collect())
+    }
+
     /// The region's token signing key: `pem` becomes it unless one is already recorded, and
     /// the recorded one is returned. Every process of a region signs with it, so a token one
     /// issued verifies at all of them.

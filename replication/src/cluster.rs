@@ -173,7 +173,8 @@ impl Cluster {
         let seat = self.seat.clone();
         let seat_task = tokio::spawn({
             let stop = seat_stop.clone();
-            async move { seat.run(stop).await }
+            let pool = self.pool.clone();
+            async move { seat.run(stop, &pool).await }
         });
         let listen = tokio::spawn(follow_applied(self.pool.clone(), self.changed.clone(), stop.clone()));
         let mut state = self.seat.subscribe();
@@ -442,9 +443,10 @@ impl Cluster {
     }
 
     /// Waits until this region has applied everything committed when it was called, as
-    /// confirmed by the leader with a quorum (a linearizable read point).
+    /// confirmed by the leader with a quorum (a linearizable read point). One deadline, the
+    /// write timeout, bounds the whole wait: finding the read index and applying up to it.
     pub async fn read_barrier(&self) -> Result<(), ClusterError> {
-        let deadline = Instant::now() + self.write_timeout;
+        let deadline = self.write_deadline();
         let raft = loop {
             match self.raft() {
                 Some(raft) => break raft,
@@ -455,15 +457,20 @@ impl Cluster {
                 },
             }
         };
-        let index = self.read_index(true).await?;
+        let index = self.read_index(true, deadline).await?;
         if let Some(i) = index {
-            wait_applied(&raft, i, Instant::now() + self.write_timeout).await?;
+            wait_applied(&raft, i, deadline).await?;
         }
         Ok(())
     }
 
-    pub(crate) async fn read_index(&self, may_forward: bool) -> Result<Option<u64>, ClusterError> {
-        let deadline = Instant::now() + self.write_timeout;
+    /// A deadline one write timeout from now.
+    pub(crate) fn write_deadline(&self) -> Instant {
+        Instant::now() + self.write_timeout
+    }
+
+    /// The leader's read index, found by `deadline`.
+    pub(crate) async fn read_index(&self, may_forward: bool, deadline: Instant) -> Result<Option<u64>, ClusterError> {
         loop {
             let raft = self.raft().ok_or_else(|| {
                 ClusterError::NotSeatHolder("this process does not run the region's Raft member".into())

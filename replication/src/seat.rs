@@ -23,6 +23,16 @@
 //!
 //! A new holder starts its Raft member only once the previous holder's lease has run out (at
 //! once when it released the seat cleanly), so two members never answer at the same time.
+//!
+//! A silent Postgres (a half-open connection: the peer gone without a FIN, a relay that stops
+//! forwarding) never wedges the seat: every statement on the seat's session, connecting and
+//! taking the seat included, is bounded by [`Seat::bound`] (a third of the lease), and the
+//! session never idles longer than a sixth of the lease, so a silent session fails within half a
+//! lease, well before the lease ends. A holder whose renewal fails steps down at once (its Raft
+//! member stops, and it answers as a standby again); a candidate whose session fails connects
+//! again. Postgres' own keepalives (set on the session) end the session on its side, releasing
+//! the lock. sqlx exposes no socket options, so the client side's keepalive is this bound: the
+//! session is never left idle long enough for one to matter.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -167,16 +177,23 @@ impl Seat {
         self.opts.lease / 6
     }
 
+    /// The longest any statement on the seat's session may take: a third of the lease, so a
+    /// holder whose session went silent right after a renewal steps down within half a lease.
+    fn bound(&self) -> Duration {
+        self.opts.lease / 3
+    }
+
     /// Keeps this process in the seat: a candidate until it takes the seat, then the holder
     /// until it loses it or `stop`, then a candidate again. Never returns before `stop`.
-    pub async fn run(&self, stop: CancellationToken) {
+    /// `pool` (the process's own connections, not the seat's session) tells the holder while
+    /// the seat's session is down, so a standby cut off from it still relays to the holder.
+    pub async fn run(&self, stop: CancellationToken, pool: &PgPool) {
         loop {
             let mut conn = match self.connect().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(event = "seat_unreachable", error = %e, "cannot reach PostgreSQL for the Raft seat; retrying");
-                    self.set(SeatState::Standby { holder: None });
-                    if pause(&stop, self.poll() * 2).await {
+                    if self.standby_for(&stop, pool, self.poll() * 2).await {
                         return;
                     }
                     continue;
@@ -185,16 +202,19 @@ impl Seat {
             let epoch = match self.candidate(&mut conn, &stop).await {
                 Ok(Some(taken)) => taken,
                 Ok(None) => {
-                    let _ = sqlx::query("DELETE FROM region_processes WHERE name = $1")
-                        .bind(&self.opts.process)
-                        .execute(&mut conn)
-                        .await;
+                    let _ = within(
+                        self.bound(),
+                        sqlx::query("DELETE FROM region_processes WHERE name = $1")
+                            .bind(&self.opts.process)
+                            .execute(&mut conn),
+                    )
+                    .await;
                     return;
                 }
                 Err(e) => {
                     tracing::warn!(event = "seat_unreachable", error = %e, "lost PostgreSQL while waiting for the Raft seat; reconnecting");
                     drop(conn);
-                    if pause(&stop, self.poll()).await {
+                    if self.standby_for(&stop, pool, self.poll()).await {
                         return;
                     }
                     continue;
@@ -204,23 +224,29 @@ impl Seat {
             match self.hold(&mut conn, epoch, wait, &stop).await {
                 Left::Stopped => {
                     // Released cleanly: the next holder need not wait out the lease.
-                    let _ = sqlx::query("UPDATE raft_seat SET renewed_at = NULL WHERE epoch = $1")
-                        .bind(epoch as i64)
-                        .execute(&mut conn)
-                        .await;
-                    let _ = sqlx::query("DELETE FROM region_processes WHERE name = $1")
-                        .bind(&self.opts.process)
-                        .execute(&mut conn)
-                        .await;
-                    let _ = conn.close().await;
+                    let _ = within(
+                        self.bound(),
+                        sqlx::query("UPDATE raft_seat SET renewed_at = NULL WHERE epoch = $1")
+                            .bind(epoch as i64)
+                            .execute(&mut conn),
+                    )
+                    .await;
+                    let _ = within(
+                        self.bound(),
+                        sqlx::query("DELETE FROM region_processes WHERE name = $1")
+                            .bind(&self.opts.process)
+                            .execute(&mut conn),
+                    )
+                    .await;
+                    let _ = tokio::time::timeout(self.bound(), conn.close()).await;
                     tracing::info!(event = "seat_released", epoch, "released the region's Raft seat");
                     return;
                 }
                 Left::Lost(why) => {
                     tracing::warn!(event = "seat_lost", epoch, reason = %why, "this process no longer holds the region's Raft seat; stepping down");
                     drop(conn);
-                    // Let another process take it before trying again.
-                    if pause(&stop, self.opts.lease).await {
+                    // Let another process take it before trying again, relaying to it meanwhile.
+                    if self.standby_for(&stop, pool, self.opts.lease).await {
                         return;
                     }
                 }
@@ -228,10 +254,58 @@ impl Seat {
         }
     }
 
+    /// A standby without the seat's session for `d`: every poll it reads the holder through
+    /// `pool`. True on `stop`.
+    async fn standby_for(&self, stop: &CancellationToken, pool: &PgPool, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            let holder = match within(self.bound(), self.read_holder(pool)).await {
+                Ok(h) => h.filter(|h| h.name != self.opts.process),
+                Err(_) => None,
+            };
+            self.set(SeatState::Standby { holder });
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if pause(stop, left.min(self.poll())).await {
+                return true;
+            }
+        }
+    }
+
+    /// The holder `raft_seat` names, if its lease runs.
+    async fn read_holder<'c, E: sqlx::PgExecutor<'c>>(&self, db: E) -> Result<Option<Holder>, sqlx::Error> {
+        let (_, holder, expired) = self.seat_row(db).await?;
+        Ok(holder.filter(|_| !expired))
+    }
+
+    /// `raft_seat`: the holder's session pid, the holder, and whether its lease ran out.
+    async fn seat_row<'c, E: sqlx::PgExecutor<'c>>(
+        &self,
+        db: E,
+    ) -> Result<(Option<i32>, Option<Holder>, bool), sqlx::Error> {
+        let (epoch, name, url, addr, pid, expired): (i64, String, String, Option<String>, Option<i32>, bool) =
+            sqlx::query_as(
+                "SELECT epoch, holder, holder_url, holder_addr, holder_pid,
+                        renewed_at IS NULL OR clock_timestamp() > renewed_at + make_interval(secs => $1)
+                   FROM raft_seat",
+            )
+            .bind(self.opts.lease.as_secs_f64())
+            .fetch_one(db)
+            .await?;
+        let holder = (!name.is_empty()).then(|| Holder {
+            name,
+            url,
+            addr: addr.and_then(|a| a.parse().ok()),
+            epoch: epoch as u64,
+        });
+        Ok((pid, holder, expired))
+    }
+
     async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
         let opts = self.db.clone().application_name(&format!("afreg seat {}", self.opts.process));
-        let mut conn =
-            tokio::time::timeout(self.opts.lease, opts.connect()).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
+        let mut conn = within(self.bound(), opts.connect()).await?;
         // Postgres ends a session whose peer went silent within about keepalives_idle +
         // interval × count (or tcp_user_timeout for unacknowledged data), releasing the lock.
         let secs = self.opts.lease.as_secs().max(1);
@@ -241,7 +315,7 @@ impl Seat {
             "SET tcp_keepalives_count = 3".to_owned(),
             format!("SET tcp_user_timeout = {}", secs * 2000),
         ] {
-            sqlx::query(&set).execute(&mut conn).await?;
+            within(self.bound(), sqlx::query(&set).execute(&mut conn)).await?;
         }
         Ok(conn)
     }
@@ -263,11 +337,10 @@ impl Seat {
         conn: &mut PgConnection,
         stop: &CancellationToken,
     ) -> Result<Option<(u64, Duration)>, sqlx::Error> {
-        let lease = self.opts.lease.as_secs_f64();
         loop {
             self.report(conn).await?;
             let got: bool = within(
-                self.poll() * 4,
+                self.bound(),
                 sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
                     .bind(LOCK.0)
                     .bind(LOCK.1)
@@ -275,40 +348,29 @@ impl Seat {
             )
             .await?;
             if got {
-                return self.take(conn).await.map(Some);
+                // Bounded as a whole: a session that goes silent while taking the seat is a
+                // failed attempt (the lock goes with the session), never a hang.
+                return within(self.bound(), self.take(conn)).await.map(Some);
             }
-            let row: (i64, String, String, Option<String>, Option<i32>, bool) = within(
-                self.poll() * 4,
-                sqlx::query_as(
-                    "SELECT epoch, holder, holder_url, holder_addr, holder_pid,
-                            renewed_at IS NULL OR clock_timestamp() > renewed_at + make_interval(secs => $1)
-                       FROM raft_seat",
-                )
-                .bind(lease)
-                .fetch_one(&mut *conn),
-            )
-            .await?;
-            let (epoch, name, url, addr, pid, expired) = row;
-            let holder = (!name.is_empty()).then(|| Holder {
-                name,
-                url,
-                addr: addr.and_then(|a| a.parse().ok()),
-                epoch: epoch as u64,
-            });
+            let (pid, holder, expired) = within(self.bound(), self.seat_row(&mut *conn)).await?;
             if expired {
                 if let Some(pid) = pid {
                     // The lock's session outlived its lease (a paused or cut-off holder): end it.
-                    let ended: Option<bool> = sqlx::query_scalar(
-                        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l
-                          WHERE l.locktype = 'advisory' AND l.classid = $1::int::oid AND l.objid = $2::int::oid
-                            AND l.objsubid = 2 AND l.granted AND l.pid = $3",
+                    let ended: Option<bool> = within(
+                        self.bound(),
+                        sqlx::query_scalar(
+                            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+                              WHERE l.locktype = 'advisory' AND l.classid = $1::int::oid AND l.objid = $2::int::oid
+                                AND l.objsubid = 2 AND l.granted AND l.pid = $3",
+                        )
+                        .bind(LOCK.0)
+                        .bind(LOCK.1)
+                        .bind(pid)
+                        .fetch_optional(&mut *conn),
                     )
-                    .bind(LOCK.0)
-                    .bind(LOCK.1)
-                    .bind(pid)
-                    .fetch_optional(&mut *conn)
                     .await?;
                     if ended == Some(true) {
+                        let epoch = holder.as_ref().map(|h| h.epoch);
                         tracing::warn!(event = "seat_holder_expired", holder = ?holder.as_ref().map(|h| &h.name), epoch,
                             "the seat holder's lease ran out; ended its session to take the seat over");
                     }
@@ -377,7 +439,7 @@ impl Seat {
         let left = loop {
             let sent = Instant::now();
             let renewed = within(
-                self.poll() * 2,
+                self.bound(),
                 sqlx::query("UPDATE raft_seat SET renewed_at = clock_timestamp() WHERE epoch = $1")
                     .bind(epoch as i64)
                     .execute(&mut *conn),
@@ -413,7 +475,7 @@ impl Seat {
     /// Records this process in `region_processes`, and forgets processes gone for a day.
     async fn report(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         within(
-            self.poll() * 4,
+            self.bound(),
             sqlx::query(
                 "INSERT INTO region_processes (name, url, public_url) VALUES ($1, $2, $3)
                  ON CONFLICT (name) DO UPDATE SET url = EXCLUDED.url, public_url = EXCLUDED.public_url, seen_at = now()",
@@ -424,9 +486,11 @@ impl Seat {
             .execute(&mut *conn),
         )
         .await?;
-        sqlx::query("DELETE FROM region_processes WHERE seen_at < now() - interval '1 day'")
-            .execute(&mut *conn)
-            .await?;
+        within(
+            self.bound(),
+            sqlx::query("DELETE FROM region_processes WHERE seen_at < now() - interval '1 day'").execute(&mut *conn),
+        )
+        .await?;
         Ok(())
     }
 }

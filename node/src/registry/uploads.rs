@@ -663,8 +663,32 @@ impl Registry {
         Ok(())
     }
 
+    /// Forgets the in-memory state of sessions that no longer exist: a region's processes share
+    /// its sessions, so one that served a chunk keeps an entry that another process's `PUT`,
+    /// `DELETE` or expiry ended. Entries in use (locked) are left to their request.
+    async fn forget_ended_sessions(&self) -> Result<usize, RegistryError> {
+        let idle: Vec<Uuid> = {
+            let map = self.sessions.lock().unwrap();
+            map.iter().filter(|(_, s)| s.try_lock().is_ok()).map(|(id, _)| *id).collect()
+        };
+        if idle.is_empty() {
+            return Ok(0);
+        }
+        let live = self.store.existing_uploads(&idle).await?;
+        let mut map = self.sessions.lock().unwrap();
+        let before = map.len();
+        for id in idle.iter().filter(|id| !live.contains(id)) {
+            if map.get(id).is_some_and(|s| s.try_lock().is_ok()) {
+                map.remove(id);
+            }
+        }
+        metrics::gauge!("afreg_upload_sessions_in_memory").set(map.len() as f64);
+        Ok(before - map.len())
+    }
+
     /// Removes sessions untouched for longer than the configured age, and expired holds of
-    /// blob commits whose outcome was unknown (releasing their pins unless a record applied).
+    /// blob commits whose outcome was unknown (releasing their pins unless a record applied),
+    /// and forgets the in-memory state of sessions that ended elsewhere.
     pub async fn sweep_uploads(&self) -> Result<usize, RegistryError> {
         let stale = self.store.stale_uploads(std::time::Duration::from_secs(self.cfg.storage.upload_ttl_secs)).await?;
         for id in &stale {
@@ -675,6 +699,7 @@ impl Registry {
             self.release_cid(&cid).await;
             tracing::info!(event = "hold_expired", ipfs_cid = %cid, "released the hold of a blob commit with an unknown outcome");
         }
+        self.forget_ended_sessions().await?;
         Ok(stale.len())
     }
 }

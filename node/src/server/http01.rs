@@ -10,23 +10,43 @@
 //! HTTP, as the CA itself asks: a key authorization is public by design (RFC 8555 section 8.3:
 //! the token and the account key's thumbprint), and a region may not have a certificate yet.
 //! A forwarded request carries [`FORWARDED`] and is answered from the local resolver only, so a
-//! question travels one hop at most; at most [`MAX_FORWARDS`] are forwarded at once, so a
-//! stranger's flood of unknown tokens is not multiplied across the cluster.
+//! question travels one hop at most.
+//!
+//! Whoever controls one listed host (a recycled Akash address, a dangling DNS name) must not get
+//! a certificate for the cluster's names by answering with its own ACME account's key
+//! authorization. So:
+//! - an answer counts only with its **proof**: [`FORWARDED`] carries a fresh nonce, and the
+//!   answering region returns [`PROOF`], an HMAC-SHA256 under the cluster secret of the nonce and
+//!   the key authorization. Only a process of this cluster (whose rustls-acme answers for the
+//!   cluster's own ACME accounts) can make one; the secret itself never crosses the wire. (A
+//!   check of the account thumbprint would need every region's account key, which rustls-acme
+//!   keeps in each region's own cache; the proof covers every account the cluster uses.)
+//! - only the names the cluster certifies (`server.acme.domains`) are answered: a request whose
+//!   `Host` is another name gets 404 without being forwarded;
+//! - the fan-out is bounded: at most [`MAX_FORWARDS`] questions are forwarded at once (one
+//!   waits up to [`ASK_TIMEOUT`] for its turn rather than failing at once), and one client may
+//!   start at most [`FORWARDS_PER_CLIENT`] a second, so a stranger's flood of unknown tokens is
+//!   not multiplied across the cluster and does not crowd out the CA's own checks.
 //!
 //! rustls-acme answers its own challenges (`get_http_01_key_auth`); nothing in it asks
 //! elsewhere, hence this module.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures::StreamExt as _;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
 use rustls_acme::ResolvesServerCertAcme;
+use sha2::Sha256;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -35,10 +55,16 @@ use afreg_config::{AcmeConfig, Config};
 use afreg_deploy::discovery::{self, NameServer};
 use afreg_replication::store::regions;
 
-/// Marks a question one region asks another; it is answered locally only.
+/// Marks a question one region asks another, with the nonce its proof must cover; it is
+/// answered locally only.
 pub const FORWARDED: &str = "afreg-acme-forwarded";
-/// Questions forwarded at once; more are answered from the local resolver only.
+/// The answer's proof that a process of this cluster gave it (see the module doc).
+pub const PROOF: &str = "afreg-acme-proof";
+/// Questions forwarded at once.
 pub const MAX_FORWARDS: usize = 16;
+/// Questions one client (an IPv4 address or an IPv6 /64) may have forwarded a second (burst:
+/// twice that). A CA checks from a few vantage points, a handful of times per order.
+pub const FORWARDS_PER_CLIENT: u32 = 5;
 /// How long one region waits for another's answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -55,6 +81,12 @@ pub struct Responder {
     discovery: Option<(String, NameServer)>,
     http: reqwest::Client,
     forwards: Semaphore,
+    per_client: DefaultKeyedRateLimiter<crate::client::ClientKey>,
+    clients: crate::client::ClientAddresses,
+    /// `server.acme.domains`, lower case: the only `Host`s answered.
+    names: Vec<String>,
+    /// The cluster secret, the key of every [`PROOF`].
+    secret: afreg_replication::secret::ClusterSecret,
 }
 
 impl Responder {
@@ -77,7 +109,40 @@ impl Responder {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             forwards: Semaphore::new(MAX_FORWARDS),
+            per_client: RateLimiter::keyed(
+                Quota::per_second(NonZeroU32::new(FORWARDS_PER_CLIENT).unwrap())
+                    .allow_burst(NonZeroU32::new(2 * FORWARDS_PER_CLIENT).unwrap()),
+            ),
+            clients: crate::client::ClientAddresses::new(&cfg.server),
+            names: acme.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            secret: crate::replica::cluster_secret(&cfg.cluster, true)?,
         })
+    }
+
+    /// Whether `host` (a `Host` header, with or without a port) is a name the cluster certifies.
+    pub fn certifies(&self, host: &str) -> bool {
+        let name =
+            host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    /// The MAC of a [`PROOF`]: `key_auth` asked with `nonce`, under the cluster secret.
+    fn mac(&self, nonce: &str, key_auth: &str) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.expose().as_bytes()).expect("HMAC takes any key");
+        for part in [b"afreg acme http-01\n".as_slice(), nonce.as_bytes(), b"\n", key_auth.as_bytes()] {
+            mac.update(part);
+        }
+        mac
+    }
+
+    /// The proof for `key_auth` asked with `nonce`.
+    fn proof(&self, nonce: &str, key_auth: &str) -> String {
+        hex::encode(self.mac(nonce, key_auth).finalize().into_bytes())
+    }
+
+    /// Whether `proof` is this cluster's for `key_auth` asked with `nonce` (constant time).
+    fn proven(&self, nonce: &str, key_auth: &str, proof: &str) -> bool {
+        hex::decode(proof).is_ok_and(|p| self.mac(nonce, key_auth).verify_slice(&p).is_ok())
     }
 
     /// The other regions' hosts: the replicated list's, the discovered and the configured ones,
@@ -99,31 +164,52 @@ impl Responder {
         hosts
     }
 
-    /// The key authorization for `token`: this node's, or (unless `forwarded`) the first other
-    /// region's that has it.
-    pub async fn answer(&self, token: &str, forwarded: bool) -> Option<String> {
+    /// The key authorization for `token` and, when `forwarded` with a nonce, its proof: this
+    /// node's, or (unless `forwarded`) the first other region's that has it with a valid proof.
+    pub async fn answer(
+        &self,
+        token: &str,
+        forwarded: Option<&str>,
+        client: IpAddr,
+    ) -> Option<(String, Option<String>)> {
         if let Some(key_auth) = self.resolver.get_http_01_key_auth(token) {
-            return Some(key_auth);
+            let proof = forwarded.map(|nonce| self.proof(nonce, &key_auth));
+            return Some((key_auth, proof));
         }
-        if forwarded || !is_token(token) {
+        if forwarded.is_some() || !is_token(token) {
             return None;
         }
-        let _permit = self.forwards.try_acquire().ok()?;
+        if self.per_client.check_key(&self.clients.key(client)).is_err() {
+            return None;
+        }
+        let _permit = tokio::time::timeout(ASK_TIMEOUT, self.forwards.acquire()).await.ok()?.ok()?;
+        let mut nonce = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let nonce = hex::encode(nonce);
         let asks = self.hosts().await.into_iter().map(|host| {
             let url = format!("http://{host}:{}/.well-known/acme-challenge/{token}", self.port);
             let http = self.http.clone();
+            let nonce = nonce.clone();
             async move {
-                let r = http.get(&url).header(FORWARDED, "1").send().await.ok()?;
+                let r = http.get(&url).header(FORWARDED, &nonce).send().await.ok()?;
                 if r.status() != StatusCode::OK {
                     return None;
                 }
-                r.text().await.ok().filter(|k| k.starts_with(token) && k.len() < 1024)
+                let proof = r.headers().get(PROOF).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let key_auth = r.text().await.ok().filter(|k| k.starts_with(token) && k.len() < 1024)?;
+                if proof.is_some_and(|p| self.proven(&nonce, &key_auth, &p)) {
+                    Some(key_auth)
+                } else {
+                    tracing::warn!(event = "acme_answer_unproven", host = %host,
+                        "a listed host answered an ACME challenge without this cluster's proof; ignored");
+                    None
+                }
             }
         });
         let mut asks: futures::stream::FuturesUnordered<_> = asks.collect();
         while let Some(got) = asks.next().await {
-            if got.is_some() {
-                return got;
+            if let Some(key_auth) = got {
+                return Some((key_auth, None));
             }
         }
         None
@@ -139,9 +225,27 @@ fn host_of(url: &str) -> Option<String> {
     url::Url::parse(url).ok()?.host_str().map(str::to_owned)
 }
 
-async fn challenge(State(r): State<Arc<Responder>>, Path(token): Path<String>, headers: HeaderMap) -> Response {
-    match r.answer(&token, headers.contains_key(FORWARDED)).await {
-        Some(key_auth) => ([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], key_auth).into_response(),
+async fn challenge(
+    State(r): State<Arc<Responder>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let forwarded = headers.get(FORWARDED).map(|v| v.to_str().unwrap_or(""));
+    // A forwarded question names no host of ours (the asker dials an address); it is answered
+    // from the local resolver only, with a proof, so it may not be refused by name.
+    if forwarded.is_none() && !r.certifies(host) {
+        return (StatusCode::NOT_FOUND, "this cluster certifies no such name\n").into_response();
+    }
+    match r.answer(&token, forwarded, peer.ip()).await {
+        Some((key_auth, proof)) => {
+            let mut resp = ([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], key_auth).into_response();
+            if let Some(p) = proof.and_then(|p| axum::http::HeaderValue::from_str(&p).ok()) {
+                resp.headers_mut().insert(PROOF, p);
+            }
+            resp
+        }
         None => (StatusCode::NOT_FOUND, "no such ACME challenge\n").into_response(),
     }
 }

@@ -242,6 +242,8 @@ fn a_global_name_that_dns_sends_to_another_region_is_certified_through_http01() 
         cfg.port = Some(port);
         cfg.listen_ip = Some(ip);
         cfg.config.auth.anonymous = Action::ALL.to_vec();
+        // Regions of one cluster share its secret, which proves their answers to each other.
+        cfg.config.cluster.secret = Some("the-cluster-secret-of-this-test".into());
         let host = format!("registry-{name}.test");
         cfg.config.server.public_url = format!("https://{host}:{port}");
         cfg.config.server.acme = Some(afreg_config::AcmeConfig {
@@ -297,4 +299,123 @@ fn a_global_name_that_dns_sends_to_another_region_is_certified_through_http01() 
         .send()
         .unwrap();
     assert_eq!(r.status(), 404, "an unknown token is not answered");
+}
+
+/// Whoever controls a host the cluster lists as a peer (a recycled address, a dangling name)
+/// orders a certificate for the cluster's global name with an ACME account of its own, and
+/// answers the challenge on that host. The region the CA is sent to asks its peers, the
+/// attacker's host among them: its answer has no proof of the cluster secret, so the region
+/// does not relay it and the attacker's authorization fails. A name the cluster does not
+/// certify is not answered at all.
+#[test]
+fn a_listed_host_answering_for_its_own_account_gets_no_certificate_for_the_cluster_name() {
+    use rustls_acme::acme::{Account, AuthStatus, Directory};
+    use rustls_acme::futures_rustls::rustls;
+
+    const EU: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 25);
+    const ATTACKER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 26);
+    const GLOBAL: &str = "registry.test";
+    let dns = PowerDns::zone("test", &[("registry-eu", EU), ("registry", EU)]);
+    let http_port = free_port();
+    let pebble = Pebble::start(free_port(), http_port, Duration::from_secs(3600), Some(dns.addr()));
+
+    let (pg, kubo) = (Postgres::start(), Kubo::start());
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = NodeConfig::for_kubo(pg.url(), &kubo);
+    cfg.port = Some(port);
+    cfg.listen_ip = Some(EU);
+    cfg.config.server.public_url = format!("https://registry-eu.test:{port}");
+    cfg.config.server.acme = Some(afreg_config::AcmeConfig {
+        directory_url: format!("https://127.0.0.1:{}/dir", pebble.port),
+        contact: vec!["mailto:ops@example.org".into()],
+        domains: vec!["registry-eu.test".into(), GLOBAL.into()],
+        cache_dir: data.path().join("acme"),
+        ca_file: Some(tools_dir().join("pebble-certs/pebble.minica.pem")),
+        challenge: afreg_config::AcmeChallenge::Http01,
+        http_listen: (EU, http_port).into(),
+        http_port,
+        peers: vec![ATTACKER.to_string()],
+    });
+    let node = Node::start_unready(bin(), cfg);
+
+    // The attacker's own ACME account and order for the cluster's name.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(tools_dir().join("pebble-certs/pebble.minica.pem")).unwrap();
+    for c in <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let (account, auth_url, challenge, key_auth) = rt.block_on(async {
+        let directory = Directory::discover(&tls, format!("https://127.0.0.1:{}/dir", pebble.port)).await.unwrap();
+        let account = Account::create(&tls, directory, &["mailto:attacker@example.org".to_owned()]).await.unwrap();
+        let (_, order) = account.new_order(&tls, vec![GLOBAL.to_owned()]).await.unwrap();
+        let auth_url = order.authorizations[0].clone();
+        let auth = account.auth(&tls, &auth_url).await.unwrap();
+        let (challenge, key_auth) = account.http_01(&auth.challenges).unwrap();
+        let challenge = (challenge.url.clone(), challenge.token.clone());
+        (account, auth_url, challenge, key_auth)
+    });
+    let (challenge_url, token) = challenge;
+
+    // The attacker answers its challenge on the listed host, as a region would.
+    let listener = std::net::TcpListener::bind((ATTACKER, http_port)).unwrap();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let (asked, key_auth) = (asked.clone(), key_auth.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = std::io::Write::write_all(
+                    &mut conn,
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{key_auth}",
+                        key_auth.len()
+                    )
+                    .as_bytes(),
+                );
+            }
+        });
+    }
+    let status = rt.block_on(async {
+        account.challenge(&tls, &challenge_url).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let auth = account.auth(&tls, &auth_url).await.unwrap();
+            if !matches!(auth.status, AuthStatus::Pending) || Instant::now() > deadline {
+                return auth.status;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    assert!(asked.load(std::sync::atomic::Ordering::SeqCst) > 0, "the region never asked the listed host");
+    assert!(
+        matches!(status, AuthStatus::Invalid),
+        "the attacker's authorization for {GLOBAL} is {status:?}, not invalid;\n{}\n--- pebble ---\n{}",
+        node.log_tail(30),
+        pebble.log()
+    );
+    assert!(node.log().contains("acme_answer_unproven"), "the refused answer was not logged");
+
+    // Names the cluster does not certify get no answer, and are not forwarded.
+    let before = asked.load(std::sync::atomic::Ordering::SeqCst);
+    let plain = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
+    let r = plain
+        .get(format!("http://{EU}:{http_port}/.well-known/acme-challenge/{token}"))
+        .header("host", "elsewhere.example.org")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), before, "a foreign name's challenge was forwarded");
+    drop((pg, kubo, data, dns));
 }

@@ -160,7 +160,7 @@ async fn write(State(c): State<Arc<Cluster>>, headers: HeaderMap, Json(cmd): Jso
 }
 
 async fn read_index(State(c): State<Arc<Cluster>>, headers: HeaderMap) -> Response {
-    match c.read_index(!forwarded(&headers)).await {
+    match c.read_index(!forwarded(&headers), c.write_deadline()).await {
         Ok(index) => Json(ReadIndexReply { index }).into_response(),
         Err(e) => error(e),
     }
