@@ -202,13 +202,7 @@ impl Seat {
             let epoch = match self.candidate(&mut conn, &stop).await {
                 Ok(Some(taken)) => taken,
                 Ok(None) => {
-                    let _ = within(
-                        self.bound(),
-                        sqlx::query("DELETE FROM region_processes WHERE name = $1")
-                            .bind(&self.opts.process)
-                            .execute(&mut conn),
-                    )
-                    .await;
+                    self.forget_process(&mut conn).await;
                     return;
                 }
                 Err(e) => {
@@ -231,13 +225,7 @@ impl Seat {
                             .execute(&mut conn),
                     )
                     .await;
-                    let _ = within(
-                        self.bound(),
-                        sqlx::query("DELETE FROM region_processes WHERE name = $1")
-                            .bind(&self.opts.process)
-                            .execute(&mut conn),
-                    )
-                    .await;
+                    self.forget_process(&mut conn).await;
                     let _ = tokio::time::timeout(self.bound(), conn.close()).await;
                     tracing::info!(event = "seat_released", epoch, "released the region's Raft seat");
                     return;
@@ -252,6 +240,12 @@ impl Seat {
                 }
             }
         }
+    }
+
+    /// Removes this process from `region_processes` on the way out (best effort, bounded).
+    async fn forget_process(&self, conn: &mut PgConnection) {
+        let forget = sqlx::query("DELETE FROM region_processes WHERE name = $1").bind(&self.opts.process).execute(conn);
+        let _ = within(self.bound(), forget).await;
     }
 
     /// A standby without the seat's session for `d`: every poll it reads the holder through
