@@ -106,6 +106,17 @@ struct Failures {
     known: HashMap<(String, ClientKey), Instant>,
 }
 
+/// Keeps a map of remembered entries under [`MAX_REMEMBERED`]: when full, the entries that are
+/// no longer `fresh` go, and if that is not enough, all of them.
+fn make_room<K, V>(map: &mut HashMap<K, V>, fresh: impl FnMut(&K, &mut V) -> bool) {
+    if map.len() >= MAX_REMEMBERED {
+        map.retain(fresh);
+        if map.len() >= MAX_REMEMBERED {
+            map.clear();
+        }
+    }
+}
+
 fn record<'a, K: std::hash::Hash + Eq + Clone>(map: &'a mut HashMap<K, Record>, key: &K) -> &'a mut Record {
     if map.len() >= MAX_RECORDS && !map.contains_key(key) {
         // Full (a flood of fresh keys): the records not in flight go, oldest first, so the
@@ -312,13 +323,8 @@ impl LoginGuard {
         let pair = (admission.user.clone(), admission.client);
         if ok {
             f.pairs.remove(&pair);
-            if f.known.len() >= MAX_REMEMBERED {
-                let known_for = self.allowances.known_for;
-                f.known.retain(|_, at| now.duration_since(*at) < known_for);
-                if f.known.len() >= MAX_REMEMBERED {
-                    f.known.clear();
-                }
-            }
+            let known_for = self.allowances.known_for;
+            make_room(&mut f.known, |_, at| now.duration_since(*at) < known_for);
             f.known.insert(pair, now);
         } else {
             record(&mut f.pairs, &pair).fail(now);
@@ -360,12 +366,7 @@ impl LoginGuard {
         self.decided(&mut admission, ok);
         if ok && !self.verified_for.is_zero() {
             let mut v = self.verified.lock().unwrap();
-            if v.len() >= MAX_REMEMBERED {
-                v.retain(|_, (_, at)| at.elapsed() < self.verified_for);
-                if v.len() >= MAX_REMEMBERED {
-                    v.clear();
-                }
-            }
+            make_room(&mut v, |_, (_, at)| at.elapsed() < self.verified_for);
             v.insert(admission.key, (hash_mark, Instant::now()));
         }
         Ok(ok)

@@ -292,7 +292,8 @@ fn credentials<'a>(headers: &'a HeaderMap, scheme: &str) -> Option<&'a str> {
     s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The token of an `Authorization: Bearer` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     credentials(headers, "Bearer")
 }
 

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -112,23 +112,15 @@ impl RequestLimits {
         }
     }
 
-    /// Counts one request of `cost` from `client` with `authorization` (if any) against the
-    /// client's buckets for that cost, and the token's if it is a bearer token that verifies.
-    pub fn check(&self, client: ClientKey, authorization: Option<&[u8]>, cost: Cost) -> Result<(), RegistryError> {
+    /// Counts one request of `cost` from `client` with `bearer` (its bearer token, if any)
+    /// against the client's buckets for that cost, and the token's if it verifies.
+    pub fn check(&self, client: ClientKey, bearer: Option<&str>, cost: Cost) -> Result<(), RegistryError> {
         self.sweep();
         self.per_client.check(&client, cost).map_err(|e| refusal("address", e))?;
-        if let Some(token) = authorization.and_then(|a| self.verified_token(a)) {
+        if let Some(token) = bearer.filter(|t| self.tokens.verify(t).is_ok()) {
             self.per_token.check(&self.keys.hash_one(token), cost).map_err(|e| refusal("token", e))?;
         }
         Ok(())
-    }
-
-    /// The token of a `Bearer` value, if it verifies.
-    fn verified_token<'a>(&self, authorization: &'a [u8]) -> Option<&'a str> {
-        let text = std::str::from_utf8(authorization).ok()?;
-        let (scheme, token) = text.split_once(' ')?;
-        let token = token.trim();
-        (scheme.eq_ignore_ascii_case("bearer") && self.tokens.verify(token).is_ok()).then_some(token)
     }
 
     /// Charges a refused credential (an answer of 401 or 403) to the client's costly bucket,
@@ -159,9 +151,8 @@ fn refusal(who: &str, e: governor::NotUntil<<DefaultClock as Clock>::Instant>) -
 pub async fn limit(State(limits): State<std::sync::Arc<RequestLimits>>, mut req: Request, next: Next) -> Response {
     let client = ClientAddr::of(req.extensions(), req.headers(), &limits.clients);
     req.extensions_mut().insert(client);
-    let auth = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let cost = Cost::of(req.method(), req.uri().path());
-    let resp = match limits.check(client.key, auth, cost) {
+    let resp = match limits.check(client.key, crate::auth::bearer(req.headers()), cost) {
         Err(e) => {
             metrics::counter!("afreg_requests_limited_total").increment(1);
             e.into_response()
@@ -196,8 +187,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let auth = afreg_config::AuthConfig { signing_key: dir.path().join("k.pem"), ..Default::default() };
         let keys = std::sync::Arc::new(Keys::load_or_create(&auth).unwrap());
-        let bearer = |sub: &str| format!("Bearer {}", keys.issue(sub, vec![]).0);
-        let (t, u) = (bearer("t"), bearer("u"));
+        let (t, u) = (keys.issue("t", vec![]).0, keys.issue("u", vec![]).0);
         (RequestLimits::new(&cfg, keys), t, u, dir)
     }
 
@@ -213,7 +203,7 @@ mod tests {
             ..afreg_config::ServerConfig::default()
         };
         let (l, t, u, _dir) = limits(cfg);
-        let (t, u) = (Some(t.as_bytes()), Some(u.as_bytes()));
+        let (t, u) = (Some(t.as_str()), Some(u.as_str()));
         let (a, b) = (key("10.0.0.1"), key("10.0.0.2"));
         // 20 from one address without credentials, then refused.
         for _ in 0..20 {
@@ -255,16 +245,15 @@ mod tests {
         };
         let (l, t, _, _dir) = limits(cfg);
         let tokens = || l.per_token.costly.as_ref().unwrap().len();
-        // Random `Authorization` values (and Basic credentials, which the login guard limits)
-        // count against their client only: none gets a bucket, so none can stand in for a
-        // credential or grow the limiter's memory.
+        // Random bearer values count against their client only: none gets a bucket, so none can
+        // stand in for a credential or grow the limiter's memory. (Basic credentials carry no
+        // bearer token at all; the login guard limits them.)
         for i in 0..50 {
-            l.check(key("10.0.0.1"), Some(format!("Bearer random-{i}").as_bytes()), Cost::Costly).unwrap();
+            l.check(key("10.0.0.1"), Some(&format!("random-{i}")), Cost::Costly).unwrap();
         }
-        l.check(key("10.0.0.1"), Some(b"Basic YWRtaW46eA=="), Cost::Costly).unwrap();
         assert_eq!(tokens(), 0, "values that are not tokens got buckets");
         // A token that verifies does.
-        l.check(key("10.0.0.1"), Some(t.as_bytes()), Cost::Costly).unwrap();
+        l.check(key("10.0.0.1"), Some(&t), Cost::Costly).unwrap();
         assert_eq!(tokens(), 1);
     }
 
@@ -280,7 +269,7 @@ mod tests {
         let (l, t, _, _dir) = limits(cfg);
         for cost in [Cost::Read, Cost::Costly] {
             for _ in 0..10_000 {
-                l.check(key("10.0.0.1"), Some(t.as_bytes()), cost).unwrap();
+                l.check(key("10.0.0.1"), Some(t.as_str()), cost).unwrap();
             }
         }
     }
@@ -295,7 +284,7 @@ mod tests {
             ..afreg_config::ServerConfig::default()
         };
         let (l, t, _, _dir) = limits(cfg);
-        let (a, t) = (key("10.0.0.1"), Some(t.as_bytes()));
+        let (a, t) = (key("10.0.0.1"), Some(t.as_str()));
         for _ in 0..10 {
             l.check(a, t, Cost::Costly).unwrap();
         }

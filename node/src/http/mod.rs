@@ -179,7 +179,7 @@ async fn v2(
         // Whose upload sessions these are (storage.max_uploads_per_user).
         let owner = match user {
             Some(u) => format!("user:{u}"),
-            None => format!("address:{}", client.ip),
+            None => format!("address:{}", client.key),
         };
         if linearizable(&query, &headers) && matches!(method, Method::GET | Method::HEAD) {
             // Read index through the leader: this region first applies everything committed.
