@@ -329,6 +329,9 @@ pub struct StorageConfig {
     /// Upload sessions one user (or, without auth, one client address) may have open at once;
     /// another gets 429 `TOOMANYREQUESTS` until one finishes, is cancelled or expires.
     pub max_uploads_per_user: u32,
+    /// Bytes one user's (or client address's) open upload sessions may hold at once, staged
+    /// chunk by chunk; a chunk past it gets 429 `TOOMANYREQUESTS` and is not kept.
+    pub max_staged_bytes_per_user: u64,
     /// Where verified copies of blobs are kept as plain files, so that pulls are served from
     /// the page cache rather than through Kubo (on the node's persistent volume; every
     /// `afreg serve` of the region on that volume may share it).
@@ -353,6 +356,7 @@ impl Default for StorageConfig {
             max_page_entries: 1000,
             max_blob_bytes: 16 * 1024 * 1024 * 1024,
             max_uploads_per_user: 256,
+            max_staged_bytes_per_user: 32 << 30,
             blob_cache_dir: PathBuf::from("blob-files"),
             blob_cache_bytes: 8 << 30,
             blob_cache_scrub_interval_secs: 24 * 3600,
@@ -674,6 +678,9 @@ impl Config {
         }
         if self.storage.max_blob_bytes == 0 || self.storage.max_uploads_per_user == 0 {
             return bad("storage.max_blob_bytes and max_uploads_per_user must be positive");
+        }
+        if self.storage.max_staged_bytes_per_user == 0 {
+            return bad("storage.max_staged_bytes_per_user must be positive");
         }
         if self.storage.blob_cache_bytes > 0
             && self.storage.blob_cache_scrub_interval_secs > 0

@@ -63,15 +63,31 @@ pub enum AppendOutcome {
     Appended { replaced: Option<String> },
     /// The session is gone, or another chunk got there first.
     Gone,
+    /// The chunk would take its owner's open sessions past `storage.max_staged_bytes_per_user`.
+    OverQuota,
 }
 
 /// An upload session: the bytes received, and the chunks that hold them.
 #[derive(Debug, Clone)]
 pub struct UploadRow {
     pub size: i64,
+    /// Who opened the session (`storage.max_uploads_per_user`, `max_staged_bytes_per_user`).
+    pub owner: String,
+    /// The bytes all of the owner's open sessions hold, this one's included.
+    pub owner_staged: i64,
     /// `(offset, length, cid)` in order. With a fixed-size chunker each starts at a multiple
     /// of the chunk size, and may overlap the one before it by that one's unaligned tail.
     pub chunks: Vec<(i64, i64, String)>,
+}
+
+/// Serializes what counts one owner's upload sessions (their number, their staged bytes),
+/// until the transaction ends.
+async fn lock_owner(tx: &mut PgConnection, owner: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('afreg.upload_owner:' || $1, 0))")
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 fn observe(op: &'static str, started: Instant) {
@@ -254,10 +270,7 @@ impl Store {
     /// step, so concurrent starts cannot pass the limit together.
     pub async fn create_upload(&self, id: Uuid, repo: &RepoName, owner: &str, max: u32) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('afreg.upload_owner:' || $1, 0))")
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
+        lock_owner(&mut tx, owner).await?;
         let open: i64 =
             sqlx::query_scalar("SELECT count(*) FROM uploads WHERE owner = $1").bind(owner).fetch_one(&mut *tx).await?;
         if open >= max as i64 {
@@ -274,29 +287,46 @@ impl Store {
     }
 
     pub async fn upload(&self, id: Uuid, repo: &RepoName) -> Result<Option<UploadRow>> {
-        let size: Option<i64> = sqlx::query_scalar("SELECT size FROM uploads WHERE id = $1 AND repository = $2")
-            .bind(id)
-            .bind(repo.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(size) = size else { return Ok(None) };
+        let row: Option<(i64, String, i64)> = sqlx::query_as(
+            "SELECT u.size, u.owner, (SELECT sum(o.size)::bigint FROM uploads o WHERE o.owner = u.owner) \
+             FROM uploads u WHERE u.id = $1 AND u.repository = $2",
+        )
+        .bind(id)
+        .bind(repo.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((size, owner, owner_staged)) = row else { return Ok(None) };
         let chunks: Vec<(i64, i64, String)> = sqlx::query_as(
             "SELECT \"offset\", length, cid FROM upload_chunks WHERE upload_id = $1 ORDER BY \"offset\"",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(Some(UploadRow { size, chunks }))
+        Ok(Some(UploadRow { size, owner, owner_staged, chunks }))
     }
 
     /// Records `chunk` in a session whose size is `size` (else `Gone`: the session ended or
-    /// another chunk got there first); the session's size becomes the chunk's end.
+    /// another chunk got there first); the session's size becomes the chunk's end. Unless that
+    /// takes the bytes `owner`'s sessions stage past `max_staged` (then `OverQuota`, nothing
+    /// written): checked under the owner's lock, so concurrent chunks cannot both squeeze in.
     pub async fn append_chunk(
         tx: &mut PgConnection,
         id: Uuid,
         size: i64,
         chunk: &NewChunk<'_>,
+        owner: &str,
+        max_staged: u64,
     ) -> Result<AppendOutcome> {
+        lock_owner(tx, owner).await?;
+        let others: i64 =
+            sqlx::query_scalar("SELECT coalesce(sum(size), 0)::bigint FROM uploads WHERE owner = $1 AND id <> $2")
+                .bind(owner)
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if (others + chunk.start + chunk.length) as u64 > max_staged {
+            return Ok(AppendOutcome::OverQuota);
+        }
         let r = sqlx::query("UPDATE uploads SET size = $3, updated_at = now() WHERE id = $1 AND size = $2")
             .bind(id)
             .bind(size)

@@ -369,7 +369,7 @@ impl Cluster {
         let mut last = String::from("no attempt");
         loop {
             let Some(raft) = self.raft() else {
-                match self.via_holder::<WriteReply>(path::WRITE, &cmd, deadline).await? {
+                match self.via_holder::<WriteReply>(path::WRITE, &cmd, may_forward, deadline).await? {
                     Some(r) => return Ok((r.index, r.applied)),
                     None => continue,
                 }
@@ -451,7 +451,7 @@ impl Cluster {
             match self.raft() {
                 Some(raft) => break raft,
                 // The holder waits until the region's Postgres has applied that far.
-                None => match self.via_holder::<()>(path::READ_BARRIER, &(), deadline).await? {
+                None => match self.via_holder::<()>(path::READ_BARRIER, &(), true, deadline).await? {
                     Some(()) => return Ok(()),
                     None => continue,
                 },
@@ -517,7 +517,7 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let Some(raft) = self.raft() else {
-                match self.via_holder::<()>(path::ADMIN, &op, deadline).await? {
+                match self.via_holder::<()>(path::ADMIN, &op, may_forward, deadline).await? {
                     Some(()) => return Ok(()),
                     None => continue,
                 }
@@ -646,11 +646,14 @@ impl Cluster {
 
     /// Sends a standby's operation to the region's seat holder, retrying while no process
     /// holds it (a takeover in progress) until `deadline`. `None`: this process now runs the
-    /// member itself, so the caller does the operation here.
+    /// member itself, so the caller does the operation here. Unless `may_forward`, the holder
+    /// does it only if this region leads (GC's entries carry this leader's clock), and a
+    /// holder that does not lead makes it fail with [`ClusterError::NotLeader`].
     async fn via_holder<R: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         body: &impl Serialize,
+        may_forward: bool,
         deadline: Instant,
     ) -> Result<Option<R>, ClusterError> {
         let me = &self.seat.options().process;
@@ -661,7 +664,7 @@ impl Cluster {
             }
             match self.seat.holder() {
                 Some(h) if &h.name != me => {
-                    match self.forwarder.forward::<R>(&Target::Holder(&h), path, body, deadline).await {
+                    match self.forwarder.forward::<R>(&Target::Holder(&h, may_forward), path, body, deadline).await {
                         Ok(r) => return Ok(Some(r)),
                         Err(Forward::Retry(e)) => last = e,
                         Err(Forward::Fail(e)) => return Err(e),

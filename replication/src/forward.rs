@@ -66,7 +66,7 @@ impl Forwarder {
     }
 
     /// Sends an operation to the leader's region (marked forwarded: it is not forwarded again)
-    /// or to this region's seat holder (not marked: the holder forwards it to the leader).
+    /// or to this region's seat holder (marked only when the holder must not forward it).
     pub(crate) async fn forward<R: serde::de::DeserializeOwned>(
         &self,
         to: &Target<'_>,
@@ -79,10 +79,11 @@ impl Forwarder {
                 self.http.post(format!("{}{path}", r.raft_addr.trim_end_matches('/'))).header(FORWARDED, "1"),
                 format!("leader {}", r.name),
             ),
-            Target::Holder(h) => (
-                self.client_for(h).post(format!("{}{path}", h.url.trim_end_matches('/'))).header(RELAYED, "1"),
-                format!("seat holder {}", h.name),
-            ),
+            Target::Holder(h, may_forward) => {
+                let req =
+                    self.client_for(h).post(format!("{}{path}", h.url.trim_end_matches('/'))).header(RELAYED, "1");
+                (if *may_forward { req } else { req.header(FORWARDED, "1") }, format!("seat holder {}", h.name))
+            }
         };
         let resp = req
             .bearer_auth(self.secret.expose())
@@ -109,6 +110,8 @@ impl Forwarder {
         }
         let text = resp.text().await.unwrap_or_default();
         match status.as_u16() {
+            // The holder does not lead, and the operation must not be forwarded: final.
+            409 if matches!(to, Target::Holder(_, false)) => Err(Forward::Fail(ClusterError::NotLeader(text))),
             // The leader moved, or the seat did, before the request arrived: nothing was proposed.
             409 | 421 => Err(Forward::Retry(text)),
             400 => Err(Forward::Fail(ClusterError::Refused(text))),
@@ -142,6 +145,48 @@ fn client_builder(roots: &[reqwest::Certificate], t: Timings) -> reqwest::Client
 pub(crate) enum Target<'a> {
     /// The leader's region, at its internal URL.
     Region(&'a Region),
-    /// This region's seat holder, at its own internal listener.
-    Holder(&'a Holder),
+    /// This region's seat holder, at its own internal listener, and whether the holder may
+    /// forward the operation to the leader's region (if not, it is marked forwarded, and a
+    /// holder that does not lead refuses it).
+    Holder(&'a Holder, bool),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::{HeaderMap, StatusCode};
+
+    use super::*;
+
+    /// A holder that does not lead: it answers 409 (as its write endpoint does for a write
+    /// marked forwarded) and records whether each request was marked.
+    async fn holder_that_does_not_lead() -> (Holder, Arc<Mutex<Vec<bool>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let app = axum::Router::new().fallback(move |h: HeaderMap| {
+            let record = record.clone();
+            async move {
+                record.lock().unwrap().push(h.contains_key(FORWARDED));
+                (StatusCode::CONFLICT, "region 9 is the leader")
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (Holder { name: "p1".into(), url, addr: None, epoch: 1 }, seen)
+    }
+
+    #[tokio::test]
+    async fn an_operation_that_must_not_be_forwarded_is_marked_for_the_holder_and_refused_when_it_does_not_lead() {
+        let (holder, seen) = holder_that_does_not_lead().await;
+        let timings = Timings { heartbeat_ms: 100, election_timeout_min_ms: 1000, election_timeout_max_ms: 2000 };
+        let f = Forwarder::new(ClusterSecret::new("0123456789abcdef0123").unwrap(), vec![], timings).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let kept = f.forward::<()>(&Target::Holder(&holder, false), "/internal/write", &(), deadline).await;
+        assert!(matches!(kept, Err(Forward::Fail(ClusterError::NotLeader(_)))), "GC's entry must fail, not be retried");
+        let onward = f.forward::<()>(&Target::Holder(&holder, true), "/internal/write", &(), deadline).await;
+        assert!(matches!(onward, Err(Forward::Retry(_))), "a client's write is retried at the holder");
+        assert_eq!(*seen.lock().unwrap(), [true, false], "only the first was marked forwarded");
+    }
 }

@@ -117,6 +117,15 @@ fn too_large(max: u64) -> RegistryError {
     RegistryError::new(ErrorCode::TooLarge, format!("the blob is larger than this registry accepts ({max} bytes)"))
 }
 
+/// 429 `TOOMANYREQUESTS`: the owner's open sessions would stage more than
+/// `storage.max_staged_bytes_per_user`.
+fn over_quota(max: u64) -> RegistryError {
+    RegistryError::too_many_requests(
+        format!("this user's open uploads would stage more than {max} bytes; finish or cancel one first"),
+        10,
+    )
+}
+
 fn upload_id(s: &str) -> Result<Uuid, RegistryError> {
     Uuid::parse_str(s).map_err(|_| RegistryError::upload_unknown())
 }
@@ -387,10 +396,14 @@ impl Registry {
             return Ok(offset);
         }
         let max = self.cfg.storage.max_blob_bytes;
-        let room = max.saturating_sub(offset);
+        let max_staged = self.cfg.storage.max_staged_bytes_per_user;
+        let blob_room = max.saturating_sub(offset);
+        let staged_room = max_staged.saturating_sub(row.owner_staged.max(0) as u64);
+        let room = blob_room.min(staged_room);
+        let refused = || if blob_room <= staged_room { too_large(max) } else { over_quota(max_staged) };
         let declared = content_range.map(|(s, e)| e - s + 1).or(content_length);
         if declared.is_some_and(|n| n > room) {
-            return Err(too_large(max));
+            return Err(refused());
         }
         // Hash speculatively on a copy: the chunk counts only once it is recorded.
         let base = match state.hash.take() {
@@ -422,7 +435,7 @@ impl Registry {
             if let Ok(a) = &added {
                 self.release_cid(&a.cid).await;
             }
-            return Err(too_large(max));
+            return Err(refused());
         }
         let added = match added {
             Ok(a) => a,
@@ -448,11 +461,12 @@ impl Registry {
         }
         let cid = added.cid.clone();
         let length = (offset + len - start) as i64;
+        let owner = row.owner.clone();
         let appended = self
             .pin_and_record(&cid, move |tx| {
                 Box::pin(async move {
                     let chunk = NewChunk { start: start as i64, length, cid: &added.cid };
-                    Store::append_chunk(tx, id, offset as i64, &chunk).await
+                    Store::append_chunk(tx, id, offset as i64, &chunk, &owner, max_staged).await
                 })
             })
             .await;
@@ -468,6 +482,11 @@ impl Registry {
             Ok(AppendOutcome::Gone) => {
                 self.release_cid(&cid).await;
                 Err(RegistryError::upload_unknown())
+            }
+            Ok(AppendOutcome::OverQuota) => {
+                state.hash = Some((offset, base));
+                self.release_cid(&cid).await;
+                Err(over_quota(max_staged))
             }
             Err(e) => {
                 state.hash = Some((offset, base));

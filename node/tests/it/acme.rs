@@ -264,6 +264,35 @@ fn a_global_name_that_dns_sends_to_another_region_is_certified_through_http01() 
     let us = region("us", US, EU);
     let eu = region("eu", EU, US);
 
+    // The certificates are ordered under a flood of challenge requests from another client
+    // (127.0.0.3): unknown tokens for the global name, half of them claiming to be forwarded.
+    // Its fan-out is rate-limited per client, so the CA's own checks still get through.
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flooders: Vec<_> = (0..4)
+        .map(|t| {
+            let flooding = flooding.clone();
+            std::thread::spawn(move || {
+                let c = super::hostile::client_from(Ipv4Addr::new(127, 0, 0, 3));
+                let mut sent = 0u64;
+                while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                    let token: String = format!("{t}{sent:042}");
+                    for ip in [US, EU] {
+                        let mut r = c
+                            .get(format!("http://{ip}:{http_port}/.well-known/acme-challenge/{token}"))
+                            .header("host", GLOBAL)
+                            .timeout(Duration::from_secs(5));
+                        if sent % 2 == 1 {
+                            r = r.header("afreg-acme-forwarded", format!("nonce-{sent}"));
+                        }
+                        let _ = r.send();
+                    }
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+
     let deadline = Instant::now() + Duration::from_secs(90);
     for (node, host, port, ..) in [&us, &eu] {
         let ip = if host.contains("-us") { US } else { EU };
@@ -290,6 +319,10 @@ fn a_global_name_that_dns_sends_to_another_region_is_certified_through_http01() 
             }
         }
     }
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    let flooded: u64 = flooders.into_iter().map(|f| f.join().unwrap()).sum();
+    eprintln!("certified while {} challenge requests flooded both regions", flooded * 2);
+    assert!(flooded > 100, "the flood ran ({flooded} rounds)");
     // The HTTP-01 port serves challenges only.
     let plain = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
     let r = plain.get(format!("http://{US}:{http_port}/v2/")).send().unwrap();

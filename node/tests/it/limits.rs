@@ -369,6 +369,81 @@ fn upload_sessions_are_capped_per_user_and_blobs_by_size() {
 }
 
 #[test]
+fn the_bytes_a_users_open_uploads_stage_are_capped_even_when_chunks_race() {
+    let region = TestRegion::start_with(testkit::afreg_bin(), |c| {
+        c.config.auth.anonymous = vec![];
+        c.config.storage.max_staged_bytes_per_user = 1500;
+    });
+    region.node.add_user_with_grants("bob", "bobs-passw0rd", &["b/*:pull,push"]);
+    region.node.add_user_with_grants("carol", "carols-passw0rd", &["c/*:pull,push"]);
+    let url = region.node.url();
+    let c = client_from(Ipv4Addr::new(127, 0, 0, 1));
+    let token = |user: &str, pw: &str, repo: &str| {
+        let r = c
+            .get(format!("{url}/token?service=afreg&scope=repository:{repo}:pull,push"))
+            .basic_auth(user, Some(pw))
+            .send()
+            .unwrap();
+        r.json::<serde_json::Value>().unwrap()["token"].as_str().unwrap().to_owned()
+    };
+    let (bob, carol) = (token("bob", "bobs-passw0rd", "b/x"), token("carol", "carols-passw0rd", "c/x"));
+    let start = |t: &str, repo: &str| {
+        let r = c.post(format!("{url}/v2/{repo}/blobs/uploads/")).bearer_auth(t).send().unwrap();
+        assert_eq!(r.status(), 202);
+        r.headers()["location"].to_str().unwrap().to_owned()
+    };
+    let patch = |t: &str, session: &str, n: usize| {
+        c.patch(format!("{url}{session}")).bearer_auth(t).body(vec![3u8; n]).send().unwrap()
+    };
+    let staged =
+        |owner: &str| region.pg.psql(&format!("SELECT coalesce(sum(size), 0) FROM uploads WHERE owner = '{owner}'"));
+
+    // Two chunks of 800 race into two of bob's sessions: 1600 would pass the limit, so
+    // exactly one is kept, whichever came first.
+    let (s1, s2) = (start(&bob, "b/x"), start(&bob, "b/x"));
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> =
+            [&s1, &s2].map(|sess| s.spawn(|| patch(&bob, sess, 800).status().as_u16())).into_iter().collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut sorted = statuses.clone();
+    sorted.sort();
+    assert_eq!(sorted, [202, 429], "{statuses:?}");
+    assert_eq!(staged("user:bob"), "800");
+    // The rest of the room is usable to the byte, in either session; one byte more is refused
+    // with TOOMANYREQUESTS, and the session keeps what it had.
+    let refused = if statuses[0] == 429 { &s1 } else { &s2 };
+    let r = patch(&bob, refused, 700);
+    assert_eq!(r.status(), 202, "exactly up to the limit");
+    let refused = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = patch(&bob, &refused, 1);
+    assert_eq!(r.status(), 429);
+    assert!(r.text().unwrap().contains("TOOMANYREQUESTS"));
+    let r = c.get(format!("{url}{refused}")).bearer_auth(&bob).send().unwrap();
+    assert_eq!(r.headers()["range"], "0-699", "the refused chunk left nothing");
+    assert_eq!(staged("user:bob"), "1500");
+    // Streamed without a length, refused all the same.
+    let streamed = reqwest::blocking::Body::new(std::io::Cursor::new(vec![2u8; 10]));
+    let r = c.patch(format!("{url}{refused}")).bearer_auth(&bob).body(streamed).send().unwrap();
+    assert_eq!(r.status(), 429, "streamed without Content-Length");
+    assert_eq!(staged("user:bob"), "1500");
+    // Another user is not affected; a blob pushed whole is not staged; cancelling frees room.
+    let s3 = start(&carol, "c/x");
+    assert_eq!(patch(&carol, &s3, 1500).status(), 202);
+    let whole = vec![9u8; 1400];
+    let r = c
+        .post(format!("{url}/v2/b/x/blobs/uploads/?digest={}", sha256_digest(&whole)))
+        .bearer_auth(&bob)
+        .body(whole)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "a monolithic push stages nothing");
+    assert_eq!(c.delete(format!("{url}{refused}")).bearer_auth(&bob).send().unwrap().status(), 204);
+    let other = if refused.contains(s1.rsplit('/').next().unwrap()) { &s2 } else { &s1 };
+    assert_eq!(patch(&bob, other, 700).status(), 202, "room again once a session is cancelled");
+}
+
+#[test]
 fn referrers_are_paged_and_metrics_are_off_the_public_port() {
     let region = open_region(|c| c.config.storage.max_page_entries = 2);
     let url = region.node.url();

@@ -402,3 +402,39 @@ fn a_standby_relays_to_its_holder_over_https_checking_the_regions_certificate() 
     );
     assert!(!first.log().contains("internal_unauthorized"), "nothing reached the holder without the secret");
 }
+
+/// A standby passes what it relays to its holder through as a stream: a 128 MiB request to
+/// its own internal listener reaches the holder (which reads it all and refuses it) while the
+/// standby's peak memory stays far below the body's size.
+#[test]
+fn a_standby_streams_a_large_relayed_request_to_its_holder_without_holding_it() {
+    let cluster = cluster_with_two_us_processes();
+    let us = cluster.region("us");
+    let (holder, _) = us.process(0).seat().unwrap();
+    let standby = if holder == "us-0" { 1 } else { 0 };
+    let url = us.pg().psql(&format!("SELECT url FROM region_processes WHERE name = 'us-{standby}'"));
+    let pid = us.process(standby).pid();
+    let before = testkit::peak_rss_kib(pid);
+    // A JSON string of 128 MiB: the holder's extractor reads all of it before refusing it.
+    const SIZE: usize = 128 << 20;
+    let mut body = Vec::with_capacity(SIZE + 2);
+    body.push(b'"');
+    body.resize(SIZE + 1, b'a');
+    body.push(b'"');
+    let r = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+        .post(format!("{url}/internal/raft/append"))
+        .bearer_auth(testkit::cluster::TEST_SECRET)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    assert!((400..500).contains(&status), "the holder refuses what is not an append ({status}: {text})");
+    let grown = testkit::peak_rss_kib(pid).saturating_sub(before);
+    eprintln!("relayed {} MiB: the standby's peak RSS grew by {} KiB", SIZE >> 20, grown);
+    assert!(grown < 32 * 1024, "the standby held the relayed body: its peak RSS grew by {grown} KiB");
+}

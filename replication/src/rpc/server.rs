@@ -45,6 +45,9 @@ pub fn router(cluster: Arc<Cluster>, extra: Router) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
+/// The longest a relayed request may take, its body included.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Lets the seat holder answer; relays everything else to it, once.
 async fn seat_gate(State(c): State<Arc<Cluster>>, req: Request, next: Next) -> Response {
     let raft_rpc = req.uri().path().starts_with("/internal/raft/");
@@ -71,44 +74,36 @@ async fn seat_gate(State(c): State<Arc<Cluster>>, req: Request, next: Next) -> R
 }
 
 /// Relays a request that reached this process (not the seat holder) to the holder, once.
+/// Both bodies stream through: a relayed snapshot or append is never held here whole (the
+/// holder's own extractors enforce the body limit).
 async fn relay(c: &Cluster, to: &Holder, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("reading the request to relay: {e}")).into_response(),
-    };
     let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut r = c
         .client_for(to)
         .request(parts.method, format!("{}{pq}", to.url.trim_end_matches('/')))
         .header(RELAYED, "1")
-        .timeout(Duration::from_secs(60))
-        .body(body);
-    for h in [header::AUTHORIZATION.as_str(), header::CONTENT_TYPE.as_str(), FORWARDED] {
+        .timeout(RELAY_TIMEOUT)
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    for h in [header::AUTHORIZATION.as_str(), header::CONTENT_TYPE.as_str(), header::CONTENT_LENGTH.as_str(), FORWARDED]
+    {
         if let Some(v) = parts.headers.get(h) {
             r = r.header(h, v);
         }
     }
-    let unavailable = |e: &dyn std::fmt::Display| {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("relaying to the region's seat holder {}: {e}", to.name))
-            .into_response()
-    };
     match r.send().await {
         Ok(resp) => {
             let status = resp.status();
-            let ct = resp.headers().get(header::CONTENT_TYPE).cloned();
-            match resp.bytes().await {
-                Ok(bytes) => {
-                    let mut out = (status, bytes).into_response();
-                    if let Some(ct) = ct {
-                        out.headers_mut().insert(header::CONTENT_TYPE, ct);
-                    }
-                    out
-                }
-                Err(e) => unavailable(&e),
-            }
+            let kept: Vec<_> = [header::CONTENT_TYPE, header::CONTENT_LENGTH]
+                .into_iter()
+                .filter_map(|h| resp.headers().get(&h).cloned().map(|v| (h, v)))
+                .collect();
+            let mut out = (status, axum::body::Body::from_stream(resp.bytes_stream())).into_response();
+            out.headers_mut().extend(kept);
+            out
         }
-        Err(e) => unavailable(&e),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("relaying to the region's seat holder {}: {e}", to.name))
+            .into_response(),
     }
 }
 
