@@ -124,6 +124,8 @@ async fn main() {
         Cmd::Drill(args) => drill::run(args).await,
         Cmd::Bench(args) => bench::run(args).await,
     };
+    // Statics are never dropped: the log thread's queue is written out here.
+    afreg_node::telemetry::finish_logs();
     if let Err(e) = result {
         eprintln!("afreg: {e:#}");
         std::process::exit(1);
@@ -132,6 +134,7 @@ async fn main() {
 
 /// A configuration that does not load is a usage error (exit 2), reported as it is.
 fn exit_config(e: anyhow::Error) -> ! {
+    afreg_node::telemetry::finish_logs();
     eprintln!("afreg: {e:#}");
     std::process::exit(2)
 }

@@ -233,7 +233,10 @@ async fn wait_for_files(files: &[(&str, &std::path::Path)]) {
             tracing::warn!(event = "waiting_for_files", missing = %missing.join(", "), "waiting for these files before serving");
         }
         tokio::select! {
-            _ = &mut stop => std::process::exit(0),
+            _ = &mut stop => {
+                crate::telemetry::finish_logs();
+                std::process::exit(0)
+            }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }

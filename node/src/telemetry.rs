@@ -5,25 +5,51 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Lines waiting for the log thread before a request that logs waits for room (none is
+/// dropped: a full queue slows the writers rather than losing what they said).
+const LOG_QUEUE_LINES: usize = 64 * 1024;
+
+/// The log thread's guard: dropping it writes out what is queued. Held here so that every way
+/// out of the process (`finish_logs` before `process::exit`) can flush.
+static LOG_GUARD: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> = std::sync::Mutex::new(None);
+
+/// Logs go to stderr through a thread of their own (tracing-appender): a request formats its
+/// line and queues it, and the thread writes the queue out in batches through one buffer,
+/// flushed whenever the queue is empty. One `write` per line on the request's thread was most
+/// of what the access log cost at the default level.
 pub fn init_logs(cfg: &LogConfig) {
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match cfg.format {
+    let (out, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("afreg-log")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(out.clone());
+    let installed = match cfg.format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_target(false)
-            .with_writer(|| ServiceTagged { line: Vec::with_capacity(256) })
+            .with_writer(move || ServiceTagged { line: Vec::with_capacity(256), out: out.clone() })
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
+    if installed.is_ok() {
+        *LOG_GUARD.lock().unwrap() = Some(guard);
+    }
 }
 
-/// Writes one JSON log line to stderr with `"service":"registry"` first, the field the seed's
-/// log format names (tracing's JSON formatter has no static fields). One writer per event.
+/// Writes out the queued log lines; call before `std::process::exit`, which skips destructors.
+pub fn finish_logs() {
+    drop(LOG_GUARD.lock().unwrap().take());
+}
+
+/// Queues one JSON log line with `"service":"registry"` first, the field the seed's log format
+/// names (tracing's JSON formatter has no static fields). One writer per event.
 struct ServiceTagged {
     line: Vec<u8>,
+    out: tracing_appender::non_blocking::NonBlocking,
 }
 
 impl std::io::Write for ServiceTagged {
@@ -43,7 +69,7 @@ impl Drop for ServiceTagged {
             Some(rest) => [&b"{\"service\":\"registry\","[..], rest].concat(),
             None => std::mem::take(&mut self.line),
         };
-        let _ = std::io::stderr().lock().write_all(&out);
+        let _ = self.out.write_all(&out);
     }
 }
 
