@@ -290,17 +290,11 @@ fn a_trusted_proxy_names_its_clients_and_an_ipv6_prefix_is_one_client() {
     assert!(statuses[..10].iter().all(|s| *s == 200) && statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
 }
 
-#[test]
-fn upload_sessions_are_capped_per_user_and_blobs_by_size() {
-    let region = TestRegion::start_with(testkit::afreg_bin(), |c| {
-        c.config.auth.anonymous = vec![];
-        c.config.storage.max_uploads_per_user = 3;
-        c.config.storage.max_blob_bytes = 1000;
-    });
+/// Adds users bob (pushing to `b/*`) and carol (`c/*`); their tokens for `b/x` and `c/x`.
+fn bob_and_carol(region: &TestRegion) -> (String, String) {
     region.node.add_user_with_grants("bob", "bobs-passw0rd", &["b/*:pull,push"]);
     region.node.add_user_with_grants("carol", "carols-passw0rd", &["c/*:pull,push"]);
-    let url = region.node.url();
-    let c = client_from(Ipv4Addr::new(127, 0, 0, 1));
+    let (url, c) = (region.node.url(), client_from(Ipv4Addr::new(127, 0, 0, 1)));
     let token = |user: &str, pw: &str, repo: &str| {
         let r = c
             .get(format!("{url}/token?service=afreg&scope=repository:{repo}:pull,push"))
@@ -309,8 +303,19 @@ fn upload_sessions_are_capped_per_user_and_blobs_by_size() {
             .unwrap();
         r.json::<serde_json::Value>().unwrap()["token"].as_str().unwrap().to_owned()
     };
-    let bob = token("bob", "bobs-passw0rd", "b/x");
-    let carol = token("carol", "carols-passw0rd", "c/x");
+    (token("bob", "bobs-passw0rd", "b/x"), token("carol", "carols-passw0rd", "c/x"))
+}
+
+#[test]
+fn upload_sessions_are_capped_per_user_and_blobs_by_size() {
+    let region = TestRegion::start_with(testkit::afreg_bin(), |c| {
+        c.config.auth.anonymous = vec![];
+        c.config.storage.max_uploads_per_user = 3;
+        c.config.storage.max_blob_bytes = 1000;
+    });
+    let (bob, carol) = bob_and_carol(&region);
+    let url = region.node.url();
+    let c = client_from(Ipv4Addr::new(127, 0, 0, 1));
     let start = |t: &str, repo: &str| c.post(format!("{url}/v2/{repo}/blobs/uploads/")).bearer_auth(t).send().unwrap();
 
     // Ten concurrent starts by bob: exactly three sessions open.
@@ -374,19 +379,9 @@ fn the_bytes_a_users_open_uploads_stage_are_capped_even_when_chunks_race() {
         c.config.auth.anonymous = vec![];
         c.config.storage.max_staged_bytes_per_user = 1500;
     });
-    region.node.add_user_with_grants("bob", "bobs-passw0rd", &["b/*:pull,push"]);
-    region.node.add_user_with_grants("carol", "carols-passw0rd", &["c/*:pull,push"]);
+    let (bob, carol) = bob_and_carol(&region);
     let url = region.node.url();
     let c = client_from(Ipv4Addr::new(127, 0, 0, 1));
-    let token = |user: &str, pw: &str, repo: &str| {
-        let r = c
-            .get(format!("{url}/token?service=afreg&scope=repository:{repo}:pull,push"))
-            .basic_auth(user, Some(pw))
-            .send()
-            .unwrap();
-        r.json::<serde_json::Value>().unwrap()["token"].as_str().unwrap().to_owned()
-    };
-    let (bob, carol) = (token("bob", "bobs-passw0rd", "b/x"), token("carol", "carols-passw0rd", "c/x"));
     let start = |t: &str, repo: &str| {
         let r = c.post(format!("{url}/v2/{repo}/blobs/uploads/")).bearer_auth(t).send().unwrap();
         assert_eq!(r.status(), 202);
