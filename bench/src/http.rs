@@ -263,6 +263,14 @@ pub async fn pull(c: &Client, t: &Target, repo: &str, digest: &str, total: u64) 
     Ok(started.elapsed())
 }
 
+/// `DELETE` of a blob from `repo`.
+pub async fn delete_blob(c: &Client, t: &Target, repo: &str, digest: &str) -> Result<()> {
+    let base = &t.url;
+    let r = send(request(c, t, Method::DELETE, &format!("{base}/v2/{repo}/blobs/{digest}"))).await?;
+    expect(r, StatusCode::ACCEPTED, &format!("{base}: DELETE blob")).await?;
+    Ok(())
+}
+
 /// `clients` pulls at once, each a task of its own on a connection of its own, client i pulling
 /// `digests[i % digests.len()]` (each `total` bytes): every blob is read by several clients at
 /// the same time, as when a fleet starts the same image. Returns the time from the first

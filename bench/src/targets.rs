@@ -36,8 +36,8 @@ pub struct Target {
     /// Whether the registry takes a whole blob in one `POST ?digest=` (afreg does).
     pub single_post: bool,
     /// A peer's blob directory (`…/blobs/sha256`): the bench removes the blobs it pushed
-    /// there once measured, so a full run fits the disk. afreg's are kept (its store of
-    /// record is Kubo, whose space comes back only through afreg's own GC).
+    /// there once measured, so a full run fits the disk. afreg's are deleted through its API
+    /// instead ([`Target::forget_blobs`]).
     pub blob_dir: Option<PathBuf>,
 }
 
@@ -48,11 +48,21 @@ impl Target {
         Target { id, url, token: None, login: None, rate_limited: false, pid: None, single_post: true, blob_dir: None }
     }
 
-    /// Frees the space of a blob the bench pushed to a peer and will not read again.
-    pub fn forget_blob(&self, digest: &str) {
-        if let (Some(dir), Some(hex)) = (&self.blob_dir, digest.strip_prefix("sha256:")) {
-            if hex.len() > 2 {
+    /// Frees the space of blobs the bench pushed to `repo` and will not read again: a peer's
+    /// files are removed; afreg is sent `DELETE` for each, which unpins them and removes their
+    /// blob files at once (Kubo's blocks go at its next GC), so that a run of several rounds
+    /// fits the disk. Best effort: a failure only leaves the bytes.
+    pub async fn forget_blobs(&self, c: &reqwest::Client, repo: &str, digests: &[String]) {
+        if let Some(dir) = &self.blob_dir {
+            for hex in digests.iter().filter_map(|d| d.strip_prefix("sha256:")).filter(|h| h.len() > 2) {
                 let _ = std::fs::remove_dir_all(dir.join(&hex[..2]).join(hex));
+            }
+            return;
+        }
+        let Ok(t) = crate::http::authorized(c, self, &[crate::http::repository_scope(repo)]).await else { return };
+        for d in digests {
+            if let Err(e) = crate::http::delete_blob(c, &t, repo, d).await {
+                crate::progress(&format!("{}: could not delete {d} ({e:#}); its bytes stay", self.id));
             }
         }
     }

@@ -2,8 +2,10 @@
 //! pinned in its own Kubo, fetching the bytes over IPFS from the region that has them, and
 //! unpins CIDs whose blob was deleted or collected.
 //!
-//! The queue is not a separate structure: it is every `blobs.cid` without a `pinned` row in
-//! the region-local `pins` table, so it survives restarts and snapshot installs. Each pin has
+//! The queue is the region-local `pins` table: triggers on `blobs` give every blob CID a row
+//! there (`wanted` until pinned), whichever path writes `blobs` (an applied entry, a snapshot
+//! install), so it survives restarts and installs, and a pass reads only the rows still to
+//! do, not every blob the region holds. Each pin has
 //! a timeout (Kubo's `pin/add` waits forever for content no peer has); a failed pin is retried
 //! with exponential backoff. The pinner wakes when applied entries change the tables, when a
 //! pin that was not due becomes due (`pins::next_due`: a retry, or an upload's hold ending),
@@ -25,6 +27,8 @@ use crate::NodeId;
 /// Timeout of the second `pin/add` that confirms a pin under the CID's lock; the bytes are
 /// local by then, so it only walks the DAG.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the pin gauges of `/metrics` are counted again.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a reconcile pass stopped.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +79,7 @@ pub async fn run<I: Ipfs>(
     let mut last_peering = std::time::Instant::now() - Duration::from_secs(3600);
     let mut last_reconcile = std::time::Instant::now();
     let mut suspects: BTreeSet<String> = BTreeSet::new();
+    let mut last_report: Option<std::time::Instant> = None;
     loop {
         if last_reconcile.elapsed() >= opts.reconcile_every {
             if let Err(e) = reconcile(&pool, ipfs.as_ref(), &mut suspects).await {
@@ -98,7 +103,12 @@ pub async fn run<I: Ipfs>(
                 false
             }
         };
-        report(&pool).await;
+        // The figures count every pin (work in proportion to the blobs held), so at most once
+        // every REPORT_EVERY, not once a pass (a pass per push).
+        if last_report.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+            report(&pool).await;
+            last_report = Some(std::time::Instant::now());
+        }
         if busy {
             continue;
         }
@@ -230,7 +240,8 @@ async fn no_longer_needed(pool: &PgPool, cid: &str) {
 /// - a CIDv1 pinned in Kubo that no blob, upload chunk or hold needs is unpinned, under its
 ///   lock and after checking again, once it was seen unneeded on two passes in a row (an
 ///   upload's `add` pins its bytes a moment before it records them);
-/// - a `pinned` record whose CID Kubo does not hold is dropped, so the pinner pins it again.
+/// - a `pinned` record whose CID Kubo does not hold is put back in the queue (dropped if no
+///   blob names it), so the pinner pins it again.
 ///
 /// CIDv0 pins (`Qm…`, such as the empty directory Kubo pins itself) are never the registry's.
 pub async fn reconcile<I: Ipfs>(
@@ -259,6 +270,7 @@ pub async fn reconcile<I: Ipfs>(
         if !in_kubo.contains(&cid) {
             let mut tx = pool.begin().await?;
             pins::lock_cid(&mut tx, &cid).await?;
+            pins::want_again(&mut tx, &cid).await?;
             pins::forget(&mut tx, &cid).await?;
             tx.commit().await?;
             dropped += 1;

@@ -1,5 +1,6 @@
-//! SQL of the pinner: the region-local `pins` table against the replicated `blobs`, and the
-//! per-CID lock that every pin and unpin decision of the region takes (the node's upload path
+//! SQL of the pinner: the region-local `pins` table, which triggers on the replicated `blobs`
+//! keep as the pin queue (migrations/0007_pin_queue.sql: a row per blob CID, `wanted` until it
+//! is pinned here, `needed` while a blob row names it), and the per-CID lock that every pin and unpin decision of the region takes (the node's upload path
 //! uses the same lock).
 //!
 //! The lock is held across calls to the region's own Kubo (`pin/add` of bytes already local,
@@ -66,15 +67,20 @@ pub async fn cid_in_use(tx: &mut PgConnection, cid: &str) -> Result<bool> {
 /// (hours), so once the blob record is applied the pinner records the pin (the bytes are in
 /// this Kubo already, pinned for the hold), or the region's pin backlog would show the blob
 /// as missing all that time.
+///
+/// Only the queue's rows are read (the partial index `pins_work`), never every blob.
 pub async fn due(pool: &PgPool, limit: i64) -> Result<Vec<PinJob>> {
     sqlx::query_as(
-        "SELECT b.cid, max(b.size) AS size, min(b.origin_region) AS origin_region, coalesce(max(p.attempts), 0) AS attempts
-           FROM blobs b LEFT JOIN pins p ON p.cid = b.cid
-          WHERE (p.cid IS NULL OR (p.state = 'failed' AND p.next_attempt_at <= now()))
-            AND NOT EXISTS (SELECT 1 FROM blob_holds h WHERE h.cid = b.cid
+        "SELECT p.cid, b.size, b.origin_region, p.attempts
+           FROM pins p
+           CROSS JOIN LATERAL (SELECT max(size) AS size, min(origin_region) AS origin_region, min(created_at) AS created_at
+                                 FROM blobs WHERE cid = p.cid) b
+          WHERE (p.state <> 'pinned' OR NOT p.needed) AND p.needed
+            AND (p.state = 'wanted' OR (p.state = 'failed' AND p.next_attempt_at <= now()))
+            AND b.size IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM blob_holds h WHERE h.cid = p.cid
                               AND h.created_at > now() - make_interval(secs => $2))
-          GROUP BY b.cid
-          ORDER BY min(b.created_at)
+          ORDER BY b.created_at
           LIMIT $1",
     )
     .bind(limit)
@@ -96,11 +102,11 @@ pub const HOLD_DECIDES_SECS: f64 = 20.0;
 pub async fn next_due(pool: &PgPool) -> Result<Option<std::time::Duration>> {
     let secs: Option<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM least(
-                (SELECT min(next_attempt_at) FROM pins WHERE state = 'failed'),
+                (SELECT min(next_attempt_at) FROM pins WHERE (state <> 'pinned' OR NOT needed) AND state = 'failed' AND needed),
                 (SELECT min(h.created_at) + make_interval(secs => $1) FROM blob_holds h
                   WHERE h.created_at > now() - make_interval(secs => $1)
                     AND EXISTS (SELECT 1 FROM blobs b WHERE b.cid = h.cid)
-                    AND NOT EXISTS (SELECT 1 FROM pins p WHERE p.cid = h.cid AND p.state = 'pinned'))
+                    AND EXISTS (SELECT 1 FROM pins p WHERE p.cid = h.cid AND p.state <> 'pinned'))
               ) - now())::float8",
     )
     .bind(HOLD_DECIDES_SECS)
@@ -113,7 +119,8 @@ pub async fn next_due(pool: &PgPool) -> Result<Option<std::time::Duration>> {
 /// sure it does, or while a blob row or hold keeps the CID in use (no unpin can come between).
 pub async fn mark_pinned(tx: &mut PgConnection, cid: &str, fetched_bytes: i64) -> Result<()> {
     sqlx::query(
-        "INSERT INTO pins (cid, state, attempts, fetched_bytes, last_error, updated_at) VALUES ($1, 'pinned', 0, $2, NULL, now())
+        "INSERT INTO pins (cid, state, attempts, fetched_bytes, last_error, updated_at, needed)
+         VALUES ($1, 'pinned', 0, $2, NULL, now(), EXISTS (SELECT 1 FROM blobs WHERE cid = $1))
          ON CONFLICT (cid) DO UPDATE SET state = 'pinned', fetched_bytes = EXCLUDED.fetched_bytes,
              last_error = NULL, updated_at = now()",
     )
@@ -126,8 +133,8 @@ pub async fn mark_pinned(tx: &mut PgConnection, cid: &str, fetched_bytes: i64) -
 
 pub async fn mark_failed(pool: &PgPool, cid: &str, attempts: i32, retry_in_secs: f64, error: &str) -> Result<()> {
     sqlx::query(
-        "INSERT INTO pins (cid, state, attempts, next_attempt_at, last_error, updated_at)
-         VALUES ($1, 'failed', $2, now() + make_interval(secs => $3), $4, now())
+        "INSERT INTO pins (cid, state, attempts, next_attempt_at, last_error, updated_at, needed)
+         VALUES ($1, 'failed', $2, now() + make_interval(secs => $3), $4, now(), EXISTS (SELECT 1 FROM blobs WHERE cid = $1))
          ON CONFLICT (cid) DO UPDATE SET state = 'failed', attempts = EXCLUDED.attempts,
              next_attempt_at = EXCLUDED.next_attempt_at, last_error = EXCLUDED.last_error, updated_at = now()",
     )
@@ -140,26 +147,38 @@ pub async fn mark_failed(pool: &PgPool, cid: &str, attempts: i32, retry_in_secs:
     Ok(())
 }
 
-/// CIDs this region pinned for blobs that no longer exist (deleted or collected).
+/// CIDs this region has a record of for blobs that no longer exist (deleted or collected).
 pub async fn orphans(pool: &PgPool, limit: i64) -> Result<Vec<String>> {
-    sqlx::query_scalar("SELECT p.cid FROM pins p WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.cid = p.cid) LIMIT $1")
+    sqlx::query_scalar("SELECT cid FROM pins WHERE (state <> 'pinned' OR NOT needed) AND NOT needed LIMIT $1")
         .bind(limit)
         .fetch_all(pool)
         .await
 }
 
-/// Drops this region's pin record of `cid` (call under [`lock_cid`], when its pin goes).
+/// Puts a CID whose record said pinned, and whose pin Kubo does not hold, back in the queue
+/// (call under [`lock_cid`]).
+pub async fn want_again(tx: &mut PgConnection, cid: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE pins SET state = 'wanted', attempts = 0, updated_at = now() WHERE cid = $1 AND state = 'pinned'",
+    )
+    .bind(cid)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Drops this region's pin record of `cid` (call under [`lock_cid`], when its pin goes and no
+/// blob names it).
 pub async fn forget(tx: &mut PgConnection, cid: &str) -> Result<()> {
-    sqlx::query("DELETE FROM pins WHERE cid = $1").bind(cid).execute(&mut *tx).await?;
+    // A row a blob names is the queue's (it came back meanwhile): it stays.
+    sqlx::query("DELETE FROM pins WHERE cid = $1 AND NOT needed").bind(cid).execute(&mut *tx).await?;
     Ok(())
 }
 
 pub async fn stats(pool: &PgPool) -> Result<PinStats> {
     sqlx::query_as(
-        "SELECT (SELECT count(DISTINCT b.cid) FROM blobs b
-                  WHERE NOT EXISTS (SELECT 1 FROM pins p WHERE p.cid = b.cid AND p.state = 'pinned')) AS backlog,
-                (SELECT count(*) FROM pins p WHERE p.state = 'failed'
-                  AND EXISTS (SELECT 1 FROM blobs b WHERE b.cid = p.cid)) AS failing,
+        "SELECT (SELECT count(*) FROM pins WHERE (state <> 'pinned' OR NOT needed) AND state <> 'pinned' AND needed) AS backlog,
+                (SELECT count(*) FROM pins WHERE (state <> 'pinned' OR NOT needed) AND state = 'failed' AND needed) AS failing,
                 (SELECT count(*) FROM pins WHERE state = 'pinned') AS pinned,
                 (SELECT coalesce(sum(fetched_bytes), 0)::bigint FROM pins WHERE state = 'pinned') AS replicated_bytes",
     )
