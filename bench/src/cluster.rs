@@ -105,7 +105,10 @@ pub async fn pin_round(
     let bound = Duration::from_secs(120).max(Duration::from_secs(total >> 20));
     drain_pins(cluster, bound)?;
     cluster.region_mut("asia").node_mut().stop();
-    let us = Target::at("afreg-cluster", cluster.region("us").url());
+    let us = Target {
+        kubos: cluster.regions.iter().map(|r| r.kubo().api_url()).collect(),
+        ..Target::at("afreg-cluster", cluster.region("us").url())
+    };
     let result = async {
         let (_, d) = http::push(c, &us, "bench/pin", Push::Streamed, seed, total).await?;
         let acked = Instant::now();
@@ -113,12 +116,14 @@ pub async fn pin_round(
         if cid.is_empty() {
             bail!("us has no blob row for {d}");
         }
-        wait_pinned(cluster.region("eu"), &cid, acked, bound)
+        wait_pinned(cluster.region("eu"), &cid, acked, bound).map(|eu| (eu, d))
     }
     .await;
     cluster.region_mut("asia").node_mut().restart();
-    let eu = result?;
+    let (eu, pushed) = result?;
     drain_pins(cluster, bound)?;
+    // Three regions hold it: deleted (every region unpins it), so a run of rounds fits the disk.
+    us.forget_blobs(c, "bench/pin", &[pushed]).await;
 
     let (a, b) = raw;
     let (_, cid) = physical::kubo_add(c, &a.api_url(), seed + 1, total).await?;

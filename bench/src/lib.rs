@@ -233,15 +233,24 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     }
     infos.push(info("reference", "reference", "reference", true, "raw Kubo add, gateway read and RPC cat on a fresh Kubo of the regions' configuration; two such Kubos, connected, for Kubo→Kubo; SHA-256 (sha2 crate) on one core; one loopback TCP stream; `cat` of a file in the page cache, piped into the bench"));
 
-    let afreg_t = Target { pid: Some(region.node.pid()), ..Target::at("afreg", region.node.url()) };
+    let afreg_t = Target {
+        pid: Some(region.node.pid()),
+        kubos: vec![region.kubo.api_url()],
+        ..Target::at("afreg", region.node.url())
+    };
     let defaults_t = Target {
         login: Some(("bench".into(), password.clone())),
         rate_limited: true,
         pid: Some(defaults.node.pid()),
+        kubos: vec![defaults.kubo.api_url()],
         ..Target::at("afreg-defaults", defaults.node.url())
     };
     let us = cluster.region("us");
-    let cluster_t = Target { pid: Some(us.node().pid()), ..Target::at("afreg-cluster", us.url()) };
+    let cluster_t = Target {
+        pid: Some(us.node().pid()),
+        kubos: cluster.regions.iter().map(|r| r.kubo().api_url()).collect(),
+        ..Target::at("afreg-cluster", us.url())
+    };
     let peer = |id, p: &Peer| Target {
         pid: Some(p.pid()),
         single_post: false,

@@ -43,6 +43,11 @@ pub async fn forget(c: &Client, kubo: &testkit::Kubo, cid: &str) -> Result<()> {
     let api = kubo.api_url();
     let r = c.post(format!("{api}/api/v0/pin/rm?arg={cid}")).send().await?;
     ensure!(r.status().is_success(), "kubo pin/rm: {}", r.status());
+    collect_garbage(c, &api).await
+}
+
+/// Kubo's `repo/gc` on the Kubo at `api`: unpinned blocks leave its disk.
+pub async fn collect_garbage(c: &Client, api: &str) -> Result<()> {
     let r = c.post(format!("{api}/api/v0/repo/gc?quiet=true")).send().await?;
     ensure!(r.status().is_success(), "kubo repo/gc: {}", r.status());
     drain(r).await?;

@@ -39,13 +39,27 @@ pub struct Target {
     /// there once measured, so a full run fits the disk. afreg's are deleted through its API
     /// instead ([`Target::forget_blobs`]).
     pub blob_dir: Option<PathBuf>,
+    /// An afreg target's Kubo RPC URLs (every region's, for the cluster): after its blobs are
+    /// deleted, the bench runs their `repo/gc` so the blocks leave the disk before the next
+    /// workload, not at afreg's own next GC (`kubo.gc_interval_secs`, 10 minutes).
+    pub kubos: Vec<String>,
 }
 
 impl Target {
     /// An anonymous afreg at `url` with nothing else known; the fields left are set by
     /// struct update where they matter.
     pub fn at(id: &'static str, url: String) -> Target {
-        Target { id, url, token: None, login: None, rate_limited: false, pid: None, single_post: true, blob_dir: None }
+        Target {
+            id,
+            url,
+            token: None,
+            login: None,
+            rate_limited: false,
+            pid: None,
+            single_post: true,
+            blob_dir: None,
+            kubos: vec![],
+        }
     }
 
     /// Frees the space of blobs the bench pushed to `repo` and will not read again: a peer's
@@ -63,6 +77,11 @@ impl Target {
         for d in digests {
             if let Err(e) = crate::http::delete_blob(c, &t, repo, d).await {
                 crate::progress(&format!("{}: could not delete {d} ({e:#}); its bytes stay", self.id));
+            }
+        }
+        for api in &self.kubos {
+            if let Err(e) = crate::physical::collect_garbage(c, api).await {
+                crate::progress(&format!("{}: Kubo repo/gc at {api}: {e:#}", self.id));
             }
         }
     }
