@@ -157,11 +157,12 @@ for p in "${PDNS_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] || apt_install_no_start "${missing[@]}"
-# mmdb-writer + netaddr (PyPI, pinned) in a venv, for scripts/make-test-mmdb.py.
+# mmdb-writer + netaddr (PyPI, pinned) in a venv, for scripts/make-test-mmdb.py; the CloudEvents
+# SDK for the notification tests' CloudEvents receiver (node/tests/receivers/).
 PY_DIR=${AFREG_PY:-$HOME/.cache/afreg/py}
-PY_PKGS="mmdb-writer==0.2.7 netaddr==1.3.0"
+PY_PKGS="mmdb-writer==0.2.7 netaddr==1.3.0 cloudevents==2.2.0"
 if [ "$(cat "$PY_DIR/.afreg-packages" 2>/dev/null)" != "$PY_PKGS" ] \
-   || ! "$PY_DIR/bin/python3" -c 'import mmdb_writer, netaddr' 2>/dev/null; then
+   || ! "$PY_DIR/bin/python3" -c 'import mmdb_writer, netaddr, cloudevents.core.bindings.http' 2>/dev/null; then
   log "python venv $PY_DIR with $PY_PKGS"
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
     export DEBIAN_FRONTEND=noninteractive

@@ -1,6 +1,6 @@
 //! The `afreg` command: parses the command line and dispatches, nothing more. Each command is a
-//! module of its own and loads only what it needs: `serve`, `user`, `key`, `region` and
-//! `status` read the node's configuration; `sdl`, `compose`, `dns`, `doctor` and `up` read the region
+//! module of its own and loads only what it needs: `serve`, `user`, `key`, `region`,
+//! `notifications` and `status` read the node's configuration; `sdl`, `compose`, `dns`, `doctor` and `up` read the region
 //! files and never the node's configuration (so an unrelated `AFREG_X__Y` in the shell cannot
 //! break them); `bench` starts registries of its own; `drill` reads `afreg up`'s cluster.json
 //! or the regions it is given. `client` is the operator's client of a region's internal
@@ -19,6 +19,7 @@ mod dns;
 mod doctor;
 mod drill;
 mod key;
+mod notifications;
 mod region;
 mod sdl;
 mod serve;
@@ -76,6 +77,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: region::RegionCmd,
     },
+    /// Notification dead letters: list them, send them again.
+    Notifications {
+        #[command(subcommand)]
+        cmd: notifications::NotificationsCmd,
+    },
     /// Every region's role, term, leader, applied index, lag, pin backlog and bytes replicated.
     Status(status::StatusArgs),
     /// Run a failover drill against a running cluster: a workload on every region, a fault
@@ -113,6 +119,10 @@ async fn main() {
         },
         Cmd::Region { cmd } => match load() {
             Ok(cfg) => region::run(cmd, &cfg).await,
+            Err(e) => exit_config(e),
+        },
+        Cmd::Notifications { cmd } => match load() {
+            Ok(cfg) => notifications::run(cmd, &cfg).await,
             Err(e) => exit_config(e),
         },
         Cmd::Status(args) => status::run(args, load).await,

@@ -73,6 +73,16 @@ pub async fn run(args: StatusArgs, load: impl FnOnce() -> anyhow::Result<Config>
             opt(&r["url"]),
         );
     }
+    for n in v["notifications"].as_array().into_iter().flatten() {
+        println!(
+            "notifications {}: {} pending, {} dead letters, delivered up to event {}{}",
+            opt(&n["endpoint"]),
+            opt(&n["pending"]),
+            opt(&n["dead_letters"]),
+            opt(&n["delivered_up_to"]),
+            if n["disabled"] == true { " (disabled)" } else { "" },
+        );
+    }
     let f = &v["blob_files"];
     if f.is_object() {
         println!(

@@ -6,7 +6,8 @@
 //! are [`Config::env_overrides`] of a region's `Config`. A renamed field is therefore a compile
 //! error wherever a config is built, and [`Config::load_from`] reads back what they write. It is
 //! a crate of its own, without the server's dependencies, so that the deployment tools
-//! (`afreg-deploy`) can build configs without building the server.
+//! (`afreg-deploy`) can build configs without building the server. `notifications` holds the
+//! `[notifications]` section (distribution's endpoint fields), a file of its own.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,9 @@ use std::time::Duration;
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+pub mod notifications;
+pub use notifications::NotificationsConfig;
 
 /// The prefix of the environment variables that override the file: `AFREG_SECTION__FIELD`.
 pub const ENV_PREFIX: &str = "AFREG_";
@@ -76,6 +80,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
+    pub notifications: NotificationsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -656,6 +661,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.notifications.validate()?;
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if !self.kubo.chunker.starts_with("size-") {
             return bad("kubo.chunker must be of the form size-N");
@@ -780,7 +786,13 @@ impl figment::Provider for EnvVar {
     }
 
     fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
-        let value: figment::value::Value = self.value.parse().expect("parsing a figment value is infallible");
+        // JSON first, for what figment's own syntax cannot say (a list of tables, such as
+        // `notifications.endpoints`); anything else as figment reads it.
+        let json = (self.value.starts_with('[') || self.value.starts_with('{'))
+            .then(|| serde_json::from_str::<figment::value::Value>(&self.value).ok())
+            .flatten();
+        let value: figment::value::Value =
+            json.unwrap_or_else(|| self.value.parse().expect("parsing a figment value is infallible"));
         let dict = figment::util::nest(&self.path, value).into_dict().expect("nest makes a dict");
         Ok(figment::Profile::Default.collect(dict))
     }
@@ -813,6 +825,10 @@ fn flatten(
         toml::Value::Array(a) if is_string_array(value) => {
             let items: Vec<String> = a.iter().map(|v| format!("{:?}", v.as_str().unwrap_or(""))).collect();
             format!("[{}]", items.join(","))
+        }
+        // A list of tables (`notifications.endpoints`) as JSON, which the loader reads back.
+        toml::Value::Array(_) => {
+            serde_json::to_string(value).map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.join("."))))?
         }
         other => {
             return Err(ConfigError::Invalid(format!(
@@ -950,8 +966,12 @@ mod tests {
         std::fs::write(&p, c.to_toml().unwrap()).unwrap();
         assert_eq!(Config::load_from(Some(&p), []).unwrap(), c);
 
-        // The bootstrap list is an array of tables: an environment cannot carry it.
-        assert!(c.env_overrides().unwrap_err().to_string().contains("cluster.bootstrap"));
+        // The bootstrap list, an array of tables, travels as JSON and reads back.
+        let with_bootstrap = c.env_overrides().unwrap();
+        let (_, json) =
+            with_bootstrap.iter().find(|(k, _)| k == "AFREG_CLUSTER__BOOTSTRAP").expect("the bootstrap list");
+        assert!(json.starts_with("[{"), "{json}");
+        assert_eq!(Config::load_from(None, with_bootstrap).unwrap(), c);
         c.cluster.bootstrap.clear();
         let env = c.env_overrides().unwrap();
         assert!(env.contains(&("AFREG_CLUSTER__ID".into(), "7".into())), "{env:?}");

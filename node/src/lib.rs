@@ -14,6 +14,7 @@
 //! - [`client`]: who a request comes from, as every per-client limit keys it.
 //! - [`hashing`]: the running digest (sha256 or sha512) of bytes as they stream through.
 //! - [`auth`]: the token service, token checks and users.
+//! - [`notifications`]: events of pushes and deletes sent to webhooks, from the leader's region.
 //! - [`replica`]: this region as a member of the cluster (`afreg-replication`): start-up,
 //!   duties, status.
 //! - [`config`] (the `afreg-config` crate), [`telemetry`], [`server`]: configuration, logs and
@@ -27,6 +28,7 @@ pub mod client;
 pub mod hashing;
 pub mod http;
 pub mod kubo;
+pub mod notifications;
 pub mod oci;
 pub mod registry;
 pub mod replica;

@@ -124,6 +124,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         metrics::gauge!("afreg_upload_sessions_open").set(n as f64);
     }
     let sweeper = tokio::spawn(sweep_uploads(registry.clone(), shutdown.clone()));
+    let notifiers = crate::notifications::spawn(registry.clone(), shutdown.clone());
     let kubo_gc =
         tokio::spawn(collect_kubo_garbage(registry.kubo.clone(), cfg.kubo.gc_interval_secs, shutdown.clone()));
     let upkeep = tokio::spawn(metrics_upkeep(metrics.clone(), shutdown.clone()));
@@ -144,6 +145,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), metrics_server).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
+    for t in notifiers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), kubo_gc).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), upkeep).await;
     if let Some(t) = scrub {

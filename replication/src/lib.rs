@@ -72,7 +72,7 @@ pub use rpc::wire::AdminOp;
 pub use seat::{Seat, SeatOptions, SeatState};
 pub use secret::ClusterSecret;
 pub use store::{Fence, PgLogStore, PgSnapshotBuilder, PgStateMachine};
-pub use types::{Applied, Command, Region, Timings};
+pub use types::{Applied, Command, DeadLetter, EventOrigin, Region, Timings};
 
 /// A region's Raft node id. Ids are never reused: a removed region stays in `regions` as a
 /// tombstone.

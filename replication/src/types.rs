@@ -116,6 +116,48 @@ pub enum Command {
     /// Marks a region removed (kept as a tombstone so its id is never reused).
     #[serde(rename = "remove_region.v1")]
     RemoveRegion { id: u64 },
+    /// Applies `command` (a manifest pushed or deleted, a tag deleted, a blob deleted) and, if
+    /// it changed something, records its notification event in the same transaction, with
+    /// the log index as its id, so every region holds the same event (see
+    /// `store::events`). `origin` is the request that made it; `at`, stamped by the leader,
+    /// the event's time.
+    #[serde(rename = "with_origin.v1")]
+    WithOrigin { origin: EventOrigin, at: i64, command: Box<Command> },
+    /// The delivering region sent `endpoint` every event up to `delivered` (or dead-lettered
+    /// those in `dead`), and the dead letters in `redelivered` once more: the cursor a region
+    /// that delivers next resumes from.
+    #[serde(rename = "notifications_delivered.v1")]
+    NotificationsDelivered { endpoint: String, delivered: i64, dead: Vec<DeadLetter>, redelivered: Vec<i64>, at: i64 },
+    /// `afreg notifications retry`: these dead letters of `endpoint` (all, if empty) are sent
+    /// again by the delivering region.
+    #[serde(rename = "notifications_retry.v1")]
+    NotificationsRetry { endpoint: String, event_ids: Vec<i64> },
+}
+
+/// The request behind an event, as distribution's envelope names it (`request`, `actor`,
+/// `source`), and the public URL its target is reachable at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EventOrigin {
+    pub request_id: String,
+    pub addr: String,
+    pub host: String,
+    pub method: String,
+    pub user_agent: String,
+    /// The user the request was authorized as; empty when anonymous.
+    pub actor: String,
+    /// The region (and its process) that took the request.
+    pub region: String,
+    pub instance: String,
+    /// That region's public URL, the base of the target's `url`.
+    pub url_base: String,
+}
+
+/// An event given up on for an endpoint, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub event_id: i64,
+    pub error: String,
 }
 
 impl Command {
@@ -127,14 +169,20 @@ impl Command {
             Command::PutManifest { at, .. }
             | Command::PutBlob { at, .. }
             | Command::LinkBlob { at, .. }
-            | Command::PutUser { at, .. } => *at = now,
+            | Command::PutUser { at, .. }
+            | Command::NotificationsDelivered { at, .. } => *at = now,
+            Command::WithOrigin { command, at, .. } => {
+                *at = now;
+                command.stamp(now);
+            }
             Command::DeleteManifest { .. }
             | Command::DeleteTag { .. }
             | Command::UnlinkBlob { .. }
             | Command::CollectLinks { .. }
             | Command::RemoveUser { .. }
             | Command::PutRegion { .. }
-            | Command::RemoveRegion { .. } => {}
+            | Command::RemoveRegion { .. }
+            | Command::NotificationsRetry { .. } => {}
         }
     }
 }

@@ -53,7 +53,9 @@ fn body_stream(
     body.into_data_stream().map_err(|e| std::io::Error::other(format!("upload body: {e}")))
 }
 
-/// Serves an authorized request; `owner` is who opens upload sessions (a user or an address).
+/// Serves an authorized request; `owner` is who opens upload sessions (a user or an address),
+/// `origin` the request as a notification event names it.
+#[allow(clippy::too_many_arguments)]
 pub async fn handle(
     st: &AppState,
     ep: Endpoint,
@@ -62,6 +64,7 @@ pub async fn handle(
     h: &HeaderMap,
     body: Body,
     owner: &str,
+    origin: afreg_replication::EventOrigin,
 ) -> Result<Response> {
     let reg = &st.registry;
     match (ep, method.clone()) {
@@ -123,7 +126,7 @@ pub async fn handle(
                 bytes.extend_from_slice(&frame);
             }
             let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-            let put = reg.put_manifest(&repo, &r, ct, &bytes).await?;
+            let put = reg.put_manifest(&repo, &r, ct, &bytes, origin).await?;
             let mut resp = StatusCode::CREATED.into_response();
             let hs = resp.headers_mut();
             hs.insert(header::LOCATION, hv(&format!("/v2/{repo}/manifests/{}", put.digest)));
@@ -135,7 +138,7 @@ pub async fn handle(
         }
         // end-9: DELETE /v2/<name>/manifests/<reference>
         (Endpoint::Manifest(repo, r), Method::DELETE) => {
-            reg.delete_manifest(&repo, &r).await?;
+            reg.delete_manifest(&repo, &r, origin).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
 
@@ -146,7 +149,7 @@ pub async fn handle(
         }
         // end-10: DELETE /v2/<name>/blobs/<digest>
         (Endpoint::Blob(repo, d), Method::DELETE) => {
-            reg.delete_blob(&repo, &d).await?;
+            reg.delete_blob(&repo, &d, origin).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
 

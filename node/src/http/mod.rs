@@ -129,6 +129,30 @@ pub fn router(state: AppState) -> Router {
         ))
 }
 
+/// A request as its notification event names it (distribution's `request`, `actor` and
+/// `source`), with a fresh request id.
+fn event_origin(
+    reg: &crate::registry::Registry,
+    method: &Method,
+    headers: &HeaderMap,
+    addr: &str,
+    user: Option<&str>,
+) -> afreg_replication::EventOrigin {
+    let header =
+        |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    afreg_replication::EventOrigin {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        addr: addr.to_owned(),
+        host: header(header::HOST),
+        method: method.to_string(),
+        user_agent: header(header::USER_AGENT),
+        actor: user.unwrap_or_default().to_owned(),
+        region: reg.cfg.cluster.region.clone(),
+        instance: reg.instance.clone(),
+        url_base: reg.cfg.server.public_url.trim_end_matches('/').to_owned(),
+    }
+}
+
 /// What an endpoint needs from the caller's token.
 fn need(ep: &Endpoint, method: &Method) -> Need {
     let action = match (ep, method) {
@@ -176,6 +200,7 @@ async fn v2(
             _ => None,
         };
         let user = st.auth.authorize_mount(&headers, &need(&ep, &method), mount_from.as_ref())?;
+        let origin = event_origin(&st.registry, &method, &headers, &client.ip.to_string(), user.as_deref());
         // Whose upload sessions these are (storage.max_uploads_per_user).
         let owner = match user {
             Some(u) => format!("user:{u}"),
@@ -185,7 +210,7 @@ async fn v2(
             // Read index through the leader: this region first applies everything committed.
             st.registry.cluster.read_barrier().await?;
         }
-        handlers::handle(&st, ep, &method, &query, &headers, body, &owner).await
+        handlers::handle(&st, ep, &method, &query, &headers, body, &owner, origin).await
     }
     .await;
     let mut resp = result.unwrap_or_else(|e| {
@@ -238,8 +263,9 @@ async fn status(State(st): State<AppState>, uri: Uri) -> Response {
         }
     } else {
         let regions = crate::replica::cluster_status(&reg.cfg, reg.store.pool(), &reg.cluster, &st.status.http).await;
+        let notifications = crate::notifications::status(reg).await;
         serde_json::json!({"region": reg.cfg.cluster.region, "id": reg.cluster.id,
-            "process": crate::replica::process_name(&reg.cfg), "regions": regions})
+            "process": crate::replica::process_name(&reg.cfg), "regions": regions, "notifications": notifications})
     };
     *cached = Some((Instant::now(), v.clone()));
     axum::Json(with_blob_files(reg, v)).into_response()

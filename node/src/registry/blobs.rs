@@ -83,8 +83,14 @@ impl Registry {
     }
 
     /// Removes the blob from `repo`; the bytes are unpinned once no repository links them.
-    pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), RegistryError> {
-        match self.replicate(Command::UnlinkBlob { repo: repo.to_string(), digest: digest.to_string() }).await? {
+    pub async fn delete_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        origin: afreg_replication::EventOrigin,
+    ) -> Result<(), RegistryError> {
+        let cmd = Command::UnlinkBlob { repo: repo.to_string(), digest: digest.to_string() };
+        match self.replicate(super::with_origin(origin, cmd)).await? {
             Applied::NotFound => Err(RegistryError::blob_unknown(digest)),
             orphan => {
                 // Every region's pinner unpins an orphaned CID; this region does it at once.

@@ -2,7 +2,7 @@
 //! pushed; GET and HEAD by tag or digest come from the manifest cache, or else one Postgres
 //! round trip each.
 
-use afreg_replication::{Applied, Command};
+use afreg_replication::{Applied, Command, EventOrigin};
 
 use super::Registry;
 use crate::hashing::Hasher;
@@ -52,6 +52,7 @@ impl Registry {
         reference: &Reference,
         content_type: Option<&str>,
         body: &[u8],
+        origin: EventOrigin,
     ) -> Result<PutManifest, RegistryError> {
         let alg = match reference {
             Reference::Digest(d) => d.algorithm(),
@@ -88,7 +89,7 @@ impl Registry {
             tag,
             at: super::now_millis(),
         };
-        if let Applied::MissingBlobs(missing) = self.replicate(cmd).await? {
+        if let Applied::MissingBlobs(missing) = self.replicate(super::with_origin(origin, cmd)).await? {
             return Err(RegistryError::new(
                 ErrorCode::ManifestBlobUnknown,
                 format!("manifest references blobs this repository does not have: {}", missing.join(", ")),
@@ -100,12 +101,17 @@ impl Registry {
     }
 
     /// Deletes a manifest by digest, or just a tag.
-    pub async fn delete_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<(), RegistryError> {
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        origin: EventOrigin,
+    ) -> Result<(), RegistryError> {
         let cmd = match reference {
             Reference::Digest(d) => Command::DeleteManifest { repo: repo.to_string(), digest: d.to_string() },
             Reference::Tag(t) => Command::DeleteTag { repo: repo.to_string(), tag: t.as_str().to_owned() },
         };
-        if self.replicate(cmd).await? == Applied::NotFound {
+        if self.replicate(super::with_origin(origin, cmd)).await? == Applied::NotFound {
             return Err(RegistryError::manifest_unknown(reference));
         }
         tracing::info!(event = "manifest_delete", repository = %repo, reference = %reference, "manifest deleted");

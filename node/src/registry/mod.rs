@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use afreg_replication::store::pins;
-use afreg_replication::{Applied, Cluster, ClusterError, Command};
+use afreg_replication::{Applied, Cluster, ClusterError, Command, EventOrigin};
 
 use crate::blob_files::BlobFiles;
 use crate::config::Config;
@@ -73,6 +73,8 @@ pub struct Registry {
     sessions: Mutex<HashMap<uuid::Uuid, Arc<tokio::sync::Mutex<SessionState>>>>,
     cid_locks: cid_locks::CidLocks,
     manifests: cache::ManifestCache,
+    /// This process, as notification events name their source (`source.instanceID`).
+    pub instance: String,
 }
 
 impl Registry {
@@ -87,6 +89,7 @@ impl Registry {
             sessions: Mutex::new(HashMap::new()),
             cid_locks: Default::default(),
             manifests,
+            instance: uuid::Uuid::new_v4().to_string(),
         }
     }
 
@@ -179,12 +182,20 @@ impl Registry {
     }
 }
 
+/// `cmd` with the request that made it, so that applying it records its notification event.
+pub fn with_origin(origin: EventOrigin, cmd: Command) -> Command {
+    Command::WithOrigin { origin, at: now_millis(), command: Box::new(cmd) }
+}
+
 /// The time a command carries (`at`): set here, and stamped again by the leader as it appends
 /// the entry (`Command::stamp`), so every region writes the same leader's time.
 pub use afreg_replication::types::now_millis;
 
 fn command_name(cmd: &Command) -> &'static str {
     match cmd {
+        Command::WithOrigin { command, .. } => command_name(command),
+        Command::NotificationsDelivered { .. } => "notifications_delivered",
+        Command::NotificationsRetry { .. } => "notifications_retry",
         Command::PutManifest { .. } => "put_manifest",
         Command::DeleteManifest { .. } => "delete_manifest",
         Command::DeleteTag { .. } => "delete_tag",

@@ -16,6 +16,7 @@ mod harness;
 mod hostile;
 mod limits;
 mod memory;
+mod notifications;
 mod private_swarm;
 mod seat;
 mod storage;

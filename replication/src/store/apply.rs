@@ -13,10 +13,33 @@ use crate::types::{Applied, Command, Region};
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
 
-/// Applies `cmd` and says how it went. An `Err` is a database error; the caller decides
-/// whether it is deterministic (a constraint) or a storage failure.
-pub(crate) async fn command(conn: &mut PgConnection, cmd: &Command) -> Result<Applied> {
+/// Applies `cmd`, the entry at log index `index`, and says how it went. An `Err` is a
+/// database error; the caller decides whether it is deterministic (a constraint) or a
+/// storage failure.
+pub(crate) async fn command(conn: &mut PgConnection, index: u64, cmd: &Command) -> Result<Applied> {
     match cmd {
+        Command::WithOrigin { origin, at, command: inner } => {
+            let Some(at) = millis(*at) else { return Ok(bad_time(*at)) };
+            if matches!(**inner, Command::WithOrigin { .. }) {
+                return Ok(Applied::Invalid { reason: "with_origin.v1 inside with_origin.v1".into() });
+            }
+            let reply = one(conn, inner).await?;
+            super::events::record(conn, index, at, origin, inner, &reply).await?;
+            Ok(reply)
+        }
+        other => one(conn, other).await,
+    }
+}
+
+/// Applies one command that is not [`Command::WithOrigin`].
+async fn one(conn: &mut PgConnection, cmd: &Command) -> Result<Applied> {
+    match cmd {
+        Command::WithOrigin { .. } => Ok(Applied::Invalid { reason: "nested with_origin.v1".into() }),
+        Command::NotificationsDelivered { endpoint, delivered, dead, redelivered, at } => {
+            let Some(at) = millis(*at) else { return Ok(bad_time(*at)) };
+            super::events::delivered(conn, endpoint, *delivered, dead, redelivered, at).await
+        }
+        Command::NotificationsRetry { endpoint, event_ids } => super::events::retry(conn, endpoint, event_ids).await,
         Command::PutManifest {
             repo,
             digest,

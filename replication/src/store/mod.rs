@@ -6,6 +6,7 @@
 //! mapping of database errors onto openraft's [`StorageError`], and the [`Fence`] every write
 //! checks.
 
+pub mod events;
 pub mod gc;
 pub mod log;
 pub mod pins;

@@ -60,6 +60,9 @@ pub(crate) struct Tables {
     users: Vec<UserRow>,
     user_grants: Vec<GrantRow>,
     regions: Vec<RegionRow>,
+    /// Added after format version 1 was published: absent in older snapshots.
+    #[serde(default)]
+    notifications: super::events::Tables,
 }
 
 #[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
@@ -197,6 +200,7 @@ pub(crate) async fn dump(conn: &mut PgConnection) -> Result<Tables, DbError> {
         )
         .fetch_all(&mut *conn)
         .await?,
+        notifications: super::events::dump(conn).await?,
     })
 }
 
@@ -338,5 +342,6 @@ pub(crate) async fn restore(conn: &mut PgConnection, t: &Tables) -> Result<(), D
         .execute(&mut *conn)
         .await?;
     }
+    super::events::restore(conn, &t.notifications).await?;
     Ok(())
 }

@@ -101,7 +101,7 @@ impl PgStateMachine {
                 }
                 EntryPayload::Normal(cmd) => {
                     let mut sp = tx.begin().await.map_err(|e| (Some(log_id), e.into()))?;
-                    match apply::command(&mut sp, &cmd).await {
+                    match apply::command(&mut sp, log_id.index, &cmd).await {
                         Ok(reply) => {
                             sp.commit().await.map_err(|e| (Some(log_id), e.into()))?;
                             reply

@@ -1,0 +1,263 @@
+//! Sends notification events to the configured endpoints (`[notifications]`), at least once.
+//!
+//! The events are written by every region's state machine as it applies the entries they
+//! describe (`afreg_replication::store::events`). **The Raft leader's region delivers**: it is
+//! the one region that can move the replicated cursor (`notifications_delivered.v1`) without
+//! a relay, and there is exactly one at a time once an election settles; a region that becomes
+//! leader resumes from the cursor. An event may so be sent twice (a cursor write lost with its
+//! leader), never skipped: receivers deduplicate by its id, the entry's log index.
+//!
+//! Per endpoint, in event order: a batch (distribution's envelope holds several events; a
+//! CloudEvent is one) is sent within `timeout`; after `threshold` failures in a row the
+//! endpoint waits `backoff` between attempts (distribution's breaker), doubled with each further
+//! failure up to five minutes; an event still failing
+//! after `max_attempts`, or older than `max_age`, goes to the dead letters and the next one is
+//! sent. Nothing here is on a push's path: a slow or dead receiver delays only its own events.
+
+pub mod payload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use afreg_replication::store::events::{self, EventRow};
+use afreg_replication::{Command, DeadLetter, Role};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::notifications::{Endpoint, Format};
+use crate::registry::Registry;
+
+/// Events per distribution envelope.
+const BATCH: i64 = 32;
+/// How often an idle endpoint (or a region that does not lead) looks again, besides being
+/// woken by applied entries.
+const IDLE: Duration = Duration::from_secs(1);
+/// The pause after a failure before the breaker opens (`threshold` failures in a row).
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// The longest wait between attempts of a failing endpoint.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// The wait once the breaker is open: `backoff`, doubled for each failure past the threshold,
+/// up to [`MAX_WAIT`], so that `max_attempts` (20 by default) spans a receiver's outage of
+/// minutes, not seconds.
+fn breaker_wait(backoff: Duration, past_threshold: u32) -> Duration {
+    backoff.saturating_mul(1 << past_threshold.min(16)).min(MAX_WAIT)
+}
+
+/// Starts one delivery task per enabled endpoint.
+pub fn spawn(registry: Arc<Registry>, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    registry
+        .cfg
+        .notifications
+        .endpoints
+        .iter()
+        .filter(|e| !e.disabled)
+        .map(|e| tokio::spawn(deliver(registry.clone(), e.clone(), stop.clone())))
+        .collect()
+}
+
+/// Each configured endpoint's backlog, for `/status` and `afreg status` (the tables are
+/// replicated, so every region answers alike).
+pub async fn status(reg: &Registry) -> Vec<serde_json::Value> {
+    let pool = reg.store.pool();
+    let mut out = vec![];
+    for e in &reg.cfg.notifications.endpoints {
+        let cursor = events::cursor(pool, &e.name).await.unwrap_or_default();
+        let pending = events::pending(pool, cursor).await.ok();
+        let dead = events::dead_letter_count(pool, &e.name).await.ok();
+        out.push(serde_json::json!({"endpoint": e.name, "disabled": e.disabled, "delivered_up_to": cursor,
+            "pending": pending, "dead_letters": dead}));
+    }
+    out
+}
+
+/// Why a delivery failed.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    #[error("the receiver answered {0}")]
+    Status(reqwest::StatusCode),
+}
+
+struct Sender {
+    endpoint: Endpoint,
+    http: reqwest::Client,
+}
+
+impl Sender {
+    fn new(endpoint: Endpoint) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(endpoint.timeout())
+            .connect_timeout(endpoint.timeout())
+            .build()
+            .expect("reqwest client");
+        Sender { endpoint, http }
+    }
+
+    async fn post(&self, headers: Vec<(&str, String)>, body: Vec<u8>) -> Result<(), SendError> {
+        let mut req = self.http.post(&self.endpoint.url);
+        for (name, values) in &self.endpoint.headers {
+            for v in values {
+                req = req.header(name.as_str(), v.as_str());
+            }
+        }
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        let resp = req.body(body).send().await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(SendError::Status(resp.status()))
+        }
+    }
+
+    /// Sends `batch` (all of it, or, on an error, none that counts: the cursor does not move).
+    async fn send(&self, batch: &[&EventRow]) -> Result<(), SendError> {
+        match self.endpoint.format {
+            Format::Distribution => {
+                self.post(vec![("content-type", payload::ENVELOPE_TYPE.to_owned())], payload::envelope(batch)).await
+            }
+            Format::Cloudevents => {
+                for e in batch {
+                    let (headers, body) = payload::cloudevent(e);
+                    self.post(headers, body).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn deliver(reg: Arc<Registry>, endpoint: Endpoint, stop: CancellationToken) {
+    let name = endpoint.name.clone();
+    let sender = Sender::new(endpoint);
+    let mut changed = reg.cluster.subscribe();
+    let mut failures_in_row = 0u32;
+    let mut head_attempts = (0i64, 0u32);
+    loop {
+        let wait = match step(&reg, &sender, &mut failures_in_row, &mut head_attempts).await {
+            Ok(Step::More) => continue,
+            Ok(Step::Idle) => IDLE,
+            Ok(Step::Failed) if failures_in_row >= sender.endpoint.threshold => {
+                breaker_wait(sender.endpoint.backoff(), failures_in_row - sender.endpoint.threshold)
+            }
+            Ok(Step::Failed) => RETRY_PAUSE,
+            Err(e) => {
+                tracing::warn!(event = "notifications_failed", endpoint = %name, error = %e, "notification delivery paused");
+                IDLE
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = changed.changed(), if wait == IDLE => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+enum Step {
+    /// Sent (or skipped) something; look again at once.
+    More,
+    /// Nothing to send here now.
+    Idle,
+    /// The receiver failed.
+    Failed,
+}
+
+async fn step(
+    reg: &Registry,
+    sender: &Sender,
+    failures_in_row: &mut u32,
+    head_attempts: &mut (i64, u32),
+) -> Result<Step, crate::oci::RegistryError> {
+    let ep = &sender.endpoint;
+    let pool = reg.store.pool();
+    if !reg.cluster.status().is_some_and(|s| s.role == Role::Leader) {
+        return Ok(Step::Idle);
+    }
+    let cursor = events::cursor(pool, &ep.name).await?;
+    let pending = events::pending(pool, cursor).await?;
+    metrics::gauge!("afreg_notifications_pending", "endpoint" => ep.name.clone()).set(pending as f64);
+    // Dead letters an operator asked to send again come first.
+    let again = events::dead_letters(pool, Some(&ep.name), true).await?;
+    if !again.is_empty() {
+        let batch: Vec<&EventRow> = again.iter().map(|d| &d.event).collect();
+        let sent = sender.send(&batch).await;
+        let ids = again.iter().map(|d| d.event.id).collect();
+        return settle(reg, sender, failures_in_row, sent.map(|_| batch.len()), cursor, vec![], ids).await;
+    }
+    let events = events::after(pool, cursor, BATCH).await?;
+    let Some(last) = events.last().map(|e| e.id) else { return Ok(Step::Idle) };
+    let batch: Vec<&EventRow> = events.iter().filter(|e| ep.wants(&e.action, &e.media_type)).collect();
+    if batch.is_empty() {
+        return settle(reg, sender, failures_in_row, Ok(0), last, vec![], vec![]).await;
+    }
+    let sent = sender.send(&batch).await;
+    if let Err(e) = &sent {
+        // The first event is the one that holds the endpoint up.
+        let head = batch[0];
+        *head_attempts = if head_attempts.0 == head.id { (head.id, head_attempts.1 + 1) } else { (head.id, 1) };
+        let age = (chrono::Utc::now() - head.at).to_std().unwrap_or_default();
+        if head_attempts.1 >= ep.max_attempts || age > ep.max_age() {
+            tracing::warn!(event = "notification_dead_lettered", endpoint = %ep.name, event_id = head.id,
+                attempts = head_attempts.1, error = %e, "a notification went to the dead letters");
+            let dead = vec![DeadLetter { event_id: head.id, error: e.to_string() }];
+            metrics::counter!("afreg_notifications_total", "endpoint" => ep.name.clone(), "result" => "dead_lettered")
+                .increment(1);
+            return settle(reg, sender, failures_in_row, Ok(0), head.id, dead, vec![]).await;
+        }
+    }
+    settle(reg, sender, failures_in_row, sent.map(|_| batch.len()), last, vec![], vec![]).await
+}
+
+/// Moves the cursor after a success (`sent`: how many events went; to `up_to`, with `dead`
+/// and `redelivered`), or counts the failure.
+async fn settle(
+    reg: &Registry,
+    sender: &Sender,
+    failures_in_row: &mut u32,
+    sent: Result<usize, SendError>,
+    up_to: i64,
+    dead: Vec<DeadLetter>,
+    redelivered: Vec<i64>,
+) -> Result<Step, crate::oci::RegistryError> {
+    let name = &sender.endpoint.name;
+    let n = match sent {
+        Ok(n) => n,
+        Err(e) => {
+            *failures_in_row += 1;
+            metrics::counter!("afreg_notifications_total", "endpoint" => name.clone(), "result" => "failed")
+                .increment(1);
+            tracing::debug!(event = "notification_failed", endpoint = %name, failures_in_row = *failures_in_row, error = %e,
+                "a receiver did not take its events");
+            return Ok(Step::Failed);
+        }
+    };
+    *failures_in_row = 0;
+    let cmd = Command::NotificationsDelivered {
+        endpoint: name.clone(),
+        delivered: up_to,
+        dead,
+        redelivered,
+        at: crate::registry::now_millis(),
+    };
+    reg.replicate(cmd).await?;
+    metrics::counter!("afreg_notifications_total", "endpoint" => name.clone(), "result" => "delivered")
+        .increment(n as u64);
+    Ok(Step::More)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_doubles_its_wait_up_to_five_minutes() {
+        let b = Duration::from_secs(1);
+        assert_eq!(breaker_wait(b, 0), b);
+        assert_eq!(breaker_wait(b, 3), Duration::from_secs(8));
+        assert_eq!(breaker_wait(b, 40), MAX_WAIT);
+    }
+}

@@ -1,0 +1,272 @@
+//! Notifications to real receivers (node/tests/receivers/: an HTTP server that checks what
+//! distribution's receivers rely on, and one built on the CloudEvents SDK from PyPI): events of
+//! pushes, tag moves and deletes in three regions, the leader's region delivering; a receiver
+//! that fails gets its events dead-lettered, and `afreg notifications retry` sends them once it
+//! answers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use afreg_node::config::notifications::{Endpoint, Format};
+use serde_json::Value;
+use testkit::cluster::TestCluster;
+use testkit::oci::{client, delete_manifest, push, within};
+use testkit::Action;
+
+use testkit::afreg_bin as bin;
+
+const POLL: Duration = Duration::from_millis(100);
+/// How long events may take to arrive once their writes were acknowledged.
+const DELIVERY_BOUND: Duration = Duration::from_secs(30);
+
+/// A receiver process (a script of node/tests/receivers/) in a directory of its own.
+struct Receiver {
+    dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+}
+
+impl Receiver {
+    /// distribution's contract, checked with the standard library.
+    fn start() -> Receiver {
+        Receiver::run(Path::new("python3"), "distribution_receiver.py")
+    }
+
+    /// The CloudEvents SDK's parser, from the venv scripts/setup.sh makes.
+    fn cloudevents() -> Receiver {
+        let venv = std::env::var_os("AFREG_PY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/afreg/py"));
+        Receiver::run(&venv.join("bin/python3"), "cloudevents_receiver.py")
+    }
+
+    fn run(python: &Path, script: &str) -> Receiver {
+        let dir = tempfile::Builder::new().prefix("afreg-receiver-").tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/receivers").join(script);
+        let child = Command::new(python).arg(&script).arg(dir.path()).spawn().expect("python3 receiver");
+        let port_file = dir.path().join("port");
+        within(Duration::from_secs(10), POLL, "the receiver listening", || port_file.exists());
+        let port = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
+        Receiver { dir, child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/events", self.port)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn answer(&self, status: u16) {
+        std::fs::write(self.file("status"), status.to_string()).unwrap();
+    }
+
+    fn events(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.file("events.jsonl")).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn requests(&self) -> usize {
+        std::fs::read_to_string(self.file("requests.txt")).unwrap_or_default().lines().count()
+    }
+
+    fn assert_no_contract_errors(&self) {
+        let errors = std::fs::read_to_string(self.file("errors.txt")).unwrap_or_default();
+        assert!(errors.is_empty(), "the receiver refused requests that break distribution's contract:\n{errors}");
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn endpoint(rx: &Receiver) -> Endpoint {
+    Endpoint {
+        name: "hooks".into(),
+        url: rx.url(),
+        timeout: "2s".into(),
+        backoff: "200ms".into(),
+        ..Default::default()
+    }
+}
+
+/// The events about `digest` (a manifest's) the receiver took.
+fn about<'a>(events: &'a [Value], digest: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["target"]["digest"] == digest).collect()
+}
+
+#[test]
+fn a_push_a_tag_move_and_a_delete_in_three_regions_each_arrive_once_with_the_id_every_region_gives_them() {
+    let rx = Receiver::start();
+    let cluster = TestCluster::start(bin(), &["us", "eu", "asia"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        c.config.notifications.endpoints = vec![endpoint(&rx)];
+    });
+    let c = client();
+    let url = |name: &str| cluster.region(name).url();
+    let repo = "hooks/app";
+    let first = testkit::oci::new_image(64 * 1024);
+    let second = testkit::oci::new_image(64 * 1024);
+    push(&c, &url("us"), repo, "v1", &first).unwrap();
+    // The tag moves to another manifest, pushed to eu.
+    push(&c, &url("eu"), repo, "v1", &second).unwrap();
+    // The first manifest is deleted through asia.
+    let status = delete_manifest(&c, &url("asia"), repo, &first.digest).unwrap();
+    assert_eq!(status, 202);
+
+    within(DELIVERY_BOUND, POLL, "three events at the receiver", || rx.events().len() >= 3);
+    // Nothing else is on its way: the cursor has passed them all.
+    std::thread::sleep(Duration::from_secs(2));
+    rx.assert_no_contract_errors();
+    let events = rx.events();
+    let pushes_of_first = about(&events, &first.digest);
+    let pushes_of_second = about(&events, &second.digest);
+    assert_eq!(events.len(), 3, "each event once: {events:#?}");
+    assert_eq!(pushes_of_first.len(), 2, "the first manifest's push and delete: {events:#?}");
+    assert_eq!(pushes_of_second.len(), 1, "the tag move: {events:#?}");
+
+    let (push1, delete1) = (pushes_of_first[0], pushes_of_first[1]);
+    let push2 = pushes_of_second[0];
+    assert_eq!(
+        (push1["action"].as_str(), push2["action"].as_str(), delete1["action"].as_str()),
+        (Some("push"), Some("push"), Some("delete"))
+    );
+    for (e, region) in [(push1, "us"), (push2, "eu"), (delete1, "asia")] {
+        assert_eq!(e["source"]["region"], region, "the region that took the request: {e}");
+        assert_eq!(e["target"]["repository"], repo);
+    }
+    assert_eq!(push1["target"]["tag"], "v1");
+    assert_eq!(push2["target"]["tag"], "v1");
+    assert_eq!(push1["target"]["mediaType"], testkit::oci::OCI_MANIFEST);
+    assert_eq!(push1["target"]["size"], first.manifest.len());
+    assert!(push1["target"]["url"].as_str().unwrap().ends_with(&format!("/v2/{repo}/manifests/{}", first.digest)));
+    // Events arrive in the order their entries were applied.
+    let ids: Vec<i64> = [push1, push2, delete1].iter().map(|e| e["id"].as_str().unwrap().parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    // An event's id is its entry's log index: every region holds that entry, so whichever
+    // delivers gives the event the same id.
+    for r in &cluster.regions {
+        for (id, digest) in ids.iter().zip([&first.digest, &second.digest, &first.digest]) {
+            let names = r.sql(&format!(
+                "SELECT payload::text LIKE '%with_origin.v1%{digest}%' FROM raft_log WHERE log_index = {id}"
+            ));
+            assert_eq!(names, "t", "{}: entry {id} is not the write of {digest}", r.name);
+        }
+    }
+}
+
+#[test]
+fn a_receiver_that_always_fails_gets_its_events_dead_lettered_and_retry_sends_them_when_it_answers() {
+    let rx = Receiver::start();
+    rx.answer(500);
+    let cluster = TestCluster::start(bin(), &["us"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        c.config.notifications.endpoints =
+            vec![Endpoint { max_attempts: 3, threshold: 1, backoff: "100ms".into(), ..endpoint(&rx) }];
+    });
+    let us = cluster.region("us");
+    let c = client();
+    let images = [testkit::oci::new_image(16 * 1024), testkit::oci::new_image(16 * 1024)];
+    for (i, img) in images.iter().enumerate() {
+        let started = std::time::Instant::now();
+        push(&c, &us.url(), "hooks/dead", &format!("t{i}"), img).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a failing receiver held a push up: {:?}",
+            started.elapsed()
+        );
+    }
+    within(DELIVERY_BOUND, POLL, "both events dead-lettered", || {
+        us.sql("SELECT count(*) FROM notification_dead_letters WHERE endpoint = 'hooks'") == "2"
+    });
+    assert!(rx.requests() >= 6, "three attempts of each event: {} requests", rx.requests());
+    assert!(rx.events().is_empty());
+    let metrics = client().get(us.node().metrics_url()).send().unwrap().text().unwrap();
+    let dead = metrics
+        .lines()
+        .find(|l| l.starts_with("afreg_notifications_total") && l.contains("dead_lettered"))
+        .unwrap_or_else(|| panic!("no dead-letter counter in /metrics"));
+    assert!(dead.ends_with(" 2"), "{dead}");
+    // The backlog is bounded: nothing is pending once both went to the dead letters.
+    assert_eq!(us.sql("SELECT count(*) FROM notification_events WHERE id > (SELECT delivered FROM notification_cursors WHERE endpoint = 'hooks')"), "0");
+
+    let out = us.node().cli(&["notifications", "list"], None);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{listed}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(listed.contains("2 dead letters") && listed.contains("hooks/dead"), "{listed}");
+
+    rx.answer(200);
+    let out = us.node().cli(&["notifications", "retry", "--endpoint", "hooks"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    within(DELIVERY_BOUND, POLL, "the dead letters delivered", || rx.events().len() >= 2);
+    rx.assert_no_contract_errors();
+    let got: Vec<String> = rx.events().iter().map(|e| e["target"]["digest"].as_str().unwrap().to_owned()).collect();
+    for img in &images {
+        assert_eq!(got.iter().filter(|d| **d == img.digest).count(), 1, "{got:?}");
+    }
+    within(DELIVERY_BOUND, POLL, "no dead letters left", || {
+        us.sql("SELECT count(*) FROM notification_dead_letters") == "0"
+    });
+}
+
+#[test]
+fn a_receiver_built_on_the_cloudevents_sdk_takes_each_event_in_binary_mode() {
+    let rx = Receiver::cloudevents();
+    let cluster = TestCluster::start(bin(), &["us"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        c.config.notifications.endpoints = vec![Endpoint { format: Format::Cloudevents, ..endpoint(&rx) }];
+    });
+    let us = cluster.region("us");
+    let c = client();
+    let img = testkit::oci::new_image(16 * 1024);
+    push(&c, &us.url(), "hooks/ce", "v1", &img).unwrap();
+    assert_eq!(delete_manifest(&c, &us.url(), "hooks/ce", "v1").unwrap(), 202);
+    within(DELIVERY_BOUND, POLL, "two CloudEvents at the receiver", || rx.events().len() >= 2);
+    rx.assert_no_contract_errors();
+    let events = rx.events();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    let (pushed, deleted) = (&events[0], &events[1]);
+    assert_eq!(pushed["specversion"], "1.0");
+    assert_eq!(pushed["type"], "io.afreg.manifest.pushed");
+    assert_eq!(deleted["type"], "io.afreg.tag.deleted");
+    assert_eq!(pushed["region"], "us");
+    assert_eq!(pushed["source"], us.url().trim_end_matches('/'));
+    assert_eq!(pushed["subject"], "hooks/ce");
+    assert_eq!(pushed["data"]["digest"], img.digest);
+    assert_eq!(pushed["data"]["tag"], "v1");
+    assert_eq!(deleted["data"]["tag"], "v1");
+    let id = |e: &Value| e["id"].as_str().unwrap().parse::<i64>().unwrap();
+    assert!(id(pushed) < id(deleted));
+}
+
+#[test]
+fn events_pending_when_the_node_is_killed_all_arrive_after_it_restarts() {
+    let rx = Receiver::start();
+    rx.answer(503);
+    let mut cluster = TestCluster::start(bin(), &["us"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        c.config.notifications.endpoints = vec![endpoint(&rx)];
+    });
+    let c = client();
+    let images: Vec<_> = (0..3).map(|_| testkit::oci::new_image(8 * 1024)).collect();
+    for (i, img) in images.iter().enumerate() {
+        push(&c, &cluster.region("us").url(), "hooks/restart", &format!("t{i}"), img).unwrap();
+    }
+    within(DELIVERY_BOUND, POLL, "the receiver refusing them", || rx.requests() >= 2);
+    // A crash, with every event still pending.
+    let node = cluster.region_mut("us").node_mut();
+    node.kill();
+    rx.answer(200);
+    node.restart();
+    within(DELIVERY_BOUND, POLL, "the three events after the restart", || rx.events().len() >= 3);
+    rx.assert_no_contract_errors();
+    let got: Vec<String> = rx.events().iter().map(|e| e["target"]["digest"].as_str().unwrap().to_owned()).collect();
+    for img in &images {
+        assert!(got.contains(&img.digest), "{} lost across the restart: {got:?}", img.digest);
+    }
+}
