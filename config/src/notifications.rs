@@ -3,7 +3,7 @@
 //! `disabled`, `url`, `headers`, `timeout`, `threshold`, `backoff`, `ignoredmediatypes`,
 //! `ignore`), durations written as distribution writes them (`"500ms"`, `"1s"`), so that its
 //! users can carry theirs over; afreg adds `format` and the bounds after which an event goes
-//! to the dead letters.
+//! to the dead letters. (Pull events, opt-in per endpoint, are not built yet.)
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -51,9 +51,6 @@ pub struct Endpoint {
     pub ignoredmediatypes: Vec<String>,
     pub ignore: Ignore,
     pub format: Format,
-    /// Pull events (one per manifest or blob `GET` served by this region) are sent only when
-    /// set: a busy registry serves many.
-    pub pulls: bool,
     /// An event still failing after this many attempts goes to the dead letters
     /// (`afreg notifications list|retry`), and the next one is sent.
     pub max_attempts: u32,
@@ -82,7 +79,6 @@ impl Default for Endpoint {
             ignoredmediatypes: vec![],
             ignore: Ignore::default(),
             format: Format::Distribution,
-            pulls: false,
             max_attempts: 20,
             max_age: "24h".into(),
         }
@@ -110,8 +106,7 @@ impl Endpoint {
         let ignored = |v: &[String]| !media_type.is_empty() && v.iter().any(|m| m == media_type);
         !(ignored(&self.ignoredmediatypes)
             || ignored(&self.ignore.mediatypes)
-            || self.ignore.actions.iter().any(|a| a == action)
-            || (action == "pull" && !self.pulls))
+            || self.ignore.actions.iter().any(|a| a == action))
     }
 }
 
@@ -236,15 +231,13 @@ mod tests {
     }
 
     #[test]
-    fn ignored_media_types_and_actions_and_pulls_unless_asked() {
+    fn ignored_media_types_and_actions() {
         let mut e = named("http://h/");
         e.ignoredmediatypes = vec!["application/octet-stream".into()];
         e.ignore.actions = vec!["delete".into()];
         assert!(e.wants("push", "application/vnd.oci.image.manifest.v1+json"));
         assert!(!e.wants("push", "application/octet-stream"));
         assert!(!e.wants("delete", ""));
-        assert!(!e.wants("pull", "application/vnd.oci.image.manifest.v1+json"), "pulls are opt-in");
-        e.pulls = true;
-        assert!(e.wants("pull", "application/vnd.oci.image.manifest.v1+json"));
+        assert!(!e.wants("delete", "application/vnd.oci.image.manifest.v1+json"));
     }
 }
