@@ -371,6 +371,11 @@ fn a_listed_host_answering_for_its_own_account_gets_no_certificate_for_the_clust
         peers: vec![ATTACKER.to_string()],
     });
     let node = Node::start_unready(bin(), cfg);
+    // Pebble validates at once: the region's HTTP-01 listener must be up first, or the
+    // authorization goes invalid for a refused connection and the relay is never tried.
+    testkit::oci::within(Duration::from_secs(30), Duration::from_millis(50), "the region's HTTP-01 listener", || {
+        std::net::TcpStream::connect((EU, http_port)).is_ok()
+    });
 
     // The attacker's own ACME account and order for the cluster's name.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

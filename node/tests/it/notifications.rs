@@ -270,3 +270,63 @@ fn events_pending_when_the_node_is_killed_all_arrive_after_it_restarts() {
         assert!(got.contains(&img.digest), "{} lost across the restart: {got:?}", img.digest);
     }
 }
+
+#[test]
+fn with_the_leader_killed_under_pushes_every_acknowledged_push_arrives_and_an_id_names_one_write() {
+    let rx = Receiver::start();
+    let mut cluster = TestCluster::start(bin(), &["us", "eu", "asia"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        c.config.notifications.endpoints = vec![endpoint(&rx)];
+    });
+    let leader = cluster.wait_leader(Duration::from_secs(30));
+    let survivor = cluster.regions.iter().find(|r| r.name != leader).unwrap().url();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pusher = {
+        let (stop, survivor) = (stop.clone(), survivor.clone());
+        std::thread::spawn(move || {
+            let c = client();
+            let (mut acked, mut tried) = (vec![], 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let img = testkit::oci::new_image(4 * 1024);
+                tried += 1;
+                match push(&c, &survivor, "hooks/failover", &format!("t{tried}"), &img) {
+                    Ok(()) => acked.push(img.digest),
+                    Err(e) => assert_eq!(e.status, 503, "a push during the failover: {e:?}"),
+                }
+            }
+            (acked, tried)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.region_mut(&leader).node_mut().kill();
+    let new_leader = cluster.wait_leader(Duration::from_secs(20));
+    assert_ne!(new_leader, leader);
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, tried) = pusher.join().unwrap();
+    assert!(acked.len() >= 5, "only {} of {tried} pushes acknowledged", acked.len());
+
+    let received = || -> std::collections::BTreeSet<String> {
+        rx.events().iter().map(|e| e["target"]["digest"].as_str().unwrap_or_default().to_owned()).collect()
+    };
+    within(DELIVERY_BOUND, POLL, "every acknowledged push's event, from the new leader", || {
+        let got = received();
+        acked.iter().all(|d| got.contains(d))
+    });
+    rx.assert_no_contract_errors();
+    // Repeats are allowed (a cursor write lost with its leader), but an id is one entry's,
+    // whichever region delivered it: it never names two targets.
+    let mut by_id = std::collections::BTreeMap::new();
+    for e in rx.events() {
+        let (id, digest) = (e["id"].as_str().unwrap().to_owned(), e["target"]["digest"].as_str().unwrap().to_owned());
+        let seen = by_id.entry(id.clone()).or_insert_with(|| digest.clone());
+        assert_eq!(*seen, digest, "event {id} named two targets");
+    }
+    eprintln!(
+        "{} pushes tried, {} acknowledged, {} events received ({} distinct ids)",
+        tried,
+        acked.len(),
+        rx.events().len(),
+        by_id.len()
+    );
+}
