@@ -151,7 +151,8 @@ async fn deliver(reg: Arc<Registry>, endpoint: Endpoint, stop: CancellationToken
         };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = changed.changed(), if wait == IDLE => {}
+            // A closed channel (the cluster stopping) answers at once: then wait out the bound.
+            r = changed.changed(), if wait == IDLE => if r.is_err() { tokio::time::sleep(wait).await },
             _ = tokio::time::sleep(wait) => {}
         }
     }
