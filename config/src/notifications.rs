@@ -3,7 +3,8 @@
 //! `disabled`, `url`, `headers`, `timeout`, `threshold`, `backoff`, `ignoredmediatypes`,
 //! `ignore`), durations written as distribution writes them (`"500ms"`, `"1s"`), so that its
 //! users can carry theirs over; afreg adds `format` and the bounds after which an event goes
-//! to the dead letters. (Pull events, opt-in per endpoint, are not built yet.)
+//! to the dead letters, and `pulls`: pull events are opt-in per endpoint, because of their
+//! volume (distribution sends them unless `ignore.actions` names `pull`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -56,6 +57,9 @@ pub struct Endpoint {
     pub max_attempts: u32,
     /// Or once it has waited this long since it happened.
     pub max_age: String,
+    /// Whether this endpoint is also sent pull events (manifest and blob `GET`s). Each region
+    /// sends those of its own pulls; they are off by default because of their volume.
+    pub pulls: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
@@ -81,6 +85,7 @@ impl Default for Endpoint {
             format: Format::Distribution,
             max_attempts: 20,
             max_age: "24h".into(),
+            pulls: false,
         }
     }
 }
@@ -103,6 +108,9 @@ impl Endpoint {
 
     /// Whether an event of `action` about `media_type` is sent here.
     pub fn wants(&self, action: &str, media_type: &str) -> bool {
+        if action == "pull" && !self.pulls {
+            return false;
+        }
         let ignored = |v: &[String]| !media_type.is_empty() && v.iter().any(|m| m == media_type);
         !(ignored(&self.ignoredmediatypes)
             || ignored(&self.ignore.mediatypes)
@@ -239,5 +247,16 @@ mod tests {
         assert!(!e.wants("push", "application/octet-stream"));
         assert!(!e.wants("delete", ""));
         assert!(!e.wants("delete", "application/vnd.oci.image.manifest.v1+json"));
+    }
+
+    #[test]
+    fn pull_events_are_sent_only_where_asked_for() {
+        let mut e = named("http://h/");
+        let manifest = "application/vnd.oci.image.manifest.v1+json";
+        assert!(!e.wants("pull", manifest));
+        e.pulls = true;
+        assert!(e.wants("pull", manifest));
+        e.ignore.actions = vec!["pull".into()];
+        assert!(!e.wants("pull", manifest));
     }
 }

@@ -14,7 +14,10 @@
 //! - [`client`]: who a request comes from, as every per-client limit keys it.
 //! - [`hashing`]: the running digest (sha256 or sha512) of bytes as they stream through.
 //! - [`auth`]: the token service, token checks and users.
-//! - [`notifications`]: events of pushes and deletes sent to webhooks, from the leader's region.
+//! - [`notifications`]: events of pushes and deletes sent to webhooks, from the leader's region,
+//!   and of pulls, from the region that served them.
+//! - [`pulls`]: what this region serves, counted off the pull's path (usage, pull events).
+//! - [`usage`]: `GET /v2/_afreg/usage`, every region's figures put together.
 //! - [`replica`]: this region as a member of the cluster (`afreg-replication`): start-up,
 //!   duties, status.
 //! - [`config`] (the `afreg-config` crate), [`telemetry`], [`server`]: configuration, logs and
@@ -30,12 +33,14 @@ pub mod http;
 pub mod kubo;
 pub mod notifications;
 pub mod oci;
+pub mod pulls;
 pub mod registry;
 pub mod replica;
 pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod unixfs;
+pub mod usage;
 
 /// The HTTP layer's private parsers, re-exported for the fuzz targets in `fuzz/` only: not an
 /// API, and not stable.

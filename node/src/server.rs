@@ -64,6 +64,17 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 }
             }),
         );
+    let usage_pool = store.pool().clone();
+    let extra = extra.route(
+        crate::usage::INTERNAL_PATH,
+        axum::routing::get(move |q: axum::extract::Query<InternalUsageQuery>| async move {
+            use axum::response::IntoResponse;
+            match crate::usage::local(&usage_pool, q.since).await {
+                Ok(f) => axum::Json(f).into_response(),
+                Err(e) => e.into_response(),
+            }
+        }),
+    );
     let internal = afreg_replication::rpc::server::router(cluster.clone(), extra);
     tracing::info!(event = "internal_listening", addr = %cfg.cluster.listen, process_url = %process_url, region = %cfg.cluster.region,
         region_id = cfg.cluster.id, process = %crate::replica::process_name(&cfg), "internal endpoints (raft, forwarding) serving");
@@ -125,6 +136,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let sweeper = tokio::spawn(sweep_uploads(registry.clone(), shutdown.clone()));
     let notifiers = crate::notifications::spawn(registry.clone(), shutdown.clone());
+    let pull_endpoints = cfg
+        .notifications
+        .endpoints
+        .iter()
+        .filter(|e| e.pulls && !e.disabled)
+        .map(|e| (e.name.clone(), e.max_age()))
+        .collect();
+    let pull_writer = registry.pulls.spawn_writer(store.clone(), pull_endpoints, shutdown.clone());
     let kubo_gc =
         tokio::spawn(collect_kubo_garbage(registry.kubo.clone(), cfg.kubo.gc_interval_secs, shutdown.clone()));
     let upkeep = tokio::spawn(metrics_upkeep(metrics.clone(), shutdown.clone()));
@@ -146,6 +165,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), metrics_server).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), sweeper).await;
     for t in notifiers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    if let Some(t) = pull_writer {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), kubo_gc).await;
@@ -327,4 +349,10 @@ async fn sweep_uploads(reg: Arc<Registry>, stop: CancellationToken) {
             tracing::warn!(event = "upload_sweep_failed", error = %e, "stale-upload sweep failed");
         }
     }
+}
+
+/// What another region asks of `/internal/usage`: this region's figures since a day.
+#[derive(serde::Deserialize)]
+struct InternalUsageQuery {
+    since: chrono::NaiveDate,
 }

@@ -679,6 +679,12 @@ impl Cluster {
         }
     }
 
+    /// The client of the other regions' internal endpoints (with the cluster's TLS roots);
+    /// requests need the cluster secret ([`Cluster::secret`]) and their own timeout.
+    pub fn internal_http(&self) -> &reqwest::Client {
+        self.forwarder.http()
+    }
+
     /// The client that reaches `h` (its URL's host pinned to its address, when it has one, so
     /// that TLS checks the region's certificate name). Its requests need their own timeout.
     pub fn client_for(&self, h: &Holder) -> reqwest::Client {

@@ -61,6 +61,23 @@ impl Grants {
     }
 }
 
+/// The repositories a caller may see ([`Auth::visible`]).
+#[derive(Debug, Clone)]
+pub enum Visible {
+    All,
+    /// Those these grants allow pulling.
+    Grants(Grants),
+}
+
+impl Visible {
+    pub fn allows(&self, repo: &str) -> bool {
+        match self {
+            Visible::All => true,
+            Visible::Grants(g) => g.allowed(repo).contains(&Action::Pull),
+        }
+    }
+}
+
 pub fn hash_password(password: &str) -> String {
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
     Argon2::default().hash_password(password.as_bytes(), &salt).expect("argon2 hashing").to_string()
@@ -182,6 +199,90 @@ impl Auth {
         }
     }
 
+    /// Checks a user's password (limited per address and user, as every login is); returns
+    /// the user's grants.
+    async fn login(
+        &self,
+        client: crate::http::ClientAddr,
+        user: &str,
+        password: &str,
+    ) -> Result<Grants, RegistryError> {
+        let refused = |r: login::Refused| -> RegistryError {
+            let reason = match r {
+                login::Refused::Limited { who, .. } => who,
+                login::Refused::Busy => "busy",
+            };
+            metrics::counter!("afreg_logins_refused_total", "reason" => reason).increment(1);
+            if self.logins.log_refusal(client.key) {
+                // No user name: it is refused before it is looked up, and a name as
+                // typed may be a password pasted in the wrong field.
+                tracing::warn!(event = "login_limited", client = %client.ip, reason = ?r,
+                    "login refused before checking the password (further refusals for this address this minute are only counted, in afreg_logins_refused_total)");
+            }
+            r.into()
+        };
+        let admission = self.logins.admit(client.key, user, password).await.map_err(refused)?;
+        let found = self.store.user(user).await?;
+        let checked = self.logins.verify(admission, found.as_ref().map(|u| u.password_hash.as_str()), password).await;
+        let ok = checked.map_err(refused)?;
+        if !ok {
+            // The name only if it is a user's: one typed wrong may be a password.
+            let known = found.as_ref().map(|_| user);
+            tracing::info!(event = "login_failed", user = known, unknown_user = known.is_none(), client = %client.ip,
+                "invalid username or password");
+            return Err(RegistryError::new(ErrorCode::Unauthorized, "invalid username or password"));
+        }
+        let grants = found
+            .map(|u| u.grants)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(p, a)| (p, a.iter().filter_map(|x| Action::parse(x)).collect()))
+            .collect();
+        Ok(Grants(grants))
+    }
+
+    /// Which repositories the caller may see listed with their figures (usage, the console):
+    /// those it may pull. A registry user's Basic credentials give their grants; a bearer
+    /// token, the repositories it grants pull on (all of them with `registry:catalog:*`); and
+    /// anonymous access, what anonymous users may pull. Without credentials and with no
+    /// anonymous pull, the answer is a challenge.
+    pub async fn visible(
+        &self,
+        client: crate::http::ClientAddr,
+        headers: &HeaderMap,
+    ) -> Result<(Option<String>, Visible), RegistryError> {
+        if !self.cfg.enabled {
+            return Ok((None, Visible::All));
+        }
+        let anonymous = self.anonymous();
+        if let Some((user, password)) = basic_credentials(headers)? {
+            let mut grants = self.login(client, &user, &password).await?;
+            grants.0.extend(anonymous.0);
+            return Ok((Some(user), Visible::Grants(grants)));
+        }
+        if let Some(token) = bearer(headers) {
+            let claims = self
+                .keys
+                .verify(token)
+                .map_err(|why| self.challenge(&Need::Catalog, None, &why.to_string(), Some("invalid_token")))?;
+            let user = (!claims.sub.is_empty()).then(|| claims.sub.clone());
+            if claims.access.iter().any(|e| e.kind == "registry" && e.name == "catalog") {
+                return Ok((user, Visible::All));
+            }
+            let mut grants = anonymous;
+            for e in claims.access.iter().filter(|e| e.kind == "repository") {
+                if e.actions.iter().any(|a| a == "pull" || a == "*") {
+                    grants.0.push((e.name.clone(), vec![Action::Pull]));
+                }
+            }
+            return Ok((user, Visible::Grants(grants)));
+        }
+        if self.cfg.anonymous.contains(&Action::Pull) {
+            return Ok((None, Visible::Grants(anonymous)));
+        }
+        Err(self.challenge(&Need::Catalog, None, "authentication required", None))
+    }
+
     /// The token endpoint: authenticates (Basic header or form credentials, from `client`)
     /// and grants the intersection of the requested scopes and the caller's grants.
     pub async fn issue(
@@ -199,39 +300,8 @@ impl Auth {
         let (sub, grants) = match credentials {
             None => (String::new(), self.anonymous()),
             Some((user, password)) => {
-                let refused = |r: login::Refused| -> RegistryError {
-                    let reason = match r {
-                        login::Refused::Limited { who, .. } => who,
-                        login::Refused::Busy => "busy",
-                    };
-                    metrics::counter!("afreg_logins_refused_total", "reason" => reason).increment(1);
-                    if self.logins.log_refusal(client.key) {
-                        // No user name: it is refused before it is looked up, and a name as
-                        // typed may be a password pasted in the wrong field.
-                        tracing::warn!(event = "login_limited", client = %client.ip, reason = ?r,
-                            "login refused before checking the password (further refusals for this address this minute are only counted, in afreg_logins_refused_total)");
-                    }
-                    r.into()
-                };
-                let admission = self.logins.admit(client.key, &user, &password).await.map_err(refused)?;
-                let found = self.store.user(&user).await?;
-                let checked =
-                    self.logins.verify(admission, found.as_ref().map(|u| u.password_hash.as_str()), &password).await;
-                let ok = checked.map_err(refused)?;
-                if !ok {
-                    // The name only if it is a user's: one typed wrong may be a password.
-                    let known = found.as_ref().map(|_| user.as_str());
-                    tracing::info!(event = "login_failed", user = known, unknown_user = known.is_none(), client = %client.ip,
-                        "invalid username or password");
-                    return Err(RegistryError::new(ErrorCode::Unauthorized, "invalid username or password"));
-                }
-                let grants = found
-                    .map(|u| u.grants)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(p, a)| (p, a.iter().filter_map(|x| Action::parse(x)).collect()))
-                    .collect();
-                (user, Grants(grants))
+                let grants = self.login(client, &user, &password).await?;
+                (user, grants)
             }
         };
         let access = grant_scopes(&grants, scopes);

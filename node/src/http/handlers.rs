@@ -104,6 +104,14 @@ pub async fn handle(
             hs.insert(oci::DOCKER_CONTENT_DIGEST, hv(&m.digest));
             hs.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
             metrics::counter!("afreg_bytes_out_total").increment(if method == Method::GET { m.size as u64 } else { 0 });
+            if method == Method::GET {
+                let tag = match &r {
+                    oci::Reference::Tag(t) => t.to_string(),
+                    oci::Reference::Digest(_) => String::new(),
+                };
+                let (digest, media_type) = (m.digest.clone(), m.media_type.clone());
+                reg.pulls.record(pulled(reg, &repo, digest, tag, media_type, m.size, m.size, true, origin));
+            }
             Ok(resp)
         }
         // end-7: PUT /v2/<name>/manifests/<reference>
@@ -145,7 +153,7 @@ pub async fn handle(
         // end-2: GET /v2/<name>/blobs/<digest>
         // end-2: HEAD /v2/<name>/blobs/<digest>
         (Endpoint::Blob(repo, d), Method::GET | Method::HEAD) => {
-            get_blob(st, &repo, &d, method == Method::GET, h).await
+            get_blob(st, &repo, &d, method == Method::GET, h, origin).await
         }
         // end-10: DELETE /v2/<name>/blobs/<digest>
         (Endpoint::Blob(repo, d), Method::DELETE) => {
@@ -237,7 +245,41 @@ fn content_range(h: &HeaderMap) -> Result<Option<(u64, u64)>> {
     }
 }
 
-async fn get_blob(st: &AppState, repo: &RepoName, d: &Digest, with_body: bool, h: &HeaderMap) -> Result<Response> {
+/// A `GET` served, as [`crate::pulls`] counts it (with the request only if pull events are
+/// sent from here).
+#[allow(clippy::too_many_arguments)]
+fn pulled(
+    reg: &crate::registry::Registry,
+    repo: &RepoName,
+    digest: String,
+    tag: String,
+    media_type: String,
+    size: i64,
+    bytes: i64,
+    manifest: bool,
+    origin: afreg_replication::EventOrigin,
+) -> crate::pulls::Pull {
+    crate::pulls::Pull {
+        at: chrono::Utc::now(),
+        repository: repo.to_string(),
+        digest,
+        tag,
+        media_type,
+        size,
+        bytes,
+        manifest,
+        origin: reg.pulls.events.then_some(origin),
+    }
+}
+
+async fn get_blob(
+    st: &AppState,
+    repo: &RepoName,
+    d: &Digest,
+    with_body: bool,
+    h: &HeaderMap,
+    origin: afreg_replication::EventOrigin,
+) -> Result<Response> {
     let blob = st.registry.blob_meta(repo, d).await?;
     let size = blob.size as u64;
     let range = match h.get(header::RANGE).and_then(|v| v.to_str().ok()) {
@@ -258,6 +300,10 @@ async fn get_blob(st: &AppState, repo: &RepoName, d: &Digest, with_body: bool, h
                 metrics::counter!("afreg_bytes_out_total").increment(b.len() as u64);
             }
         });
+        let media_type = "application/octet-stream".to_owned();
+        let pull =
+            pulled(&st.registry, repo, d.to_string(), String::new(), media_type, blob.size, len as i64, false, origin);
+        st.registry.pulls.record(pull);
         Body::from_stream(stream).into_response()
     } else {
         Body::empty().into_response()

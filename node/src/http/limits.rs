@@ -44,12 +44,18 @@ pub enum Cost {
 }
 
 impl Cost {
-    /// `GET`/`HEAD` under `/v2/` except upload sessions and the catalog are reads.
+    /// `GET`/`HEAD` under `/v2/` except upload sessions, the catalog and afreg's own endpoints
+    /// (`/v2/_afreg/…`: usage asks every region) are reads.
     pub fn of(method: &axum::http::Method, path: &str) -> Cost {
         use axum::http::Method;
         let read_method = *method == Method::GET || *method == Method::HEAD;
         let v2 = path == "/v2" || path.starts_with("/v2/");
-        if read_method && v2 && !path.contains("/blobs/uploads") && !path.starts_with("/v2/_catalog") {
+        if read_method
+            && v2
+            && !path.contains("/blobs/uploads")
+            && !path.starts_with("/v2/_catalog")
+            && !path.starts_with("/v2/_afreg/")
+        {
             Cost::Read
         } else {
             Cost::Costly
@@ -326,6 +332,7 @@ mod tests {
             (Method::GET, "/v2/a/tags/list", Cost::Read),
             (Method::GET, "/v2/a/blobs/uploads/123", Cost::Costly),
             (Method::GET, "/v2/_catalog", Cost::Costly),
+            (Method::GET, "/v2/_afreg/usage", Cost::Costly),
             (Method::GET, "/token", Cost::Costly),
             (Method::PUT, "/v2/a/manifests/latest", Cost::Costly),
             (Method::DELETE, "/v2/a/blobs/sha256:00", Cost::Costly),

@@ -107,6 +107,7 @@ fn method_label(m: &Method) -> &'static str {
 pub fn router(state: AppState) -> Router {
     let rates = Arc::new(limits::RequestLimits::new(&state.registry.cfg.server, state.auth.keys.clone()));
     Router::new()
+        .route("/v2/_afreg/usage", get(usage))
         .route("/v2", any(v2))
         .route("/v2/", any(v2))
         .route("/v2/{*rest}", any(v2))
@@ -278,6 +279,34 @@ fn with_blob_files(reg: &Registry, mut v: serde_json::Value) -> serde_json::Valu
         obj.insert("blob_files".into(), serde_json::to_value(files.status()).unwrap_or_default());
     }
     v
+}
+
+/// `GET /v2/_afreg/usage?days=N`: pulls and bytes served per region, repository, day and
+/// reference over the last N days (30 by default), beside what each repository stores; only
+/// the repositories the caller may pull ([`crate::usage`]).
+async fn usage(State(st): State<AppState>, client: ClientAddr, uri: Uri, headers: HeaderMap) -> Response {
+    let q = handlers::Query::parse(uri.query());
+    let answer = async {
+        let days = match q.get("days") {
+            None => crate::usage::DEFAULT_DAYS,
+            Some(d) => d.parse().ok().filter(|d| (1..=crate::usage::MAX_DAYS).contains(d)).ok_or_else(|| {
+                RegistryError::new(
+                    ErrorCode::Unsupported,
+                    format!("days={d:?}: expected a whole number from 1 to {}", crate::usage::MAX_DAYS),
+                )
+            })?,
+        };
+        let (_, visible) = st.auth.visible(client, &headers).await?;
+        crate::usage::cluster(&st.registry, days, &visible).await
+    }
+    .await;
+    let mut resp = match answer {
+        Ok(u) => axum::Json(u).into_response(),
+        Err(e) => e.into_response(),
+    };
+    let (k, v) = oci::API_VERSION_HEADER;
+    resp.headers_mut().insert(k, HeaderValue::from_static(v));
+    resp
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {

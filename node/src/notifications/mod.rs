@@ -7,6 +7,9 @@
 //! leader resumes from the cursor. An event may so be sent twice (a cursor write lost with its
 //! leader), never skipped: receivers deduplicate by its id, the entry's log index.
 //!
+//! **Pull events** (`pulls = true`) are not replicated: the region that served the pulls has
+//! them ([`crate::pulls`]), and its seat holder sends them, with a cursor in its own Postgres.
+//!
 //! Per endpoint, in event order: a batch (distribution's envelope holds several events; a
 //! CloudEvent is one) is sent within `timeout`; after `threshold` failures in a row the
 //! endpoint waits `backoff` between attempts (distribution's breaker), doubled with each further
@@ -25,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::notifications::{Endpoint, Format};
 use crate::registry::Registry;
+use crate::store::usage;
 
 /// Events per distribution envelope.
 const BATCH: i64 = 32;
@@ -44,16 +48,26 @@ fn breaker_wait(backoff: Duration, past_threshold: u32) -> Duration {
     backoff.saturating_mul(1 << past_threshold.min(16)).min(MAX_WAIT)
 }
 
-/// Starts one delivery task per enabled endpoint.
+/// Where an endpoint's events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The replicated events (pushes, deletes), which the leader's region sends.
+    Replicated,
+    /// This region's own pull events (`pulls = true`), which its seat holder sends: pulls are
+    /// not replicated, so no other region has them.
+    Pulls,
+}
+
+/// Starts one delivery task per enabled endpoint, and one more for its pull events.
 pub fn spawn(registry: Arc<Registry>, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-    registry
-        .cfg
-        .notifications
-        .endpoints
-        .iter()
-        .filter(|e| !e.disabled)
-        .map(|e| tokio::spawn(deliver(registry.clone(), e.clone(), stop.clone())))
-        .collect()
+    let mut tasks = vec![];
+    for e in registry.cfg.notifications.endpoints.iter().filter(|e| !e.disabled) {
+        tasks.push(tokio::spawn(deliver(registry.clone(), e.clone(), Source::Replicated, stop.clone())));
+        if e.pulls {
+            tasks.push(tokio::spawn(deliver(registry.clone(), e.clone(), Source::Pulls, stop.clone())));
+        }
+    }
+    tasks
 }
 
 /// Each configured endpoint's backlog, for `/status` and `afreg status` (the tables are
@@ -65,8 +79,14 @@ pub async fn status(reg: &Registry) -> Vec<serde_json::Value> {
         let cursor = events::cursor(pool, &e.name).await.unwrap_or_default();
         let pending = events::pending(pool, cursor).await.ok();
         let dead = events::dead_letter_count(pool, &e.name).await.ok();
-        out.push(serde_json::json!({"endpoint": e.name, "disabled": e.disabled, "delivered_up_to": cursor,
-            "pending": pending, "dead_letters": dead}));
+        let mut entry = serde_json::json!({"endpoint": e.name, "disabled": e.disabled, "delivered_up_to": cursor,
+            "pending": pending, "dead_letters": dead});
+        if e.pulls {
+            // This region's own, unlike the rest.
+            let cursor = usage::pull_cursor(pool, &e.name).await.unwrap_or_default();
+            entry["pull_events_pending"] = serde_json::json!(usage::pull_events_pending(pool, cursor).await.ok());
+        }
+        out.push(entry);
     }
     out
 }
@@ -130,14 +150,18 @@ impl Sender {
     }
 }
 
-async fn deliver(reg: Arc<Registry>, endpoint: Endpoint, stop: CancellationToken) {
+async fn deliver(reg: Arc<Registry>, endpoint: Endpoint, source: Source, stop: CancellationToken) {
     let name = endpoint.name.clone();
     let sender = Sender::new(endpoint);
     let mut changed = reg.cluster.subscribe();
     let mut failures_in_row = 0u32;
     let mut head_attempts = (0i64, 0u32);
     loop {
-        let wait = match step(&reg, &sender, &mut failures_in_row, &mut head_attempts).await {
+        let stepped = match source {
+            Source::Replicated => step(&reg, &sender, &mut failures_in_row, &mut head_attempts).await,
+            Source::Pulls => step_pulls(&reg, &sender, &mut failures_in_row, &mut head_attempts).await,
+        };
+        let wait = match stepped {
             Ok(Step::More) => continue,
             Ok(Step::Idle) => IDLE,
             Ok(Step::Failed) if failures_in_row >= sender.endpoint.threshold => {
@@ -197,11 +221,8 @@ async fn step(
     }
     let sent = sender.send(&batch).await;
     if let Err(e) = &sent {
-        // The first event is the one that holds the endpoint up.
         let head = batch[0];
-        *head_attempts = if head_attempts.0 == head.id { (head.id, head_attempts.1 + 1) } else { (head.id, 1) };
-        let age = (chrono::Utc::now() - head.at).to_std().unwrap_or_default();
-        if head_attempts.1 >= ep.max_attempts || age > ep.max_age() {
+        if given_up(ep, head, head_attempts) {
             tracing::warn!(event = "notification_dead_lettered", endpoint = %ep.name, event_id = head.id,
                 attempts = head_attempts.1, error = %e, "a notification went to the dead letters");
             let dead = vec![DeadLetter { event_id: head.id, error: e.to_string() }];
@@ -211,6 +232,64 @@ async fn step(
         }
     }
     settle(reg, sender, failures_in_row, sent.map(|_| batch.len()), last, vec![], vec![]).await
+}
+
+/// Whether the endpoint gives up on `head`, the first event of a batch that just failed (the
+/// one that holds the endpoint up): counted in `head_attempts`, against `max_attempts` and
+/// `max_age`.
+fn given_up(ep: &Endpoint, head: &EventRow, head_attempts: &mut (i64, u32)) -> bool {
+    *head_attempts = if head_attempts.0 == head.id { (head.id, head_attempts.1 + 1) } else { (head.id, 1) };
+    let age = (chrono::Utc::now() - head.at).to_std().unwrap_or_default();
+    head_attempts.1 >= ep.max_attempts || age > ep.max_age()
+}
+
+/// One step of sending this region's pull events to `sender`'s endpoint: as [`step`], with the
+/// cursor in this region's own Postgres. A pull event given up on is dropped (logged and
+/// counted as `dead_lettered`): pull events are figures of high volume, not records a
+/// receiver must replay.
+async fn step_pulls(
+    reg: &Registry,
+    sender: &Sender,
+    failures_in_row: &mut u32,
+    head_attempts: &mut (i64, u32),
+) -> Result<Step, crate::oci::RegistryError> {
+    let ep = &sender.endpoint;
+    let pool = reg.store.pool();
+    if !reg.cluster.seat().holds() {
+        return Ok(Step::Idle);
+    }
+    let cursor = usage::pull_cursor(pool, &ep.name).await?;
+    let events = usage::pull_events_after(pool, cursor, BATCH).await?;
+    metrics::gauge!("afreg_notifications_pull_events_pending", "endpoint" => ep.name.clone())
+        .set(usage::pull_events_pending(pool, cursor).await? as f64);
+    let Some(last) = events.last().map(|e| e.id) else { return Ok(Step::Idle) };
+    let batch: Vec<&EventRow> = events.iter().filter(|e| ep.wants(&e.action, &e.media_type)).collect();
+    let sent = if batch.is_empty() { Ok(()) } else { sender.send(&batch).await };
+    let up_to = match &sent {
+        Ok(()) => last,
+        Err(e) if given_up(ep, batch[0], head_attempts) => {
+            tracing::warn!(event = "notification_dead_lettered", endpoint = %ep.name, pull_event_id = batch[0].id,
+                attempts = head_attempts.1, error = %e, "a pull event was given up on");
+            metrics::counter!("afreg_notifications_total", "endpoint" => ep.name.clone(), "result" => "dead_lettered")
+                .increment(1);
+            batch[0].id
+        }
+        Err(e) => {
+            *failures_in_row += 1;
+            metrics::counter!("afreg_notifications_total", "endpoint" => ep.name.clone(), "result" => "failed")
+                .increment(1);
+            tracing::debug!(event = "notification_failed", endpoint = %ep.name, failures_in_row = *failures_in_row,
+                error = %e, "a receiver did not take its pull events");
+            return Ok(Step::Failed);
+        }
+    };
+    *failures_in_row = 0;
+    usage::set_pull_cursor(pool, &ep.name, up_to).await?;
+    if sent.is_ok() {
+        metrics::counter!("afreg_notifications_total", "endpoint" => ep.name.clone(), "result" => "delivered")
+            .increment(batch.len() as u64);
+    }
+    Ok(Step::More)
 }
 
 /// Moves the cursor after a success (`sent`: how many events went; to `up_to`, with `dead`

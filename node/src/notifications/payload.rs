@@ -6,9 +6,14 @@ use serde_json::{json, Value};
 /// distribution v3's media type for its envelope.
 pub const ENVELOPE_TYPE: &str = "application/vnd.docker.distribution.events.v2+json";
 
-/// The event's id: its entry's log index, the same in every region.
+/// The event's id: its entry's log index, the same in every region; a pull event, which only
+/// the region that served it has, is named with that region (`us-pull-42`).
 pub fn id(e: &EventRow) -> String {
-    e.id.to_string()
+    if e.action == "pull" {
+        format!("{}-pull-{}", e.origin.region, e.id)
+    } else {
+        e.id.to_string()
+    }
 }
 
 fn target_url(e: &EventRow) -> String {

@@ -75,11 +75,14 @@ pub struct Registry {
     manifests: cache::ManifestCache,
     /// This process, as notification events name their source (`source.instanceID`).
     pub instance: String,
+    /// What this region serves, queued for its counts and pull events.
+    pub pulls: crate::pulls::Pulls,
 }
 
 impl Registry {
     pub fn new(store: Store, kubo: Kubo, files: Option<Arc<BlobFiles>>, cfg: Config, cluster: Arc<Cluster>) -> Self {
         let manifests = cache::ManifestCache::new(cfg.storage.manifest_cache_bytes, cluster.clone());
+        let pulls = crate::pulls::Pulls::new(cfg.notifications.endpoints.iter().any(|e| e.pulls && !e.disabled));
         Registry {
             store,
             kubo,
@@ -90,6 +93,7 @@ impl Registry {
             cid_locks: Default::default(),
             manifests,
             instance: uuid::Uuid::new_v4().to_string(),
+            pulls,
         }
     }
 

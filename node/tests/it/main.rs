@@ -21,3 +21,4 @@ mod private_swarm;
 mod seat;
 mod storage;
 mod tls;
+mod usage;

@@ -330,3 +330,57 @@ fn with_the_leader_killed_under_pushes_every_acknowledged_push_arrives_and_an_id
         by_id.len()
     );
 }
+
+#[test]
+fn pull_events_come_from_the_region_that_served_them_and_only_to_the_endpoints_that_ask() {
+    let (pulls, pushes) = (Receiver::start(), Receiver::start());
+    let cluster = TestCluster::start(bin(), &["us", "eu"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        c.config.notifications.endpoints =
+            vec![Endpoint { name: "pulls".into(), pulls: true, ..endpoint(&pulls) }, endpoint(&pushes)];
+    });
+    let c = client();
+    let (us, eu) = (cluster.region("us"), cluster.region("eu"));
+    let repo = "hooks/pulled";
+    let img = testkit::oci::new_image(32 * 1024);
+    push(&c, &us.url(), repo, "v1", &img).unwrap();
+    within(Duration::from_secs(30), POLL, "the tag in eu", || eu.sql("SELECT count(*) FROM tags") == "1");
+    // eu serves two pulls by tag and one of the layer; us one by digest; a HEAD is no pull.
+    for _ in 0..2 {
+        assert_eq!(testkit::oci::get_manifest(&c, &eu.url(), repo, "v1", "").0, 200);
+    }
+    let layer = &img.blobs.iter().find(|(_, b)| b.len() == 32 * 1024).unwrap().0;
+    assert_eq!(testkit::oci::get_blob(&c, &eu.url(), repo, layer).unwrap().0, 200);
+    assert_eq!(testkit::oci::get_manifest(&c, &us.url(), repo, &img.digest, "").0, 200);
+    let head = c.head(format!("{}/v2/{repo}/manifests/v1", us.url())).send().unwrap();
+    assert_eq!(head.status(), 200);
+
+    let pulled = |rx: &Receiver| -> Vec<Value> { rx.events().into_iter().filter(|e| e["action"] == "pull").collect() };
+    within(DELIVERY_BOUND, POLL, "four pull events", || pulled(&pulls).len() >= 4);
+    within(DELIVERY_BOUND, POLL, "the push at both", || {
+        [&pulls, &pushes].iter().all(|rx| rx.events().iter().any(|e| e["action"] == "push"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    pulls.assert_no_contract_errors();
+    let events = pulled(&pulls);
+    assert_eq!(events.len(), 4, "each pull once: {events:#?}");
+    assert!(pulled(&pushes).is_empty(), "an endpoint without `pulls` got pull events");
+    let from = |region: &str| events.iter().filter(|e| e["source"]["region"] == region).collect::<Vec<_>>();
+    let (in_eu, in_us) = (from("eu"), from("us"));
+    assert_eq!((in_eu.len(), in_us.len()), (3, 1), "{events:#?}");
+    for e in &in_eu {
+        assert!(e["id"].as_str().unwrap().starts_with("eu-pull-"), "{e}");
+    }
+    let ids: std::collections::BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 4, "distinct ids: {ids:?}");
+    let by_tag: Vec<_> = in_eu.iter().filter(|e| e["target"]["tag"] == "v1").collect();
+    assert_eq!(by_tag.len(), 2);
+    assert_eq!(by_tag[0]["target"]["digest"], img.digest);
+    assert_eq!(by_tag[0]["target"]["mediaType"], testkit::oci::OCI_MANIFEST);
+    assert_eq!(by_tag[0]["request"]["method"], "GET");
+    let blob = in_eu.iter().find(|e| e["target"]["mediaType"] == "application/octet-stream").expect("the layer's pull");
+    assert_eq!(blob["target"]["digest"], *layer);
+    assert!(blob["target"]["url"].as_str().unwrap().ends_with(&format!("/v2/{repo}/blobs/{layer}")), "{blob}");
+    assert_eq!(in_us[0]["target"]["digest"], img.digest);
+    assert!(in_us[0]["id"].as_str().unwrap().starts_with("us-pull-"));
+}

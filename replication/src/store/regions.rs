@@ -56,6 +56,8 @@ pub async fn region_row(pool: &PgPool, id: u64) -> Result<Option<crate::Region>>
 pub struct LiveRegion {
     pub id: i64,
     pub name: String,
+    /// Its internal (Raft) endpoint, behind the cluster secret.
+    pub raft_addr: String,
     /// Its public registry URL.
     pub api_url: String,
     /// The public JWK that verifies its tokens (empty until it announced itself).
@@ -64,7 +66,7 @@ pub struct LiveRegion {
 
 /// Every live region, by id.
 pub async fn live_regions(pool: &PgPool) -> Result<Vec<LiveRegion>> {
-    sqlx::query_as("SELECT id, name, api_url, token_jwk FROM regions WHERE NOT removed ORDER BY id")
+    sqlx::query_as("SELECT id, name, raft_addr, api_url, token_jwk FROM regions WHERE NOT removed ORDER BY id")
         .fetch_all(pool)
         .await
 }

@@ -6,6 +6,8 @@
 //! when no `blobs`, `upload_chunks` or `blob_holds` row names it. Both happen under a
 //! transaction-scoped advisory lock on the CID ([`lock_cid`]), so a concurrent upload of the
 //! same bytes can never lose its pin to a delete.
+//!
+//! [`usage`] holds the SQL of what the region served (its own tables, not replicated).
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,8 @@ use uuid::Uuid;
 
 use crate::config::DatabaseConfig;
 use crate::oci::{Digest, Reference, RegistryError, RepoName};
+
+pub mod usage;
 
 pub type Tx = Transaction<'static, Postgres>;
 type Result<T> = std::result::Result<T, RegistryError>;
