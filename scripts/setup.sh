@@ -138,13 +138,29 @@ for need in node:nodejs npm:npm; do
     apt-get install -y -qq --no-install-recommends "${need#*:}" >&2
   fi
 done
-akashjs_installed=$(node -p "require('$NPM_DIR/node_modules/@akashnetwork/akashjs/package.json').version" 2>/dev/null || true)
-if [ "$akashjs_installed" != "$AKASHJS_VERSION" ]; then
-  log "npm install @akashnetwork/akashjs@$AKASHJS_VERSION into $NPM_DIR"
-  mkdir -p "$NPM_DIR"
-  npm install --prefix "$NPM_DIR" --save-exact --ignore-scripts --no-audit --no-fund --loglevel=error \
-    "@akashnetwork/akashjs@$AKASHJS_VERSION" >&2
+# npm_install PACKAGE VERSION: into $NPM_DIR, unless that version is there already.
+npm_install() {
+  local installed
+  installed=$(node -p "require('$NPM_DIR/node_modules/$1/package.json').version" 2>/dev/null || true)
+  if [ "$installed" != "$2" ]; then
+    log "npm install $1@$2 into $NPM_DIR"
+    mkdir -p "$NPM_DIR"
+    npm install --prefix "$NPM_DIR" --save-exact --ignore-scripts --no-audit --no-fund --loglevel=error "$1@$2" >&2
+  fi
+}
+npm_install @akashnetwork/akashjs "$AKASHJS_VERSION"
+
+# ---- The web console's browser tests: Debian's Chromium driven by playwright-core ----------
+# (node/tests/it/console.rs runs node/tests/console/console.cjs). playwright-core carries no
+# browser and downloads none: the script launches /usr/bin/chromium through executablePath.
+PLAYWRIGHT_VERSION=1.64.1
+if ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok installed"; then
+  log "apt-get install chromium"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends chromium >&2
 fi
+npm_install playwright-core "$PLAYWRIGHT_VERSION"
 
 # ---- GeoDNS: PowerDNS and a GeoIP database writer (tests: cli/tests/it/geodns.rs) -------------
 # pdns-server with the bind backend (serves the rendered zone) and the geoip backend (gives the

@@ -14,6 +14,7 @@
 //! - [`client`]: who a request comes from, as every per-client limit keys it.
 //! - [`hashing`]: the running digest (sha256 or sha512) of bytes as they stream through.
 //! - [`auth`]: the token service, token checks and users.
+//! - [`console`]: the web console at `/ui/`, server-rendered pages for the registry's users.
 //! - [`notifications`]: events of pushes and deletes sent to webhooks, from the leader's region,
 //!   and of pulls, from the region that served them.
 //! - [`pulls`]: what this region serves, counted off the pull's path (usage, pull events).
@@ -28,6 +29,7 @@ pub use afreg_config as config;
 pub mod auth;
 pub mod blob_files;
 pub mod client;
+pub mod console;
 pub mod hashing;
 pub mod http;
 pub mod kubo;

@@ -64,6 +64,13 @@ impl ClusterMember {
         self.region.node.host()
     }
 
+    /// A client of this region that sends `user`'s token for every action on `repo`.
+    pub fn client_as(&self, user: &str, password: &str, repo: &str) -> reqwest::blocking::Client {
+        let credentials = Some((user.to_owned(), password.to_owned()));
+        let e = crate::oci::Endpoint { name: self.name.clone(), url: self.url(), credentials };
+        e.client(repo, std::time::Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// This region's own `/status?scope=local`, or `None` if it does not answer.
     pub fn local_status(&self) -> Option<Value> {
         self.region.node.local_status()

@@ -201,7 +201,7 @@ impl Auth {
 
     /// Checks a user's password (limited per address and user, as every login is); returns
     /// the user's grants.
-    async fn login(
+    pub(crate) async fn login(
         &self,
         client: crate::http::ClientAddr,
         user: &str,
@@ -239,6 +239,28 @@ impl Auth {
             .map(|(p, a)| (p, a.iter().filter_map(|x| Action::parse(x)).collect()))
             .collect();
         Ok(Grants(grants))
+    }
+
+    /// Whether requests are checked at all (`auth.enabled`).
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    /// What anonymous clients may do (`auth.anonymous`, on every repository).
+    pub fn anonymous_grants(&self) -> Grants {
+        self.anonymous()
+    }
+
+    /// A signed-in user's grants as stored now, with what anonymous clients may do; a user
+    /// removed since has only the latter.
+    pub async fn grants_of(&self, user: &str) -> Result<Grants, RegistryError> {
+        let mut grants = self.anonymous();
+        if let Some(u) = self.store.user(user).await? {
+            for (pattern, actions) in u.grants {
+                grants.0.push((pattern, actions.iter().filter_map(|a| Action::parse(a)).collect()));
+            }
+        }
+        Ok(grants)
     }
 
     /// Which repositories the caller may see listed with their figures (usage, the console):

@@ -164,7 +164,7 @@ pub async fn handle(
         // end-4a: POST /v2/<name>/blobs/uploads/
         // end-4b: POST /v2/<name>/blobs/uploads/?digest=<digest>
         // end-11: POST /v2/<name>/blobs/uploads/?mount=<digest>&from=<other_name>
-        (Endpoint::UploadStart(repo), _) => start_upload(st, &repo, q, h, body, owner).await,
+        (Endpoint::UploadStart(repo), _) => start_upload(st, &repo, q, h, body, owner, origin).await,
         // end-13: GET /v2/<name>/blobs/uploads/<reference>
         (Endpoint::Upload(repo, id), Method::GET) => {
             Ok(upload_accepted(&repo, &reg.upload_status(&repo, &id).await?, StatusCode::NO_CONTENT))
@@ -182,8 +182,8 @@ pub async fn handle(
                 RegistryError::new(ErrorCode::DigestInvalid, "the digest query parameter is required")
             })?;
             let cr = content_range(h)?;
-            reg.finish_upload(&repo, &id, &digest, cr, header_u64(h, header::CONTENT_LENGTH), body_stream(body))
-                .await?;
+            let length = header_u64(h, header::CONTENT_LENGTH);
+            reg.finish_upload(&repo, &id, &digest, cr, length, body_stream(body), origin).await?;
             Ok(blob_created(&repo, &digest))
         }
         // DELETE /v2/<name>/blobs/uploads/<reference>
@@ -328,6 +328,7 @@ async fn start_upload(
     h: &HeaderMap,
     body: Body,
     owner: &str,
+    origin: afreg_replication::EventOrigin,
 ) -> Result<Response> {
     let reg = &st.registry;
     // end-11: POST /v2/<name>/blobs/uploads/?mount=<digest>&from=<other_name>
@@ -337,14 +338,15 @@ async fn start_upload(
             let from: RepoName = from.parse()?;
             // Mount only what the caller may read; otherwise fall back to a plain upload.
             if st.auth.authorize(h, &Need::Repo(from.clone(), Action::Pull)).is_ok()
-                && reg.mount(repo, &from, &digest).await?
+                && reg.mount(repo, &from, &digest, origin.clone()).await?
             {
                 return Ok(blob_created(repo, &digest));
             }
         }
     } else if let Some(digest) = q.digest()? {
         // end-4b: POST /v2/<name>/blobs/uploads/?digest=<digest>
-        reg.upload_monolithic(repo, &digest, header_u64(h, header::CONTENT_LENGTH), body_stream(body)).await?;
+        let length = header_u64(h, header::CONTENT_LENGTH);
+        reg.upload_monolithic(repo, &digest, length, body_stream(body), origin).await?;
         return Ok(blob_created(repo, &digest));
     }
     // end-4a: POST /v2/<name>/blobs/uploads/

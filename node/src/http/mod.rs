@@ -106,6 +106,7 @@ fn method_label(m: &Method) -> &'static str {
 
 pub fn router(state: AppState) -> Router {
     let rates = Arc::new(limits::RequestLimits::new(&state.registry.cfg.server, state.auth.keys.clone()));
+    let console = crate::console::router(state.clone());
     Router::new()
         .route("/v2/_afreg/usage", get(usage))
         .route("/v2", any(v2))
@@ -118,16 +119,28 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(rates, limits::limit))
-        // A panic in a handler answers 500 instead of dropping the connection.
-        .layer(tower_http::catch_panic::CatchPanicLayer::new())
         // Stored bytes (manifests, blobs) are served from the registry's origin: never let a
-        // browser sniff them into a page or run anything in them.
-        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        // browser run anything in them. (The console, merged below, has a policy of its own.)
         .layer(SetResponseHeaderLayer::overriding(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; sandbox"),
         ))
+        .merge(console)
+        .layer(axum::middleware::from_fn_with_state(rates, limits::limit))
+        // A panic in a handler answers 500 instead of dropping the connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        // Never let a browser sniff a response into another type.
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+}
+
+/// A console request (a delete) as its notification event names it.
+pub(crate) fn console_origin(
+    reg: &crate::registry::Registry,
+    headers: &HeaderMap,
+    client: &ClientAddr,
+    user: Option<&str>,
+) -> afreg_replication::EventOrigin {
+    event_origin(reg, &Method::POST, headers, &client.ip.to_string(), user)
 }
 
 /// A request as its notification event names it (distribution's `request`, `actor` and

@@ -70,7 +70,9 @@ pub fn envelope(events: &[&EventRow]) -> Vec<u8> {
 /// A CloudEvent type, in the reverse-DNS form the spec recommends.
 fn cloudevent_type(e: &EventRow) -> &'static str {
     match (e.action.as_str(), e.digest.is_empty(), e.media_type == "application/octet-stream") {
+        ("push", _, true) => "io.afreg.blob.pushed",
         ("push", _, _) => "io.afreg.manifest.pushed",
+        ("mount", _, _) => "io.afreg.blob.mounted",
         ("pull", _, true) => "io.afreg.blob.pulled",
         ("pull", _, _) => "io.afreg.manifest.pulled",
         ("delete", true, _) => "io.afreg.tag.deleted",

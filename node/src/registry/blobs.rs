@@ -105,12 +105,18 @@ impl Registry {
 
     /// Links a blob from `from` into `repo` if `from` has it. False means the client must
     /// upload it instead.
-    pub async fn mount(&self, repo: &RepoName, from: &RepoName, digest: &Digest) -> Result<bool, RegistryError> {
+    pub async fn mount(
+        &self,
+        repo: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+        origin: afreg_replication::EventOrigin,
+    ) -> Result<bool, RegistryError> {
         if self.store.repo_blob(from, digest).await?.is_none() {
             return Ok(false);
         }
         let cmd = Command::LinkBlob { repo: repo.to_string(), digest: digest.to_string(), at: super::now_millis() };
-        let linked = self.replicate(cmd).await? != Applied::NotFound;
+        let linked = self.replicate(self.blob_event(origin, cmd)).await? != Applied::NotFound;
         if linked {
             tracing::info!(event = "blob_mount", repository = %repo, from = %from, digest = %digest, "blob mounted");
         }

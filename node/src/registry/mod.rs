@@ -184,6 +184,18 @@ impl Registry {
     pub fn region_id(&self) -> u64 {
         self.cluster.id
     }
+
+    /// A blob's write (`put_blob.v1`, `link_blob.v1`) with its request, so that it records a
+    /// push or mount event, when this region sends notifications; without endpoints, the plain
+    /// write, so that a registry without notifications pays nothing per blob for them. (Every
+    /// region should carry the same endpoints; manifest writes always carry their request.)
+    pub fn blob_event(&self, origin: EventOrigin, cmd: Command) -> Command {
+        if self.cfg.notifications.endpoints.iter().any(|e| !e.disabled) {
+            with_origin(origin, cmd)
+        } else {
+            cmd
+        }
+    }
 }
 
 /// `cmd` with the request that made it, so that applying it records its notification event.

@@ -20,7 +20,7 @@ use crate::hashing::Hasher;
 use crate::oci::{Algorithm, Digest, ErrorCode, RegistryError, RepoName};
 use crate::store::{AppendOutcome, NewChunk, Store, UploadRow};
 use crate::unixfs;
-use afreg_replication::{Applied, Command};
+use afreg_replication::{Applied, Command, EventOrigin};
 
 /// The in-memory half of a session: a sha256 over the bytes received so far, if it is known,
 /// and the blob's file filling from them since the first byte (a streamed push: one `PATCH`
@@ -169,11 +169,12 @@ impl Registry {
         digest: &Digest,
         content_length: Option<u64>,
         body: S,
+        origin: EventOrigin,
     ) -> Result<(), RegistryError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
-        self.store_whole(repo, digest, content_length, body, None).await
+        self.store_whole(repo, digest, content_length, body, None, origin).await
     }
 
     /// Stores a body that is the whole blob: into Kubo while it is hashed, then, if the digest
@@ -188,6 +189,7 @@ impl Registry {
         content_length: Option<u64>,
         body: S,
         session: Option<Uuid>,
+        origin: EventOrigin,
     ) -> Result<(), RegistryError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
@@ -226,7 +228,7 @@ impl Registry {
             return Err(digest_mismatch(digest, &got));
         }
         let from = session.map(|id| FromSession { id, holds_cid: false });
-        let kept = self.commit_blob(repo, digest, &added.cid, size as i64, from).await?;
+        let kept = self.commit_blob(repo, digest, &added.cid, size as i64, from, origin).await?;
         if let Some(f) = tapped.fill {
             f.finish_upload(&kept, digest, size);
         }
@@ -253,6 +255,7 @@ impl Registry {
         cid: &str,
         size: i64,
         session: Option<FromSession>,
+        origin: EventOrigin,
     ) -> Result<String, RegistryError> {
         let held_by_session = session.as_ref().is_some_and(|s| s.holds_cid);
         let hold = if held_by_session {
@@ -277,7 +280,7 @@ impl Registry {
             origin_region: self.region_id(),
             at: super::now_millis(),
         };
-        let outcome = match self.propose(cmd).await {
+        let outcome = match self.propose(self.blob_event(origin, cmd)).await {
             Err(e) if e.outcome_unknown() => {
                 tracing::warn!(event = "blob_commit_unknown", repository = %repo, digest = %digest, ipfs_cid = %cid,
                     "the blob record may still commit; its pin is held until the hold expires");
@@ -601,6 +604,7 @@ impl Registry {
     }
 
     /// `PUT …?digest=`: appends an optional last chunk, checks the digest and commits.
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish_upload<S>(
         &self,
         repo: &RepoName,
@@ -609,6 +613,7 @@ impl Registry {
         content_range: Option<(u64, u64)>,
         content_length: Option<u64>,
         body: S,
+        origin: EventOrigin,
     ) -> Result<(), RegistryError>
     where
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
@@ -619,7 +624,7 @@ impl Registry {
         if row.size == 0 && content_range.is_none() && content_length != Some(0) {
             // The whole blob in the `PUT` (`POST`, then `PUT` with the body, as a monolithic
             // push without `?digest=` on the `POST` goes).
-            let r = self.store_whole(repo, digest, content_length, body, Some(id)).await;
+            let r = self.store_whole(repo, digest, content_length, body, Some(id), origin).await;
             drop(state);
             return r;
         }
@@ -649,7 +654,7 @@ impl Registry {
                 _ => (self.kubo.add(self.chunk_bytes(&row)).await?.cid, false),
             },
         };
-        let kept = self.commit_blob(repo, digest, &cid, row.size, Some(FromSession { id, holds_cid })).await?;
+        let kept = self.commit_blob(repo, digest, &cid, row.size, Some(FromSession { id, holds_cid }), origin).await?;
         if let Some(f) = state.fill.take() {
             f.finish_upload(&kept, digest, row.size as u64);
         }

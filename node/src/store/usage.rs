@@ -251,3 +251,26 @@ pub async fn stored(pool: &PgPool) -> Result<Vec<Stored>> {
     .fetch_all(pool)
     .await
 }
+
+/// One tag of a repository with its manifest, as the console lists them.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct TagDetail {
+    pub tag: String,
+    pub digest: String,
+    pub media_type: String,
+    pub size: i64,
+    pub pushed_at: DateTime<Utc>,
+}
+
+/// Every tag of `repository`, newest push first.
+pub async fn tag_details(pool: &PgPool, repository: &str) -> Result<Vec<TagDetail>> {
+    sqlx::query_as(
+        "SELECT t.name AS tag, m.digest, m.media_type, m.size, t.updated_at AS pushed_at
+         FROM repositories r JOIN tags t ON t.repository_id = r.id
+         JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.manifest_digest
+         WHERE r.name = $1 ORDER BY t.updated_at DESC, t.name",
+    )
+    .bind(repository)
+    .fetch_all(pool)
+    .await
+}

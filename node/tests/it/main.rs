@@ -10,6 +10,7 @@ mod caching;
 mod clients;
 mod cluster;
 mod conformance;
+mod console;
 mod data_safety;
 mod dependencies_down;
 mod harness;

@@ -25,6 +25,7 @@ struct Receiver {
     dir: tempfile::TempDir,
     child: Child,
     port: u16,
+    command: (PathBuf, PathBuf),
 }
 
 impl Receiver {
@@ -48,7 +49,23 @@ impl Receiver {
         let port_file = dir.path().join("port");
         within(Duration::from_secs(10), POLL, "the receiver listening", || port_file.exists());
         let port = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
-        Receiver { dir, child, port }
+        Receiver { dir, child, port, command: (python.to_owned(), script) }
+    }
+
+    /// The receiver's process gone: its port refuses connections.
+    fn go_down(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Started again, on its port, with what it had received.
+    fn come_back(&mut self) {
+        let (python, script) = &self.command;
+        self.child = Command::new(python).arg(script).arg(self.dir.path()).spawn().expect("python3 receiver");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        within(Duration::from_secs(10), POLL, "the receiver listening again", || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
     }
 
     fn url(&self) -> String {
@@ -85,15 +102,20 @@ impl Drop for Receiver {
     }
 }
 
+/// An endpoint for the manifest events (blob events are ignored, as distribution's users
+/// often configure it; `blob_pushes_and_mounts_…` takes them).
 fn endpoint(rx: &Receiver) -> Endpoint {
     Endpoint {
         name: "hooks".into(),
         url: rx.url(),
         timeout: "2s".into(),
         backoff: "200ms".into(),
+        ignoredmediatypes: vec![BLOB.into()],
         ..Default::default()
     }
 }
+
+const BLOB: &str = "application/octet-stream";
 
 /// The events about `digest` (a manifest's) the receiver took.
 fn about<'a>(events: &'a [Value], digest: &str) -> Vec<&'a Value> {
@@ -336,8 +358,10 @@ fn pull_events_come_from_the_region_that_served_them_and_only_to_the_endpoints_t
     let (pulls, pushes) = (Receiver::start(), Receiver::start());
     let cluster = TestCluster::start(bin(), &["us", "eu"], |_, c| {
         c.config.auth.anonymous = Action::ALL.to_vec();
-        c.config.notifications.endpoints =
-            vec![Endpoint { name: "pulls".into(), pulls: true, ..endpoint(&pulls) }, endpoint(&pushes)];
+        c.config.notifications.endpoints = vec![
+            Endpoint { name: "pulls".into(), pulls: true, ignoredmediatypes: vec![], ..endpoint(&pulls) },
+            endpoint(&pushes),
+        ];
     });
     let c = client();
     let (us, eu) = (cluster.region("us"), cluster.region("eu"));
@@ -383,4 +407,83 @@ fn pull_events_come_from_the_region_that_served_them_and_only_to_the_endpoints_t
     assert!(blob["target"]["url"].as_str().unwrap().ends_with(&format!("/v2/{repo}/blobs/{layer}")), "{blob}");
     assert_eq!(in_us[0]["target"]["digest"], img.digest);
     assert!(in_us[0]["id"].as_str().unwrap().starts_with("us-pull-"));
+}
+
+#[test]
+fn blob_pushes_and_mounts_have_events_before_the_manifest_that_needs_them() {
+    let rx = Receiver::start();
+    let cluster = TestCluster::start(bin(), &["us"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        c.config.notifications.endpoints = vec![Endpoint { ignoredmediatypes: vec![], ..endpoint(&rx) }];
+    });
+    let (c, us) = (client(), cluster.region("us"));
+    let img = testkit::oci::new_image(24 * 1024);
+    push(&c, &us.url(), "hooks/blobs", "v1", &img).unwrap();
+    let (layer, layer_bytes) = img.blobs.iter().find(|(_, b)| b.len() == 24 * 1024).unwrap();
+    let mounted =
+        c.post(format!("{}/v2/hooks/mounted/blobs/uploads/?mount={layer}&from=hooks/blobs", us.url())).send().unwrap();
+    assert_eq!(mounted.status(), 201);
+    let wanted = img.blobs.len() + 2;
+    within(DELIVERY_BOUND, POLL, "the blob pushes, the manifest push and the mount", || rx.events().len() >= wanted);
+    std::thread::sleep(Duration::from_secs(2));
+    rx.assert_no_contract_errors();
+    let events = rx.events();
+    assert_eq!(events.len(), wanted, "{events:#?}");
+    let blob_pushes: Vec<_> =
+        events.iter().filter(|e| e["action"] == "push" && e["target"]["mediaType"] == BLOB).collect();
+    assert_eq!(blob_pushes.len(), img.blobs.len(), "{events:#?}");
+    let layer_push = blob_pushes.iter().find(|e| e["target"]["digest"] == *layer).expect("the layer's push");
+    assert_eq!(layer_push["target"]["size"], layer_bytes.len());
+    assert!(layer_push["target"]["url"].as_str().unwrap().ends_with(&format!("/v2/hooks/blobs/blobs/{layer}")));
+    let manifest = events.iter().find(|e| e["target"]["digest"] == img.digest).expect("the manifest's push");
+    let mount = events.iter().find(|e| e["action"] == "mount").expect("the mount");
+    assert_eq!(mount["target"]["repository"], "hooks/mounted");
+    assert_eq!(mount["target"]["digest"], *layer);
+    assert_eq!(mount["request"]["method"], "POST");
+    let id = |e: &Value| e["id"].as_str().unwrap().parse::<i64>().unwrap();
+    assert!(blob_pushes.iter().all(|b| id(b) < id(manifest)), "a manifest's blobs are pushed before it");
+    assert!(id(manifest) < id(mount));
+}
+
+#[test]
+fn a_receiver_down_for_a_minute_gets_everything_after_in_order_per_repository() {
+    let mut rx = Receiver::start();
+    let cluster = TestCluster::start(bin(), &["us", "eu", "asia"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        // distribution's defaults: the breaker opens after ten failures and waits a second,
+        // doubling, so the first attempt after the outage comes within about a minute.
+        c.config.notifications.endpoints = vec![Endpoint { threshold: 10, backoff: "1s".into(), ..endpoint(&rx) }];
+    });
+    let c = client();
+    rx.go_down();
+    let down_at = std::time::Instant::now();
+    let repos = ["hooks/outage-a", "hooks/outage-b"];
+    let mut pushed: Vec<(String, String)> = vec![];
+    let mut i = 0;
+    while down_at.elapsed() < Duration::from_secs(60) {
+        let img = testkit::oci::new_image(4 * 1024);
+        let region = ["us", "eu", "asia"][i % 3];
+        let repo = repos[i % 2];
+        push(&c, &cluster.region(region).url(), repo, &format!("t{i}"), &img).unwrap();
+        pushed.push((repo.to_owned(), img.digest));
+        i += 1;
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    assert!(rx.requests() == 0 && rx.events().is_empty(), "the receiver was down");
+    rx.come_back();
+    // The breaker's wait is at most five minutes; after about a minute of failures it is well
+    // under that.
+    within(Duration::from_secs(180), POLL, "every event after the outage", || rx.events().len() >= pushed.len());
+    std::thread::sleep(Duration::from_secs(2));
+    rx.assert_no_contract_errors();
+    let events = rx.events();
+    for repo in repos {
+        let sent: Vec<&str> = pushed.iter().filter(|(r, _)| r == repo).map(|(_, d)| d.as_str()).collect();
+        let got: Vec<&str> = events
+            .iter()
+            .filter(|e| e["target"]["repository"] == repo)
+            .map(|e| e["target"]["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, sent, "{repo}: every push, once, in the order acknowledged");
+    }
 }

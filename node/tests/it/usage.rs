@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use testkit::cluster::TestCluster;
-use testkit::oci::{get_blob, get_manifest, push, within, Endpoint, Image};
+use testkit::oci::{get_blob, get_manifest, push, within, Image};
 
 use testkit::afreg_bin as bin;
 
@@ -52,11 +52,7 @@ fn usage_adds_every_regions_pulls_keeps_to_the_callers_grants_and_names_a_region
     let us = cluster.region("us");
     us.node().add_user_with_grants("ops", "ops-password", &["*:pull,push,delete"]);
     us.node().add_user_with_grants("team", "team-password", &["team/*:pull"]);
-    let ops = |region: &str, repo: &str| {
-        let url = cluster.region(region).url();
-        let e = Endpoint { name: region.into(), url, credentials: Some(("ops".into(), "ops-password".into())) };
-        e.client(repo, Duration::from_secs(60)).unwrap()
-    };
+    let ops = |region: &str, repo: &str| cluster.region(region).client_as("ops", "ops-password", repo);
     let (team_app, other_app) = (testkit::oci::new_image(40 * 1024), testkit::oci::new_image(8 * 1024));
     push(&ops("us", "team/app"), &us.url(), "team/app", "v1", &team_app).unwrap();
     push(&ops("us", "other/app"), &us.url(), "other/app", "v1", &other_app).unwrap();

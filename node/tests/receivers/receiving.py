@@ -1,5 +1,6 @@
 """What both test receivers share: a line appended to a file of their directory, and serving
-on a free loopback port written to DIR/port (atomically, so the test reads a whole number)."""
+on a free loopback port written to DIR/port (atomically, so the test reads a whole number), or
+on the port already there (a receiver started again in its directory, after an outage)."""
 import os
 from http.server import ThreadingHTTPServer
 
@@ -10,7 +11,12 @@ def append(directory, name, line):
 
 
 def serve(directory, handler):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    try:
+        with open(os.path.join(directory, "port")) as f:
+            port = int(f.read().strip())
+    except FileNotFoundError:
+        port = 0
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     with open(os.path.join(directory, "port.tmp"), "w") as f:
         f.write(str(server.server_address[1]))
     os.rename(os.path.join(directory, "port.tmp"), os.path.join(directory, "port"))

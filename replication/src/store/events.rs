@@ -25,7 +25,7 @@ pub const RETENTION_HOURS: i64 = 24 * 7;
 pub struct EventRow {
     pub id: i64,
     pub at: DateTime<Utc>,
-    /// `push` or `delete`.
+    /// `push`, `mount`, `delete` (or, for a region's own pull events, `pull`).
     pub action: String,
     pub repository: String,
     pub digest: String,
@@ -34,6 +34,9 @@ pub struct EventRow {
     pub tag: String,
     pub origin: sqlx::types::Json<EventOrigin>,
 }
+
+/// The media type of a blob's events, as distribution gives them.
+const BLOB_MEDIA_TYPE: &str = "application/octet-stream";
 
 /// What `cmd`, applied as `reply`, is an event of: `(action, digest, media type, size, tag)`.
 fn describe<'a>(cmd: &'a Command, reply: &Applied) -> Option<(&'static str, &'a str, &'a str, i64, &'a str)> {
@@ -44,8 +47,12 @@ fn describe<'a>(cmd: &'a Command, reply: &Applied) -> Option<(&'static str, &'a 
         (Command::DeleteManifest { digest, .. }, Applied::Ok) => Some(("delete", digest, "", 0, "")),
         (Command::DeleteTag { tag, .. }, Applied::Ok) => Some(("delete", "", "", 0, tag)),
         (Command::UnlinkBlob { digest, .. }, Applied::BlobUnlinked { .. }) => {
-            Some(("delete", digest, "application/octet-stream", 0, ""))
+            Some(("delete", digest, BLOB_MEDIA_TYPE, 0, ""))
         }
+        (Command::PutBlob { digest, size, .. }, Applied::BlobStored { .. }) => {
+            Some(("push", digest, BLOB_MEDIA_TYPE, *size, ""))
+        }
+        (Command::LinkBlob { digest, .. }, Applied::Ok) => Some(("mount", digest, BLOB_MEDIA_TYPE, 0, "")),
         _ => None,
     }
 }
@@ -55,7 +62,9 @@ fn repository(cmd: &Command) -> &str {
         Command::PutManifest { repo, .. }
         | Command::DeleteManifest { repo, .. }
         | Command::DeleteTag { repo, .. }
-        | Command::UnlinkBlob { repo, .. } => repo,
+        | Command::UnlinkBlob { repo, .. }
+        | Command::PutBlob { repo, .. }
+        | Command::LinkBlob { repo, .. } => repo,
         _ => "",
     }
 }
