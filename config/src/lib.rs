@@ -118,6 +118,8 @@ pub struct ServerConfig {
     /// by default, and the header of a peer not listed is never read, so a client cannot
     /// choose its own address.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Cross-origin requests from browser UIs (joxit's docker-registry-ui and the like).
+    pub cors: CorsConfig,
     /// A request's line and headers must arrive within this long of the connection's (or the
     /// previous response's) start, or the connection is closed: also the idle keep-alive bound
     /// and the TLS handshake's.
@@ -159,6 +161,7 @@ impl Default for ServerConfig {
             max_connections_per_client: 256,
             ipv6_client_prefix: 64,
             trusted_proxies: vec![],
+            cors: CorsConfig::default(),
             header_read_timeout_secs: 30,
             body_idle_timeout_secs: 60,
             drain_secs: 20,
@@ -168,6 +171,44 @@ impl Default for ServerConfig {
             reads_per_second_per_token: 50_000,
             refusal_delay_ms: 1000,
         }
+    }
+}
+
+/// `[server.cors]`: which browser origins may call the registry's API from their pages.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins (`https://ui.example`, scheme, host and port only) whose pages may call the
+    /// API, with credentials; `["*"]` lets any origin call it without credentials (anonymous
+    /// pulls only). Empty (the default): no cross-origin access.
+    pub allowed_origins: Vec<String>,
+}
+
+impl CorsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |why: String| Err(ConfigError::Invalid(format!("server.cors.allowed_origins: {why}")));
+        if self.allowed_origins.iter().any(|o| o == "*") {
+            if self.allowed_origins.len() > 1 {
+                return bad("\"*\" allows every origin; list nothing beside it".into());
+            }
+            return Ok(());
+        }
+        for o in &self.allowed_origins {
+            match url::Url::parse(o) {
+                Ok(u)
+                    if matches!(u.scheme(), "http" | "https")
+                        && u.path() == "/"
+                        && !o.ends_with('/')
+                        && u.query().is_none()
+                        && u.username().is_empty() => {}
+                _ => {
+                    return bad(format!(
+                        "{o:?} is not an origin such as \"https://ui.example\" (scheme, host, port; no path)"
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -679,6 +720,7 @@ impl Config {
         if sv.header_read_timeout_secs == 0 || sv.body_idle_timeout_secs == 0 {
             return bad("server.header_read_timeout_secs and body_idle_timeout_secs must be positive");
         }
+        sv.cors.validate()?;
         if sv.metrics_listen == sv.listen || sv.metrics_listen == self.cluster.listen {
             return bad("server.metrics_listen must differ from server.listen and cluster.listen");
         }
@@ -866,6 +908,19 @@ mod tests {
         assert_eq!(c.storage.upload_ttl_secs, 42);
         assert_eq!(c.auth.anonymous, vec![Action::Pull]);
         assert_eq!(c.storage.max_manifest_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn cors_origins_come_from_the_environment_and_a_bad_one_is_refused_by_name() {
+        let var = |v: &str| vec![("AFREG_SERVER__CORS__ALLOWED_ORIGINS".to_owned(), v.to_owned())];
+        assert!(Config::default().server.cors.allowed_origins.is_empty(), "off by default");
+        let c = Config::load_from(None, var(r#"["https://ui.example","http://127.0.0.1:8080"]"#)).unwrap();
+        assert_eq!(c.server.cors.allowed_origins, vec!["https://ui.example", "http://127.0.0.1:8080"]);
+        assert!(Config::load_from(None, var(r#"["*"]"#)).is_ok());
+        for bad in [r#"["https://ui.example/path"]"#, r#"["ui.example"]"#, r#"["*","https://a.example"]"#] {
+            let e = Config::load_from(None, var(bad)).unwrap_err().to_string();
+            assert!(e.contains("server.cors.allowed_origins"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -270,6 +270,8 @@ pub(crate) struct TagView {
     pub detail: usage::TagDetail,
     pub platforms: Vec<String>,
     pub pulls: i64,
+    /// The pulls of its manifest in each region that answered (those with any).
+    pub by_region: Vec<(String, i64)>,
     pub last_pull: Option<chrono::DateTime<chrono::Utc>>,
     pub referrers: Vec<Referrer>,
 }
@@ -291,11 +293,13 @@ async fn repository(
     let only_repo = Visible::Grants(Grants(vec![(repo.to_string(), vec![Action::Pull])]));
     let figures = crate::usage::cluster(reg, crate::usage::DEFAULT_DAYS, &only_repo).await?;
     let mut pulls: BTreeMap<&str, (i64, Option<chrono::DateTime<chrono::Utc>>)> = BTreeMap::new();
+    let mut by_region: BTreeMap<&str, BTreeMap<&str, i64>> = BTreeMap::new();
     for region in &figures.regions {
         for r in &region.figures.references {
             let e = pulls.entry(r.digest.as_str()).or_default();
             e.0 += r.pulls;
             e.1 = e.1.max(r.last_pull);
+            *by_region.entry(r.digest.as_str()).or_default().entry(region.region.as_str()).or_default() += r.pulls;
         }
     }
     let mut views = vec![];
@@ -304,9 +308,11 @@ async fn repository(
         let m = reg.get_manifest(&repo, &Reference::Digest(digest.clone()), true).await?;
         let (body, _) = reg.referrers(&repo, &digest, None, 100, None).await?;
         let (count, last) = pulls.get(t.digest.as_str()).copied().unwrap_or_default();
+        let regions = by_region.get(t.digest.as_str());
         views.push(TagView {
             platforms: platforms(&m.body),
             pulls: count,
+            by_region: regions.map(|r| r.iter().map(|(k, v)| (k.to_string(), *v)).collect()).unwrap_or_default(),
             last_pull: last,
             referrers: referrers(&body),
             detail: t,
@@ -374,10 +380,24 @@ async fn manifest(
     Ok(answer(&v, pages::manifest(&v, &repo, &m.digest, &m.media_type, m.size, &parsed, &referrers(&index), delete)))
 }
 
+/// What the console deletes: a manifest (`digest`, with every tag that names it) or a tag.
 #[derive(Deserialize)]
 struct DeleteForm {
     name: String,
-    digest: String,
+    #[serde(default)]
+    digest: Option<String>,
+    #[serde(default)]
+    tag: Option<String>,
+}
+
+impl DeleteForm {
+    fn reference(&self) -> Result<Reference, RegistryError> {
+        match (&self.digest, &self.tag) {
+            (Some(d), None) => Ok(Reference::Digest(d.parse()?)),
+            (None, Some(t)) => Ok(Reference::Tag(t.parse()?)),
+            _ => Err(RegistryError::new(ErrorCode::Unsupported, "name a digest or a tag to delete, not both")),
+        }
+    }
 }
 
 async fn confirm_delete(
@@ -387,11 +407,11 @@ async fn confirm_delete(
 ) -> Result<Response, Refusal> {
     let v = viewer(&st, &headers).await?;
     let repo = readable(&v, &q.name)?;
-    let digest: Digest = q.digest.parse()?;
+    let reference = q.reference()?;
     if !v.may(repo.as_str(), Action::Delete) {
         return Err(denied(&v, &repo).into());
     }
-    Ok(answer(&v, pages::confirm_delete(&v, &repo, digest.as_str())))
+    Ok(answer(&v, pages::confirm_delete(&v, &repo, &reference)))
 }
 
 fn denied(v: &Viewer, repo: &RepoName) -> RegistryError {
@@ -408,13 +428,14 @@ async fn delete(
     same_origin(&headers)?;
     let v = viewer(&st, &headers).await?;
     let repo = readable(&v, &f.name)?;
-    let digest: Digest = f.digest.parse()?;
+    let reference = f.reference()?;
     if !v.may(repo.as_str(), Action::Delete) {
         return Err(denied(&v, &repo).into());
     }
     let origin = crate::http::console_origin(&st.registry, &headers, &client, v.user.as_deref());
-    st.registry.delete_manifest(&repo, &Reference::Digest(digest.clone()), origin).await?;
-    let to = format!("/ui/repository?name={}&deleted={}", pages::encode(repo.as_str()), pages::encode(digest.as_str()));
+    st.registry.delete_manifest(&repo, &reference, origin).await?;
+    let gone = reference.to_string();
+    let to = format!("/ui/repository?name={}&deleted={}", pages::encode(repo.as_str()), pages::encode(&gone));
     Ok(Redirect::to(&to).into_response())
 }
 
@@ -431,11 +452,7 @@ async fn cluster(
 ) -> Result<Response, Refusal> {
     let v = viewer(&st, &headers).await?;
     let reg = &st.registry;
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(2))
-        .build()
-        .map_err(|e| RegistryError::internal(format!("an HTTP client: {e}")))?;
-    let regions = crate::replica::cluster_status(&reg.cfg, reg.store.pool(), &reg.cluster, &http).await;
+    let regions = crate::replica::cluster_status(&reg.cfg, reg.store.pool(), &reg.cluster, &st.status.http).await;
     let table = pages::cluster_table(&regions);
     if q.fragment {
         return Ok(answer(&v, table));

@@ -8,7 +8,7 @@ use maud::{html, Markup, DOCTYPE};
 
 use super::charts::{self, Group};
 use super::{Referrer, TagView, Viewer};
-use crate::oci::RepoName;
+use crate::oci::{Reference, RepoName};
 use crate::replica::RegionStatus;
 use crate::usage::{RepositoryTotal, Usage};
 
@@ -101,6 +101,7 @@ pub fn repositories(v: &Viewer, filter: &str, rows: &[RepositoryTotal], unanswer
                 button type="submit" { "Filter" }
             }
             (unanswered_note(unanswered))
+            div.scroll {
             table #repositories {
                 thead { tr { th { "Repository" } th { "Size" } th { "Tags" } th { "Last push" } th { "Pulls, 7 days" } } }
                 tbody {
@@ -114,7 +115,7 @@ pub fn repositories(v: &Viewer, filter: &str, rows: &[RepositoryTotal], unanswer
                         }
                     }
                 }
-            }
+            } }
             @if rows.is_empty() { p.empty { "No repositories to show." } }
         },
     )
@@ -157,10 +158,12 @@ pub fn repository(
         repo.as_str(),
         html! {
             @if let Some(d) = deleted { p.notice #deleted { "Deleted " code { (d) } "." } }
+            div.scroll {
             table #tags {
                 thead { tr {
                     th { "Tag" } th { "Digest" } th { "Size" } th { "Platforms" } th { "Pushed" }
-                    th { "Last pull" } th { "Pulls, 30 days" } th { "Referrers" } th { "Pull" }
+                    th { "Last pull" } th { "Pulls, 30 days" } th { "By region" } th { "Referrers" } th { "Pull" }
+                    @if delete { th {} }
                 } }
                 tbody {
                     @for t in tags {
@@ -175,14 +178,18 @@ pub fn repository(
                             td { (when(Some(d.pushed_at))) }
                             td { (when(t.last_pull)) }
                             td.pulls { (t.pulls) }
+                            td.regions { (t.by_region.iter().map(|(r, n)| format!("{r} {n}")).collect::<Vec<_>>().join(", ")) }
                             td { (referrer_list(repo, &t.referrers)) }
                             td { code.pull { (pull) } button.copy type="button" data-copy=(pull) { "Copy" } }
+                            @if delete {
+                                td { a.danger.delete-tag href=(format!("/ui/delete?name={}&tag={}", encode(repo.as_str()), encode(&d.tag))) { "Delete tag…" } }
+                            }
                         }
                     }
                 }
-            }
+            } }
             @if tags.is_empty() { p.empty { "No tags." } }
-            @if delete { p.muted { "Delete an image from its manifest's page." } }
+            @if delete { p.muted { "A tag's delete removes the tag; a manifest's page deletes the image and all its tags." } }
         },
     )
 }
@@ -222,17 +229,19 @@ pub fn manifest(
             @let layers = descriptors("layers");
             @if !layers.is_empty() {
                 h2 { "Layers" }
+                div.scroll {
                 table #layers {
                     thead { tr { th { "#" } th { "Digest" } th { "Media type" } th { "Size" } } }
                     tbody { @for (i, l) in layers.iter().enumerate() { tr {
                         td { (i + 1) } td { code { (l["digest"].as_str().unwrap_or("")) } }
                         td { (l["mediaType"].as_str().unwrap_or("")) } td { (charts::bytes(l["size"].as_f64().unwrap_or(0.0))) }
                     } } }
-                }
+                } }
             }
             @let platforms = descriptors("manifests");
             @if !platforms.is_empty() {
                 h2 { "Platforms" }
+                div.scroll {
                 table #platforms {
                     thead { tr { th { "Platform" } th { "Manifest" } th { "Size" } } }
                     tbody { @for p in &platforms { tr {
@@ -242,7 +251,7 @@ pub fn manifest(
                             code { (short(p["digest"].as_str().unwrap_or(""))) } } }
                         td { (charts::bytes(p["size"].as_f64().unwrap_or(0.0))) }
                     } } }
-                }
+                } }
             }
             @if let Some(a) = m["annotations"].as_object().filter(|a| !a.is_empty()) {
                 h2 { "Annotations" }
@@ -257,17 +266,22 @@ pub fn manifest(
     )
 }
 
-pub fn confirm_delete(v: &Viewer, repo: &RepoName, digest: &str) -> Markup {
+pub fn confirm_delete(v: &Viewer, repo: &RepoName, reference: &Reference) -> Markup {
+    let back = format!("/ui/repository?name={}", encode(repo.as_str()));
+    let (title, what, field) = match reference {
+        Reference::Digest(d) => ("Delete a manifest", format!("{repo}@{d} and every tag that names it"), "digest"),
+        Reference::Tag(t) => ("Delete a tag", format!("the tag {repo}:{t} (the manifest stays)"), "tag"),
+    };
     layout(
         Some(v),
-        "Delete a manifest",
+        title,
         html! {
-            p { "Delete " code { (repo) "@" (digest) } " and every tag that names it? This cannot be undone, in any region." }
+            p { "Delete " code { (what) } "? This cannot be undone, in any region." }
             form method="post" action="/ui/delete" {
                 input type="hidden" name="name" value=(repo);
-                input type="hidden" name="digest" value=(digest);
+                input type="hidden" name=(field) value=(reference.to_string());
                 button.danger #confirm type="submit" { "Delete" }
-                " " a href=(format!("/ui/manifest?name={}&digest={}", encode(repo.as_str()), encode(digest))) { "Cancel" }
+                " " a href=(back) { "Cancel" }
             }
         },
     )
@@ -275,6 +289,7 @@ pub fn confirm_delete(v: &Viewer, repo: &RepoName, digest: &str) -> Markup {
 
 pub fn cluster_table(regions: &[RegionStatus]) -> Markup {
     html! {
+        div.scroll {
         table #regions {
             thead { tr {
                 th { "Region" } th { "Reachable" } th { "Role" } th { "Term" } th { "Lag" } th { "Pin backlog" }
@@ -294,7 +309,7 @@ pub fn cluster_table(regions: &[RegionStatus]) -> Markup {
                     }
                 }
             }
-        }
+        } }
     }
 }
 
@@ -345,13 +360,14 @@ pub fn usage(v: &Viewer, days: u32, u: &Usage) -> Markup {
             (charts::bars("Pulls per day", &series, &per_day(false), charts::count))
             (charts::bars("Bytes served per day", &series, &per_day(true), charts::bytes))
             h2 { "Top repositories" }
+            div.scroll {
             table #top {
                 thead { tr { th { "Repository" } th { "Pulls" } th { "Blob pulls" } th { "Bytes served" } th { "Last pull" } } }
                 tbody { @for r in &top { tr {
                     td { a href=(format!("/ui/repository?name={}", encode(&r.repository))) { (r.repository) } }
                     td.pulls { (r.pulls) } td { (r.blob_pulls) } td { (charts::bytes(r.bytes_served as f64)) } td { (when(r.last_pull)) }
                 } } }
-            }
+            } }
         },
     )
 }

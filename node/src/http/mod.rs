@@ -70,7 +70,9 @@ pub struct AppState {
 /// while the figures are gathered (each region's answer bounded by 2 s) on purpose: requests
 /// that arrive meanwhile wait for that one computation instead of starting their own.
 pub struct StatusCache {
-    http: reqwest::Client,
+    /// The client of the other regions' public `/status` (2 s a request); the console's
+    /// cluster page asks through it too.
+    pub(crate) http: reqwest::Client,
     local: tokio::sync::Mutex<Option<(Instant, serde_json::Value)>>,
     cluster: tokio::sync::Mutex<Option<(Instant, serde_json::Value)>>,
 }
@@ -107,7 +109,8 @@ fn method_label(m: &Method) -> &'static str {
 pub fn router(state: AppState) -> Router {
     let rates = Arc::new(limits::RequestLimits::new(&state.registry.cfg.server, state.auth.keys.clone()));
     let console = crate::console::router(state.clone());
-    Router::new()
+    let cors = cors(&state.registry.cfg.server.cors);
+    let router = Router::new()
         .route("/v2/_afreg/usage", get(usage))
         .route("/v2", any(v2))
         .route("/v2/", any(v2))
@@ -130,7 +133,52 @@ pub fn router(state: AppState) -> Router {
         // A panic in a handler answers 500 instead of dropping the connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
         // Never let a browser sniff a response into another type.
-        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")));
+    // Outermost, so that a preflight is answered before the limits and the auth.
+    match cors {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+/// `server.cors`: what browser UIs on the listed origins may send and read (None: no
+/// cross-origin access). Listed origins may send credentials; `*` may not.
+fn cors(c: &crate::config::CorsConfig) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::HeaderName;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if c.allowed_origins.is_empty() {
+        return None;
+    }
+    let name = HeaderName::from_static;
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            header::CONTENT_TYPE,
+            header::CONTENT_RANGE,
+            header::RANGE,
+            name("x-afreg-consistency"),
+        ])
+        .expose_headers([
+            name(oci::DOCKER_CONTENT_DIGEST),
+            header::LINK,
+            header::WWW_AUTHENTICATE,
+            header::LOCATION,
+            header::RANGE,
+            header::CONTENT_RANGE,
+            header::CONTENT_LENGTH,
+            name("docker-upload-uuid"),
+            name("docker-distribution-api-version"),
+            name("oci-subject"),
+            name("oci-filters-applied"),
+        ])
+        .max_age(Duration::from_secs(600));
+    if c.allowed_origins.iter().any(|o| o == "*") {
+        return Some(layer.allow_origin(tower_http::cors::Any));
+    }
+    let origins: Vec<HeaderValue> = c.allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    Some(layer.allow_origin(AllowOrigin::list(origins)).allow_credentials(true))
 }
 
 /// A console request (a delete) as its notification event names it.
