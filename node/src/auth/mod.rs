@@ -251,6 +251,11 @@ impl Auth {
         self.anonymous()
     }
 
+    /// Whether anonymous clients may pull (every repository, then).
+    pub fn anonymous_pull(&self) -> bool {
+        self.cfg.anonymous.contains(&Action::Pull)
+    }
+
     /// A signed-in user's grants as stored now, with what anonymous clients may do; a user
     /// removed since has only the latter.
     pub async fn grants_of(&self, user: &str) -> Result<Grants, RegistryError> {
@@ -299,7 +304,7 @@ impl Auth {
             }
             return Ok((user, Visible::Grants(grants)));
         }
-        if self.cfg.anonymous.contains(&Action::Pull) {
+        if self.anonymous_pull() {
             return Ok((None, Visible::Grants(anonymous)));
         }
         Err(self.challenge(&Need::Catalog, None, "authentication required", None))

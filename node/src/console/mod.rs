@@ -140,7 +140,7 @@ async fn viewer(st: &AppState, headers: &HeaderMap) -> Result<Viewer, Refusal> {
             let renew = (claims.exp.saturating_sub(now) < auth.keys.ttl() / 2).then(|| new_session(st, &claims.sub));
             Ok(Viewer { user: Some(claims.sub), visible: Visible::Grants(grants.clone()), grants: Some(grants), renew })
         }
-        None if auth.anonymous_grants().allowed("any/repository").contains(&Action::Pull) => {
+        None if auth.anonymous_pull() => {
             let grants = auth.anonymous_grants();
             Ok(Viewer { user: None, visible: Visible::Grants(grants.clone()), grants: Some(grants), renew: None })
         }

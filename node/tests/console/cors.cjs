@@ -7,13 +7,8 @@
 "use strict";
 
 const assert = require("node:assert/strict");
-const { chromium } = require("playwright-core");
+const { launch, env } = require("./browser.cjs");
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 
 // Runs in the UI's page.
 async function browse({ registry, user, password }) {
@@ -36,12 +31,7 @@ async function browse({ registry, user, password }) {
 }
 
 async function main() {
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch();
   const page = await browser.newPage();
   const args = { registry: env("REGISTRY"), user: env("USER"), password: env("PASSWORD") };
 
