@@ -3,6 +3,7 @@
 #
 #   - PostgreSQL server, skopeo, podman (with runc), docker-compose (the Compose file check) and
 #     busybox-static (the image's shell) from Debian;
+#   - Prometheus (the Grafana dashboard's test) and Chromium (the console's) from Debian;
 #   - Kubo (IPFS), crane, oras, regctl from their Go modules;
 #   - the OCI distribution-spec conformance suite, built with `go test -c`;
 #   - Pebble, Let's Encrypt's ACME test server, and its test certificates;
@@ -162,6 +163,11 @@ if ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok ins
 fi
 npm_install playwright-core "$PLAYWRIGHT_VERSION"
 
+# ---- Prometheus from Debian (node/tests/it/dashboard.rs scrapes a cluster and runs every query
+# of docs/grafana/afreg.json). The test runs its own prometheus; the packaged service is not started.
+dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed" \
+  || apt_install_no_start prometheus
+
 # ---- GeoDNS: PowerDNS and a GeoIP database writer (tests: cli/tests/it/geodns.rs) -------------
 # pdns-server with the bind backend (serves the rendered zone) and the geoip backend (gives the
 # LUA records' continent() its MaxMind database). The tests run their own pdns_server on a
@@ -174,7 +180,7 @@ for p in "${PDNS_PKGS[@]}"; do
 done
 [ ${#missing[@]} -eq 0 ] || apt_install_no_start "${missing[@]}"
 # mmdb-writer + netaddr (PyPI, pinned) in a venv, for scripts/make-test-mmdb.py; the CloudEvents
-# SDK for the notification tests' CloudEvents receiver (node/tests/receivers/).
+# SDK for the notification tests' CloudEvents receiver (testkit/receivers/).
 PY_DIR=${AFREG_PY:-$HOME/.cache/afreg/py}
 PY_PKGS="mmdb-writer==0.2.7 netaddr==1.3.0 cloudevents==2.2.0"
 if [ "$(cat "$PY_DIR/.afreg-packages" 2>/dev/null)" != "$PY_PKGS" ] \

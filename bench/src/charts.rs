@@ -12,7 +12,7 @@ use plotters::prelude::*;
 use crate::report::{size_label, Report};
 use crate::targets::label;
 
-const COLORS: [RGBColor; 8] = [
+const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -21,6 +21,8 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(127, 127, 127),
     RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
+    RGBColor(227, 119, 194),
 ];
 
 /// A bar: its label, median, minimum and maximum, and the index of its colour.
@@ -141,6 +143,8 @@ fn color_of(target: &str) -> usize {
         "afreg-token" => 4,
         "afreg-defaults" => 7,
         "afreg-cluster" => 5,
+        "afreg-notify" => 8,
+        "afreg-no-usage" => 9,
         "distribution-v3" => 1,
         "distribution-2.8" => 2,
         "zot" => 3,

@@ -197,6 +197,10 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     progress("starting afreg with its defaults (one region as `afreg up` configures it)");
     let defaults = targets::afreg_defaults_region(afreg);
     defaults.node.add_user_with_grants("bench", &password, targets::DEFAULTS_GRANTS);
+    progress("starting afreg with notifications on (and a receiver) and afreg counting no pulls");
+    let receiver = testkit::receiver::Receiver::start();
+    let notify = targets::afreg_notify_region(afreg, &receiver.url());
+    let no_usage = targets::afreg_no_usage_region(afreg);
     progress("starting the three-region cluster (us, eu, asia)");
     let mut cluster = targets::afreg_cluster(afreg);
     progress("starting distribution v3 and 2.8");
@@ -212,6 +216,8 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     infos.push(info("afreg", "afreg", "afreg", true, targets::AFREG_CONFIG));
     infos.push(info("afreg-token", "afreg (token)", "afreg", true, targets::TOKEN_CONFIG));
     infos.push(info("afreg-defaults", "afreg with its defaults", "afreg", true, targets::defaults_config()));
+    infos.push(info("afreg-notify", "afreg with notifications", "afreg", true, targets::NOTIFY_CONFIG));
+    infos.push(info("afreg-no-usage", "afreg counting no pulls", "afreg", true, targets::NO_USAGE_CONFIG));
     infos.push(info("afreg-cluster", "afreg cluster (us)", "afreg", true, targets::CLUSTER_CONFIG));
     infos.push(info("distribution-v3", "distribution v3", "peer", true, targets::DIST_CONFIG));
     match &dist28 {
@@ -245,6 +251,13 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
         kubos: vec![defaults.kubo.api_url()],
         ..Target::at("afreg-defaults", defaults.node.url())
     };
+    let variant = |id, r: &testkit::TestRegion| Target {
+        pid: Some(r.node.pid()),
+        kubos: vec![r.kubo.api_url()],
+        variant: true,
+        ..Target::at(id, r.node.url())
+    };
+    let (notify_t, no_usage_t) = (variant("afreg-notify", &notify), variant("afreg-no-usage", &no_usage));
     let us = cluster.region("us");
     let cluster_t = Target {
         pid: Some(us.node().pid()),
@@ -257,7 +270,8 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
         blob_dir: p.blob_dir(),
         ..Target::at(id, p.url.clone())
     };
-    let mut registries = vec![afreg_t.clone(), defaults_t, cluster_t, peer("distribution-v3", &dist3)];
+    let mut registries =
+        vec![afreg_t.clone(), notify_t, no_usage_t, defaults_t, cluster_t, peer("distribution-v3", &dist3)];
     for (id, p) in [("distribution-2.8", dist28.as_ref().ok()), ("zot", zot.as_ref().ok())] {
         if let Some(p) = p {
             registries.push(peer(id, p));
@@ -283,6 +297,18 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     ));
     let mut at_once_digests: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for t in &registries {
+        if t.variant {
+            // The variants run the blob workloads only: their many-clients blobs are all they need.
+            let signed_in = http::authorized(&c, t, &[repository_scope(AT_ONCE_REPO)]).await?;
+            let mut digests = vec![];
+            for _ in 0..AT_ONCE_BLOBS {
+                let (_, d) =
+                    http::push(&c, &signed_in, AT_ONCE_REPO, Push::Mono, next_seed(), plan.at_once_size).await?;
+                digests.push(d);
+            }
+            at_once_digests.insert(t.id, digests);
+            continue;
+        }
         let signed_in =
             http::authorized(&c, t, &[repository_scope("bench/img"), repository_scope("bench/tags")]).await?;
         let (body, _) = http::push_image(&c, &signed_in, "bench/img", "latest").await?;
@@ -454,7 +480,7 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
         s.add(&format!("page-cache-read/{bz}"), "physical", "reference", "MiB/s", true, cached);
 
         // ---- Manifests -----------------------------------------------------------------------
-        let mut manifest_targets = order.clone();
+        let mut manifest_targets: Vec<Target> = order.iter().filter(|t| !t.variant).cloned().collect();
         let pull_img = ["repository:bench/img:pull".to_owned()];
         let tok = http::token(&c, &afreg_t.url, ("bench", &password), &pull_img).await?;
         manifest_targets.insert(1, Target { id: "afreg-token", token: Some(tok), ..afreg_t.clone() });
@@ -474,7 +500,7 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
         }
 
         // ---- Listing -------------------------------------------------------------------------
-        for t in &order {
+        for t in order.iter().filter(|t| !t.variant) {
             let signed_in = http::authorized(&c, t, &[repository_scope("bench/tags")]).await?;
             let (n, took) = http::list_all(&c, &signed_in, "/v2/bench/tags/tags/list", "tags").await?;
             anyhow::ensure!(n == plan.tags, "{}: listed {n} tags of {}", t.id, plan.tags);
@@ -513,6 +539,16 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     for t in &registries {
         t.forget_blobs(&c, AT_ONCE_REPO, &at_once_digests[t.id]).await;
     }
+    let refused = receiver.contract_errors();
+    progress(&format!(
+        "the receiver of afreg-notify took {} events of {} requests",
+        receiver.events().len(),
+        receiver.requests()
+    ));
+    anyhow::ensure!(
+        refused.is_empty(),
+        "afreg-notify's receiver refused requests as breaking distribution's contract:\n{refused}"
+    );
 
     let mut report = Report {
         started: started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),

@@ -246,7 +246,44 @@ impl Report {
             false,
         ));
         goals.extend(self.defaults_goals());
+        goals.extend(self.variant_goals());
         self.goals = goals;
+    }
+
+    /// The A/B goals, each variant against `afreg` in the same rounds: notifications slow no
+    /// push by more than 10%, and counting pulls slows no pull by more than 5%.
+    fn variant_goals(&self) -> Vec<Goal> {
+        let ratio = |workload: &str, a: &str, b: &str| {
+            let (fa, fb) = (self.figure(workload, a).map(|f| f.median), self.figure(workload, b).map(|f| f.median));
+            let measured = format!("{a} {} vs {b} {} MiB/s", fmt(fa), fmt(fb));
+            (measured, fa.zip(fb).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b))
+        };
+        let mut goals = vec![];
+        let mut pushes: Vec<String> = vec![];
+        let mut pulls: Vec<String> = vec![];
+        for &size in &self.blob_sizes {
+            let sz = size_label(size);
+            pushes.extend(["push-mono", "push-streamed", "push-chunked"].map(|w| format!("{w}/{sz}")));
+            pulls.push(format!("pull/{sz}"));
+        }
+        pushes.push(crate::crane::workload("push"));
+        pulls.push(self.workload_named("pull-32x"));
+        pulls.push(crate::crane::workload("pull"));
+        for w in pushes {
+            let (measured, r) = ratio(&w, "afreg-notify", "afreg");
+            goals.push(goal_of(&format!("notifications on: {w} ≥ 0.9× afreg without them"), measured, r, 0.9, false));
+        }
+        for w in pulls {
+            let (measured, r) = ratio(&w, "afreg", "afreg-no-usage");
+            goals.push(goal_of(
+                &format!("pull counting on: {w} ≥ 0.95× afreg counting none"),
+                measured,
+                r,
+                0.95,
+                false,
+            ));
+        }
+        goals
     }
 
     /// The goals of afreg as a user runs it (`afreg-defaults`: private, every request with a

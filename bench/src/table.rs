@@ -105,13 +105,22 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(out, "| {} | {} | {} | {verdict} |", g.goal, g.measured, fmt(g.ratio));
     }
 
-    let registries: Vec<&str> =
-        ["afreg", "afreg-defaults", "afreg-token", "afreg-cluster", "distribution-v3", "distribution-2.8", "zot"]
-            .into_iter()
-            .filter(|t| r.target(t).is_some_and(|i| i.available))
-            .collect();
+    let registries: Vec<&str> = [
+        "afreg",
+        "afreg-notify",
+        "afreg-no-usage",
+        "afreg-defaults",
+        "afreg-token",
+        "afreg-cluster",
+        "distribution-v3",
+        "distribution-2.8",
+        "zot",
+    ]
+    .into_iter()
+    .filter(|t| r.target(t).is_some_and(|i| i.available))
+    .collect();
     let no_token: Vec<&str> = registries.iter().copied().filter(|t| *t != "afreg-token").collect();
-    let _ = writeln!(out, "\n## Blobs\n\nOne client, one blob at a time; every push is of fresh pseudo-random bytes. Each round, a workload of a small blob repeats until 64 MiB have moved (at most 32 times: 32 transfers at 1 MiB, one at 100 MiB and 1 GiB), and its figure is all those bytes over the sum of their times, so that one transfer's jitter does not decide it. `push-mono` is `POST` then one `PUT ?digest=` with the body; `push-single-post` is afreg's one `POST ?digest=` with the body; `push-streamed` is `POST`, one `PATCH`, `PUT` (what docker does); `push-chunked` is `PATCH`es of an eighth of the blob (at least 256 KiB) with `Content-Range`; `pull` is `GET` of the monolithic push's blob; `pull-32x10` is 32 clients at once, each a connection of its own, client i pulling blob i mod 10 of ten pushed before the rounds (so each blob is read by three or four clients at the same time), total bytes over the time to the last byte. `afreg with its defaults` takes a token from its `/token` before each workload and sends it with every request. The cluster keeps each blob in three regions, so its blob workloads stop below 1 GiB (its 1 GiB transfers are the cross-region pin figure) and a full run fits the disk; every blob pushed is removed once measured (a peer's files deleted on disk; afreg sent `DELETE`, which unpins it and removes its blob file), so a run of several rounds fits the disk.");
+    let _ = writeln!(out, "\n## Blobs\n\nOne client, one blob at a time; every push is of fresh pseudo-random bytes. Each round, a workload of a small blob repeats until 64 MiB have moved (at most 32 times: 32 transfers at 1 MiB, one at 100 MiB and 1 GiB), and its figure is all those bytes over the sum of their times, so that one transfer's jitter does not decide it. `push-mono` is `POST` then one `PUT ?digest=` with the body; `push-single-post` is afreg's one `POST ?digest=` with the body; `push-streamed` is `POST`, one `PATCH`, `PUT` (what docker does); `push-chunked` is `PATCH`es of an eighth of the blob (at least 256 KiB) with `Content-Range`; `pull` is `GET` of the monolithic push's blob; `pull-32x10` is 32 clients at once, each a connection of its own, client i pulling blob i mod 10 of ten pushed before the rounds (so each blob is read by three or four clients at the same time), total bytes over the time to the last byte. `afreg with its defaults` takes a token from its `/token` before each workload and sends it with every request. The cluster keeps each blob in three regions, so its blob workloads stop below 1 GiB (its 1 GiB transfers are the cross-region pin figure) and a full run fits the disk; every blob pushed is removed once measured (a peer's files deleted on disk; afreg sent `DELETE`, which unpins it and removes its blob file), so a run of several rounds fits the disk. `afreg with notifications` and `afreg counting no pulls` are the tuned one-region afreg with one setting changed each (an endpoint taking every event, pulls too, on a real receiver; `usage.count_pulls = false`): they run only the blob and crane workloads, beside `afreg` in every round, and the goals' A/B rows are their ratios to it.");
     group_table(&mut out, r, "blobs", &no_token, &RATIO_OF);
     let _ = writeln!(out, "\n## Images\n\n`crane push` of an OCI image layout the bench wrote (20 layers of fresh bytes, 256 KiB to 4 MiB in a geometric spread, a config and a manifest), then `crane pull --format oci` of the same reference into a fresh directory, each round to a repository of its own; the image's bytes over the crane process's run, start-up included. `afreg with its defaults` is logged in through a `DOCKER_CONFIG` with the bench user; the others are anonymous.");
     group_table(&mut out, r, "images", &no_token, &RATIO_OF);

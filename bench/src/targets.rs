@@ -1,7 +1,9 @@
 //! The registries a run measures, each started on loopback in a directory of its own and
 //! stopped when dropped: afreg with one region and the local three-region cluster (through
 //! testkit, on real Postgres and Kubo), both tuned for throughput, the same one-region afreg with
-//! its defaults (private, request-rate limits and request log on, as a user runs it),
+//! its defaults (private, request-rate limits and request log on, as a user runs it), two A/B
+//! variants of the one-region afreg (notifications delivered to a real receiver; pull counting
+//! off),
 //! distribution v3 (`registry` in the tools directory), Debian's distribution 2.8
 //! (`docker-registry`), and zot where the Go module proxy served it. Every peer runs on its
 //! filesystem storage with its access log off.
@@ -43,6 +45,10 @@ pub struct Target {
     /// deleted, the bench runs their `repo/gc` so the blocks leave the disk before the next
     /// workload, not at afreg's own next GC (`kubo.gc_interval_secs`, 10 minutes).
     pub kubos: Vec<String>,
+    /// An A/B variant of `afreg` (one setting changed): it runs the blob, many-clients and
+    /// crane workloads only, beside `afreg` in the same round, so that the setting's cost is a
+    /// ratio of two figures taken minutes apart.
+    pub variant: bool,
 }
 
 impl Target {
@@ -59,6 +65,7 @@ impl Target {
             single_post: true,
             blob_dir: None,
             kubos: vec![],
+            variant: false,
         }
     }
 
@@ -154,6 +161,34 @@ pub fn defaults_config() -> String {
 /// The one-region afreg.
 pub fn afreg_region(bin: &Path) -> TestRegion {
     TestRegion::start_with(bin, unlimited)
+}
+
+pub const NOTIFY_CONFIG: &str = "the one-region node with one notification endpoint (distribution's envelope, \
+    every event: manifest and blob pushes, mounts, deletes, and pull events) to testkit/receivers/distribution_receiver.py \
+    on loopback, answering 200";
+pub const NO_USAGE_CONFIG: &str =
+    "the one-region node with usage.count_pulls = false: no pull counted for the usage figures";
+
+/// `afreg-notify`: the one-region afreg delivering every event, pulls too, to `receiver_url`.
+pub fn afreg_notify_region(bin: &Path, receiver_url: &str) -> TestRegion {
+    let url = receiver_url.to_owned();
+    TestRegion::start_with(bin, move |c| {
+        unlimited(c);
+        c.config.notifications.endpoints = vec![afreg_config::notifications::Endpoint {
+            name: "bench".into(),
+            url: url.clone(),
+            pulls: true,
+            ..Default::default()
+        }];
+    })
+}
+
+/// `afreg-no-usage`: the one-region afreg counting no pulls.
+pub fn afreg_no_usage_region(bin: &Path) -> TestRegion {
+    TestRegion::start_with(bin, |c| {
+        unlimited(c);
+        c.config.usage.count_pulls = false;
+    })
 }
 
 /// The one-region afreg with its defaults (`afreg-defaults`).
@@ -285,6 +320,8 @@ pub fn label(id: &str) -> &'static str {
         "afreg-token" => "afreg (token)",
         "afreg-defaults" => "afreg with its defaults",
         "afreg-cluster" => "afreg cluster (us)",
+        "afreg-notify" => "afreg with notifications",
+        "afreg-no-usage" => "afreg counting no pulls",
         "distribution-v3" => "distribution v3",
         "distribution-2.8" => "distribution 2.8",
         "zot" => "zot",

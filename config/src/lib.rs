@@ -7,7 +7,8 @@
 //! error wherever a config is built, and [`Config::load_from`] reads back what they write. It is
 //! a crate of its own, without the server's dependencies, so that the deployment tools
 //! (`afreg-deploy`) can build configs without building the server. `notifications` holds the
-//! `[notifications]` section (distribution's endpoint fields), a file of its own.
+//! `[notifications]` section (distribution's endpoint fields), and `mirror` the `[mirror]`
+//! section (the upstreams of the pull-through cache), each a file of its own.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,9 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub mod mirror;
 pub mod notifications;
+pub use mirror::MirrorConfig;
 pub use notifications::NotificationsConfig;
 
 /// The prefix of the environment variables that override the file: `AFREG_SECTION__FIELD`.
@@ -81,6 +84,8 @@ pub struct Config {
     pub log: LogConfig,
     pub cluster: ClusterConfig,
     pub notifications: NotificationsConfig,
+    pub usage: UsageConfig,
+    pub mirror: MirrorConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -656,6 +661,22 @@ impl Default for LogConfig {
     }
 }
 
+/// `[usage]`: the region's own pull figures (`/v2/_afreg/usage`, the console).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageConfig {
+    /// Whether this region counts the pulls it serves (per repository, tag and digest, per
+    /// day). Off, its figures stay as they were and pulls queue nothing for them; pull events
+    /// (`notifications.endpoints[].pulls`) are sent either way.
+    pub count_pulls: bool,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self { count_pulls: true }
+    }
+}
+
 impl Config {
     /// Defaults, then the TOML file (if given), then the process's `AFREG_SECTION__FIELD`
     /// variables (other `AFREG_` variables, such as `AFREG_CONFIG` or `AFREG_TOOLS`, are not
@@ -703,6 +724,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.notifications.validate()?;
+        self.mirror.validate()?;
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if !self.kubo.chunker.starts_with("size-") {
             return bad("kubo.chunker must be of the form size-N");

@@ -155,6 +155,10 @@ pub struct Report {
     pub verdicts: Vec<Verdict>,
     /// Whether every checker passed and every failover was within its bound.
     pub passed: bool,
+    /// Every write the clients sent, with how it ended, in invoke order: what a test holds up
+    /// against what else saw the writes (a notification receiver). Not in the JSON.
+    #[serde(skip)]
+    pub writes: Vec<(history::Op, history::Outcome)>,
 }
 
 impl Report {
@@ -366,5 +370,6 @@ fn judge(
         examples: c.examples,
         verdicts,
         passed,
+        writes: h.events.iter().filter(|e| e.op.is_write()).map(|e| (e.op.clone(), e.outcome.clone())).collect(),
     }
 }

@@ -6,9 +6,12 @@
 //! - [`oci`]: the protocol with no IO: names, digests, the endpoint parser, manifest reading,
 //!   error codes and the one mapping of errors to responses.
 //! - [`http`]: the axum server; thin handlers over the services.
-//! - [`registry`]: the services (blobs, uploads, manifests) that tie the adapters together.
+//! - [`registry`]: the services (blobs, uploads, manifests, the pull-through cache's mirror)
+//!   that tie the adapters together.
 //! - [`store`]: the node's SQL, against the schema in `migrations/`.
 //! - [`kubo`]: the Kubo RPC client; streams blob bytes in and out.
+//! - [`upstream`]: the pull-through cache's client of an upstream registry (its challenge and
+//!   token flow).
 //! - [`blob_files`]: verified copies of blobs as plain files, where pulls are served from.
 //! - [`unixfs`]: a chunked upload's UnixFS DAG, built over leaves Kubo already stores.
 //! - [`client`]: who a request comes from, as every per-client limit keys it.
@@ -42,6 +45,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod unixfs;
+pub mod upstream;
 pub mod usage;
 
 /// The HTTP layer's private parsers, re-exported for the fuzz targets in `fuzz/` only: not an

@@ -58,16 +58,26 @@ pub struct Pulls {
     rx: Mutex<Option<mpsc::Receiver<Pull>>>,
     /// Whether any enabled endpoint takes pull events.
     pub events: bool,
+    /// Whether the region counts pulls (`usage.count_pulls`).
+    pub counting: bool,
 }
 
 impl Pulls {
-    pub fn new(events: bool) -> Self {
+    pub fn new(events: bool, counting: bool) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        Pulls { tx, rx: Mutex::new(Some(rx)), events }
+        Pulls { tx, rx: Mutex::new(Some(rx)), events, counting }
+    }
+
+    /// Whether a pull is recorded at all: counted, or an endpoint takes its event.
+    pub fn wanted(&self) -> bool {
+        self.counting || self.events
     }
 
     /// Queues `pull`, never waiting.
     pub fn record(&self, pull: Pull) {
+        if !self.wanted() {
+            return;
+        }
         if self.tx.try_send(pull).is_err() {
             metrics::counter!("afreg_pull_records_dropped_total").increment(1);
         }
@@ -81,7 +91,7 @@ impl Pulls {
         stop: CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let rx = self.rx.lock().expect("pulls lock").take()?;
-        Some(tokio::spawn(write(rx, store, pull_endpoints, stop)))
+        Some(tokio::spawn(write(rx, store, pull_endpoints, self.counting, stop)))
     }
 }
 
@@ -93,7 +103,11 @@ struct Batch {
 }
 
 impl Batch {
-    fn add(&mut self, p: Pull) {
+    fn add(&mut self, p: Pull, counting: bool) {
+        if !counting {
+            self.add_event(p);
+            return;
+        }
         let day = p.at.date_naive();
         let key = (day, p.repository.clone(), p.digest.clone(), p.tag.clone());
         let c = self.counts.entry(key).or_insert_with(|| CountDelta {
@@ -113,6 +127,11 @@ impl Batch {
         }
         c.bytes += p.bytes;
         c.last_pull = c.last_pull.max(p.at);
+        self.add_event(p);
+    }
+
+    /// The pull's event, if an endpoint takes it.
+    fn add_event(&mut self, p: Pull) {
         if let Some(origin) = p.origin {
             self.events.push(NewPullEvent {
                 at: p.at,
@@ -135,6 +154,7 @@ async fn write(
     mut rx: mpsc::Receiver<Pull>,
     store: Store,
     pull_endpoints: Vec<(String, Duration)>,
+    counting: bool,
     stop: CancellationToken,
 ) {
     let mut batch = Batch::default();
@@ -152,7 +172,7 @@ async fn write(
             }
         };
         while let Ok(p) = rx.try_recv() {
-            batch.add(p);
+            batch.add(p, counting);
         }
         if batch.len() > 0 {
             match write_batch(&store, &batch).await {
@@ -223,9 +243,9 @@ mod tests {
     #[test]
     fn a_batch_sums_its_pulls_per_row_and_keeps_events_only_with_an_origin() {
         let mut b = Batch::default();
-        b.add(pull("a", "v1", true, 10));
-        b.add(pull("a", "v1", true, 10));
-        b.add(pull("a", "", false, 100));
+        b.add(pull("a", "v1", true, 10), true);
+        b.add(pull("a", "v1", true, 10), true);
+        b.add(pull("a", "", false, 100), true);
         assert_eq!(b.counts.len(), 2);
         let tagged = b.counts.values().find(|c| c.tag == "v1").unwrap();
         assert_eq!((tagged.pulls, tagged.blob_pulls, tagged.bytes), (2, 0, 20));
@@ -235,8 +255,18 @@ mod tests {
     }
 
     #[test]
+    fn with_counting_off_a_pull_is_queued_only_for_its_event() {
+        let quiet = Pulls::new(false, false);
+        quiet.record(pull("a", "v1", true, 10));
+        assert_eq!(quiet.tx.capacity(), QUEUE, "a pull queued with nothing to count and no endpoint");
+        let mut b = Batch::default();
+        b.add(pull("a", "v1", true, 10), false);
+        assert!(b.counts.is_empty());
+    }
+
+    #[test]
     fn a_full_queue_drops_instead_of_waiting() {
-        let p = Pulls::new(false);
+        let p = Pulls::new(false, true);
         for _ in 0..QUEUE + 10 {
             p.record(pull("a", "", false, 1));
         }

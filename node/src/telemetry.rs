@@ -92,6 +92,8 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         "afreg_upload_sessions_in_memory",
         "Upload sessions with a lock and running hash in this process"
     );
+    metrics::describe_counter!("afreg_seat_taken_total", "Times this process took its region's Raft seat");
+    metrics::describe_gauge!("afreg_seat_epoch", "Epoch of the region's Raft seat holder as this process last saw it");
     metrics::gauge!("afreg_upload_sessions_in_memory").set(0.0);
     Ok(handle)
 }

@@ -314,14 +314,28 @@ impl Seat {
         Ok(conn)
     }
 
+    /// Publishes a change of this process's place; `afreg_seat_taken_total` counts the times it
+    /// took the seat, and `afreg_seat_epoch` is the epoch of the holder it last saw (a seat
+    /// change moves it on in every process of the region).
     fn set(&self, s: SeatState) {
-        self.state.send_if_modified(|cur| {
+        let changed = self.state.send_if_modified(|cur| {
             if *cur == s {
                 return false;
             }
-            *cur = s;
+            *cur = s.clone();
             true
         });
+        if !changed {
+            return;
+        }
+        match s {
+            SeatState::Holding { epoch } => {
+                metrics::counter!("afreg_seat_taken_total").increment(1);
+                metrics::gauge!("afreg_seat_epoch").set(epoch as f64);
+            }
+            SeatState::Standby { holder: Some(h) } => metrics::gauge!("afreg_seat_epoch").set(h.epoch as f64),
+            SeatState::Standby { holder: None } => {}
+        }
     }
 
     /// Waits for the seat; returns the epoch taken and how long the previous holder's lease

@@ -19,6 +19,8 @@
 //! - [`dns`]: PowerDNS on a loopback port, serving the zone `afreg dns render` writes or a
 //!   plain zone of A records.
 //! - [`api`]: a raw client of a node's API (exact statuses, headers, error bodies).
+//! - [`receiver`]: webhook receivers (`receivers/`: distribution's contract, the CloudEvents
+//!   SDK) for the notification tests and the benchmark.
 //! - [`workload`]: workloads run under faults; [`history`]: the drills' recorded history and
 //!   the checkers that rule on it (both from `afreg_drill`, plus checks that read a region's
 //!   Postgres and Kubo).
@@ -35,6 +37,7 @@ pub mod kubo;
 pub mod node;
 pub mod oci;
 pub mod postgres;
+pub mod receiver;
 pub mod region;
 pub mod stream;
 pub mod tools;

@@ -15,10 +15,12 @@
 
 use std::time::Duration;
 
+use afreg_drill::history::{Op, Outcome};
 use afreg_drill::oci::Endpoint;
 use afreg_drill::run::{self, Fault, Plan, Report, Target};
 use afreg_drill::workload::Mixed;
 use testkit::history::{self, Outage};
+use testkit::receiver::Receiver;
 
 use crate::common::*;
 
@@ -80,15 +82,29 @@ fn drill_config(_: &str, cfg: &mut testkit::NodeConfig) {
     (c.cluster.snapshot_every, c.cluster.snapshot_keep_logs) = (200, 50);
 }
 
-/// The drills' cluster: three regions of [`drill_config`] over [`DELAY`] links.
-fn drill_cluster(bin: &std::path::Path) -> Chaos {
-    Chaos::start_bin(bin, &["us", "eu", "asia"], DELAY, drill_config)
+/// The drills' cluster: three regions of [`drill_config`], then `configure`, over [`DELAY`]
+/// links.
+fn drill_cluster(bin: &std::path::Path, configure: &dyn Fn(&mut testkit::NodeConfig)) -> Chaos {
+    Chaos::start_bin(bin, &["us", "eu", "asia"], DELAY, |name, cfg| {
+        drill_config(name, cfg);
+        configure(cfg);
+    })
 }
 
 /// Runs the workload on the drills' cluster, hits the current leader with `fault` for each
 /// round, heals, rules on the history, and fails the test on any failed checker.
 fn drill(scenario: &'static str, default_seed: u64, fault: impl FnMut(&mut Chaos, &Mixed, &str) -> Fault) -> Report {
-    let report = drill_on(testkit::afreg_bin(), scenario, default_seed, fault);
+    drill_configured(scenario, default_seed, &|_| {}, fault)
+}
+
+/// [`drill`] on regions that `configure` changes as well.
+fn drill_configured(
+    scenario: &'static str,
+    default_seed: u64,
+    configure: &dyn Fn(&mut testkit::NodeConfig),
+    fault: impl FnMut(&mut Chaos, &Mixed, &str) -> Fault,
+) -> Report {
+    let report = drill_on(testkit::afreg_bin(), scenario, default_seed, configure, fault);
     // The table of the product's drills, passed or not (scripts/test.sh prints it, and
     // docs/drills.md is one); the broken build's drill is not the product's, so not in it.
     if let Ok(table) = std::env::var("DRILL_TABLE") {
@@ -106,12 +122,13 @@ fn drill_on(
     bin: &std::path::Path,
     scenario: &'static str,
     default_seed: u64,
+    configure: &dyn Fn(&mut testkit::NodeConfig),
     fault: impl FnMut(&mut Chaos, &Mixed, &str) -> Fault,
 ) -> Report {
     let started = std::time::Instant::now();
     let mut plan = Plan::new(scenario, seed(default_seed));
     plan.rounds = rounds();
-    let chaos = drill_cluster(bin);
+    let chaos = drill_cluster(bin, configure);
     chaos.wait_agreed(Duration::from_secs(30));
     let mut target = ChaosTarget { chaos, fault };
     let report = run::run(&plan, &mut target, &|line| eprintln!("{scenario}: {line}"))
@@ -147,18 +164,105 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("signal the node");
 }
 
+/// The leader SIGKILLed for the hold, then started again.
+fn kill_leader(chaos: &mut Chaos, work: &Mixed, leader: &str) -> Fault {
+    let at = work.now();
+    chaos.cluster.region_mut(leader).node_mut().kill();
+    eprintln!("leader-kill: SIGKILLed {leader} at {at:.1?}");
+    std::thread::sleep(HOLD);
+    let node = chaos.cluster.region_mut(leader).node_mut();
+    node.spawn_again();
+    node.wait_healthy(Duration::from_secs(30)).expect("the killed leader comes back");
+    Fault { leader_lost_at: Some(at), outages: vec![outage_until_healthy(chaos, leader, at, work)] }
+}
+
 #[test]
 fn drill_leader_killed() {
-    drill("leader-kill", 11, |chaos, work, leader| {
-        let at = work.now();
-        chaos.cluster.region_mut(leader).node_mut().kill();
-        eprintln!("leader-kill: SIGKILLed {leader} at {at:.1?}");
-        std::thread::sleep(HOLD);
-        let node = chaos.cluster.region_mut(leader).node_mut();
-        node.spawn_again();
-        node.wait_healthy(Duration::from_secs(30)).expect("the killed leader comes back");
-        Fault { leader_lost_at: Some(at), outages: vec![outage_until_healthy(chaos, leader, at, work)] }
+    drill("leader-kill", 11, kill_leader);
+}
+
+/// What a write of the drill's workload is an event of, as distribution's envelope names it:
+/// `(action, repository, digest, tag)` (`""` where the event has none).
+fn event_of(op: &Op) -> Option<(&'static str, String, String, String)> {
+    match op {
+        Op::Push { repo, tag, digest } => Some(("push", repo.clone(), digest.clone(), tag.clone())),
+        Op::SetTag { repo, tag, to: Some(digest) } => Some(("push", repo.clone(), digest.clone(), tag.clone())),
+        Op::SetTag { repo, tag, to: None } => Some(("delete", repo.clone(), String::new(), tag.clone())),
+        Op::DeleteManifest { repo, digest } => Some(("delete", repo.clone(), digest.clone(), String::new())),
+        _ => None,
+    }
+}
+
+#[test]
+fn drill_leader_killed_with_a_receiver_that_gets_every_acknowledged_write() {
+    // The leader-kill drill, every region with one endpoint for manifest and tag events (blob
+    // events ignored, as distribution's users often configure it).
+    let rx = Receiver::start();
+    let url = rx.url();
+    let report = drill_configured(
+        "leader-kill-notified",
+        14,
+        &|cfg| {
+            cfg.config.notifications.endpoints = vec![afreg_config::notifications::Endpoint {
+                name: "drill".into(),
+                url: url.clone(),
+                timeout: "2s".into(),
+                backoff: "200ms".into(),
+                ignoredmediatypes: vec!["application/octet-stream".into()],
+                ..Default::default()
+            }];
+        },
+        kill_leader,
+    );
+
+    let key = |e: &serde_json::Value| {
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        (s(&e["action"]), s(&e["target"]["repository"]), s(&e["target"]["digest"]), s(&e["target"]["tag"]))
+    };
+    let acked: Vec<_> =
+        report.writes.iter().filter(|(_, o)| *o == Outcome::Ok).filter_map(|(op, _)| event_of(op)).collect();
+    let maybe: std::collections::BTreeSet<_> = report
+        .writes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Ok | Outcome::Unknown(_)))
+        .filter_map(|(op, _)| event_of(op))
+        .map(|(a, r, d, t)| (a.to_owned(), r, d, t))
+        .collect();
+    let want = |events: &[serde_json::Value]| {
+        let got: std::collections::BTreeSet<_> = events.iter().map(key).collect();
+        acked.iter().filter(|(a, r, d, t)| !got.contains(&(a.to_string(), r.clone(), d.clone(), t.clone()))).count()
+    };
+    within(Duration::from_secs(60), Duration::from_millis(250), "every acknowledged write's event", || {
+        want(&rx.events()) == 0
     });
+    rx.assert_no_contract_errors();
+    let events = rx.events();
+    // Deduplicated by id: each id is one write's event, of a write a client sent and that was
+    // acknowledged or may have applied (a 5xx or no answer); none of a write refused or never made.
+    let mut by_id = std::collections::BTreeMap::new();
+    for e in &events {
+        let id = e["id"].as_str().unwrap().to_owned();
+        let k = key(e);
+        assert_eq!(*by_id.entry(id.clone()).or_insert_with(|| k.clone()), k, "event {id} names two writes");
+        assert!(
+            maybe.contains(&k),
+            "event {id} is of no write a client sent and saw acknowledged or unanswered: {k:?}"
+        );
+    }
+    let unknown =
+        report.writes.iter().filter(|(op, o)| matches!(o, Outcome::Unknown(_)) && event_of(op).is_some()).count();
+    assert!(
+        by_id.len() >= acked.len() && by_id.len() <= acked.len() + unknown,
+        "{} distinct events for {} acknowledged writes and {unknown} unanswered",
+        by_id.len(),
+        acked.len()
+    );
+    eprintln!(
+        "leader-kill-notified: {} acknowledged writes, {unknown} unanswered; {} events received, {} distinct ids",
+        acked.len(),
+        events.len(),
+        by_id.len()
+    );
 }
 
 #[test]
@@ -249,7 +353,7 @@ fn drill_catches_a_build_that_acknowledges_without_a_quorum() {
              to afreg-broken and set AFREG_BROKEN_BIN to it"
         )
     });
-    let report = drill_on(std::path::Path::new(&bin), "broken-ack-isolation", 13, isolate_leader);
+    let report = drill_on(std::path::Path::new(&bin), "broken-ack-isolation", 13, &|_| {}, isolate_leader);
     let readable = report.verdicts.iter().find(|v| v.checker == "acked-readable").expect("the acked-readable verdict");
     assert!(
         !readable.ok && readable.detail.starts_with("LOST"),

@@ -67,6 +67,19 @@ pub async fn handle(
     origin: afreg_replication::EventOrigin,
 ) -> Result<Response> {
     let reg = &st.registry;
+    if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        if let Some((up, _)) = ep.repo().and_then(|r| reg.mirror.upstream_for(r)) {
+            return Err(RegistryError::new(
+                ErrorCode::Denied,
+                format!(
+                    "{} is a pull-through mirror of {} ({}): it takes no pushes; push to the upstream",
+                    ep.repo().expect("a repository"),
+                    up.cfg.name,
+                    up.cfg.url
+                ),
+            ));
+        }
+    }
     match (ep, method.clone()) {
         // end-1: GET /v2/
         (Endpoint::Base, _) => Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response()),
@@ -92,7 +105,11 @@ pub async fn handle(
         // end-3: GET /v2/<name>/manifests/<reference>
         // end-3: HEAD /v2/<name>/manifests/<reference>
         (Endpoint::Manifest(repo, r), Method::GET | Method::HEAD) => {
-            let m = reg.get_manifest(&repo, &r, method == Method::GET).await?;
+            let get = method == Method::GET;
+            let (m, stale) = match reg.mirror.upstream_for(&repo) {
+                Some((up, name)) => reg.mirrored_manifest(&up, &name, &repo, &r, get, origin.clone()).await?,
+                None => (reg.get_manifest(&repo, &r, get).await?, None),
+            };
             let mut resp = if method == Method::GET {
                 Body::from(m.body.clone()).into_response()
             } else {
@@ -103,8 +120,11 @@ pub async fn handle(
             hs.insert(header::CONTENT_LENGTH, HeaderValue::from(m.size as u64));
             hs.insert(oci::DOCKER_CONTENT_DIGEST, hv(&m.digest));
             hs.insert(header::ETAG, hv(&format!("\"{}\"", m.digest)));
+            if let Some(warning) = stale {
+                hs.insert(header::WARNING, HeaderValue::from_static(warning));
+            }
             metrics::counter!("afreg_bytes_out_total").increment(if method == Method::GET { m.size as u64 } else { 0 });
-            if method == Method::GET {
+            if method == Method::GET && reg.pulls.wanted() {
                 let tag = match &r {
                     oci::Reference::Tag(t) => t.to_string(),
                     oci::Reference::Digest(_) => String::new(),
@@ -280,7 +300,19 @@ async fn get_blob(
     h: &HeaderMap,
     origin: afreg_replication::EventOrigin,
 ) -> Result<Response> {
-    let blob = st.registry.blob_meta(repo, d).await?;
+    let blob = match st.registry.blob_meta(repo, d).await {
+        Err(e) if e.code == ErrorCode::BlobUnknown => match st.registry.mirror.upstream_for(repo) {
+            Some((up, name)) => {
+                match st.registry.mirrored_blob(up, name, repo, d, with_body, origin.clone()).await? {
+                    Some(b) => return Ok(mirrored_blob(&st.registry, repo, d, b, origin)),
+                    // Stored by another request while this one waited.
+                    None => st.registry.blob_meta(repo, d).await?,
+                }
+            }
+            None => return Err(e),
+        },
+        r => r?,
+    };
     let size = blob.size as u64;
     let range = match h.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(r) => match parse_range(r, size) {
@@ -300,10 +332,21 @@ async fn get_blob(
                 metrics::counter!("afreg_bytes_out_total").increment(b.len() as u64);
             }
         });
-        let media_type = "application/octet-stream".to_owned();
-        let pull =
-            pulled(&st.registry, repo, d.to_string(), String::new(), media_type, blob.size, len as i64, false, origin);
-        st.registry.pulls.record(pull);
+        if st.registry.pulls.wanted() {
+            let media_type = "application/octet-stream".to_owned();
+            let pull = pulled(
+                &st.registry,
+                repo,
+                d.to_string(),
+                String::new(),
+                media_type,
+                blob.size,
+                len as i64,
+                false,
+                origin,
+            );
+            st.registry.pulls.record(pull);
+        }
         Body::from_stream(stream).into_response()
     } else {
         Body::empty().into_response()
@@ -319,6 +362,48 @@ async fn get_blob(
         resp.headers_mut().insert(header::CONTENT_RANGE, hv(&format!("bytes {}-{}/{size}", r.start, r.end)));
     }
     Ok(resp)
+}
+
+/// A blob answered from the pull-through cache's upstream while it is stored.
+fn mirrored_blob(
+    reg: &crate::registry::Registry,
+    repo: &RepoName,
+    d: &Digest,
+    b: crate::registry::mirror::MirroredBlob,
+    origin: afreg_replication::EventOrigin,
+) -> Response {
+    let mut resp = match b.body {
+        Some(body) => {
+            if reg.pulls.wanted() {
+                let (media_type, size) = ("application/octet-stream".to_owned(), b.length.unwrap_or(0) as i64);
+                reg.pulls.record(pulled(
+                    reg,
+                    repo,
+                    d.to_string(),
+                    String::new(),
+                    media_type,
+                    size,
+                    size,
+                    false,
+                    origin,
+                ));
+            }
+            Body::from_stream(body.inspect(|b| {
+                if let Ok(b) = b {
+                    metrics::counter!("afreg_bytes_out_total").increment(b.len() as u64);
+                }
+            }))
+            .into_response()
+        }
+        None => Body::empty().into_response(),
+    };
+    let hs = resp.headers_mut();
+    if let Some(n) = b.length {
+        hs.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    hs.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    hs.insert(oci::DOCKER_CONTENT_DIGEST, hv(d.as_str()));
+    resp
 }
 
 async fn start_upload(

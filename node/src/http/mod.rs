@@ -239,6 +239,9 @@ async fn v2(
     let path = percent_encoding::percent_decode_str(uri.path()).decode_utf8_lossy().into_owned();
     let rest = path.strip_prefix("/v2").unwrap_or("").trim_start_matches('/');
     let query = handlers::Query::parse(uri.query());
+    // containerd's `?ns=` names the registry a mirrored request is for.
+    let in_namespace = st.registry.mirror.with_namespace(rest, query.get("ns"));
+    let rest = in_namespace.as_deref().unwrap_or(rest);
     let mut route = "unknown";
     let mut repo = String::new();
     let result = async {

@@ -54,6 +54,21 @@ impl Registry {
         body: &[u8],
         origin: EventOrigin,
     ) -> Result<PutManifest, RegistryError> {
+        self.put_manifest_as(repo, reference, content_type, body, origin, false).await
+    }
+
+    /// [`Registry::put_manifest`]; a `mirrored` manifest (the pull-through cache's, fetched
+    /// from its upstream) needs none of its blobs here yet: they are recorded as references
+    /// not checked, and fetched on their first pull.
+    pub(crate) async fn put_manifest_as(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: &[u8],
+        origin: EventOrigin,
+        mirrored: bool,
+    ) -> Result<PutManifest, RegistryError> {
         let alg = match reference {
             Reference::Digest(d) => d.algorithm(),
             Reference::Tag(_) => crate::oci::Algorithm::Sha256,
@@ -83,8 +98,12 @@ impl Registry {
             subject: parsed.subject.as_ref().map(|d| d.to_string()),
             artifact_type: parsed.artifact_type.clone(),
             annotations: parsed.annotations.clone(),
-            blob_refs: strings(&parsed.blobs),
-            foreign_refs: strings(&parsed.foreign_blobs),
+            blob_refs: if mirrored { vec![] } else { strings(&parsed.blobs) },
+            foreign_refs: if mirrored {
+                strings(&parsed.blobs).into_iter().chain(strings(&parsed.foreign_blobs)).collect()
+            } else {
+                strings(&parsed.foreign_blobs)
+            },
             child_refs: strings(&parsed.children),
             tag,
             at: super::now_millis(),

@@ -6,6 +6,7 @@ pub mod blobs;
 mod cache;
 mod cid_locks;
 pub mod manifests;
+pub mod mirror;
 pub mod uploads;
 
 use std::collections::HashMap;
@@ -77,12 +78,19 @@ pub struct Registry {
     pub instance: String,
     /// What this region serves, queued for its counts and pull events.
     pub pulls: crate::pulls::Pulls,
+    /// The pull-through cache's upstreams (`[mirror]`).
+    pub mirror: mirror::Mirror,
 }
 
 impl Registry {
     pub fn new(store: Store, kubo: Kubo, files: Option<Arc<BlobFiles>>, cfg: Config, cluster: Arc<Cluster>) -> Self {
         let manifests = cache::ManifestCache::new(cfg.storage.manifest_cache_bytes, cluster.clone());
-        let pulls = crate::pulls::Pulls::new(cfg.notifications.endpoints.iter().any(|e| e.pulls && !e.disabled));
+        let pulls = crate::pulls::Pulls::new(
+            cfg.notifications.endpoints.iter().any(|e| e.pulls && !e.disabled),
+            cfg.usage.count_pulls,
+        );
+        // The upstreams' passwords were read when the configuration was checked.
+        let mirror = mirror::Mirror::new(&cfg.mirror).expect("the [mirror] upstreams' HTTP clients");
         Registry {
             store,
             kubo,
@@ -94,6 +102,7 @@ impl Registry {
             manifests,
             instance: uuid::Uuid::new_v4().to_string(),
             pulls,
+            mirror,
         }
     }
 

@@ -168,6 +168,21 @@ impl Store {
     // ---- manifests -------------------------------------------------------------------
 
     /// The manifest for a tag or digest in one round trip; `with_body` false for HEAD.
+    /// When `tag` of `repo` was last written (by a push, or by the pull-through cache).
+    pub async fn tag_updated_at(&self, repo: &RepoName, tag: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let t = Instant::now();
+        let at = sqlx::query_scalar(
+            "SELECT t.updated_at FROM repositories r JOIN tags t ON t.repository_id = r.id
+              WHERE r.name = $1 AND t.name = $2",
+        )
+        .bind(repo.as_str())
+        .bind(tag)
+        .fetch_optional(&self.pool)
+        .await?;
+        observe("tag_updated_at", t);
+        Ok(at)
+    }
+
     pub async fn manifest(
         &self,
         repo: &RepoName,

@@ -1,17 +1,16 @@
-//! Notifications to real receivers (node/tests/receivers/: an HTTP server that checks what
+//! Notifications to real receivers (testkit/receivers/: an HTTP server that checks what
 //! distribution's receivers rely on, and one built on the CloudEvents SDK from PyPI): events of
 //! pushes, tag moves and deletes in three regions, the leader's region delivering; a receiver
 //! that fails gets its events dead-lettered, and `afreg notifications retry` sends them once it
 //! answers.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use afreg_node::config::notifications::{Endpoint, Format};
 use serde_json::Value;
 use testkit::cluster::TestCluster;
 use testkit::oci::{client, delete_manifest, push, within};
+use testkit::receiver::Receiver;
 use testkit::Action;
 
 use testkit::afreg_bin as bin;
@@ -19,88 +18,6 @@ use testkit::afreg_bin as bin;
 const POLL: Duration = Duration::from_millis(100);
 /// How long events may take to arrive once their writes were acknowledged.
 const DELIVERY_BOUND: Duration = Duration::from_secs(30);
-
-/// A receiver process (a script of node/tests/receivers/) in a directory of its own.
-struct Receiver {
-    dir: tempfile::TempDir,
-    child: Child,
-    port: u16,
-    command: (PathBuf, PathBuf),
-}
-
-impl Receiver {
-    /// distribution's contract, checked with the standard library.
-    fn start() -> Receiver {
-        Receiver::run(Path::new("python3"), "distribution_receiver.py")
-    }
-
-    /// The CloudEvents SDK's parser, from the venv scripts/setup.sh makes.
-    fn cloudevents() -> Receiver {
-        let venv = std::env::var_os("AFREG_PY")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/afreg/py"));
-        Receiver::run(&venv.join("bin/python3"), "cloudevents_receiver.py")
-    }
-
-    fn run(python: &Path, script: &str) -> Receiver {
-        let dir = tempfile::Builder::new().prefix("afreg-receiver-").tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/receivers").join(script);
-        let child = Command::new(python).arg(&script).arg(dir.path()).spawn().expect("python3 receiver");
-        let port_file = dir.path().join("port");
-        within(Duration::from_secs(10), POLL, "the receiver listening", || port_file.exists());
-        let port = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
-        Receiver { dir, child, port, command: (python.to_owned(), script) }
-    }
-
-    /// The receiver's process gone: its port refuses connections.
-    fn go_down(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Started again, on its port, with what it had received.
-    fn come_back(&mut self) {
-        let (python, script) = &self.command;
-        self.child = Command::new(python).arg(script).arg(self.dir.path()).spawn().expect("python3 receiver");
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-        within(Duration::from_secs(10), POLL, "the receiver listening again", || {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/events", self.port)
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn answer(&self, status: u16) {
-        std::fs::write(self.file("status"), status.to_string()).unwrap();
-    }
-
-    fn events(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.file("events.jsonl")).unwrap_or_default();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    }
-
-    fn requests(&self) -> usize {
-        std::fs::read_to_string(self.file("requests.txt")).unwrap_or_default().lines().count()
-    }
-
-    fn assert_no_contract_errors(&self) {
-        let errors = std::fs::read_to_string(self.file("errors.txt")).unwrap_or_default();
-        assert!(errors.is_empty(), "the receiver refused requests that break distribution's contract:\n{errors}");
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// An endpoint for the manifest events (blob events are ignored, as distribution's users
 /// often configure it; `blob_pushes_and_mounts_…` takes them).
@@ -486,4 +403,67 @@ fn a_receiver_down_for_a_minute_gets_everything_after_in_order_per_repository() 
             .collect();
         assert_eq!(got, sent, "{repo}: every push, once, in the order acknowledged");
     }
+}
+
+#[test]
+fn a_receiver_that_always_fails_under_a_thousand_events_leaves_the_backlog_and_the_node_memory_bounded() {
+    const TAGS: usize = 1000;
+    let rx = Receiver::start();
+    rx.answer(500);
+    let cluster = TestCluster::start(bin(), &["us"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        // Given up on at the first failure, so that the dead letters keep pace with the pushes;
+        // the breaker never opens (the threshold is past what this test sends).
+        c.config.notifications.endpoints = vec![Endpoint { max_attempts: 1, threshold: 100_000, ..endpoint(&rx) }];
+    });
+    let us = cluster.region("us");
+    let img = testkit::oci::new_image(4 * 1024);
+    push(&client(), &us.url(), "hooks/flood", "t0", &img).unwrap();
+    within(DELIVERY_BOUND, POLL, "the first event dead-lettered", || {
+        us.sql("SELECT count(*) FROM notification_dead_letters") == "1"
+    });
+    let pid = us.node().pid();
+    let before = testkit::tools::rss_kib(pid);
+
+    // A thousand tag writes of the one manifest from four clients, each one event.
+    let (url, manifest) = (us.url(), img.manifest.clone());
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (url, manifest) = (url.clone(), manifest.clone());
+            std::thread::spawn(move || {
+                let c = client();
+                for i in (w..TAGS).step_by(4) {
+                    testkit::oci::put_manifest(&c, &url, "hooks/flood", &format!("t{}", i + 1), &manifest).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut peak_pending = 0i64;
+    while !writers.iter().all(|w| w.is_finished()) {
+        let pending: i64 = us
+            .sql("SELECT count(*) FROM notification_events WHERE id > (SELECT delivered FROM notification_cursors WHERE endpoint = 'hooks')")
+            .parse()
+            .unwrap();
+        peak_pending = peak_pending.max(pending);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    within(Duration::from_secs(60), POLL, "every event dead-lettered", || {
+        us.sql("SELECT count(*) FROM notification_dead_letters") == (TAGS + 1).to_string()
+    });
+    let after = testkit::tools::rss_kib(pid);
+    eprintln!(
+        "{} requests refused; pending at most {peak_pending}; node RSS {} KiB before, {} KiB after {TAGS} events",
+        rx.requests(),
+        before,
+        after
+    );
+    assert!(rx.events().is_empty());
+    assert!(rx.requests() > TAGS, "each event tried once: {} requests", rx.requests());
+    assert_eq!(us.sql("SELECT count(*) FROM notification_events WHERE id > (SELECT delivered FROM notification_cursors WHERE endpoint = 'hooks')"), "0");
+    // Events wait in Postgres, read 32 at a time, not in the node: its resident set does not
+    // grow with them (the margin is the allocator's and the connection pool's noise).
+    assert!(after < before + 24 * 1024, "node RSS grew from {before} KiB to {after} KiB over {TAGS} failing events");
 }
