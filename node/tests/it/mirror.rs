@@ -420,3 +420,45 @@ fn concurrent_cold_pulls_are_one_upstream_fetch_tags_follow_the_ttl_and_bad_byte
         "the bad bytes were kept"
     );
 }
+
+#[test]
+fn an_upstream_that_asks_for_the_docker_token_flow_is_answered_with_its_token() {
+    // The upstream is a private afreg region: its 401 challenge names its /token realm.
+    let upstream = TestCluster::start(bin(), &["up"], |_, c| c.config.auth.anonymous = vec![]);
+    let up = upstream.region("up");
+    up.node().add_user_with_grants(USER, PASSWORD, &["team/*:pull,push"]);
+    let img = image("amd64", 128 * 1024);
+    let pusher = up.client_as(USER, PASSWORD, "team/tok");
+    testkit::oci::push(&pusher, &up.url(), "team/tok", "v1", &img).unwrap();
+
+    let secrets = tempfile::tempdir().unwrap();
+    let (good, bad) = (secrets.path().join("good"), secrets.path().join("bad"));
+    std::fs::write(&good, PASSWORD).unwrap();
+    std::fs::write(&bad, "not-the-password").unwrap();
+    let upstream_of = |name: &str, destination: &str, password_file: &Path| Upstream {
+        name: name.into(),
+        url: up.url(),
+        destination: destination.into(),
+        username: USER.into(),
+        password_file: Some(password_file.to_owned()),
+        timeout: "5s".into(),
+        ..Default::default()
+    };
+    let (right, wrong) = (upstream_of("tok", "tok", &good), upstream_of("nope", "nope", &bad));
+    let cluster = TestCluster::start(bin(), &["us"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        c.config.mirror.upstreams = vec![right.clone(), wrong.clone()];
+    });
+    let us = cluster.region("us").url();
+    let c = client();
+    let (status, digest, _, body) = manifest(&c, &us, "tok/team/tok", "v1");
+    assert_eq!((status, digest.as_str()), (200, img.digest.as_str()), "{}", String::from_utf8_lossy(&body));
+    for (d, bytes) in &img.blobs {
+        assert_eq!(blob(&c, &us, "tok/team/tok", d).as_ref(), Ok(bytes), "{d} through the token flow");
+    }
+    // Credentials the upstream's token service refuses: a 503 that says so, nothing cached.
+    let (status, _, _, body) = manifest(&c, &us, "nope/team/tok", "v1");
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("token service") && text.contains("refused the credentials"), "{text}");
+}
