@@ -34,6 +34,8 @@ fn afreg_bench_quick_reports_every_workload_for_every_target() {
         "afreg-token",
         "afreg-defaults",
         "afreg-cluster",
+        "afreg-notify",
+        "afreg-no-usage",
         "distribution-v3",
         "distribution-2.8",
         "zot",
@@ -59,6 +61,17 @@ fn afreg_bench_quick_reports_every_workload_for_every_target() {
         }
         for t in ["afreg", "afreg-defaults", "afreg-cluster"] {
             want.push((format!("push-single-post/{size}"), t));
+        }
+        // The A/B variants run the blob workloads beside afreg.
+        for w in ["push-mono", "push-single-post", "push-streamed", "push-chunked", "pull", "node-rss"] {
+            for t in ["afreg-notify", "afreg-no-usage"] {
+                want.push((format!("{w}/{size}"), t));
+            }
+        }
+    }
+    for t in ["afreg-notify", "afreg-no-usage"] {
+        for w in ["pull-32x10/8MiB", "crane-push/20-layers", "crane-pull/20-layers"] {
+            want.push((w.into(), t));
         }
     }
     for t in &registries {
@@ -112,8 +125,9 @@ fn afreg_bench_quick_reports_every_workload_for_every_target() {
     // The goals are judged, each with a ratio from the figures above: nine of afreg tuned and
     // the cluster; of afreg with its defaults, manifest GET, four blob workloads at each of two
     // sizes, two for the 8 MiB pull (the peer, the page cache), pull-32x10, crane push and pull,
-    // and its peak RSS.
-    assert_eq!(report.goals.len(), 9 + 1 + 8 + 2 + 1 + 2 + 1, "{:?}", report.goals);
+    // and its peak RSS; then the A/B goals: notifications on three pushes at each size and
+    // crane's, pull counting on the pull at each size, pull-32x10 and crane's.
+    assert_eq!(report.goals.len(), 9 + 1 + 8 + 2 + 1 + 2 + 1 + (3 * 2 + 1) + (2 + 2), "{:?}", report.goals);
     for g in &report.goals {
         assert!(g.ratio.is_some() && g.met.is_some(), "goal not judged: {g:?}");
     }
