@@ -297,48 +297,45 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     ));
     let mut at_once_digests: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for t in &registries {
-        if t.variant {
-            // The variants run the blob workloads only: their many-clients blobs are all they need.
-            let signed_in = http::authorized(&c, t, &[repository_scope(AT_ONCE_REPO)]).await?;
-            let mut digests = vec![];
-            for _ in 0..AT_ONCE_BLOBS {
-                let (_, d) =
-                    http::push(&c, &signed_in, AT_ONCE_REPO, Push::Mono, next_seed(), plan.at_once_size).await?;
-                digests.push(d);
-            }
-            at_once_digests.insert(t.id, digests);
-            continue;
+        // The variants run the blob workloads only: their many-clients blobs are all they need.
+        if !t.variant {
+            let signed_in =
+                http::authorized(&c, t, &[repository_scope("bench/img"), repository_scope("bench/tags")]).await?;
+            let (body, _) = http::push_image(&c, &signed_in, "bench/img", "latest").await?;
+            let d_cfg = serde_json::from_slice::<serde_json::Value>(&body)?["config"]["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let puts = (0..plan.tags).map(|i| {
+                let (c, t, body) = (c.clone(), signed_in.clone(), body.clone());
+                async move { http::put_manifest(&c, &t, "bench/tags", &format!("t{i:05}"), &body).await }
+            });
+            // The tag list's repository needs the config blob first.
+            http::mount(&c, &signed_in, "bench/tags", "bench/img", &d_cfg).await?;
+            futures::StreamExt::collect::<Vec<_>>(futures::StreamExt::buffer_unordered(
+                futures::stream::iter(puts),
+                16,
+            ))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+            let repos = (0..plan.repos).map(|i| {
+                let (c, t, body, d_cfg) = (c.clone(), t.clone(), body.clone(), d_cfg.clone());
+                async move {
+                    let repo = format!("bench/r{i:04}");
+                    let t = http::authorized(&c, &t, &[repository_scope(&repo), repository_scope("bench/img")]).await?;
+                    http::mount(&c, &t, &repo, "bench/img", &d_cfg).await?;
+                    http::put_manifest(&c, &t, &repo, "latest", &body).await
+                }
+            });
+            futures::StreamExt::collect::<Vec<_>>(futures::StreamExt::buffer_unordered(
+                futures::stream::iter(repos),
+                16,
+            ))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
         }
-        let signed_in =
-            http::authorized(&c, t, &[repository_scope("bench/img"), repository_scope("bench/tags")]).await?;
-        let (body, _) = http::push_image(&c, &signed_in, "bench/img", "latest").await?;
-        let d_cfg = serde_json::from_slice::<serde_json::Value>(&body)?["config"]["digest"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let puts = (0..plan.tags).map(|i| {
-            let (c, t, body) = (c.clone(), signed_in.clone(), body.clone());
-            async move { http::put_manifest(&c, &t, "bench/tags", &format!("t{i:05}"), &body).await }
-        });
-        // The tag list's repository needs the config blob first.
-        http::mount(&c, &signed_in, "bench/tags", "bench/img", &d_cfg).await?;
-        futures::StreamExt::collect::<Vec<_>>(futures::StreamExt::buffer_unordered(futures::stream::iter(puts), 16))
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
-        let repos = (0..plan.repos).map(|i| {
-            let (c, t, body, d_cfg) = (c.clone(), t.clone(), body.clone(), d_cfg.clone());
-            async move {
-                let repo = format!("bench/r{i:04}");
-                let t = http::authorized(&c, &t, &[repository_scope(&repo), repository_scope("bench/img")]).await?;
-                http::mount(&c, &t, &repo, "bench/img", &d_cfg).await?;
-                http::put_manifest(&c, &t, &repo, "latest", &body).await
-            }
-        });
-        futures::StreamExt::collect::<Vec<_>>(futures::StreamExt::buffer_unordered(futures::stream::iter(repos), 16))
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
         let signed_in = http::authorized(&c, t, &[repository_scope(AT_ONCE_REPO)]).await?;
         let mut digests = vec![];
         for _ in 0..AT_ONCE_BLOBS {

@@ -725,6 +725,14 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.notifications.validate()?;
         self.mirror.validate()?;
+        if let Some(i) = self.mirror.upstreams.iter().position(|u| u.cache_ttl().is_some()) {
+            if !self.usage.count_pulls {
+                return Err(ConfigError::Invalid(format!(
+                    "mirror.upstreams[{i}].cache_ttl: eviction goes by the last pull, which usage.count_pulls = false \
+                     leaves uncounted; set cache_ttl = \"0s\" or count pulls"
+                )));
+            }
+        }
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if !self.kubo.chunker.starts_with("size-") {
             return bad("kubo.chunker must be of the form size-N");

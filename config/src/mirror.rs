@@ -11,10 +11,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MirrorConfig {
     pub upstreams: Vec<Upstream>,
+    /// How often the leader's region weighs the cached content against each upstream's
+    /// `cache_ttl` and `max_bytes`, and evicts.
+    pub eviction_interval: String,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig { upstreams: vec![], eviction_interval: "5m".into() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -45,6 +54,12 @@ pub struct Upstream {
     /// The longest one upstream request may wait for its answer's first byte, and between two
     /// bytes of a blob.
     pub timeout: String,
+    /// Cached content that no region has pulled for this long is evicted (`"0s"`: kept until
+    /// `max_bytes` needs its room). Seven days by default, distribution's proxy `ttl`.
+    pub cache_ttl: String,
+    /// The most this upstream's cached content may hold (blobs and manifests); past it, what
+    /// was pulled longest ago is evicted first. 0: no bound. 100 GiB by default.
+    pub max_bytes: u64,
 }
 
 impl Default for Upstream {
@@ -60,6 +75,8 @@ impl Default for Upstream {
             password_env: String::new(),
             tag_ttl: "5m".into(),
             timeout: "30s".into(),
+            cache_ttl: "168h".into(),
+            max_bytes: 100 << 30,
         }
     }
 }
@@ -84,6 +101,11 @@ impl Upstream {
 
     pub fn timeout(&self) -> Duration {
         duration(&self.timeout).unwrap_or(Duration::from_secs(30))
+    }
+
+    /// How long cached content may go unpulled; `None`: no such bound.
+    pub fn cache_ttl(&self) -> Option<Duration> {
+        duration(&self.cache_ttl).filter(|d| !d.is_zero())
     }
 
     /// The upstream's name for the local repository `local`, if this upstream mirrors it.
@@ -117,21 +139,36 @@ impl Upstream {
 }
 
 impl MirrorConfig {
-    /// The upstream mirroring the local repository `local`, and its name there: the one with
-    /// the longest `destination` that holds it.
-    pub fn upstream_for(&self, local: &str) -> Option<(&Upstream, String)> {
+    /// The upstream mirroring the local repository `local` (its index in `upstreams`), and
+    /// its name there: the one with the longest `destination` that holds it.
+    pub fn upstream_for(&self, local: &str) -> Option<(usize, String)> {
         self.upstreams
             .iter()
-            .filter_map(|u| u.upstream_name(local).map(|n| (u, n)))
-            .max_by_key(|(u, _)| u.destination.len())
+            .enumerate()
+            .filter_map(|(i, u)| u.upstream_name(local).map(|n| (i, n)))
+            .max_by_key(|(i, _)| self.upstreams[*i].destination.len())
     }
 
-    /// The upstream containerd's `?ns=` names.
-    pub fn by_namespace(&self, ns: &str) -> Option<&Upstream> {
-        self.upstreams.iter().find(|u| u.ns.iter().any(|n| n == ns))
+    /// containerd's `?ns=`: the request path `rest` (after `/v2/`) as a path under the
+    /// destination of the upstream that `ns` names, when it is not there already.
+    pub fn in_namespace(&self, rest: &str, ns: &str) -> Option<String> {
+        let d = &self.upstreams.iter().find(|u| u.ns.iter().any(|n| n == ns))?.destination;
+        let eligible =
+            !d.is_empty() && !rest.is_empty() && !rest.starts_with('_') && !rest.starts_with(&format!("{d}/"));
+        eligible.then(|| format!("{d}/{rest}"))
+    }
+
+    pub fn eviction_interval(&self) -> Duration {
+        duration(&self.eviction_interval).unwrap_or(Duration::from_secs(300))
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if duration(&self.eviction_interval).is_none_or(|d| d.is_zero()) {
+            return Err(ConfigError::Invalid(format!(
+                "mirror.eviction_interval: {:?} is not a positive duration such as \"5m\"",
+                self.eviction_interval
+            )));
+        }
         let bad = |i: usize, field: &str, why: String| {
             Err(ConfigError::Invalid(format!("mirror.upstreams[{i}].{field}: {why}")))
         };
@@ -162,6 +199,13 @@ impl MirrorConfig {
                 if duration(v).is_none_or(|d| d <= Duration::ZERO) {
                     return bad(i, field, format!("{v:?} is not a positive duration such as \"30s\" or \"5m\""));
                 }
+            }
+            if duration(&u.cache_ttl).is_none() {
+                return bad(
+                    i,
+                    "cache_ttl",
+                    format!("{:?} is not a duration such as \"168h\" (\"0s\": none)", u.cache_ttl),
+                );
             }
             if u.password_file.is_some() && !u.password_env.is_empty() {
                 return bad(i, "password_env", "set password_file or password_env, not both".into());
@@ -197,26 +241,49 @@ mod tests {
         assert_eq!(hub.upstream_name("hub"), None);
         let all = up("all", "", "");
         assert_eq!(all.upstream_name("team/app").as_deref(), Some("team/app"));
-        let m = MirrorConfig { upstreams: vec![all, up("ghcr", "", "ghcr")] };
-        assert_eq!(m.upstream_for("ghcr/org/app").map(|(u, n)| (u.name.as_str(), n)), Some(("ghcr", "org/app".into())));
-        assert_eq!(m.upstream_for("org/app").map(|(u, _)| u.name.as_str()), Some("all"));
+        let m = MirrorConfig { upstreams: vec![all, up("ghcr", "", "ghcr")], ..Default::default() };
+        assert_eq!(m.upstream_for("ghcr/org/app"), Some((1, "org/app".into())));
+        assert_eq!(m.upstream_for("org/app"), Some((0, "org/app".into())));
+    }
+
+    #[test]
+    fn containerds_namespace_puts_a_path_under_its_upstreams_destination() {
+        let m = MirrorConfig {
+            upstreams: vec![Upstream { ns: vec!["docker.io".into()], ..up("hub", "", "hub") }],
+            ..Default::default()
+        };
+        assert_eq!(
+            m.in_namespace("library/alpine/manifests/3", "docker.io").as_deref(),
+            Some("hub/library/alpine/manifests/3")
+        );
+        assert_eq!(m.in_namespace("hub/library/alpine/manifests/3", "docker.io"), None, "already there");
+        assert_eq!(m.in_namespace("_catalog", "docker.io"), None);
+        assert_eq!(m.in_namespace("library/alpine/manifests/3", "ghcr.io"), None);
     }
 
     #[test]
     fn bad_upstreams_are_refused_with_the_field_named() {
-        let msg = |u: Upstream| MirrorConfig { upstreams: vec![u] }.validate().unwrap_err().to_string();
-        assert!(MirrorConfig { upstreams: vec![up("hub", "library", "hub")] }.validate().is_ok());
+        let msg =
+            |u: Upstream| MirrorConfig { upstreams: vec![u], ..Default::default() }.validate().unwrap_err().to_string();
+        assert!(MirrorConfig { upstreams: vec![up("hub", "library", "hub")], ..Default::default() }.validate().is_ok());
+        let never = MirrorConfig { eviction_interval: "0s".into(), ..Default::default() };
+        assert!(never.validate().unwrap_err().to_string().contains("mirror.eviction_interval"));
         assert!(msg(Upstream { url: String::new(), ..up("a", "", "") }).contains("mirror.upstreams[0].url"));
         assert!(msg(Upstream { url: "ftp://x".into(), ..up("a", "", "") }).contains("mirror.upstreams[0].url"));
         assert!(msg(up("", "", "")).contains("mirror.upstreams[0].name"));
         assert!(msg(Upstream { tag_ttl: "-1s".into(), ..up("a", "", "") }).contains("mirror.upstreams[0].tag_ttl"));
+        assert!(
+            msg(Upstream { cache_ttl: "a week".into(), ..up("a", "", "") }).contains("mirror.upstreams[0].cache_ttl")
+        );
+        assert_eq!(Upstream { cache_ttl: "0s".into(), ..up("a", "", "") }.cache_ttl(), None);
+        assert_eq!(up("a", "", "").cache_ttl(), Some(Duration::from_secs(7 * 24 * 3600)));
         assert!(msg(up("a", "", "hub/")).contains("mirror.upstreams[0].destination"));
         let env =
             Upstream { username: "u".into(), password_env: "AFREG_TEST_NO_SUCH_VARIABLE".into(), ..up("a", "", "") };
         assert!(msg(env).contains("password_env"));
         let nameless = Upstream { password_env: "HOME".into(), ..up("a", "", "") };
         assert!(msg(nameless).contains("mirror.upstreams[0].username"));
-        let two = MirrorConfig { upstreams: vec![up("a", "", "x"), up("b", "", "x")] };
+        let two = MirrorConfig { upstreams: vec![up("a", "", "x"), up("b", "", "x")], ..Default::default() };
         assert!(two.validate().unwrap_err().to_string().contains("mirror.upstreams[1].destination"));
     }
 }

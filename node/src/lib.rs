@@ -22,6 +22,8 @@
 //!   and of pulls, from the region that served them.
 //! - [`pulls`]: what this region serves, counted off the pull's path (usage, pull events).
 //! - [`usage`]: `GET /v2/_afreg/usage`, every region's figures put together.
+//! - [`mirror_eviction`]: the pull-through cache kept within each upstream's `cache_ttl` and
+//!   `max_bytes`, by the leader's region.
 //! - [`replica`]: this region as a member of the cluster (`afreg-replication`): start-up,
 //!   duties, status.
 //! - [`config`] (the `afreg-config` crate), [`telemetry`], [`server`]: configuration, logs and
@@ -36,6 +38,7 @@ pub mod console;
 pub mod hashing;
 pub mod http;
 pub mod kubo;
+pub mod mirror_eviction;
 pub mod notifications;
 pub mod oci;
 pub mod pulls;

@@ -136,6 +136,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let sweeper = tokio::spawn(sweep_uploads(registry.clone(), shutdown.clone()));
     let notifiers = crate::notifications::spawn(registry.clone(), shutdown.clone());
+    let evictor = crate::mirror_eviction::spawn(registry.clone(), shutdown.clone());
     let pull_endpoints = cfg
         .notifications
         .endpoints
@@ -168,6 +169,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     if let Some(t) = pull_writer {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    if let Some(t) = evictor {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), kubo_gc).await;

@@ -94,6 +94,18 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     );
     metrics::describe_counter!("afreg_seat_taken_total", "Times this process took its region's Raft seat");
     metrics::describe_gauge!("afreg_seat_epoch", "Epoch of the region's Raft seat holder as this process last saw it");
+    metrics::describe_counter!(
+        "afreg_mirror_stale_total",
+        "Cached mirror tags served because their upstream could not be asked"
+    );
+    metrics::describe_gauge!(
+        "afreg_mirror_bytes",
+        "Bytes an upstream's pull-through cache holds, per repository summed"
+    );
+    metrics::describe_counter!(
+        "afreg_mirror_evicted_total",
+        "Images evicted from the pull-through cache, by reason (cache_ttl, max_bytes)"
+    );
     metrics::gauge!("afreg_upload_sessions_in_memory").set(0.0);
     Ok(handle)
 }

@@ -67,15 +67,13 @@ pub async fn handle(
     origin: afreg_replication::EventOrigin,
 ) -> Result<Response> {
     let reg = &st.registry;
-    if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
-        if let Some((up, _)) = ep.repo().and_then(|r| reg.mirror.upstream_for(r)) {
+    if let (&Method::POST | &Method::PUT | &Method::PATCH, Some(repo)) = (method, ep.repo()) {
+        if let Some((up, _)) = reg.mirror.upstream_for(repo) {
             return Err(RegistryError::new(
                 ErrorCode::Denied,
                 format!(
-                    "{} is a pull-through mirror of {} ({}): it takes no pushes; push to the upstream",
-                    ep.repo().expect("a repository"),
-                    up.cfg.name,
-                    up.cfg.url
+                    "{repo} is a pull-through mirror of {} ({}): it takes no pushes; push to the upstream",
+                    up.cfg.name, up.cfg.url
                 ),
             ));
         }
@@ -327,27 +325,8 @@ async fn get_blob(
     };
     let len = range.map(|r| r.end - r.start + 1).unwrap_or(size);
     let mut resp = if with_body {
-        let stream = st.registry.blob_stream(d, &blob, range).await?.inspect(|b| {
-            if let Ok(b) = b {
-                metrics::counter!("afreg_bytes_out_total").increment(b.len() as u64);
-            }
-        });
-        if st.registry.pulls.wanted() {
-            let media_type = "application/octet-stream".to_owned();
-            let pull = pulled(
-                &st.registry,
-                repo,
-                d.to_string(),
-                String::new(),
-                media_type,
-                blob.size,
-                len as i64,
-                false,
-                origin,
-            );
-            st.registry.pulls.record(pull);
-        }
-        Body::from_stream(stream).into_response()
+        let stream = st.registry.blob_stream(d, &blob, range).await?;
+        blob_pull(&st.registry, repo, d, blob.size, len as i64, stream, origin).into_response()
     } else {
         Body::empty().into_response()
     };
@@ -364,6 +343,31 @@ async fn get_blob(
     Ok(resp)
 }
 
+/// The body of a blob pull of `len` bytes (of `size`), counted as it streams and recorded
+/// for the usage figures and pull events.
+fn blob_pull<S>(
+    reg: &crate::registry::Registry,
+    repo: &RepoName,
+    d: &Digest,
+    size: i64,
+    len: i64,
+    stream: S,
+    origin: afreg_replication::EventOrigin,
+) -> Body
+where
+    S: futures::Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>> + Send + 'static,
+{
+    if reg.pulls.wanted() {
+        let media_type = "application/octet-stream".to_owned();
+        reg.pulls.record(pulled(reg, repo, d.to_string(), String::new(), media_type, size, len, false, origin));
+    }
+    Body::from_stream(stream.inspect(|b| {
+        if let Ok(b) = b {
+            metrics::counter!("afreg_bytes_out_total").increment(b.len() as u64);
+        }
+    }))
+}
+
 /// A blob answered from the pull-through cache's upstream while it is stored.
 fn mirrored_blob(
     reg: &crate::registry::Registry,
@@ -374,26 +378,8 @@ fn mirrored_blob(
 ) -> Response {
     let mut resp = match b.body {
         Some(body) => {
-            if reg.pulls.wanted() {
-                let (media_type, size) = ("application/octet-stream".to_owned(), b.length.unwrap_or(0) as i64);
-                reg.pulls.record(pulled(
-                    reg,
-                    repo,
-                    d.to_string(),
-                    String::new(),
-                    media_type,
-                    size,
-                    size,
-                    false,
-                    origin,
-                ));
-            }
-            Body::from_stream(body.inspect(|b| {
-                if let Ok(b) = b {
-                    metrics::counter!("afreg_bytes_out_total").increment(b.len() as u64);
-                }
-            }))
-            .into_response()
+            let size = b.length.unwrap_or(0) as i64;
+            blob_pull(reg, repo, d, size, size, body, origin).into_response()
         }
         None => Body::empty().into_response(),
     };

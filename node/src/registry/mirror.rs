@@ -18,9 +18,11 @@
 //!   fetches, the others wait (bounded) and then read the stored copy.
 //! - **A blob streams to the client while it is stored**: one task reads the upstream and
 //!   feeds both, through bounded channels, so nothing is held whole; it keeps the last piece
-//!   back until the digest is checked, so a client of bytes that do not match gets a cut-off
-//!   body, and the store refuses them (nothing is kept). A client that goes away does not stop
-//!   the fill.
+//!   back until the digest is checked and the store has finished, so a client of bytes that do
+//!   not match gets a cut-off body, the store refuses them (nothing is kept), and a pull that
+//!   has finished has its blob committed. A client that goes away does not stop the fill.
+//! - **A miss catches up first** (a read barrier, bounded): what another region fetched a
+//!   moment ago is read from the cluster, not fetched again.
 //! - **Pushes** into a mirrored repository are refused (DENIED): its content is the upstream's.
 
 use std::collections::HashMap;
@@ -30,9 +32,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::{header, Method};
-use sha2::Digest as _;
 
 use super::Registry;
+use crate::hashing::Hasher;
 use crate::oci::{Digest, ErrorCode, Reference, RegistryError, RepoName};
 use crate::store::ManifestRow;
 use crate::upstream::{UpstreamClient, UpstreamError};
@@ -47,6 +49,9 @@ const MANIFEST_TYPES: &[&str] = &[
 
 /// How long a request waits for another's fetch of the same content.
 const FETCH_WAIT: Duration = Duration::from_secs(600);
+
+/// The longest a miss waits to catch up with the cluster before asking the upstream.
+const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// Pieces in flight between the upstream reader and each of its two consumers.
 const PIECES: usize = 8;
@@ -66,7 +71,9 @@ pub type BlobBytes = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, 
 
 /// The upstreams and what this process knows of them.
 pub struct Mirror {
-    upstreams: Vec<Arc<UpstreamClient>>,
+    cfg: afreg_config::MirrorConfig,
+    /// A client per upstream, in `cfg.upstreams`' order.
+    clients: Vec<Arc<UpstreamClient>>,
     /// When this process last found a (repository, tag) unchanged upstream.
     checked: Mutex<HashMap<(String, String), Instant>>,
     /// One fetch at a time per manifest or blob.
@@ -77,31 +84,23 @@ type Fetching = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
 
 impl Mirror {
     pub fn new(cfg: &afreg_config::MirrorConfig) -> anyhow::Result<Self> {
-        let upstreams = cfg
+        let clients = cfg
             .upstreams
             .iter()
             .map(|u| UpstreamClient::new(u.clone()).map(Arc::new))
             .collect::<anyhow::Result<_>>()?;
-        Ok(Mirror { upstreams, checked: Mutex::default(), fetching: Fetching::default() })
+        Ok(Mirror { cfg: cfg.clone(), clients, checked: Mutex::default(), fetching: Fetching::default() })
     }
 
     /// The upstream mirroring `repo`, and its name there.
     pub fn upstream_for(&self, repo: &RepoName) -> Option<(Arc<UpstreamClient>, String)> {
-        self.upstreams
-            .iter()
-            .filter_map(|u| u.cfg.upstream_name(repo.as_str()).map(|n| (u, n)))
-            .max_by_key(|(u, _)| u.cfg.destination.len())
-            .map(|(u, n)| (u.clone(), n))
+        let (i, name) = self.cfg.upstream_for(repo.as_str())?;
+        Some((self.clients[i].clone(), name))
     }
 
-    /// containerd's `?ns=`: the path `rest` (after `/v2/`) as the repository under that
-    /// upstream's destination, when it is not already.
+    /// containerd's `?ns=` ([`afreg_config::MirrorConfig::in_namespace`]).
     pub fn with_namespace(&self, rest: &str, ns: Option<&str>) -> Option<String> {
-        let u = self.upstreams.iter().find(|u| ns.is_some_and(|ns| u.cfg.ns.iter().any(|n| n == ns)))?;
-        let d = &u.cfg.destination;
-        let eligible =
-            !d.is_empty() && !rest.is_empty() && !rest.starts_with('_') && !rest.starts_with(&format!("{d}/"));
-        eligible.then(|| format!("{d}/{rest}"))
+        self.cfg.in_namespace(rest, ns?)
     }
 
     /// Waits for the right to fetch `key` (another request's fetch of it first).
@@ -118,8 +117,9 @@ impl Mirror {
         checked.get(&(repo.to_string(), tag.to_owned())).is_some_and(|at| at.elapsed() < ttl)
     }
 
-    fn mark_checked(&self, repo: &RepoName, tag: &str) {
-        self.checked.lock().expect("checked lock").insert((repo.to_string(), tag.to_owned()), Instant::now());
+    /// Notes that the tag was known to agree with the upstream at `at`.
+    fn mark_checked(&self, repo: &RepoName, tag: &str, at: Instant) {
+        self.checked.lock().expect("checked lock").insert((repo.to_string(), tag.to_owned()), at);
     }
 }
 
@@ -140,10 +140,10 @@ impl Drop for Turn {
     }
 }
 
-/// An upstream failure as the client sees it.
-fn upstream_error(e: UpstreamError, what: &Reference) -> RegistryError {
+/// An upstream failure as the client sees it: `unknown` for a 404.
+fn upstream_error(e: UpstreamError, unknown: impl FnOnce() -> RegistryError) -> RegistryError {
     match e {
-        UpstreamError::NotFound { .. } => RegistryError::manifest_unknown(what),
+        UpstreamError::NotFound { .. } => unknown(),
         e => RegistryError::unavailable("the pull-through cache's upstream", &e).with_source(e),
     }
 }
@@ -175,7 +175,8 @@ impl Registry {
             }
         }
         let _turn = self.mirror.turn(format!("manifest {repo}:{r}")).await?;
-        // Another request may have fetched or checked it while this one waited.
+        // Another request, here or in another region, may have fetched or checked it.
+        self.catch_up().await;
         let cached = self.local_manifest(repo, r, with_body).await?;
         if let Some(m) = &cached {
             if self.tag_fresh(upstream, repo, tag).await? {
@@ -191,13 +192,21 @@ impl Registry {
                     error = %e, "served the cached manifest: the upstream could not be asked");
                 return Ok((cached.expect("checked"), Some(STALE_WARNING)));
             }
-            Err(e) => return Err(upstream_error(e, r)),
+            Err(e) => return Err(upstream_error(e, || RegistryError::manifest_unknown(r))),
         };
         let content_type = resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let claimed = resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let max = self.cfg.storage.max_manifest_bytes;
-        let body = read_limited(resp, max).await.map_err(|e| upstream_error(e, r))?;
-        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body)));
+        let body = read_limited(resp, max, &upstream.cfg.name)
+            .await
+            .map_err(|e| upstream_error(e, || RegistryError::manifest_unknown(r)))?;
+        // Stored under the digest of the reference's algorithm (sha256 for a tag), as a push is.
+        let mut h = Hasher::new(match r {
+            Reference::Digest(d) => d.algorithm(),
+            Reference::Tag(_) => crate::oci::Algorithm::Sha256,
+        });
+        h.update(&body);
+        let digest = h.finish().to_string();
         let expected = match r {
             Reference::Digest(d) => Some(d.to_string()),
             Reference::Tag(_) => claimed.filter(|c| c.starts_with("sha256:")),
@@ -213,18 +222,28 @@ impl Registry {
         }
         if let (Some(m), Some(t)) = (&cached, tag) {
             if m.digest == digest {
-                self.mirror.mark_checked(repo, t);
+                self.mirror.mark_checked(repo, t, Instant::now());
                 return Ok((m.clone(), None));
             }
         }
         self.put_manifest_as(repo, r, content_type.as_deref(), &body, mirror_origin(upstream, origin), true).await?;
         if let Some(t) = tag {
-            self.mirror.mark_checked(repo, t);
+            self.mirror.mark_checked(repo, t, Instant::now());
         }
         tracing::info!(event = "mirror_fetched", upstream = %upstream.cfg.name, repository = %repo, reference = %r,
             digest = %digest, "manifest fetched from the upstream");
         let m = self.get_manifest(repo, r, with_body).await?;
         Ok((m, None))
+    }
+
+    /// Applies here everything the cluster committed before a miss goes upstream, so that
+    /// what another region fetched a moment ago is read, not fetched again. Bounded; without
+    /// a quorum the miss goes upstream as it would have (nothing could be stored anyway, but
+    /// a stale tag may be served).
+    async fn catch_up(&self) {
+        if let Err(e) = tokio::time::timeout(CATCH_UP, self.cluster.read_barrier()).await.unwrap_or(Ok(())) {
+            tracing::debug!(event = "mirror_catch_up_failed", error = %e, "a mirror miss goes upstream unsynced");
+        }
     }
 
     async fn local_manifest(
@@ -241,7 +260,8 @@ impl Registry {
     }
 
     /// Whether a tag (none: a digest, always fresh) may be served without asking upstream:
-    /// stored (in any region) or found unchanged (by this process) within `tag_ttl`.
+    /// stored (in any region) or found unchanged (by this process) within `tag_ttl`. The
+    /// stored time, once read, is remembered like a check, so a warm tag costs no query.
     async fn tag_fresh(
         &self,
         upstream: &UpstreamClient,
@@ -253,8 +273,15 @@ impl Registry {
         if self.mirror.checked_within(repo, t, ttl) {
             return Ok(true);
         }
-        let stored = self.store.tag_updated_at(repo, t).await?;
-        Ok(stored.is_some_and(|at| (chrono::Utc::now() - at).to_std().unwrap_or_default() < ttl))
+        let Some(stored) = self.store.tag_updated_at(repo, t).await? else { return Ok(false) };
+        let age = (chrono::Utc::now() - stored).to_std().unwrap_or_default();
+        match Instant::now().checked_sub(age) {
+            Some(at) if age < ttl => {
+                self.mirror.mark_checked(repo, t, at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// A blob of a mirrored repository this region does not have linked: `None` when another
@@ -269,10 +296,7 @@ impl Registry {
         with_body: bool,
         origin: afreg_replication::EventOrigin,
     ) -> Result<Option<MirroredBlob>, RegistryError> {
-        let blob_error = |e: UpstreamError| match e {
-            UpstreamError::NotFound { .. } => RegistryError::blob_unknown(d),
-            e => RegistryError::unavailable("the pull-through cache's upstream", &e).with_source(e),
-        };
+        let blob_error = |e| upstream_error(e, || RegistryError::blob_unknown(d));
         if !with_body {
             let resp = upstream.fetch(Method::HEAD, &name, &format!("blobs/{d}"), &[]).await.map_err(blob_error)?;
             let length =
@@ -280,6 +304,7 @@ impl Registry {
             return Ok(Some(MirroredBlob { length, body: None }));
         }
         let turn = self.mirror.turn(format!("blob {d}")).await?;
+        self.catch_up().await;
         match self.blob_meta(repo, d).await {
             Ok(_) => return Ok(None),
             Err(e) if is_unknown(&e) => {}
@@ -302,9 +327,14 @@ impl Registry {
         tokio::spawn(async move {
             let _turn = turn;
             let store = reg.upload_monolithic(&repo, &digest, length, received(store_rx), origin);
-            let feed = feed(resp, &digest, to_store, to_client);
+            let feed = feed(resp, &digest, to_store, &to_client);
             let (stored, fed) = tokio::join!(store, feed);
-            match (stored, fed) {
+            // The client's last piece once the blob is committed (or failed to be), so that a
+            // pull that has finished finds the blob in every region that catches up.
+            if let Ok(Some(last)) = &fed {
+                let _ = to_client.send(Ok(last.clone())).await;
+            }
+            match (stored, fed.map(|_| ())) {
                 (Ok(()), Ok(())) => tracing::info!(event = "mirror_fetched", upstream = %upstream.cfg.name,
                     repository = %repo, digest = %digest, "blob fetched from the upstream and stored"),
                 (stored, fed) => tracing::warn!(event = "mirror_fetch_failed", upstream = %upstream.cfg.name,
@@ -316,16 +346,16 @@ impl Registry {
     }
 }
 
-/// Reads the upstream's blob once, into the store and to the client, the last piece held
-/// back until the digest is checked. A client gone stops nothing; a store that failed stops
-/// only its own feed.
+/// Reads the upstream's blob once, into the store and to the client, all but the last piece,
+/// which it returns once the digest is checked. A client gone stops nothing; a store that
+/// failed stops only its own feed.
 async fn feed(
     resp: reqwest::Response,
     d: &Digest,
     to_store: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-    to_client: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-) -> Result<(), String> {
-    let mut hash = sha2::Sha256::new();
+    to_client: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<Option<Bytes>, String> {
+    let mut hash = Hasher::new(d.algorithm());
     let mut held: Option<Bytes> = None;
     let mut pieces = resp.bytes_stream();
     let (mut store_open, mut client_open) = (true, true);
@@ -349,27 +379,24 @@ async fn feed(
             }
         }
     }
-    let got = format!("sha256:{}", hex::encode(hash.finalize()));
-    if d.algorithm() == crate::oci::Algorithm::Sha256 && got != d.to_string() {
+    let got = hash.finish();
+    if got != *d {
         let why = format!("the upstream sent bytes whose digest is {got}, not {d}");
         let _ = to_client.send(Err(std::io::Error::other(why.clone()))).await;
         return Err(why);
     }
-    if let Some(last) = held {
-        let _ = to_client.send(Ok(last)).await;
-    }
-    Ok(())
+    Ok(held)
 }
 
-/// At most `max` bytes of an answer, or an error.
-async fn read_limited(resp: reqwest::Response, max: usize) -> Result<Vec<u8>, UpstreamError> {
+/// At most `max` bytes of upstream `name`'s answer, or an error.
+async fn read_limited(resp: reqwest::Response, max: usize, name: &str) -> Result<Vec<u8>, UpstreamError> {
     let mut out = Vec::new();
     let mut pieces = resp.bytes_stream();
     while let Some(p) = pieces.next().await {
-        let p = p.map_err(|e| UpstreamError::Unreachable { name: String::new(), why: e.to_string() })?;
+        let p = p.map_err(|e| UpstreamError::Unreachable { name: name.to_owned(), why: e.to_string() })?;
         if out.len() + p.len() > max {
             return Err(UpstreamError::Refused {
-                name: String::new(),
+                name: name.to_owned(),
                 status: 413,
                 why: format!("a manifest larger than storage.max_manifest_bytes ({max})"),
             });

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::config::DatabaseConfig;
 use crate::oci::{Digest, Reference, RegistryError, RepoName};
 
+pub mod mirror;
 pub mod usage;
 
 pub type Tx = Transaction<'static, Postgres>;

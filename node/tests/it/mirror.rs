@@ -6,7 +6,8 @@
 //! digests keep being served in every region; concurrent cold pulls are one upstream fetch per
 //! manifest and blob; a tag moved upstream is seen after `tag_ttl` and not before; bytes that do
 //! not match their digest reach no client whole and are not kept; pushes into the mirror are
-//! refused.
+//! refused; images no region pulled for `cache_ttl`, or past `max_bytes` the least recently
+//! pulled, are evicted in every region, and fetched again on their next pull.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -461,4 +462,107 @@ fn an_upstream_that_asks_for_the_docker_token_flow_is_answered_with_its_token() 
     let text = String::from_utf8_lossy(&body);
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("token service") && text.contains("refused the credentials"), "{text}");
+}
+
+/// The bytes an image holds once pulled: its manifest and every blob.
+fn weight(img: &Image) -> u64 {
+    (img.manifest.len() + img.blobs.iter().map(|(_, b)| b.len()).sum::<usize>()) as u64
+}
+
+/// The tag, then every blob, through `url`, byte for byte.
+fn pull_all(c: &Client, url: &str, repo: &str, img: &Image) {
+    let (status, digest, _, _) = manifest(c, url, repo, "v1");
+    assert_eq!((status, digest.as_str()), (200, img.digest.as_str()), "{repo}:v1 from {url}");
+    for (d, bytes) in &img.blobs {
+        assert_eq!(blob(c, url, repo, d).as_ref(), Ok(bytes), "{d} of {repo} from {url}");
+    }
+}
+
+#[test]
+fn cached_images_unpulled_for_cache_ttl_or_past_max_bytes_are_evicted_in_every_region() {
+    let mut upstream = Distribution::start();
+    let images: Vec<(&str, Image)> =
+        ["kept", "idle", "older", "newer"].into_iter().map(|n| (n, image("amd64", 256 * 1024))).collect();
+    for (name, img) in &images {
+        upstream.push(&format!("team/{name}"), "v1", img);
+    }
+    let img = |n: &str| &images.iter().find(|(m, _)| *m == n).unwrap().1;
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("upstream-password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let base = upstream_config(&upstream, &password_file);
+    const CACHE_TTL: Duration = Duration::from_secs(6);
+    // "ttl" evicts what no region pulled for CACHE_TTL; "size" holds less than two images.
+    let by_ttl = Upstream {
+        name: "ttl".into(),
+        destination: "ttl".into(),
+        ns: vec![],
+        cache_ttl: format!("{}s", CACHE_TTL.as_secs()),
+        max_bytes: 0,
+        ..base.clone()
+    };
+    let bound = weight(img("older")) + weight(img("newer")) - 1024;
+    let by_size = Upstream {
+        name: "size".into(),
+        destination: "size".into(),
+        ns: vec![],
+        cache_ttl: "0s".into(),
+        max_bytes: bound,
+        ..base
+    };
+    let cluster = TestCluster::start(bin(), &["us", "eu", "asia"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        c.config.mirror.upstreams = vec![by_ttl.clone(), by_size.clone()];
+        c.config.mirror.eviction_interval = "1s".into();
+    });
+    let (us, eu, asia) = (cluster.region("us"), cluster.region("eu"), cluster.region("asia"));
+    let c = client();
+    pull_all(&c, &us.url(), "ttl/team/kept", img("kept"));
+    pull_all(&c, &us.url(), "ttl/team/idle", img("idle"));
+    pull_all(&c, &us.url(), "size/team/older", img("older"));
+    std::thread::sleep(Duration::from_millis(1500));
+    pull_all(&c, &us.url(), "size/team/newer", img("newer"));
+    upstream.kill();
+
+    // eu keeps pulling "kept" (by digest: tags go stale with the upstream down) past the TTL;
+    // nobody pulls "idle".
+    let manifests = |region: &testkit::cluster::ClusterMember, repo: &str| {
+        region.sql(&format!(
+            "SELECT count(*) FROM manifests m JOIN repositories r ON r.id = m.repository_id WHERE r.name = '{repo}'"
+        ))
+    };
+    let until = Instant::now() + CACHE_TTL * 2;
+    while Instant::now() < until {
+        let (status, _, _, body) = manifest(&c, &eu.url(), "ttl/team/kept", &img("kept").digest);
+        assert_eq!((status, body.as_slice()), (200, img("kept").manifest.as_slice()), "kept, pulled from eu");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    for region in [us, eu, asia] {
+        within(Duration::from_secs(15), Duration::from_millis(200), "idle and older evicted", || {
+            manifests(region, "ttl/team/idle") == "0" && manifests(region, "size/team/older") == "0"
+        });
+        assert_eq!(manifests(region, "ttl/team/kept"), "1", "{}: kept, pulled in eu all along", region.name);
+        assert_eq!(manifests(region, "size/team/newer"), "1", "{}: the image pulled last", region.name);
+        // Their blobs went with them, without waiting for GC's grace.
+        let (layer, _) = &img("idle").blobs[1];
+        within(Duration::from_secs(15), Duration::from_millis(200), "the evicted layer collected", || {
+            region.sql(&format!("SELECT count(*) FROM blobs WHERE digest = '{layer}'")) == "0"
+        });
+    }
+    // What was evicted is asked of the upstream again (down: a 503), what was kept is served.
+    let (status, _, _, body) = manifest(&c, &asia.url(), "ttl/team/idle", &img("idle").digest);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(blob(&c, &asia.url(), "ttl/team/kept", &img("kept").blobs[1].0).as_ref(), Ok(&img("kept").blobs[1].1));
+    let leader = cluster.region(&cluster.wait_leader(Duration::from_secs(10)));
+    let metrics = c.get(leader.node().metrics_url()).send().unwrap().text().unwrap();
+    for reason in ["cache_ttl", "max_bytes"] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with("afreg_mirror_evicted_total") && l.contains(reason)),
+            "no eviction counted for {reason}"
+        );
+    }
+
+    // Back up, the evicted image is fetched again on its next pull.
+    upstream.spawn();
+    pull_all(&c, &asia.url(), "ttl/team/idle", img("idle"));
 }
