@@ -111,6 +111,8 @@ pub struct Event {
     pub invoked: Duration,
     pub completed: Duration,
     pub outcome: Outcome,
+    /// A write acknowledged that found nothing to change: a tag delete answered 404.
+    pub changed_nothing: bool,
 }
 
 impl Event {
@@ -627,6 +629,7 @@ mod tests {
             invoked: Duration::from_millis(invoked),
             completed: Duration::from_millis(completed),
             outcome,
+            changed_nothing: false,
         }
     }
     fn set(v: Option<&str>) -> Op {

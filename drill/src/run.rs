@@ -156,7 +156,9 @@ pub struct Report {
     /// Whether every checker passed and every failover was within its bound.
     pub passed: bool,
     /// Every write the clients sent, with how it ended, in invoke order: what a test holds up
-    /// against what else saw the writes (a notification receiver). Not in the JSON.
+    /// against what else saw the writes (a notification receiver). A write acknowledged that
+    /// changed nothing (a tag delete answered 404) is left out: nothing else saw it. Not in the
+    /// JSON.
     #[serde(skip)]
     pub writes: Vec<(history::Op, history::Outcome)>,
 }
@@ -370,6 +372,11 @@ fn judge(
         examples: c.examples,
         verdicts,
         passed,
-        writes: h.events.iter().filter(|e| e.op.is_write()).map(|e| (e.op.clone(), e.outcome.clone())).collect(),
+        writes: h
+            .events
+            .iter()
+            .filter(|e| e.op.is_write() && !e.changed_nothing)
+            .map(|e| (e.op.clone(), e.outcome.clone()))
+            .collect(),
     }
 }

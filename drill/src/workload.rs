@@ -231,6 +231,7 @@ impl DrillClient {
             invoked,
             completed: self.now(),
             outcome,
+            changed_nothing: false,
         });
         ok
     }
@@ -325,7 +326,11 @@ impl DrillClient {
         } else if roll < 42 {
             let t = self.now();
             let r = delete_manifest(&self.http, &self.url, &repo, &tag);
+            let absent = matches!(r, Ok(404));
             self.record_result(Op::SetTag { repo, tag, to: None }, t, r);
+            if let Some(e) = self.events.last_mut().filter(|_| absent) {
+                e.changed_nothing = true;
+            }
         } else {
             let linearizable = roll < 71;
             let query = if linearizable { "?consistency=linearizable" } else { "" };

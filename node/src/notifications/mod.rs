@@ -16,6 +16,13 @@
 //! failure up to five minutes; an event still failing
 //! after `max_attempts`, or older than `max_age`, goes to the dead letters and the next one is
 //! sent. Nothing here is on a push's path: a slow or dead receiver delays only its own events.
+//!
+//! **Batched, so that a trickle of small pushes does not double the Raft writes.** A batch that
+//! is not full waits [`GATHER`] for more events before it goes, and the replicated cursor is
+//! written at most every [`CURSOR_EVERY`] (and as soon as the endpoint is idle, or a dead letter
+//! is recorded): the loop remembers how far it sent in between. An event committed is never
+//! rewritten, so that position stays true across terms; a leader lost before its cursor write
+//! means the next leader sends those events again, which at-least-once allows.
 
 pub mod payload;
 
@@ -37,6 +44,11 @@ const BATCH: i64 = 32;
 const IDLE: Duration = Duration::from_secs(1);
 /// The pause after a failure before the breaker opens (`threshold` failures in a row).
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// How long a batch that is not full waits for more events before it is sent.
+const GATHER: Duration = Duration::from_millis(50);
+/// The least time between two writes of the replicated cursor while events keep coming.
+const CURSOR_EVERY: Duration = Duration::from_millis(500);
 
 /// The longest wait between attempts of a failing endpoint.
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -150,19 +162,33 @@ impl Sender {
     }
 }
 
+/// How far the leader's loop has sent, ahead of the replicated cursor it writes at most every
+/// [`CURSOR_EVERY`].
+#[derive(Debug)]
+struct Progress {
+    /// The last event id sent (or skipped), whether or not the cursor says so yet.
+    sent_up_to: i64,
+    /// The cursor write not made yet, if `sent_up_to` is ahead of the replicated cursor.
+    unwritten: bool,
+    /// When the cursor was last written.
+    written_at: std::time::Instant,
+}
+
 async fn deliver(reg: Arc<Registry>, endpoint: Endpoint, source: Source, stop: CancellationToken) {
     let name = endpoint.name.clone();
     let sender = Sender::new(endpoint);
     let mut changed = reg.cluster.subscribe();
     let mut failures_in_row = 0u32;
     let mut head_attempts = (0i64, 0u32);
+    let mut progress = Progress { sent_up_to: 0, unwritten: false, written_at: std::time::Instant::now() };
     loop {
         let stepped = match source {
-            Source::Replicated => step(&reg, &sender, &mut failures_in_row, &mut head_attempts).await,
+            Source::Replicated => step(&reg, &sender, &mut failures_in_row, &mut head_attempts, &mut progress).await,
             Source::Pulls => step_pulls(&reg, &sender, &mut failures_in_row, &mut head_attempts).await,
         };
         let wait = match stepped {
             Ok(Step::More) => continue,
+            Ok(Step::Partial) => GATHER,
             Ok(Step::Idle) => IDLE,
             Ok(Step::Failed) if failures_in_row >= sender.endpoint.threshold => {
                 breaker_wait(sender.endpoint.backoff(), failures_in_row - sender.endpoint.threshold)
@@ -183,8 +209,10 @@ async fn deliver(reg: Arc<Registry>, endpoint: Endpoint, source: Source, stop: C
 }
 
 enum Step {
-    /// Sent (or skipped) something; look again at once.
+    /// Sent (or skipped) a full batch; look again at once.
     More,
+    /// Sent less than a full batch; gather for a moment before the next one.
+    Partial,
     /// Nothing to send here now.
     Idle,
     /// The receiver failed.
@@ -196,13 +224,16 @@ async fn step(
     sender: &Sender,
     failures_in_row: &mut u32,
     head_attempts: &mut (i64, u32),
+    progress: &mut Progress,
 ) -> Result<Step, crate::oci::RegistryError> {
     let ep = &sender.endpoint;
     let pool = reg.store.pool();
     if !reg.cluster.status().is_some_and(|s| s.role == Role::Leader) {
+        // Sent but not written: the next leader sends those again.
+        progress.unwritten = false;
         return Ok(Step::Idle);
     }
-    let cursor = events::cursor(pool, &ep.name).await?;
+    let cursor = events::cursor(pool, &ep.name).await?.max(progress.sent_up_to);
     let pending = events::pending(pool, cursor).await?;
     metrics::gauge!("afreg_notifications_pending", "endpoint" => ep.name.clone()).set(pending as f64);
     // Dead letters an operator asked to send again come first.
@@ -211,13 +242,26 @@ async fn step(
         let batch: Vec<&EventRow> = again.iter().map(|d| &d.event).collect();
         let sent = sender.send(&batch).await;
         let ids = again.iter().map(|d| d.event.id).collect();
-        return settle(reg, sender, failures_in_row, sent.map(|_| batch.len()), cursor, vec![], ids).await;
+        let write = Write { up_to: cursor, dead: vec![], redelivered: ids };
+        return settle(reg, sender, failures_in_row, sent.map(|_| batch.len()), write, progress).await;
     }
     let events = events::after(pool, cursor, BATCH).await?;
-    let Some(last) = events.last().map(|e| e.id) else { return Ok(Step::Idle) };
+    let Some(last) = events.last().map(|e| e.id) else {
+        if progress.unwritten {
+            write_cursor(reg, &ep.name, Write::up_to(progress.sent_up_to), progress).await?;
+        }
+        return Ok(Step::Idle);
+    };
+    let full = events.len() as i64 >= BATCH;
     let batch: Vec<&EventRow> = events.iter().filter(|e| ep.wants(&e.action, &e.media_type)).collect();
     if batch.is_empty() {
-        return settle(reg, sender, failures_in_row, Ok(0), last, vec![], vec![]).await;
+        return settle(reg, sender, failures_in_row, Ok(0), Write::up_to(last), progress).await.map(|s| {
+            if full {
+                s
+            } else {
+                Step::Partial
+            }
+        });
     }
     let sent = sender.send(&batch).await;
     if let Err(e) = &sent {
@@ -228,10 +272,12 @@ async fn step(
             let dead = vec![DeadLetter { event_id: head.id, error: e.to_string() }];
             metrics::counter!("afreg_notifications_total", "endpoint" => ep.name.clone(), "result" => "dead_lettered")
                 .increment(1);
-            return settle(reg, sender, failures_in_row, Ok(0), head.id, dead, vec![]).await;
+            let write = Write { up_to: head.id, dead, redelivered: vec![] };
+            return settle(reg, sender, failures_in_row, Ok(0), write, progress).await;
         }
     }
-    settle(reg, sender, failures_in_row, sent.map(|_| batch.len()), last, vec![], vec![]).await
+    let stepped = settle(reg, sender, failures_in_row, sent.map(|_| batch.len()), Write::up_to(last), progress).await;
+    stepped.map(|s| if matches!(s, Step::More) && !full { Step::Partial } else { s })
 }
 
 /// Whether the endpoint gives up on `head`, the first event of a batch that just failed (the
@@ -292,16 +338,29 @@ async fn step_pulls(
     Ok(Step::More)
 }
 
-/// Moves the cursor after a success (`sent`: how many events went; to `up_to`, with `dead`
-/// and `redelivered`), or counts the failure.
+/// A write of the replicated cursor: up to which event, with the dead letters recorded and the
+/// ones sent again.
+struct Write {
+    up_to: i64,
+    dead: Vec<DeadLetter>,
+    redelivered: Vec<i64>,
+}
+
+impl Write {
+    fn up_to(up_to: i64) -> Self {
+        Write { up_to, dead: vec![], redelivered: vec![] }
+    }
+}
+
+/// Moves the cursor after a success (`sent`: how many events went), at once if `write` records
+/// dead letters or events sent again, else at most every [`CURSOR_EVERY`]; or counts the failure.
 async fn settle(
     reg: &Registry,
     sender: &Sender,
     failures_in_row: &mut u32,
     sent: Result<usize, SendError>,
-    up_to: i64,
-    dead: Vec<DeadLetter>,
-    redelivered: Vec<i64>,
+    write: Write,
+    progress: &mut Progress,
 ) -> Result<Step, crate::oci::RegistryError> {
     let name = &sender.endpoint.name;
     let n = match sent {
@@ -316,17 +375,35 @@ async fn settle(
         }
     };
     *failures_in_row = 0;
+    metrics::counter!("afreg_notifications_total", "endpoint" => name.clone(), "result" => "delivered")
+        .increment(n as u64);
+    progress.sent_up_to = progress.sent_up_to.max(write.up_to);
+    if write.dead.is_empty() && write.redelivered.is_empty() && progress.written_at.elapsed() < CURSOR_EVERY {
+        progress.unwritten = true;
+    } else {
+        write_cursor(reg, name, write, progress).await?;
+    }
+    Ok(Step::More)
+}
+
+/// Writes the replicated cursor (through Raft), up to the furthest event sent.
+async fn write_cursor(
+    reg: &Registry,
+    endpoint: &str,
+    write: Write,
+    progress: &mut Progress,
+) -> Result<(), crate::oci::RegistryError> {
     let cmd = Command::NotificationsDelivered {
-        endpoint: name.clone(),
-        delivered: up_to,
-        dead,
-        redelivered,
+        endpoint: endpoint.to_owned(),
+        delivered: write.up_to.max(progress.sent_up_to),
+        dead: write.dead,
+        redelivered: write.redelivered,
         at: crate::registry::now_millis(),
     };
     reg.replicate(cmd).await?;
-    metrics::counter!("afreg_notifications_total", "endpoint" => name.clone(), "result" => "delivered")
-        .increment(n as u64);
-    Ok(Step::More)
+    progress.unwritten = false;
+    progress.written_at = std::time::Instant::now();
+    Ok(())
 }
 
 #[cfg(test)]
