@@ -66,6 +66,8 @@ const CLUSTER_MAX_BLOB: u64 = 1 << 30;
 pub(crate) const AT_ONCE_CLIENTS: usize = 32;
 pub(crate) const AT_ONCE_BLOBS: usize = 10;
 const AT_ONCE_REPO: &str = "bench/at-once";
+/// The upstream's repository the pull-through cache workloads push to and pull through.
+const MIRROR_REPO: &str = "bench/mirror";
 
 /// The sizes and durations of a run.
 struct Plan {
@@ -210,6 +212,8 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
         None => Err("Debian's docker-registry is not installed (scripts/setup.sh installs it)".to_owned()),
     };
     let zot = targets::zot_bin().and_then(|bin| Peer::zot(&bin).map_err(|e| format!("{e:#}")));
+    progress("starting afreg as a pull-through cache of distribution v3");
+    let mirror = targets::afreg_mirror_region(afreg, &dist3.url);
     let raw_pair = (testkit::Kubo::start(), testkit::Kubo::start());
     raw_pair.1.connect(&raw_pair.0);
 
@@ -219,6 +223,7 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
     infos.push(info("afreg-notify", "afreg with notifications", "afreg", true, targets::NOTIFY_CONFIG));
     infos.push(info("afreg-no-usage", "afreg counting no pulls", "afreg", true, targets::NO_USAGE_CONFIG));
     infos.push(info("afreg-cluster", "afreg cluster (us)", "afreg", true, targets::CLUSTER_CONFIG));
+    infos.push(info("afreg-mirror", targets::label("afreg-mirror"), "afreg", true, targets::MIRROR_CONFIG));
     infos.push(info("distribution-v3", "distribution v3", "peer", true, targets::DIST_CONFIG));
     match &dist28 {
         Ok(_) => infos.push(info("distribution-2.8", "distribution 2.8", "peer", true, targets::DIST28_CONFIG)),
@@ -270,8 +275,13 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
         blob_dir: p.blob_dir(),
         ..Target::at(id, p.url.clone())
     };
-    let mut registries =
-        vec![afreg_t.clone(), notify_t, no_usage_t, defaults_t, cluster_t, peer("distribution-v3", &dist3)];
+    let dist3_t = peer("distribution-v3", &dist3);
+    let mirror_t = Target {
+        pid: Some(mirror.node.pid()),
+        kubos: vec![mirror.kubo.api_url()],
+        ..Target::at("afreg-mirror", mirror.node.url())
+    };
+    let mut registries = vec![afreg_t.clone(), notify_t, no_usage_t, defaults_t, cluster_t, dist3_t.clone()];
     for (id, p) in [("distribution-2.8", dist28.as_ref().ok()), ("zot", zot.as_ref().ok())] {
         if let Some(p) = p {
             registries.push(peer(id, p));
@@ -408,6 +418,29 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
                 }
                 t.forget_blobs(&c, "bench/blobs", &pushed).await;
             }
+        }
+
+        // ---- The pull-through cache -----------------------------------------------------------
+        // Each blob fresh on the upstream: pulled from it directly, then through afreg's mirror
+        // cold (fetched upstream while it streams to the client and into the store), then warm.
+        let mirrored = format!("mirror/{MIRROR_REPO}");
+        for &size in &plan.sizes {
+            let sz = size_label(size);
+            let (mut direct, mut cold, mut warm) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+            let mut pushed = vec![];
+            for _ in 0..repetitions(size) {
+                let (_, d) = http::push(&c, &dist3_t, MIRROR_REPO, Push::Mono, next_seed(), size).await?;
+                direct += http::pull(&c, &dist3_t, MIRROR_REPO, &d, size).await?;
+                cold += http::pull(&c, &mirror_t, &mirrored, &d, size).await?;
+                warm += http::pull(&c, &mirror_t, &mirrored, &d, size).await?;
+                pushed.push(d);
+            }
+            let moved = size * pushed.len() as u64;
+            s.add(&format!("mirror-direct/{sz}"), "mirror", "distribution-v3", "MiB/s", true, mib_s(moved, direct));
+            s.add(&format!("mirror-cold/{sz}"), "mirror", "afreg-mirror", "MiB/s", true, mib_s(moved, cold));
+            s.add(&format!("mirror-warm/{sz}"), "mirror", "afreg-mirror", "MiB/s", true, mib_s(moved, warm));
+            dist3_t.forget_blobs(&c, MIRROR_REPO, &pushed).await;
+            mirror_t.forget_blobs(&c, &mirrored, &pushed).await;
         }
 
         // ---- Many clients pulling at once ------------------------------------------------------

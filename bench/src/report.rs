@@ -247,7 +247,40 @@ impl Report {
         ));
         goals.extend(self.defaults_goals());
         goals.extend(self.variant_goals());
+        goals.extend(self.mirror_goals());
         self.goals = goals;
+    }
+
+    /// The pull-through cache's goals at each size: a cold pull (fetched upstream as it
+    /// streams) ≥ 0.8× pulling the same blob from the upstream directly, and a warm one as fast
+    /// as afreg's own pull of a pushed blob (≥ 0.9×, the noise of one run on two cores).
+    fn mirror_goals(&self) -> Vec<Goal> {
+        let median = |w: &str, t: &str| self.figure(w, t).map(|f| f.median);
+        let mut goals = vec![];
+        for &size in &self.blob_sizes {
+            let sz = size_label(size);
+            let (cold, direct) = (
+                median(&format!("mirror-cold/{sz}"), "afreg-mirror"),
+                median(&format!("mirror-direct/{sz}"), "distribution-v3"),
+            );
+            goals.push(goal_of(
+                &format!("pull-through cache: cold pull {sz} ≥ 0.8× pulling it from the upstream directly"),
+                format!("afreg-mirror {} vs distribution-v3 {} MiB/s", fmt(cold), fmt(direct)),
+                cold.zip(direct).filter(|(_, d)| *d > 0.0).map(|(c, d)| c / d),
+                0.8,
+                false,
+            ));
+            let (warm, local) =
+                (median(&format!("mirror-warm/{sz}"), "afreg-mirror"), median(&format!("pull/{sz}"), "afreg"));
+            goals.push(goal_of(
+                &format!("pull-through cache: warm pull {sz} ≥ 0.9× afreg's pull of a pushed blob"),
+                format!("afreg-mirror {} vs afreg {} MiB/s", fmt(warm), fmt(local)),
+                warm.zip(local).filter(|(_, l)| *l > 0.0).map(|(w, l)| w / l),
+                0.9,
+                false,
+            ));
+        }
+        goals
     }
 
     /// The A/B goals, each variant against `afreg` in the same rounds: notifications slow no

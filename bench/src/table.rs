@@ -124,6 +124,29 @@ pub fn markdown(r: &Report) -> String {
     group_table(&mut out, r, "blobs", &no_token, &RATIO_OF);
     let _ = writeln!(out, "\n## Images\n\n`crane push` of an OCI image layout the bench wrote (20 layers of fresh bytes, 256 KiB to 4 MiB in a geometric spread, a config and a manifest), then `crane pull --format oci` of the same reference into a fresh directory, each round to a repository of its own; the image's bytes over the crane process's run, start-up included. `afreg with its defaults` is logged in through a `DOCKER_CONFIG` with the bench user; the others are anonymous.");
     group_table(&mut out, r, "images", &no_token, &RATIO_OF);
+    let _ = writeln!(out, "\n## Pull-through cache\n\n`afreg as a mirror of distribution v3` is the tuned one-region afreg with distribution v3 as the upstream of `mirror/`. Each round, at each size, a fresh blob is pushed to distribution v3, pulled from it directly (`mirror-direct`), then through the mirror: `mirror-cold` fetches it upstream while it streams to the client and into the store, `mirror-warm` is the next pull, served by the cluster's own copy. Repetitions as for the blobs above.\n");
+    let _ = writeln!(out, "| size | from the upstream directly | cold through afreg | cold ÷ direct | warm through afreg | afreg's pull of a pushed blob | warm ÷ that |\n|---|---|---|---|---|---|---|");
+    for &size in &r.blob_sizes {
+        let sz = size_label(size);
+        let direct = r.figure(&format!("mirror-direct/{sz}"), "distribution-v3");
+        let cold = r.figure(&format!("mirror-cold/{sz}"), "afreg-mirror");
+        let warm = r.figure(&format!("mirror-warm/{sz}"), "afreg-mirror");
+        let local = r.figure(&format!("pull/{sz}"), "afreg");
+        let ratio = |a: Option<&Figure>, b: Option<&Figure>| match (a, b) {
+            (Some(a), Some(b)) if b.median > 0.0 => format!("**{:.2}×**", a.median / b.median),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {sz} | {} | {} | {} | {} | {} | {} |",
+            cell(direct),
+            cell(cold),
+            ratio(cold, direct),
+            cell(warm),
+            cell(local),
+            ratio(warm, local)
+        );
+    }
     let _ = writeln!(out, "\n## Memory\n\nPeak RSS (VmHWM, reset before each size) of the registry process over that size's pushes and pull; `node-rss/pull-32x10/…` over the 32 pulls at once.");
     group_table(&mut out, r, "memory", &no_token, &RATIO_OF);
     let _ = writeln!(out, "\n## Manifests\n\nHEAD and GET of one manifest by tag, from N connections each sending its next request when the last answer is read. `afreg (token)` sends a bearer token with every request, and so does `afreg with its defaults`, whose request-rate limits also apply (all connections come from one address and carry one token), so its figure counts only the answers served; the peers are anonymous (none is set up with a token service), so those ratios are token against anonymous.");

@@ -183,6 +183,23 @@ pub fn afreg_notify_region(bin: &Path, receiver_url: &str) -> TestRegion {
     })
 }
 
+pub const MIRROR_CONFIG: &str = "the one-region node as `afreg` runs, with distribution v3 (the peer) as the upstream \
+    of its pull-through cache under `mirror/` (anonymous; tag_ttl, cache_ttl and max_bytes at their defaults)";
+
+/// `afreg-mirror`: the one-region afreg as a pull-through cache of `upstream_url` under `mirror/`.
+pub fn afreg_mirror_region(bin: &Path, upstream_url: &str) -> TestRegion {
+    let url = upstream_url.to_owned();
+    TestRegion::start_with(bin, move |c| {
+        unlimited(c);
+        c.config.mirror.upstreams = vec![afreg_config::mirror::Upstream {
+            name: "distribution-v3".into(),
+            url: url.clone(),
+            destination: "mirror".into(),
+            ..Default::default()
+        }];
+    })
+}
+
 /// `afreg-no-usage`: the one-region afreg counting no pulls.
 pub fn afreg_no_usage_region(bin: &Path) -> TestRegion {
     TestRegion::start_with(bin, |c| {
@@ -322,6 +339,7 @@ pub fn label(id: &str) -> &'static str {
         "afreg-cluster" => "afreg cluster (us)",
         "afreg-notify" => "afreg with notifications",
         "afreg-no-usage" => "afreg counting no pulls",
+        "afreg-mirror" => "afreg as a mirror of distribution v3",
         "distribution-v3" => "distribution v3",
         "distribution-2.8" => "distribution 2.8",
         "zot" => "zot",

@@ -36,6 +36,7 @@ fn afreg_bench_quick_reports_every_workload_for_every_target() {
         "afreg-cluster",
         "afreg-notify",
         "afreg-no-usage",
+        "afreg-mirror",
         "distribution-v3",
         "distribution-2.8",
         "zot",
@@ -67,6 +68,13 @@ fn afreg_bench_quick_reports_every_workload_for_every_target() {
             for t in ["afreg-notify", "afreg-no-usage"] {
                 want.push((format!("{w}/{size}"), t));
             }
+        }
+    }
+    // The pull-through cache: the upstream directly, then cold and warm through the mirror.
+    for size in sizes {
+        want.push((format!("mirror-direct/{size}"), "distribution-v3"));
+        for w in ["mirror-cold", "mirror-warm"] {
+            want.push((format!("{w}/{size}"), "afreg-mirror"));
         }
     }
     for t in ["afreg-notify", "afreg-no-usage"] {
@@ -126,8 +134,9 @@ fn afreg_bench_quick_reports_every_workload_for_every_target() {
     // the cluster; of afreg with its defaults, manifest GET, four blob workloads at each of two
     // sizes, two for the 8 MiB pull (the peer, the page cache), pull-32x10, crane push and pull,
     // and its peak RSS; then the A/B goals: notifications on three pushes at each size and
-    // crane's, pull counting on the pull at each size, pull-32x10 and crane's.
-    assert_eq!(report.goals.len(), 9 + 1 + 8 + 2 + 1 + 2 + 1 + (3 * 2 + 1) + (2 + 2), "{:?}", report.goals);
+    // crane's, pull counting on the pull at each size, pull-32x10 and crane's; the mirror's
+    // cold and warm pull at each size.
+    assert_eq!(report.goals.len(), 9 + 1 + 8 + 2 + 1 + 2 + 1 + (3 * 2 + 1) + (2 + 2) + 2 * 2, "{:?}", report.goals);
     for g in &report.goals {
         assert!(g.ratio.is_some() && g.met.is_some(), "goal not judged: {g:?}");
     }
@@ -142,6 +151,7 @@ fn afreg_bench_quick_reports_every_workload_for_every_target() {
         "## Physical references",
         "## Images",
         "## Request-rate limits",
+        "## Pull-through cache",
         "afreg with its defaults",
         "page-cache-read/8MiB",
         "distribution 2.8",
