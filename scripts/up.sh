@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 TOOLS=$(scripts/setup.sh | tail -n 1)
 export PATH="$TOOLS:$PATH" AFREG_TOOLS="$TOOLS"
 
-echo "up: building afreg (release)" >&2
-cargo build --release -q -p afreg
+# Not -q: a first build takes minutes, and cargo's progress shows it is working.
+echo "up: building afreg (release; the first build takes several minutes)" >&2
+cargo build --release -p afreg
 AFREG=${CARGO_TARGET_DIR:-target}/release/afreg
 exec "$AFREG" up "$@"

@@ -32,7 +32,7 @@ mod user;
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
-#[command(name = "afreg", version, about = "A multi-region OCI registry over PostgreSQL and IPFS Kubo")]
+#[command(name = "afreg", version = afreg_node::telemetry::VERSION, about = "A multi-region OCI registry over PostgreSQL and IPFS Kubo")]
 struct Cli {
     /// Configuration file (TOML). Environment variables AFREG_SECTION__FIELD override it.
     #[arg(long, short, global = true, env = "AFREG_CONFIG")]

@@ -361,8 +361,8 @@ impl BlobFiles {
         let s = self.status();
         metrics::gauge!("afreg_blob_files_bytes").set(s.bytes as f64);
         metrics::gauge!("afreg_blob_files").set(s.files as f64);
-        metrics::counter!("afreg_blob_files_total", "result" => "hit").absolute(s.hits);
-        metrics::counter!("afreg_blob_files_total", "result" => "miss").absolute(s.misses);
+        metrics::counter!("afreg_blob_file_reads_total", "result" => "hit").absolute(s.hits);
+        metrics::counter!("afreg_blob_file_reads_total", "result" => "miss").absolute(s.misses);
         metrics::counter!("afreg_blob_files_evictions_total").absolute(s.evictions);
         metrics::counter!("afreg_blob_files_fills_total").absolute(s.fills);
         metrics::counter!("afreg_blob_files_corrupt_total").absolute(s.corrupt);

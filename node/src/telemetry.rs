@@ -76,36 +76,206 @@ impl Drop for ServiceTagged {
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
+/// The node's version and the git revision it was built from (`node/build.rs`), as
+/// `afreg --version` and `afreg_build_info` give them.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("AFREG_REVISION"), ")");
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric the node exports.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// Its labels, each with a bounded set of values.
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+const fn m(name: &'static str, kind: Kind, labels: &'static [&'static str], help: &'static str) -> Metric {
+    Metric { name, kind, labels, help }
+}
+
+use Kind::{Counter, Gauge, Histogram};
+
+/// Every metric the node exports, described to the recorder at start (so `/metrics` has its
+/// `HELP` and `TYPE`). The README's metric table is exactly this list (a unit test), and a
+/// region's `/metrics` carries no other family (the dashboard test, beside `promtool check
+/// metrics`). Names follow Prometheus's conventions: base units in the name, `_total` on
+/// counters, `code` for a status.
+pub const METRICS: &[Metric] = &[
+    m("afreg_build_info", Gauge, &["version", "revision"], "Always 1: the node's version and git revision"),
+    m(
+        "afreg_http_requests_total",
+        Counter,
+        &["route", "method", "code"],
+        "OCI API requests by route template, method and status code",
+    ),
+    m("afreg_http_request_duration_seconds", Histogram, &["route", "method"], "OCI API request latency"),
+    m("afreg_blob_received_bytes_total", Counter, &[], "Blob bytes received from clients"),
+    m("afreg_sent_bytes_total", Counter, &[], "Blob and manifest bytes sent to clients"),
+    m("afreg_connections_open", Gauge, &["listener"], "Connections open on a listener"),
+    m(
+        "afreg_connections_refused_total",
+        Counter,
+        &["listener", "reason"],
+        "Connections closed at once, past a connection cap",
+    ),
+    m("afreg_requests_limited_total", Counter, &[], "Requests answered 429 by the request-rate limits"),
+    m("afreg_logins_refused_total", Counter, &["reason"], "Logins refused before their password was checked"),
+    m("afreg_status_computed_total", Counter, &["scope"], "/status answers computed (not served from its cache)"),
+    m(
+        "afreg_manifest_cache_total",
+        Counter,
+        &["result"],
+        "Manifest reads served from memory (hit) or PostgreSQL (miss)",
+    ),
+    m("afreg_upload_sessions_open", Gauge, &[], "Upload sessions in progress"),
+    m("afreg_upload_sessions_in_memory", Gauge, &[], "Upload sessions with a lock and running hash in this process"),
+    m("afreg_blob_files", Gauge, &[], "Verified blob files this region holds"),
+    m("afreg_blob_files_bytes", Gauge, &[], "Bytes of the verified blob files this region holds"),
+    m(
+        "afreg_blob_file_reads_total",
+        Counter,
+        &["result"],
+        "Blob pulls served from a blob file (hit) or through Kubo (miss)",
+    ),
+    m("afreg_blob_files_fills_total", Counter, &[], "Blob files written"),
+    m("afreg_blob_files_evictions_total", Counter, &[], "Blob files evicted, least recently used first"),
+    m("afreg_blob_files_corrupt_total", Counter, &[], "Blob files found not to match their digest, and removed"),
+    m("afreg_kubo_call_seconds", Histogram, &["cmd"], "Kubo RPC latency by command"),
+    m("afreg_postgres_query_seconds", Histogram, &["op"], "PostgreSQL latency by operation"),
+    m(
+        "afreg_replicated_write_seconds",
+        Histogram,
+        &["op"],
+        "Time from proposing a write to its commit by a quorum, by command",
+    ),
+    m("afreg_raft_is_leader", Gauge, &[], "1 while this region's Raft member leads"),
+    m("afreg_raft_term", Gauge, &[], "The Raft term this member is in"),
+    m("afreg_raft_last_log_index", Gauge, &[], "The last Raft log index this member holds"),
+    m("afreg_raft_last_applied", Gauge, &[], "The last Raft log index applied to this region's PostgreSQL"),
+    m("afreg_raft_replication_lag_entries", Gauge, &["region_id"], "On the leader: entries a follower has yet to take"),
+    m("afreg_seat_taken_total", Counter, &[], "Times this process took its region's Raft seat"),
+    m("afreg_seat_epoch", Gauge, &[], "Epoch of the region's Raft seat holder as this process last saw it"),
+    m("afreg_pinned_blobs", Gauge, &[], "Blobs pinned in this region's Kubo"),
+    m("afreg_pin_backlog", Gauge, &[], "Blobs this region has yet to pin"),
+    m("afreg_pins_failing", Gauge, &[], "Blobs whose pin failed and waits for its retry"),
+    m("afreg_pins_total", Counter, &["result"], "Pins attempted, by result"),
+    m("afreg_replicated_bytes_total", Counter, &[], "Blob bytes this region fetched from other regions' Kubo to pin"),
+    m(
+        "afreg_pull_records_dropped_total",
+        Counter,
+        &[],
+        "Pulls not counted for usage: the queue was full or its write failed",
+    ),
+    m("afreg_notifications_pending", Gauge, &["endpoint"], "Replicated events an endpoint has yet to be sent"),
+    m(
+        "afreg_notifications_pull_events_pending",
+        Gauge,
+        &["endpoint"],
+        "This region's pull events an endpoint has yet to be sent",
+    ),
+    m(
+        "afreg_notifications_total",
+        Counter,
+        &["endpoint", "result"],
+        "Notification events delivered, failed and dead-lettered",
+    ),
+    m(
+        "afreg_mirror_bytes",
+        Gauge,
+        &["upstream"],
+        "Bytes an upstream's pull-through cache holds, per repository summed",
+    ),
+    m(
+        "afreg_mirror_evicted_total",
+        Counter,
+        &["upstream", "reason"],
+        "Images evicted from the pull-through cache, by reason (cache_ttl, max_bytes)",
+    ),
+    m(
+        "afreg_mirror_stale_total",
+        Counter,
+        &["upstream"],
+        "Cached mirror tags served because their upstream could not be asked",
+    ),
+];
+
 /// Installs the global metrics recorder; histograms get latency buckets.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .install_recorder()?;
-    metrics::describe_counter!("afreg_http_requests_total", "OCI API requests by route, method and status");
-    metrics::describe_histogram!("afreg_http_request_duration_seconds", "OCI API request latency");
-    metrics::describe_counter!("afreg_bytes_in_total", "Blob bytes received from clients");
-    metrics::describe_counter!("afreg_bytes_out_total", "Blob and manifest bytes sent to clients");
-    metrics::describe_histogram!("afreg_kubo_call_seconds", "Kubo RPC latency by command");
-    metrics::describe_histogram!("afreg_postgres_query_seconds", "PostgreSQL latency by operation");
-    metrics::describe_gauge!("afreg_upload_sessions_open", "Upload sessions in progress");
-    metrics::describe_gauge!(
-        "afreg_upload_sessions_in_memory",
-        "Upload sessions with a lock and running hash in this process"
-    );
-    metrics::describe_counter!("afreg_seat_taken_total", "Times this process took its region's Raft seat");
-    metrics::describe_gauge!("afreg_seat_epoch", "Epoch of the region's Raft seat holder as this process last saw it");
-    metrics::describe_counter!(
-        "afreg_mirror_stale_total",
-        "Cached mirror tags served because their upstream could not be asked"
-    );
-    metrics::describe_gauge!(
-        "afreg_mirror_bytes",
-        "Bytes an upstream's pull-through cache holds, per repository summed"
-    );
-    metrics::describe_counter!(
-        "afreg_mirror_evicted_total",
-        "Images evicted from the pull-through cache, by reason (cache_ttl, max_bytes)"
-    );
+    for metric in METRICS {
+        match metric.kind {
+            Counter => metrics::describe_counter!(metric.name, metric.help),
+            Gauge => metrics::describe_gauge!(metric.name, metric.help),
+            Histogram => metrics::describe_histogram!(metric.name, metric.help),
+        }
+    }
+    metrics::gauge!("afreg_build_info", "version" => env!("CARGO_PKG_VERSION"), "revision" => env!("AFREG_REVISION"))
+        .set(1.0);
     metrics::gauge!("afreg_upload_sessions_in_memory").set(0.0);
     Ok(handle)
+}
+
+/// The README's table of [`METRICS`], as the test of it expects it.
+pub fn metrics_table() -> String {
+    let mut out = String::from("| metric | type | labels | what it counts |\n|---|---|---|---|\n");
+    for m in METRICS {
+        let labels = m.labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ");
+        out += &format!("| `{}` | {} | {} | {} |\n", m.name, m.kind.as_str(), labels, m.help);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's metric table, between its markers, is [`metrics_table`].
+    #[test]
+    fn the_readme_lists_every_metric_and_no_other() {
+        let readme = include_str!("../../README.md");
+        let (begin, end) = ("<!-- metrics: begin -->\n", "<!-- metrics: end -->");
+        let start = readme.find(begin).expect("the README's metrics table begin marker") + begin.len();
+        let stop = readme[start..].find(end).expect("its end marker") + start;
+        assert_eq!(readme[start..stop], metrics_table(), "README.md's metric table: write this between the markers");
+    }
+
+    #[test]
+    fn metric_names_follow_prometheus_conventions() {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in METRICS {
+            assert!(seen.insert(m.name), "{} listed twice", m.name);
+            assert!(m.name.starts_with("afreg_"), "{}", m.name);
+            assert_eq!(
+                m.kind == Counter,
+                m.name.ends_with("_total"),
+                "{}: _total is for counters, and every counter's",
+                m.name
+            );
+            if m.kind == Histogram {
+                assert!(m.name.ends_with("_seconds"), "{}: a histogram of seconds", m.name);
+            }
+            assert!(!m.labels.contains(&"status"), "{}: the status label is `code`", m.name);
+        }
+    }
 }

@@ -282,6 +282,9 @@ async fn start_all(
     network: &Network,
     running: &mut Running,
 ) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let stage =
+        |region: &str, what: &str| println!("afreg up: [{:>5.1}s] {region:<6} {what}", t0.elapsed().as_secs_f64());
     for l in locals {
         create_traversable_dir(&l.dir)?;
         // Recorded before it starts: an interrupted start is still stopped.
@@ -290,18 +293,22 @@ async fn start_all(
         blocking(move || start_postgres(&pg, port)).await.with_context(|| {
             format!("region {}: PostgreSQL (log {})", l.name, Postgres::log_of(&l.pg_dir()).display())
         })?;
+        stage(&l.name, &format!("PostgreSQL ready on port {}", l.postgres));
         let kubo = start_kubo(l, network)
             .await
             .with_context(|| format!("region {}: Kubo (log {})", l.name, l.kubo_log().display()))?;
         running.kubos.push(kubo);
+        stage(&l.name, &format!("Kubo ready, API on port {}", l.kubo.api));
     }
     for (n, l) in locals.iter().enumerate() {
         write_config(l, locals, secret_file)
             .with_context(|| format!("region {}: writing {}", l.name, l.config().display()))?;
         running.nodes.push(start_node(l, n, 0)?);
+        stage(&l.name, "node started");
     }
     for (l, node) in locals.iter().zip(running.nodes.iter_mut()) {
         wait_healthy(l, &mut node.child).await?;
+        stage(&l.name, &format!("node healthy at {}", l.url()));
     }
     // The other processes once the first has created the region's keys.
     let first_extra = running.nodes.len();
@@ -315,8 +322,10 @@ async fn start_all(
         wait_healthy(l, &mut node.child).await?;
     }
     wait_leader(locals).await?;
+    stage("", "the regions joined: a leader is elected");
     let password = ensure_admin(data, locals).await?;
     write_cluster_json(data, locals, secret_file, &password)?;
+    stage("", "admin user ready, cluster.json written");
     Ok(())
 }
 

@@ -7,3 +7,4 @@ mod geodns;
 mod image;
 mod sdl;
 mod up;
+mod version;

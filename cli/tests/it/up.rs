@@ -283,6 +283,23 @@ fn up_starts_three_regions_replicates_stops_cleanly_and_restarts_on_the_same_dat
     let cluster = read_json(&data.join("cluster.json"));
     let regions = regions_of(&cluster);
     let output = up.output();
+    // A line per stage and region, each with the time since the start: a region's Kubo after
+    // its PostgreSQL, every node started after every Kubo, healthy after started.
+    let line_of = |stage: &str, region: &str| {
+        output
+            .lines()
+            .position(|l| l.starts_with("afreg up: [") && l.contains(&format!("s] {region:<6} {stage}")))
+            .unwrap_or_else(|| panic!("no stage line {stage:?} for {region}:\n{output}"))
+    };
+    let lines = |stage: &str| regions.iter().map(|r| line_of(stage, &r.name)).collect::<Vec<_>>();
+    for r in &regions {
+        assert!(line_of("PostgreSQL ready", &r.name) < line_of("Kubo ready", &r.name), "{output}");
+    }
+    for (before, after) in [("Kubo ready", "node started"), ("node started", "node healthy")] {
+        let (b, a) = (lines(before), lines(after));
+        assert!(b.iter().max() < a.iter().min(), "{after} before {before}:\n{output}");
+    }
+    assert!(output.contains("a leader is elected") && output.contains("cluster.json written"), "{output}");
     for r in &regions {
         assert!(
             output.lines().any(|l| l.starts_with(&r.name) && l.trim_end().ends_with(&r.url)),

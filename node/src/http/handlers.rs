@@ -121,7 +121,11 @@ pub async fn handle(
             if let Some(warning) = stale {
                 hs.insert(header::WARNING, HeaderValue::from_static(warning));
             }
-            metrics::counter!("afreg_bytes_out_total").increment(if method == Method::GET { m.size as u64 } else { 0 });
+            metrics::counter!("afreg_sent_bytes_total").increment(if method == Method::GET {
+                m.size as u64
+            } else {
+                0
+            });
             if method == Method::GET && reg.pulls.wanted() {
                 let tag = match &r {
                     oci::Reference::Tag(t) => t.to_string(),
@@ -363,7 +367,7 @@ where
     }
     Body::from_stream(stream.inspect(|b| {
         if let Ok(b) = b {
-            metrics::counter!("afreg_bytes_out_total").increment(b.len() as u64);
+            metrics::counter!("afreg_sent_bytes_total").increment(b.len() as u64);
         }
     }))
 }

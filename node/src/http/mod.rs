@@ -288,7 +288,7 @@ async fn v2(
     resp.headers_mut().insert(k, HeaderValue::from_static(v));
     let status = resp.status().as_u16().to_string();
     let elapsed = started.elapsed();
-    metrics::counter!("afreg_http_requests_total", "route" => route, "method" => method_label(&method), "status" => status.clone())
+    metrics::counter!("afreg_http_requests_total", "route" => route, "method" => method_label(&method), "code" => status.clone())
         .increment(1);
     metrics::histogram!("afreg_http_request_duration_seconds", "route" => route, "method" => method_label(&method))
         .record(elapsed.as_secs_f64());

@@ -96,7 +96,7 @@ where
         if let Some(f) = &mut g.fill {
             f.offer(&b);
         }
-        metrics::counter!("afreg_bytes_in_total").increment(b.len() as u64);
+        metrics::counter!("afreg_blob_received_bytes_total").increment(b.len() as u64);
         Ok(b)
     });
     (stream, state)

@@ -1,7 +1,8 @@
 //! The Grafana dashboard (docs/grafana/afreg.json) against real figures: Debian's Prometheus
 //! scrapes a three-region cluster every second while images are pushed to us and pulled from
 //! eu and asia, and every query of every panel, with Grafana's variables filled in as Grafana
-//! would, must return at least one series with a number in it.
+//! would, must return at least one series with a number in it. Then each region's `/metrics`
+//! passes `promtool check metrics`, and has no family the node does not list.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -167,4 +168,43 @@ fn prometheus_scrapes_a_cluster_and_every_panel_of_the_dashboard_has_data() {
         }
     }
     assert!(empty.is_empty(), "panels whose query returned no data:\n{}", empty.join("\n"));
+
+    // Every region's /metrics, after that traffic: clean by promtool's lint, and every family
+    // in it one the node lists (and the README's table shows: telemetry's unit test).
+    for region in &cluster.regions {
+        let text = c.get(region.node().metrics_url()).send().unwrap().text().unwrap();
+        let mut check = Command::new(promtool_bin())
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian's prometheus package, which scripts/setup.sh installs)");
+        std::io::Write::write_all(check.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool check metrics on {}'s /metrics ({}):\n{}{}",
+            region.name,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listed = afreg_node::telemetry::METRICS;
+        for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let (name, kind) = line.split_once(' ').unwrap();
+            let known = listed.iter().find(|m| m.name == name);
+            assert!(
+                known.is_some_and(|m| m.kind.as_str() == kind),
+                "{}: /metrics has {name} ({kind}), which telemetry::METRICS does not list as such",
+                region.name
+            );
+        }
+        let build = text.lines().find(|l| l.starts_with("afreg_build_info{")).expect("afreg_build_info");
+        assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{build}");
+    }
+}
+
+fn promtool_bin() -> PathBuf {
+    std::env::var_os("AFREG_PROMTOOL").map(PathBuf::from).unwrap_or_else(|| Path::new("/usr/bin/promtool").into())
 }
