@@ -68,6 +68,8 @@ pub(crate) const AT_ONCE_BLOBS: usize = 10;
 const AT_ONCE_REPO: &str = "bench/at-once";
 /// The upstream's repository the pull-through cache workloads push to and pull through.
 const MIRROR_REPO: &str = "bench/mirror";
+/// The pause between the mirror's cold pulls and its warm ones.
+const MIRROR_SETTLE: Duration = Duration::from_secs(2);
 
 /// The sizes and durations of a run.
 struct Plan {
@@ -422,7 +424,9 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
 
         // ---- The pull-through cache -----------------------------------------------------------
         // Each blob fresh on the upstream: pulled from it directly, then through afreg's mirror
-        // cold (fetched upstream while it streams to the client and into the store), then warm.
+        // cold (fetched upstream while it streams to the client and into the store); once all
+        // of a size are in, a moment later (the blob file is written off the request's path, as
+        // after a push), each again, warm.
         let mirrored = format!("mirror/{MIRROR_REPO}");
         for &size in &plan.sizes {
             let sz = size_label(size);
@@ -432,8 +436,11 @@ pub async fn run(opts: Options, afreg: &Path) -> Result<Report> {
                 let (_, d) = http::push(&c, &dist3_t, MIRROR_REPO, Push::Mono, next_seed(), size).await?;
                 direct += http::pull(&c, &dist3_t, MIRROR_REPO, &d, size).await?;
                 cold += http::pull(&c, &mirror_t, &mirrored, &d, size).await?;
-                warm += http::pull(&c, &mirror_t, &mirrored, &d, size).await?;
                 pushed.push(d);
+            }
+            tokio::time::sleep(MIRROR_SETTLE).await;
+            for d in &pushed {
+                warm += http::pull(&c, &mirror_t, &mirrored, d, size).await?;
             }
             let moved = size * pushed.len() as u64;
             s.add(&format!("mirror-direct/{sz}"), "mirror", "distribution-v3", "MiB/s", true, mib_s(moved, direct));

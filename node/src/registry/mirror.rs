@@ -17,7 +17,9 @@
 //! - **Concurrent misses** of one manifest or blob are one upstream fetch: the first request
 //!   fetches, the others wait (bounded) and then read the stored copy.
 //! - **A blob streams to the client while it is stored**: one task reads the upstream and
-//!   feeds both, through bounded channels, so nothing is held whole; it keeps the last piece
+//!   feeds both, the client through a bounded channel and the store through a spool on disk
+//!   ([`super::spool`]), so nothing is held whole in memory and the client is not held to the
+//!   store's pace (Kubo's `add` is slower than a fast upstream); it keeps the last piece
 //!   back until the digest is checked and the store has finished, so a client of bytes that do
 //!   not match gets a cut-off body, the store refuses them (nothing is kept), and a pull that
 //!   has finished has its blob committed. A client that goes away does not stop the fill.
@@ -53,7 +55,7 @@ const FETCH_WAIT: Duration = Duration::from_secs(600);
 /// The longest a miss waits to catch up with the cluster before asking the upstream.
 const CATCH_UP: Duration = Duration::from_secs(2);
 
-/// Pieces in flight between the upstream reader and each of its two consumers.
+/// Pieces in flight between the upstream reader and the client.
 const PIECES: usize = 8;
 
 /// The `Warning` sent with a tag served from the cache while its upstream could not be asked.
@@ -318,7 +320,12 @@ impl Registry {
                 format!("upstream blob {d} is larger than storage.max_blob_bytes"),
             ));
         }
-        let (to_store, store_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(PIECES);
+        // The store follows at its own pace through a spool on disk (beside the blob files
+        // when they are on), so the client is fed as fast as the upstream sends.
+        let dir = if self.files.is_some() { self.cfg.storage.blob_cache_dir.clone() } else { std::env::temp_dir() };
+        let (spool, store_body) = super::spool::Spool::create(&dir).map_err(|e| {
+            RegistryError::unavailable("the pull-through cache's spool", format!("{}: {e}", dir.display()))
+        })?;
         let (to_client, client_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(PIECES);
         let reg = self.clone();
         let (repo, digest) = (repo.clone(), d.clone());
@@ -326,8 +333,8 @@ impl Registry {
         // The turn goes with the fill: waiters read the copy once it is stored (or try again).
         tokio::spawn(async move {
             let _turn = turn;
-            let store = reg.upload_monolithic(&repo, &digest, length, received(store_rx), origin);
-            let feed = feed(resp, &digest, to_store, &to_client);
+            let store = reg.upload_monolithic(&repo, &digest, length, store_body, origin);
+            let feed = feed(resp, &digest, spool, &to_client);
             let (stored, fed) = tokio::join!(store, feed);
             // The client's last piece once the blob is committed (or failed to be), so that a
             // pull that has finished finds the blob in every region that catches up.
@@ -346,32 +353,32 @@ impl Registry {
     }
 }
 
-/// Reads the upstream's blob once, into the store and to the client, all but the last piece,
-/// which it returns once the digest is checked. A client gone stops nothing; a store that
-/// failed stops only its own feed.
+/// Reads the upstream's blob once, into the spool the store reads and to the client, all but
+/// the last piece, which it returns once the digest is checked. A client gone stops nothing; a
+/// spool that failed stops only the store's copy (which then fails).
 async fn feed(
     resp: reqwest::Response,
     d: &Digest,
-    to_store: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    spool: super::spool::Spool,
     to_client: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<Option<Bytes>, String> {
     let mut hash = Hasher::new(d.algorithm());
     let mut held: Option<Bytes> = None;
     let mut pieces = resp.bytes_stream();
-    let (mut store_open, mut client_open) = (true, true);
+    let (mut spooled, mut client_open) = (Ok(()), true);
     while let Some(piece) = pieces.next().await {
         let piece = match piece {
             Ok(p) => p,
             Err(e) => {
                 let why = format!("the upstream's blob stream broke: {e}");
                 let _ = to_client.send(Err(std::io::Error::other(why.clone()))).await;
-                let _ = to_store.send(Err(std::io::Error::other(why.clone()))).await;
+                spool.finish(Err(why.clone()));
                 return Err(why);
             }
         };
         hash.update(&piece);
-        if store_open && to_store.send(Ok(piece.clone())).await.is_err() {
-            store_open = false;
+        if spooled.is_ok() {
+            spooled = spool.append(piece.clone()).await.map_err(|e| format!("the spool: {e}"));
         }
         if let Some(prev) = held.replace(piece) {
             if client_open && to_client.send(Ok(prev)).await.is_err() {
@@ -383,8 +390,10 @@ async fn feed(
     if got != *d {
         let why = format!("the upstream sent bytes whose digest is {got}, not {d}");
         let _ = to_client.send(Err(std::io::Error::other(why.clone()))).await;
+        spool.finish(Err(why.clone()));
         return Err(why);
     }
+    spool.finish(spooled);
     Ok(held)
 }
 

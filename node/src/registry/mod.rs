@@ -7,6 +7,7 @@ mod cache;
 mod cid_locks;
 pub mod manifests;
 pub mod mirror;
+mod spool;
 pub mod uploads;
 
 use std::collections::HashMap;
