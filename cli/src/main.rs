@@ -31,8 +31,11 @@ mod user;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The version and the git revision this binary was built from (`build.rs`).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("AFREG_REVISION"), ")");
+
 #[derive(Parser)]
-#[command(name = "afreg", version = afreg_node::telemetry::VERSION, about = "A multi-region OCI registry over PostgreSQL and IPFS Kubo")]
+#[command(name = "afreg", version = VERSION, about = "A multi-region OCI registry over PostgreSQL and IPFS Kubo")]
 struct Cli {
     /// Configuration file (TOML). Environment variables AFREG_SECTION__FIELD override it.
     #[arg(long, short, global = true, env = "AFREG_CONFIG")]

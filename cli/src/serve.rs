@@ -16,5 +16,6 @@ pub async fn run(args: ServeArgs, mut cfg: Config) -> anyhow::Result<()> {
     if let Some(p) = args.region {
         afreg_deploy::regions::load_file(&p)?.apply_identity(&mut cfg)?;
     }
+    afreg_node::telemetry::set_revision(env!("AFREG_REVISION"));
     afreg_node::server::serve(cfg).await
 }

@@ -76,9 +76,14 @@ impl Drop for ServiceTagged {
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
-/// The node's version and the git revision it was built from (`node/build.rs`), as
-/// `afreg --version` and `afreg_build_info` give them.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("AFREG_REVISION"), ")");
+/// The git revision the running binary was built from, as `afreg serve` names it (the
+/// binary's crate reads it from git: `cli/build.rs`); `unknown` until then.
+static REVISION: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Names the revision `afreg_build_info` reports; the first call wins.
+pub fn set_revision(revision: &'static str) {
+    let _ = REVISION.set(revision);
+}
 
 /// What kind of series a metric is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,8 +235,8 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
             Histogram => metrics::describe_histogram!(metric.name, metric.help),
         }
     }
-    metrics::gauge!("afreg_build_info", "version" => env!("CARGO_PKG_VERSION"), "revision" => env!("AFREG_REVISION"))
-        .set(1.0);
+    let revision = *REVISION.get().unwrap_or(&"unknown");
+    metrics::gauge!("afreg_build_info", "version" => env!("CARGO_PKG_VERSION"), "revision" => revision).set(1.0);
     metrics::gauge!("afreg_upload_sessions_in_memory").set(0.0);
     Ok(handle)
 }

@@ -302,7 +302,9 @@ fn docker_and_podman_push_to_one_region_and_pull_and_run_from_another() {
     );
     let archive = archive.lines().last().unwrap().to_owned();
     let version = run_stdout(Command::new(bin()).arg("--version"));
-    let local = format!("localhost/afreg:{}", version.trim_start_matches("afreg "));
+    // `afreg 0.1.0 (<revision>)`: the image is tagged with the crate version.
+    let crate_version = version.split_whitespace().nth(1).unwrap_or_else(|| panic!("afreg --version: {version}"));
+    let local = format!("localhost/afreg:{crate_version}");
 
     let podman = testkit::containers::Podman::new();
     run_ok(podman.cmd().args(["load", "-i", &archive]));

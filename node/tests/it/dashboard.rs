@@ -202,6 +202,7 @@ fn prometheus_scrapes_a_cluster_and_every_panel_of_the_dashboard_has_data() {
         }
         let build = text.lines().find(|l| l.starts_with("afreg_build_info{")).expect("afreg_build_info");
         assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{build}");
+        assert!(!build.contains("revision=\"unknown\""), "afreg serve did not name its revision: {build}");
     }
 }
 

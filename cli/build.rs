@@ -1,5 +1,6 @@
-//! Names the git revision the node is built from (`AFREG_REVISION`), for `afreg --version`
-//! and `afreg_build_info`: `git rev-parse --short=12 HEAD`, or `unknown` where there is no git
+//! Names the git revision the binary is built from (`AFREG_REVISION`), for `afreg --version`
+//! and the node's `afreg_build_info` (`afreg serve` hands it over): here, in the binary's own
+//! small crate, so that a commit rebuilds only this crate, not the node's: `git rev-parse --short=12 HEAD`, or `unknown` where there is no git
 //! (a source archive, the container build). Uncommitted changes are not marked: the script
 //! runs again only when HEAD moves, so such a mark would go stale.
 
