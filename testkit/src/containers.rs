@@ -85,6 +85,11 @@ pub struct Dockerd {
 impl Dockerd {
     /// Starts dockerd and waits (60 s) until `docker info` answers. Panics with its log.
     pub fn start() -> Dockerd {
+        Dockerd::start_with(&[])
+    }
+
+    /// As [`Dockerd::start`], with more of dockerd's flags (`--registry-mirror …`).
+    pub fn start_with(extra: &[String]) -> Dockerd {
         let dir = tempfile::Builder::new().prefix("afreg-dockerd-").tempdir_in("/tmp").expect("dockerd temp dir");
         let log = open_log(&dir.path().join("dockerd.log"));
         let mut cmd = Command::new("dockerd");
@@ -98,6 +103,7 @@ impl Dockerd {
             .arg(dir.path().join("dockerd.pid"))
             .arg("--host")
             .arg(format!("unix://{}", dir.path().join("docker.sock").display()))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);

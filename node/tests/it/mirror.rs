@@ -7,7 +7,8 @@
 //! manifest and blob; a tag moved upstream is seen after `tag_ttl` and not before; bytes that do
 //! not match their digest reach no client whole and are not kept; pushes into the mirror are
 //! refused; images no region pulled for `cache_ttl`, or past `max_bytes` the least recently
-//! pulled, are evicted in every region, and fetched again on their next pull.
+//! pulled, are evicted in every region, and fetched again on their next pull; docker, with
+//! afreg as its `registry-mirrors`, pulls a Docker Hub name through it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -565,4 +566,42 @@ fn cached_images_unpulled_for_cache_ttl_or_past_max_bytes_are_evicted_in_every_r
     // Back up, the evicted image is fetched again on its next pull.
     upstream.spawn();
     pull_all(&c, &asia.url(), "ttl/team/idle", img("idle"));
+}
+
+#[test]
+fn docker_with_afreg_as_its_registry_mirror_pulls_a_docker_hub_name_through_it() {
+    // The upstream stands in for Docker Hub; docker asks its mirror for the name as it is
+    // (destination ""). This machine reaches no Docker Hub, so a pull that succeeds came
+    // through afreg.
+    let upstream = Distribution::start();
+    let img = image("amd64", 128 * 1024);
+    upstream.push("afregtest/app", "v1", &img);
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("upstream-password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let cfg = Upstream { destination: String::new(), ns: vec![], ..upstream_config(&upstream, &password_file) };
+    let cluster = TestCluster::start(bin(), &["us"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        c.config.mirror.upstreams = vec![cfg.clone()];
+    });
+    let us = cluster.region("us");
+    let dockerd = testkit::containers::Dockerd::start_with(&[
+        format!("--registry-mirror={}", us.url()),
+        format!("--insecure-registry={}", us.host()),
+    ]);
+    let out = dockerd.docker().args(["pull", "afregtest/app:v1"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker pull through its mirror:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = dockerd.docker().args(["image", "inspect", "-f", "{{.Id}}", "afregtest/app:v1"]).output().unwrap();
+    assert!(id.status.success(), "docker has no afregtest/app:v1");
+    assert_eq!(
+        us.sql("SELECT count(*) FROM tags t JOIN repositories r ON r.id = t.repository_id WHERE r.name = 'afregtest/app' AND t.name = 'v1'"),
+        "1",
+        "the mirror stored what docker pulled"
+    );
+    assert!(upstream.gets("/v2/afregtest/app/manifests/v1") >= 1, "the upstream was asked");
 }
