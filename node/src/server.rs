@@ -111,11 +111,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             tracing::error!(event = "process_server_failed", error = %e, "process listener stopped");
         }
     });
-    let metrics_server =
-        spawn_metrics(cfg.server.metrics_listen, metrics.clone(), limits.clone(), shutdown.clone()).await?;
     let st = &cfg.storage;
     let files = crate::blob_files::BlobFiles::open(&st.blob_cache_dir, st.blob_cache_bytes)
         .map_err(|e| anyhow::anyhow!("storage.blob_cache_dir {}: {e}", st.blob_cache_dir.display()))?;
+    let metrics_server =
+        spawn_metrics(cfg.server.metrics_listen, metrics.clone(), files.clone(), limits.clone(), shutdown.clone())
+            .await?;
     let duties = crate::replica::spawn_duties(
         &cfg,
         store.pool().clone(),
@@ -216,6 +217,7 @@ async fn region_keys(cfg: &Config, store: &Store) -> anyhow::Result<Keys> {
 async fn spawn_metrics(
     addr: std::net::SocketAddr,
     handle: metrics_exporter_prometheus::PrometheusHandle,
+    files: Option<Arc<crate::blob_files::BlobFiles>>,
     limits: Limits,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -224,7 +226,15 @@ async fn spawn_metrics(
     if !addr.ip().is_loopback() {
         tracing::warn!(event = "metrics_not_loopback", addr = %addr, "/metrics is served beyond loopback: keep that address off the public network");
     }
-    let app = axum::Router::new().route("/metrics", axum::routing::get(move || async move { handle.render() }));
+    // The blob files' counters move with every pull: set from them at each scrape (they were
+    // set only when a file landed or went, so hits and misses read stale).
+    let render = move || {
+        if let Some(f) = &files {
+            f.publish();
+        }
+        handle.render()
+    };
+    let app = axum::Router::new().route("/metrics", axum::routing::get(move || async move { render() }));
     tracing::info!(event = "metrics_listening", addr = %addr, "Prometheus /metrics serving");
     Ok(tokio::spawn(async move {
         if let Err(e) = listener::serve("metrics", listener, app, None, limits, stop.cancelled_owned()).await {

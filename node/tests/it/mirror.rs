@@ -605,3 +605,59 @@ fn docker_with_afreg_as_its_registry_mirror_pulls_a_docker_hub_name_through_it()
     );
     assert!(upstream.gets("/v2/afregtest/app/manifests/v1") >= 1, "the upstream was asked");
 }
+
+#[test]
+fn a_blob_fetched_through_the_mirror_is_served_from_its_blob_file_after() {
+    let upstream = Distribution::start();
+    let img = image("amd64", 1024 * 1024);
+    upstream.push("team/files", "v1", &img);
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("upstream-password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let cfg = upstream_config(&upstream, &password_file);
+    let cluster = TestCluster::start(bin(), &["us"], |_, c| {
+        c.config.auth.anonymous = Action::ALL.to_vec();
+        c.config.mirror.upstreams = vec![cfg.clone()];
+    });
+    let us = cluster.region("us");
+    let c = client();
+    let (layer, bytes) = &img.blobs[1];
+    assert_eq!(blob(&c, &us.url(), "hub/team/files", layer).as_ref(), Ok(bytes), "the cold pull");
+    let name = layer.replace(':', "-");
+    let dir = us.node().dir().join("blob-files");
+    let found = |d: &Path| {
+        let mut hit = false;
+        for e in walkdir(d) {
+            hit |= e.file_name().is_some_and(|n| n == name.as_str()) && !e.starts_with(d.join("tmp"));
+        }
+        hit
+    };
+    within(Duration::from_secs(20), Duration::from_millis(100), "the mirrored blob's file in place", || found(&dir));
+    let hits = |c: &Client| {
+        let v: serde_json::Value = c.get(format!("{}/status?scope=local", us.url())).send().unwrap().json().unwrap();
+        v["blob_files"]["hits"].as_f64().unwrap_or_else(|| panic!("no blob_files.hits in {v}"))
+    };
+    let before = hits(&c);
+    assert_eq!(blob(&c, &us.url(), "hub/team/files", layer).as_ref(), Ok(bytes), "the warm pull");
+    assert_eq!(hits(&c), before + 1.0, "the warm pull was not served from the blob file");
+    // /metrics says the same at once (its counters were set only when a file landed or went).
+    let text = c.get(us.node().metrics_url()).send().unwrap().text().unwrap();
+    let metric = text
+        .lines()
+        .find(|l| l.starts_with("afreg_blob_file_reads_total{result=\"hit\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(metric, Some(before + 1.0), "/metrics' blob file hits");
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
