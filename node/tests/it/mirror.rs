@@ -184,6 +184,14 @@ fn index(amd64: &Image, arm64: &Image) -> Vec<u8> {
     .unwrap()
 }
 
+/// The upstream's password in a file of its own (the directory goes with the first half).
+fn password_file() -> (tempfile::TempDir, PathBuf) {
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("upstream-password");
+    std::fs::write(&file, PASSWORD).unwrap();
+    (secrets, file)
+}
+
 fn upstream_config(upstream: &Distribution, password_file: &Path) -> Upstream {
     Upstream {
         name: "up".into(),
@@ -351,9 +359,7 @@ fn concurrent_cold_pulls_are_one_upstream_fetch_tags_follow_the_ttl_and_bad_byte
     let upstream = Distribution::start();
     let img = image("amd64", 2 * 1024 * 1024);
     upstream.push("team/cold", "v1", &img);
-    let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("upstream-password");
-    std::fs::write(&password_file, PASSWORD).unwrap();
+    let (_secrets, password_file) = password_file();
     let cfg = upstream_config(&upstream, &password_file);
     let cluster = TestCluster::start(bin(), &["us"], |_, c| {
         c.config.auth.anonymous = Action::ALL.to_vec();
@@ -488,9 +494,7 @@ fn cached_images_unpulled_for_cache_ttl_or_past_max_bytes_are_evicted_in_every_r
         upstream.push(&format!("team/{name}"), "v1", img);
     }
     let img = |n: &str| &images.iter().find(|(m, _)| *m == n).unwrap().1;
-    let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("upstream-password");
-    std::fs::write(&password_file, PASSWORD).unwrap();
+    let (_secrets, password_file) = password_file();
     let base = upstream_config(&upstream, &password_file);
     const CACHE_TTL: Duration = Duration::from_secs(6);
     // "ttl" evicts what no region pulled for CACHE_TTL; "size" holds less than two images.
@@ -576,9 +580,7 @@ fn docker_with_afreg_as_its_registry_mirror_pulls_a_docker_hub_name_through_it()
     let upstream = Distribution::start();
     let img = image("amd64", 128 * 1024);
     upstream.push("afregtest/app", "v1", &img);
-    let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("upstream-password");
-    std::fs::write(&password_file, PASSWORD).unwrap();
+    let (_secrets, password_file) = password_file();
     let cfg = Upstream { destination: String::new(), ns: vec![], ..upstream_config(&upstream, &password_file) };
     let cluster = TestCluster::start(bin(), &["us"], |_, c| {
         c.config.auth.anonymous = Action::ALL.to_vec();
@@ -611,9 +613,7 @@ fn a_blob_fetched_through_the_mirror_is_served_from_its_blob_file_after() {
     let upstream = Distribution::start();
     let img = image("amd64", 1024 * 1024);
     upstream.push("team/files", "v1", &img);
-    let secrets = tempfile::tempdir().unwrap();
-    let password_file = secrets.path().join("upstream-password");
-    std::fs::write(&password_file, PASSWORD).unwrap();
+    let (_secrets, password_file) = password_file();
     let cfg = upstream_config(&upstream, &password_file);
     let cluster = TestCluster::start(bin(), &["us"], |_, c| {
         c.config.auth.anonymous = Action::ALL.to_vec();
